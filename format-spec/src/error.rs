@@ -1,0 +1,92 @@
+//! One error variant per failure class, so callers (and tests) can tell them apart.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading, validating or writing a `.bitnet` file.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("file is {len} bytes, shorter than the {min}-byte preamble")]
+    TooShort { len: u64, min: u64 },
+    #[error("not a .bitnet file (bad magic bytes {found:02x?})")]
+    BadMagic { found: [u8; 8] },
+    #[error(
+        "format version {major}.{minor} is not supported (this reader knows major version {known})"
+    )]
+    UnsupportedVersion { major: u16, minor: u16, known: u16 },
+    #[error("reserved preamble bytes are not zero")]
+    ReservedNotZero,
+    #[error("header length {len} exceeds the limit of {max} bytes")]
+    HeaderTooLarge { len: u64, max: u64 },
+    #[error("header of {len} bytes runs past the end of the {file_len}-byte file")]
+    HeaderTruncated { len: u64, file_len: u64 },
+    #[error(
+        "header checksum mismatch: preamble says {expected:08x}, header hashes to {actual:08x}"
+    )]
+    HeaderChecksum { expected: u32, actual: u32 },
+    #[error("header is not valid JSON for this format: {0}")]
+    HeaderJson(#[from] serde_json::Error),
+    #[error("invalid model configuration: {0}")]
+    InvalidModel(String),
+    #[error("tensor name {name:?} appears more than once")]
+    DuplicateTensor { name: String },
+    #[error("tensor {name}: {detail}")]
+    InvalidShape { name: String, detail: String },
+    #[error("tensor {name}: unsupported layout: {detail}")]
+    UnsupportedLayout { name: String, detail: String },
+    #[error("tensor {name}: length is {actual} bytes but its encoding and shape need {expected}")]
+    LengthMismatch {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("tensor {name}: offset {offset} is not a multiple of 64")]
+    Misaligned { name: String, offset: u64 },
+    #[error("tensor {name}: bytes {begin}..{end} lie outside the {data_len}-byte data section")]
+    OutOfBounds {
+        name: String,
+        begin: u64,
+        end: u64,
+        data_len: u64,
+    },
+    #[error("tensors {first} and {second} overlap")]
+    Overlap { first: String, second: String },
+    #[error("tensor {name}: checksum field {field:?} is not 8 lower-case hex digits")]
+    BadChecksumField { name: String, field: String },
+    #[error("file is {actual} bytes but its header describes {expected}")]
+    FileSizeMismatch { expected: u64, actual: u64 },
+    #[error(
+        "tensor {name}: checksum mismatch (header says {expected:08x}, data hashes to {actual:08x})"
+    )]
+    TensorChecksum {
+        name: String,
+        expected: u32,
+        actual: u32,
+    },
+    #[error("padding byte at file offset {offset} is {value:#04x}, not zero")]
+    NonZeroPadding { offset: u64, value: u8 },
+    #[error("tensor {name}: {detail}")]
+    InvalidTensorData { name: String, detail: String },
+    #[error("no tensor named {name:?}")]
+    TensorNotFound { name: String },
+    #[error("tensor {name}: is encoded as {encoding}, which this operation does not take")]
+    WrongEncoding { name: String, encoding: String },
+    #[error("writer: {0}")]
+    Writer(String),
+}
+
+pub type Result<T, E = FormatError> = std::result::Result<T, E>;
+
+impl FormatError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        FormatError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

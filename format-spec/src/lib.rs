@@ -1,0 +1,29 @@
+//! The `.bitnet` file format: a fixed preamble, a JSON header, and 64-byte-aligned tensors whose
+//! ternary layouts are described by parameters in the header. `SPEC.md` beside this crate is normative;
+//! this crate is its reference reader and writer.
+
+mod encoding;
+mod error;
+#[doc(hidden)]
+pub mod fuzz;
+mod header;
+pub mod names;
+mod partial;
+mod preamble;
+mod reader;
+pub mod ternary;
+mod writer;
+
+pub use encoding::{
+    ALIGN, Encoding, I2S_BLOCKS_ALLOWED, LayoutParams, MAX_ELEMENTS, TILE_ROWS_ALLOWED,
+    TILED_BLOCK_K, TILED_LANE_K, TernaryLayout, TiledGeometry, align_up, element_count,
+};
+pub use error::{FormatError, Result};
+pub use header::{
+    Activation, GenerationDefaults, Header, ModelConfig, Provenance, RopeScaling, Source,
+    SourceFile, TensorEntry, TokenizerInfo,
+};
+pub use partial::remove_partial_files;
+pub use preamble::{MAGIC, MAJOR, MAX_HEADER_LEN, MINOR, PREAMBLE_LEN, Preamble, header_checksum};
+pub use reader::{BitnetFile, FileIndex, TensorInfo, TensorView};
+pub use writer::{FileWriter, TensorSpec, TensorWriter};

@@ -1,0 +1,82 @@
+//! The format compatibility check: the committed golden file and test vectors must decode to the
+//! committed values with every version of this crate.
+
+use std::path::PathBuf;
+
+use bitnet_format::{BitnetFile, LayoutParams, TernaryLayout, ternary};
+use serde::Deserialize;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[derive(Deserialize)]
+struct Expected {
+    name: String,
+    values: Vec<f64>,
+    scale: Option<f32>,
+}
+
+#[test]
+fn golden_file_decodes_to_the_committed_values() {
+    let file = BitnetFile::open(root().join("testdata/format/golden.bitnet")).unwrap();
+    file.check_contents().unwrap();
+    assert_eq!(file.version(), (1, 0));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("testdata/format/golden.json")).unwrap())
+            .unwrap();
+    let expected: Vec<Expected> = serde_json::from_value(doc["tensors"].clone()).unwrap();
+    assert_eq!(expected.len(), file.tensors().len());
+    let mut layouts_seen = std::collections::HashSet::new();
+    for want in expected {
+        let view = file.tensor(&want.name).unwrap();
+        let got: Vec<f64> = match want.scale {
+            Some(scale) => {
+                let (values, s) = view.unpack_ternary().unwrap();
+                assert_eq!(s.to_bits(), scale.to_bits(), "{}", want.name);
+                layouts_seen.insert(view.ternary_layout().unwrap());
+                values.iter().map(|&v| v as f64).collect()
+            }
+            None => view.to_f32().unwrap().iter().map(|&v| v as f64).collect(),
+        };
+        assert_eq!(got, want.values, "{}", want.name);
+    }
+    assert_eq!(layouts_seen.len(), 6, "every ternary layout is covered");
+    let tokenizer = file.header().tokenizer.as_ref().unwrap();
+    assert!(tokenizer.tokenizer_json.get().contains("WordLevel"));
+}
+
+#[derive(Deserialize)]
+struct Vector {
+    layout: LayoutParams,
+    rows: u64,
+    cols: u64,
+    scale: f32,
+    values: Vec<Vec<i8>>,
+    bytes_hex: String,
+}
+
+#[test]
+fn test_vectors_pack_and_unpack_exactly() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(root().join("format-spec/vectors")).unwrap() {
+        let path = entry.unwrap().path();
+        let v: Vector = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let layout = TernaryLayout::from_params(&v.layout).unwrap();
+        let bytes: Vec<u8> = (0..v.bytes_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&v.bytes_hex[i..i + 2], 16).unwrap())
+            .collect();
+        let flat: Vec<i8> = v.values.concat();
+        assert_eq!(
+            ternary::pack(layout, v.rows, v.cols, &flat, v.scale).unwrap(),
+            bytes,
+            "{path:?}"
+        );
+        let (values, scale) = ternary::unpack(layout, v.rows, v.cols, &bytes).unwrap();
+        assert_eq!(values, flat, "{path:?}");
+        assert_eq!(scale, v.scale);
+        count += 1;
+    }
+    assert_eq!(count, 6);
+}
