@@ -1,0 +1,203 @@
+//! `bitnet-run bench`: llama-bench-style prompt-processing (ppN) and generation (tgN) speed, with the
+//! memory roofline for generation.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bitnet_format::BitnetFile;
+use bitnet_run::kernels::{KernelPath, bandwidth};
+use bitnet_run::model::{Logits, Model, Session};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The .bitnet model file.
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Prompt lengths to process (comma-separated; 0 skips).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    prompt: Vec<usize>,
+    /// Token counts to generate (comma-separated; 0 skips).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "64"
+    )]
+    gen_tokens: Vec<usize>,
+    /// Thread counts (comma-separated; default: all cores).
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Measured repetitions per test, after one warm-up.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    reps: usize,
+    /// One JSON object per line instead of a markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Kernel path (default: BITNET_KERNEL, else the fastest this CPU has).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Also measure the machine's read bandwidth and report generation against it.
+    #[arg(long)]
+    bandwidth: bool,
+}
+
+struct Row {
+    test: String,
+    threads: usize,
+    mean: f64,
+    stddev: f64,
+    /// Weight bytes read per second (generation only).
+    gbs: Option<f64>,
+    /// Fraction of the measured read bandwidth (generation with --bandwidth).
+    roofline: Option<f64>,
+}
+
+fn mean_std(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// Deterministic pseudo-random token ids.
+fn tokens(n: usize, vocab: u32) -> Vec<u32> {
+    let mut s = 0x2545F4914F6CDD1Du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Seconds for one run of test `pp` (prompt of `n`) or `tg` (`n` tokens one at a time).
+fn run_once(model: &Model, prompt: bool, n: usize) -> Result<f64> {
+    let ids = tokens(n, model.config.vocab_size);
+    let mut session = Session::new(model, n);
+    let start = Instant::now();
+    if prompt {
+        session.forward(&ids, Logits::Last)?;
+    } else {
+        for &id in &ids {
+            session.forward(&[id], Logits::Last)?;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.reps == 0 {
+        bail!("-r/--repetitions must be at least 1");
+    }
+    let path = match &args.kernel {
+        Some(name) => KernelPath::parse(name)?,
+        None => KernelPath::from_env()?,
+    };
+    let threads = if args.threads.is_empty() {
+        vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
+    } else {
+        args.threads.clone()
+    };
+    if threads.contains(&0) {
+        bail!("-t/--threads values must be at least 1");
+    }
+    let name = args
+        .model
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let mut rows = Vec::new();
+    let mut bytes_per_token = 0;
+    let mut file_bytes = 0;
+    for &t in &threads {
+        let file = BitnetFile::open(&args.model)
+            .with_context(|| format!("cannot open {}", args.model.display()))?;
+        file_bytes = file.bytes().len();
+        let model = Model::load(file, path, t)?;
+        bytes_per_token = model.weights.bytes_per_token();
+        let ctx = model.config.context_length as usize;
+        let bw = args.bandwidth.then(|| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .expect("thread pool");
+            pool.install(|| bandwidth::measure(path, 1 << 30, 10))
+        });
+        if let Some(bw) = bw.filter(|_| !args.json) {
+            eprintln!("read bandwidth, {t} threads: {:.1} GB/s", bw / 1e9);
+        }
+        let tests = args
+            .prompt
+            .iter()
+            .map(|&n| (true, n))
+            .chain(args.gen_tokens.iter().map(|&n| (false, n)));
+        for (prompt, n) in tests.filter(|&(_, n)| n > 0) {
+            if n > ctx {
+                bail!("test of {n} tokens exceeds the model's context of {ctx}");
+            }
+            run_once(&model, prompt, n)?;
+            let samples: Vec<f64> = (0..args.reps)
+                .map(|_| run_once(&model, prompt, n).map(|s| n as f64 / s))
+                .collect::<Result<_>>()?;
+            let (mean, stddev) = mean_std(&samples);
+            let gbs = (!prompt).then(|| mean * bytes_per_token as f64 / 1e9);
+            let row = Row {
+                test: format!("{}{n}", if prompt { "pp" } else { "tg" }),
+                threads: t,
+                mean,
+                stddev,
+                gbs,
+                roofline: gbs.zip(bw).map(|(g, b)| g * 1e9 / b),
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "model": name,
+                        "test": row.test,
+                        "threads": t,
+                        "kernel": path.name(),
+                        "tokens_per_second": mean,
+                        "stddev": stddev,
+                        "samples": samples,
+                        "bytes_per_token": bytes_per_token,
+                        "weights_gb_per_second": row.gbs,
+                        "read_bandwidth_gb_per_second": bw.map(|b| b / 1e9),
+                        "fraction_of_bandwidth": row.roofline,
+                    })
+                );
+            }
+            rows.push(row);
+        }
+    }
+    if !args.json {
+        println!(
+            "| model | size | weights read/token | kernel | threads | test | t/s | weights GB/s | of bandwidth |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for r in rows {
+            println!(
+                "| {name} | {:.2} GiB | {:.2} GB | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
+                file_bytes as f64 / (1u64 << 30) as f64,
+                bytes_per_token as f64 / 1e9,
+                path.name(),
+                r.threads,
+                r.test,
+                r.mean,
+                r.stddev,
+                r.gbs.map_or_else(String::new, |g| format!("{g:.1}")),
+                r.roofline
+                    .map_or_else(String::new, |f| format!("{:.0}%", f * 100.0)),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `bitnet-run -m MODEL --chat`: multi-turn chat with the model's template, reusing the KV cache
+//! for the part of the conversation that is already in it.
+
+use std::io::{BufRead, Write};
+
+use anyhow::{Context, Result, bail};
+use bitnet_run::chat::{ChatTemplate, Message};
+use bitnet_run::model::{Logits, Session};
+use bitnet_run::sampling::Sampler;
+use bitnet_run::tokenizer::{StreamDecoder, Tokenizer};
+
+use super::{GenerateArgs, context_size, load_model};
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let model = load_model(&args.model)?;
+    let header = model.file().header();
+    let info = header.tokenizer.as_ref();
+    let tok = Tokenizer::from_info(info)?;
+    let Some(template) = info.and_then(|i| i.chat_template.as_deref()) else {
+        bail!("this model has no chat template; use -p PROMPT instead of --chat");
+    };
+    let text_of = |id: Option<u32>| id.and_then(|id| tok.token_text(id)).unwrap_or_default();
+    let template = ChatTemplate::new(
+        template,
+        &text_of(tok.bos()),
+        &text_of(tok.eos().first().copied()),
+    )
+    .context("the model's chat template does not compile")?;
+    let ctx = context_size(&args.model, &model)?;
+    let mut sampler = Sampler::new(args.sampling.config(&model)?);
+    let mut session = Session::new(&model, ctx);
+    let mut cached: Vec<u32> = Vec::new();
+    let mut messages: Vec<Message> = args
+        .system
+        .iter()
+        .map(|s| Message::new("system", s))
+        .collect();
+    if let Some(p) = &args.prompt {
+        messages.push(Message::new("user", p));
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut out = std::io::stdout().lock();
+    loop {
+        if messages.last().is_none_or(|m| m.role != "user") {
+            eprint!("> ");
+            let Some(line) = lines.next() else { break };
+            let line = line?;
+            match line.trim() {
+                "" => continue,
+                "/exit" | "/quit" => break,
+                text => messages.push(Message::new("user", text)),
+            }
+        }
+        let prompt = template
+            .render(&messages, true)
+            .context("cannot render the chat template")?;
+        let ids = tok.encode(&prompt, false)?;
+        if ids.len() >= ctx {
+            bail!(
+                "the conversation is {} tokens, more than the context of {ctx} (-c)",
+                ids.len()
+            );
+        }
+        // Reuse the cached prefix; run only what is new.
+        let common = cached
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
+        session.truncate(common);
+        cached.truncate(common);
+        let mut logits = session.forward(&ids[common..], Logits::Last)?;
+        cached.extend_from_slice(&ids[common..]);
+        let mut decoder = StreamDecoder::default();
+        let mut reply = Vec::new();
+        while reply.len() < args.n_predict && session.position() < ctx {
+            let id = sampler.sample(&logits, &cached);
+            if tok.is_eos(id) {
+                break;
+            }
+            reply.push(id);
+            if let Some(piece) = decoder.push(&tok, id)? {
+                write!(out, "{piece}")?;
+                out.flush()?;
+            }
+            logits = session.forward(&[id], Logits::Last)?;
+            cached.push(id);
+        }
+        if let Some(piece) = decoder.flush(&tok)? {
+            write!(out, "{piece}")?;
+        }
+        writeln!(out)?;
+        messages.push(Message::new("assistant", tok.decode(&reply)?.trim()));
+    }
+    Ok(())
+}

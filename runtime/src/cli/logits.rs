@@ -1,0 +1,41 @@
+//! `bitnet-run logits -m MODEL --token-ids 1,2,3 -o OUT.npy`: float32 logits `[T, vocab]`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use bitnet_run::model::{Logits, Session};
+use clap::Args;
+
+use super::{ModelArgs, context_size, load_model, npy};
+
+#[derive(Debug, Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Comma-separated token ids, run as one prompt.
+    #[arg(long, value_delimiter = ',', required = true)]
+    token_ids: Vec<u32>,
+    /// Output .npy file.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+pub fn run(args: LogitsArgs) -> Result<()> {
+    if args.token_ids.is_empty() {
+        bail!("--token-ids is empty");
+    }
+    let model = load_model(&args.model)?;
+    let ctx = context_size(&args.model, &model)?;
+    if args.token_ids.len() > ctx {
+        bail!(
+            "{} token ids do not fit in the context of {ctx} (-c)",
+            args.token_ids.len()
+        );
+    }
+    let mut session = Session::new(&model, ctx);
+    let logits = session.forward(&args.token_ids, Logits::All)?;
+    let vocab = model.config.vocab_size as usize;
+    npy::write_f32(&args.output, &[args.token_ids.len(), vocab], &logits)
+        .with_context(|| format!("cannot write logits to {}", args.output.display()))?;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Command-line interface, following llama.cpp's conventions (`-m`, `-p`, `-n`, `-t`, `-c`, ...).
+
+mod bench;
+mod chat;
+mod generate;
+mod logits;
+mod npy;
+mod perplexity;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use bitnet_format::BitnetFile;
+use bitnet_run::kernels::KernelPath;
+use bitnet_run::model::Model;
+use bitnet_run::sampling::SamplerConfig;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bitnet-run",
+    version,
+    about = "Run BitNet b1.58 .bitnet models on CPUs",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    generate: GenerateArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run token ids as one prompt and write the logits of every position as a .npy file.
+    Logits(logits::LogitsArgs),
+    /// Perplexity of a text file over non-overlapping windows of the context size.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Prompt-processing and generation speed, llama-bench style.
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// The .bitnet model file.
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Threads (default: all cores).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Context size in tokens (default: the model's).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx: Option<usize>,
+    /// Kernel path: scalar, avx2 or avx512 (default: BITNET_KERNEL, else the fastest this CPU has).
+    #[arg(long)]
+    kernel: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt.
+    #[arg(short = 'p', long = "prompt")]
+    prompt: Option<String>,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n_predict: usize,
+    /// Interactive multi-turn chat with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Debug, Args)]
+struct SamplingArgs {
+    /// Temperature; 0 is greedy (default: the model's, else 0.8).
+    #[arg(long = "temp")]
+    temperature: Option<f32>,
+    /// Keep the K most likely tokens; 0 keeps all (default: the model's, else 40).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the most likely tokens up to this total probability (default: the model's, else 0.95).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than this fraction of the most likely one (default 0.05).
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalty for tokens among the last --repeat-last-n (default: the model's, else 1.0 = none).
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed (default: a new one each run).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Logits(args)) => logits::run(args),
+        Some(Command::Perplexity(args)) => perplexity::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
+        None if cli.generate.chat => chat::run(&cli.generate),
+        None => generate::run(&cli.generate),
+    }
+}
+
+/// Open, validate and bind the model the arguments name.
+fn load_model(args: &ModelArgs) -> Result<Model> {
+    let path = match &args.kernel {
+        Some(name) => KernelPath::parse(name)?,
+        None => KernelPath::from_env()?,
+    };
+    let threads = match args.threads {
+        Some(0) => bail!("-t/--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let Some(file_path) = &args.model else {
+        bail!("no model given: use -m MODEL.bitnet (make one with bitnet-convert)");
+    };
+    let file = BitnetFile::open(file_path)
+        .with_context(|| format!("cannot open model {}", file_path.display()))?;
+    let model = Model::load(file, path, threads)
+        .with_context(|| format!("cannot load model {}", file_path.display()))?;
+    if let Some((name, layout)) = model.weights.repacked.first() {
+        eprintln!(
+            "note: {} ternary tensors (e.g. {name}, layout {}) repacked to {} for the {} kernels",
+            model.weights.repacked.len(),
+            layout.label(),
+            path.preferred_layout().label(),
+            path.name()
+        );
+    }
+    Ok(model)
+}
+
+/// The context size: `-c` if given (at most the model's), else the model's.
+fn context_size(args: &ModelArgs, model: &Model) -> Result<usize> {
+    let trained = model.config.context_length as usize;
+    match args.ctx {
+        Some(0) => bail!("-c/--ctx-size must be at least 1"),
+        Some(c) if c > trained => {
+            bail!("-c/--ctx-size {c} exceeds the model's context length {trained}")
+        }
+        Some(c) => Ok(c),
+        None => Ok(trained),
+    }
+}
+
+impl SamplingArgs {
+    /// The sampler options: flags, else the model's generation defaults, else llama.cpp's defaults.
+    fn config(&self, model: &Model) -> Result<SamplerConfig> {
+        let g = &model.file().header().generation;
+        let d = SamplerConfig::default();
+        let seed = self.seed.unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        let config = SamplerConfig {
+            temperature: self
+                .temperature
+                .or(g.temperature.map(|v| v as f32))
+                .unwrap_or(d.temperature),
+            top_k: self
+                .top_k
+                .or(g.top_k.map(|v| v as usize))
+                .unwrap_or(d.top_k),
+            top_p: self.top_p.or(g.top_p.map(|v| v as f32)).unwrap_or(d.top_p),
+            min_p: self.min_p.or(g.min_p.map(|v| v as f32)).unwrap_or(d.min_p),
+            repeat_penalty: self
+                .repeat_penalty
+                .or(g.repetition_penalty.map(|v| v as f32))
+                .unwrap_or(d.repeat_penalty),
+            repeat_last_n: self.repeat_last_n,
+            seed,
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,222 @@
+//! AVX2 kernels. The ternary kernel reads 16-row tiles as two 32-byte halves (rows 0–7, 8–15):
+//! `vpmaddubsw` multiplies unsigned codes `t + 1` by a broadcast activation quad (pair sums stay
+//! within ±512, so nothing saturates), the four planes add up in i16 (within ±2048), and `vpmaddwd`
+//! widens to i32; `Σ q` is subtracted at the end to undo the `+ 1`.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::activation::QuantizedActs;
+use super::ternary::TernaryMatrix;
+
+/// See [`super::ternary_matmul`]; `w.tile_rows` must be 16.
+///
+/// # Safety
+/// The CPU must support AVX2, and the slice lengths must be as `ternary_matmul` asserts.
+#[target_feature(enable = "avx2")]
+pub unsafe fn ternary_tiles(
+    w: &TernaryMatrix,
+    x: &QuantizedActs,
+    tiles: Range<usize>,
+    out: &mut [i32],
+) {
+    let (k_blocks, tile_bytes, tokens) = (w.k_blocks(), w.tile_bytes(), x.tokens);
+    for (i, tile) in tiles.enumerate() {
+        let codes = &w.codes[tile * tile_bytes..(tile + 1) * tile_bytes];
+        for t in 0..tokens {
+            let o = (i * tokens + t) * 16;
+            // SAFETY: same CPU feature; `codes` holds k_blocks blocks of 64 bytes, the token row
+            // 16 · k_blocks codes, and `out[o..o + 16]` exists.
+            unsafe { one_token(codes, k_blocks, x.row(t), x.sum[t], &mut out[o..o + 16]) };
+        }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn one_token(codes: &[u8], k_blocks: usize, q: &[i8], sum: i32, out: &mut [i32]) {
+    debug_assert!(codes.len() >= k_blocks * 64 && q.len() >= k_blocks * 16 && out.len() >= 16);
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 2];
+    for kb in 0..k_blocks {
+        // SAFETY: `kb < k_blocks`: 16 codes of the token and 64 bytes of the tile are in bounds.
+        let quads = unsafe { q.as_ptr().add(kb * 16).cast::<i32>() };
+        let a: [__m256i; 4] = std::array::from_fn(|p| {
+            // SAFETY: p < 4 quads within the block's 16 codes.
+            _mm256_set1_epi32(unsafe { quads.add(p).read_unaligned() })
+        });
+        for (half, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: bytes kb·64 + 32·half .. + 32 are within the tile.
+            let v = unsafe { _mm256_loadu_si256(codes.as_ptr().add(kb * 64 + 32 * half).cast()) };
+            let c = [
+                _mm256_and_si256(v, mask),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
+            ];
+            let s01 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(c[0], a[0]),
+                _mm256_maddubs_epi16(c[1], a[1]),
+            );
+            let s23 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(c[2], a[2]),
+                _mm256_maddubs_epi16(c[3], a[3]),
+            );
+            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_add_epi16(s01, s23), ones));
+        }
+    }
+    let s = _mm256_set1_epi32(sum);
+    // SAFETY: `out` has 16 elements.
+    unsafe {
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), _mm256_sub_epi32(acc[0], s));
+        _mm256_storeu_si256(out.as_mut_ptr().add(8).cast(), _mm256_sub_epi32(acc[1], s));
+    }
+}
+
+/// `Σ a[i] · b[i]` in f32 with 8-lane FMAs.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8j + 8 <= n.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i + 8 * j)),
+                    _mm256_loadu_ps(b.as_ptr().add(i + 8 * j)),
+                )
+            };
+            *acc = _mm256_fmadd_ps(x, y, *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+            )
+        };
+        acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+        i += 8;
+    }
+    let t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let quad = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    let mut sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
+    for k in i..n {
+        sum += a[k] * b[k];
+    }
+    sum
+}
+
+/// Widen f16 values to f32.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn f16_to_f32(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: 8 halves at 2i and 8 floats at i are in bounds.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(2 * i).cast());
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for k in i..n {
+        dst[k] = half::f16::from_le_bytes([src[2 * k], src[2 * k + 1]]).to_f32();
+    }
+}
+
+/// Widen bf16 values to f32 (exact).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: 8 bf16 values at 2i and 8 floats at i are in bounds.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(2 * i).cast());
+            let wide = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_castsi256_ps(wide));
+        }
+        i += 8;
+    }
+    for k in i..n {
+        dst[k] = half::bf16::from_le_bytes([src[2 * k], src[2 * k + 1]]).to_f32();
+    }
+}
+
+/// See [`super::activation::quantize_row`].
+///
+/// # Safety
+/// The CPU must support AVX2; `out.len() == x.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_row(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    let n = x.len();
+    let sign_off = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut vmax = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, sign_off));
+        i += 8;
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vmax) };
+    let mut absmax = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
+    for v in &x[i..] {
+        absmax = absmax.max(v.abs());
+    }
+    let s = 127.0 / absmax.max(1e-5);
+    let vs = _mm256_set1_ps(s);
+    let mut vsum = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n for both x and out.
+        unsafe {
+            let q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
+            vsum = _mm256_add_epi32(
+                vsum,
+                _mm256_max_epi32(
+                    _mm256_min_epi32(q, _mm256_set1_epi32(127)),
+                    _mm256_set1_epi32(-128),
+                ),
+            );
+            let w16 = _mm256_packs_epi32(q, q);
+            let w8 = _mm256_packs_epi16(w16, w16);
+            let lo = _mm256_castsi256_si128(w8);
+            let hi = _mm256_extracti128_si256::<1>(w8);
+            let bytes = _mm_unpacklo_epi32(lo, hi);
+            out.as_mut_ptr()
+                .add(i)
+                .cast::<i64>()
+                .write_unaligned(_mm_cvtsi128_si64(bytes));
+        }
+        i += 8;
+    }
+    let mut sums = [0i32; 8];
+    // SAFETY: `sums` holds 8 i32.
+    unsafe { _mm256_storeu_si256(sums.as_mut_ptr().cast(), vsum) };
+    let mut sum: i32 = sums.iter().sum();
+    for k in i..n {
+        let q = (x[k] * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+        out[k] = q;
+        sum += q as i32;
+    }
+    (s, sum)
+}

@@ -1,0 +1,252 @@
+//! AVX-512 kernels (F, BW, VNNI). The ternary kernel reads 16-row tiles: one 64-byte block gives,
+//! after shift-and-mask, four vectors of unsigned codes `t + 1` in `vpdpbusd` operand shape, each
+//! multiplied by one broadcast activation quad; `Σ q` is subtracted at the end to undo the `+ 1`.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::activation::QuantizedActs;
+use super::ternary::TernaryMatrix;
+
+/// Tokens per register block in the matrix-matrix kernel: enough independent accumulator chains to
+/// keep `vpdpbusd` busy while each unpacked block is reused across all of them.
+const TOKEN_BLOCK: usize = 8;
+
+/// See [`super::ternary_matmul`]; `w.tile_rows` must be 16.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI, and the slice lengths must be as `ternary_matmul`
+/// asserts.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn ternary_tiles(
+    w: &TernaryMatrix,
+    x: &QuantizedActs,
+    tiles: Range<usize>,
+    out: &mut [i32],
+) {
+    let (k_blocks, tile_bytes, tokens) = (w.k_blocks(), w.tile_bytes(), x.tokens);
+    for (i, tile) in tiles.enumerate() {
+        let codes = &w.codes[tile * tile_bytes..(tile + 1) * tile_bytes];
+        let out_tile = &mut out[i * tokens * 16..(i + 1) * tokens * 16];
+        let mut t = 0;
+        while t + TOKEN_BLOCK <= tokens {
+            // SAFETY: same CPU features as this function; `codes` holds `k_blocks` blocks of 64 bytes
+            // and each token row `kpad = 16 · k_blocks` codes.
+            unsafe { token_block::<TOKEN_BLOCK>(codes, k_blocks, x, t, &mut out_tile[t * 16..]) };
+            t += TOKEN_BLOCK;
+        }
+        while t < tokens {
+            // SAFETY: as above, for one token.
+            unsafe {
+                one_token(
+                    codes,
+                    k_blocks,
+                    x.row(t),
+                    x.sum[t],
+                    &mut out_tile[t * 16..(t + 1) * 16],
+                )
+            };
+            t += 1;
+        }
+    }
+}
+
+/// Split a block into its four code planes (columns `4p .. 4p+3` of each row in lane `r`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn planes(v: __m512i) -> [__m512i; 4] {
+    let mask = _mm512_set1_epi8(3);
+    [
+        _mm512_and_si512(v, mask),
+        _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+        _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+    ]
+}
+
+/// One token: four accumulators (one per plane) so consecutive `vpdpbusd`s do not wait on each other.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn one_token(codes: &[u8], k_blocks: usize, q: &[i8], sum: i32, out: &mut [i32]) {
+    debug_assert!(codes.len() >= k_blocks * 64 && q.len() >= k_blocks * 16 && out.len() >= 16);
+    let mut acc = [_mm512_setzero_si512(); 4];
+    for kb in 0..k_blocks {
+        // SAFETY: `kb < k_blocks`, so the 64 bytes at `kb · 64` and the 16 codes at `kb · 16` exist.
+        let (v, quads) = unsafe {
+            let v = _mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast());
+            (v, q.as_ptr().add(kb * 16).cast::<i32>())
+        };
+        let c = planes(v);
+        for p in 0..4 {
+            // SAFETY: `quads` points at 16 codes, so quads + p (p < 4) is in bounds.
+            let a = _mm512_set1_epi32(unsafe { quads.add(p).read_unaligned() });
+            acc[p] = _mm512_dpbusd_epi32(acc[p], c[p], a);
+        }
+    }
+    let total = _mm512_add_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_add_epi32(acc[2], acc[3]),
+    );
+    let total = _mm512_sub_epi32(total, _mm512_set1_epi32(sum));
+    // SAFETY: `out` has at least 16 elements.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), total) };
+}
+
+/// `M` tokens at once: each block is unpacked once and used `4 · M` times.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn token_block<const M: usize>(
+    codes: &[u8],
+    k_blocks: usize,
+    x: &QuantizedActs,
+    t0: usize,
+    out: &mut [i32],
+) {
+    debug_assert!(codes.len() >= k_blocks * 64 && out.len() >= M * 16 && t0 + M <= x.tokens);
+    let rows: [*const i8; M] = std::array::from_fn(|m| x.row(t0 + m).as_ptr());
+    let mut acc = [_mm512_setzero_si512(); M];
+    for kb in 0..k_blocks {
+        // SAFETY: `kb < k_blocks`: the block is within `codes`.
+        let c = planes(unsafe { _mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast()) });
+        for (p, plane) in c.iter().enumerate() {
+            for m in 0..M {
+                // SAFETY: each token row holds 16 · k_blocks codes; this reads 4 of block `kb`.
+                let quad = unsafe { rows[m].add(kb * 16 + 4 * p).cast::<i32>().read_unaligned() };
+                acc[m] = _mm512_dpbusd_epi32(acc[m], *plane, _mm512_set1_epi32(quad));
+            }
+        }
+    }
+    for (m, acc) in acc.iter().enumerate() {
+        let v = _mm512_sub_epi32(*acc, _mm512_set1_epi32(x.sum[t0 + m]));
+        // SAFETY: `out` holds M · 16 accumulators.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(m * 16).cast(), v) };
+    }
+}
+
+/// `Σ a[i] · b[i]` in f32 with 16-lane FMAs.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 16j + 16 <= n.
+            let (x, y) = unsafe {
+                (
+                    _mm512_loadu_ps(a.as_ptr().add(i + 16 * j)),
+                    _mm512_loadu_ps(b.as_ptr().add(i + 16 * j)),
+                )
+            };
+            *acc = _mm512_fmadd_ps(x, y, *acc);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n.
+        let (x, y) = unsafe {
+            (
+                _mm512_loadu_ps(a.as_ptr().add(i)),
+                _mm512_loadu_ps(b.as_ptr().add(i)),
+            )
+        };
+        acc[0] = _mm512_fmadd_ps(x, y, acc[0]);
+        i += 16;
+    }
+    let total = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    let mut sum = _mm512_reduce_add_ps(total);
+    for k in i..n {
+        sum += a[k] * b[k];
+    }
+    sum
+}
+
+/// Widen f16 values to f32.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn f16_to_f32(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / 2);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: 16 halves (32 bytes) at 2i and 16 floats at i are in bounds.
+        unsafe {
+            let h = _mm256_loadu_si256(src.as_ptr().add(2 * i).cast());
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+        }
+        i += 16;
+    }
+    for k in i..n {
+        dst[k] = half::f16::from_le_bytes([src[2 * k], src[2 * k + 1]]).to_f32();
+    }
+}
+
+/// Widen bf16 values to f32 (exact: a bf16 is the top half of an f32).
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / 2);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: 16 bf16 values at 2i and 16 floats at i are in bounds.
+        unsafe {
+            let h = _mm256_loadu_si256(src.as_ptr().add(2 * i).cast());
+            let wide = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_castsi512_ps(wide));
+        }
+        i += 16;
+    }
+    for k in i..n {
+        dst[k] = half::bf16::from_le_bytes([src[2 * k], src[2 * k + 1]]).to_f32();
+    }
+}
+
+/// See [`super::activation::quantize_row`].
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `out.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize_row(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    let n = x.len();
+    let sign_off = _mm512_set1_epi32(0x7fff_ffff);
+    let mut vmax = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n.
+        let v = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
+        vmax = _mm512_max_ps(
+            vmax,
+            _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), sign_off)),
+        );
+        i += 16;
+    }
+    let mut absmax = _mm512_reduce_max_ps(vmax);
+    for v in &x[i..] {
+        absmax = absmax.max(v.abs());
+    }
+    let s = 127.0 / absmax.max(1e-5);
+    let vs = _mm512_set1_ps(s);
+    let mut vsum = _mm512_setzero_si512();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n for both x and out.
+        unsafe {
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), vs));
+            let q8 = _mm512_cvtsepi32_epi8(q);
+            _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), q8);
+            vsum = _mm512_add_epi32(vsum, _mm512_cvtepi8_epi32(q8));
+        }
+        i += 16;
+    }
+    let mut sum = _mm512_reduce_add_epi32(vsum);
+    for k in i..n {
+        let q = (x[k] * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+        out[k] = q;
+        sum += q as i32;
+    }
+    (s, sum)
+}

@@ -1,0 +1,69 @@
+//! A memory read-bandwidth probe: the machine's roofline for token generation, measured the same way
+//! as the reference figure in shared/reference/performance.md (a sum over a large array with wide
+//! loads and several accumulators, all threads, best of several passes).
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::KernelPath;
+
+/// Sum of all bytes of `data` as u64 lanes (the value is irrelevant; it keeps the loads alive).
+fn sum_words(path: KernelPath, data: &[u64]) -> u64 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 => {
+            // SAFETY: the path is only chosen when the CPU has AVX-512 F.
+            unsafe { sum_avx512(data) }
+        }
+        _ => {
+            let mut acc = [0u64; 8];
+            for chunk in data.chunks_exact(8) {
+                for (a, v) in acc.iter_mut().zip(chunk) {
+                    *a = a.wrapping_add(*v);
+                }
+            }
+            acc.iter().fold(0, |s, v| s.wrapping_add(*v))
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_avx512(data: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_si512(); 8];
+    let chunks = data.len() / 64;
+    for c in 0..chunks {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c · 64 + 8j + 8 <= data.len().
+            let v = unsafe { _mm512_loadu_si512(data.as_ptr().add(c * 64 + 8 * j).cast()) };
+            *a = _mm512_add_epi64(*a, v);
+        }
+    }
+    let total = acc
+        .iter()
+        .fold(_mm512_setzero_si512(), |s, a| _mm512_add_epi64(s, *a));
+    _mm512_reduce_add_epi64(total) as u64
+}
+
+/// Best read bandwidth in bytes per second over `passes` sums of a `bytes`-sized array, split across
+/// the current rayon pool's threads.
+pub fn measure(path: KernelPath, bytes: usize, passes: usize) -> f64 {
+    let words = bytes / 8 / 64 * 64;
+    let data: Vec<u64> = (0..words as u64).collect();
+    let threads = rayon::current_num_threads();
+    let chunk = words.div_ceil(threads).next_multiple_of(64);
+    let mut best = 0.0f64;
+    let mut sink = 0u64;
+    for _ in 0..passes {
+        let start = Instant::now();
+        sink ^= data
+            .par_chunks(chunk)
+            .map(|c| sum_words(path, c))
+            .reduce(|| 0, |a, b| a.wrapping_add(b));
+        best = best.max((words * 8) as f64 / start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sink);
+    best
+}

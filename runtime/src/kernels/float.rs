@@ -1,0 +1,135 @@
+//! Kernels for the dense (non-ternary) matrices, embedding and output: widening rows to f32 and dot
+//! products. These are not bit-exact across paths (summation order differs); tests hold them to
+//! a relative tolerance.
+
+use std::ops::Range;
+
+use super::KernelPath;
+
+/// Element type of a float vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloatKind {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FloatKind {
+    pub fn bytes(self) -> usize {
+        match self {
+            FloatKind::F32 => 4,
+            FloatKind::F16 | FloatKind::Bf16 => 2,
+        }
+    }
+}
+
+/// How a dense matrix stores its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseKind {
+    Float(FloatKind),
+    /// `i8_row` (SPEC.md §5): per-row f32 scales, then i8 values.
+    I8Row,
+}
+
+/// A row-major dense matrix (the bytes of an f32, f16, bf16 or i8_row tensor).
+#[derive(Debug, Clone, Copy)]
+pub struct DenseMatrix<'a> {
+    pub data: &'a [u8],
+    pub rows: usize,
+    pub cols: usize,
+    pub kind: DenseKind,
+}
+
+impl DenseMatrix<'_> {
+    /// Row `r` widened to f32 into `out[..cols]`.
+    pub fn row_into(&self, path: KernelPath, r: usize, out: &mut [f32]) {
+        let out = &mut out[..self.cols];
+        match self.kind {
+            DenseKind::Float(kind) => {
+                let width = self.cols * kind.bytes();
+                decode(path, kind, &self.data[r * width..(r + 1) * width], out);
+            }
+            DenseKind::I8Row => {
+                let scale =
+                    f32::from_le_bytes(self.data[4 * r..4 * r + 4].try_into().expect("4 bytes"));
+                let start = (self.rows * 4).next_multiple_of(64) + r * self.cols;
+                for (o, &q) in out.iter_mut().zip(&self.data[start..start + self.cols]) {
+                    *o = q as i8 as f32 * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Widen `src` (little-endian values of `kind`) into `dst`.
+pub fn decode(path: KernelPath, kind: FloatKind, src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len() * kind.bytes());
+    match (kind, path) {
+        (FloatKind::F32, _) => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (FloatKind::F16, KernelPath::Avx512) => {
+            // SAFETY: the path is only chosen when the CPU has AVX-512 F (KernelPath::is_available).
+            unsafe { super::avx512::f16_to_f32(src, dst) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (FloatKind::Bf16, KernelPath::Avx512) => {
+            // SAFETY: as above.
+            unsafe { super::avx512::bf16_to_f32(src, dst) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (FloatKind::F16, KernelPath::Avx2) => {
+            // SAFETY: the AVX2 path requires AVX2 and F16C (KernelPath::is_available).
+            unsafe { super::avx2::f16_to_f32(src, dst) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (FloatKind::Bf16, KernelPath::Avx2) => {
+            // SAFETY: as above.
+            unsafe { super::avx2::bf16_to_f32(src, dst) }
+        }
+        (FloatKind::F16, _) => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::f16::from_le_bytes([s[0], s[1]]).to_f32();
+            }
+        }
+        (FloatKind::Bf16, _) => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::bf16::from_le_bytes([s[0], s[1]]).to_f32();
+            }
+        }
+    }
+}
+
+/// `Σ a[i] · b[i]`.
+pub fn dot(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    match path {
+        KernelPath::Scalar => a.iter().zip(b).map(|(x, y)| x * y).sum(),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only chosen when the CPU has AVX-512 F.
+        KernelPath::Avx512 => unsafe { super::avx512::dot(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only chosen when the CPU has AVX2 and FMA.
+        KernelPath::Avx2 => unsafe { super::avx2::dot(a, b) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("x86 kernel path on another architecture"),
+    }
+}
+
+/// For every row in `rows` and every token row of `x` (`tokens × w.cols`):
+/// `out[(r - rows.start) · tokens + t] = w[r] · x[t]`. Each matrix row is widened once and reused
+/// for all tokens.
+pub fn matmul(path: KernelPath, w: &DenseMatrix, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    let tokens = x.len() / w.cols;
+    assert_eq!(out.len(), rows.len() * tokens);
+    let mut row = vec![0.0f32; w.cols];
+    for (i, r) in rows.enumerate() {
+        w.row_into(path, r, &mut row);
+        for (t, xt) in x.chunks_exact(w.cols).enumerate() {
+            out[i * tokens + t] = dot(path, &row, xt);
+        }
+    }
+}

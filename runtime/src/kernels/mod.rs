@@ -1,0 +1,126 @@
+//! Compute kernels: a scalar reference for everything, and SIMD paths chosen once at start-up.
+//!
+//! Every SIMD ternary kernel returns exactly the scalar reference's i32 accumulators, so logits are
+//! identical whichever path runs. A new instruction set is one more module beside `avx2`/`avx512`
+//! and one more [`KernelPath`] variant.
+
+pub mod activation;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod bandwidth;
+pub mod float;
+pub mod scalar;
+mod ternary;
+
+pub use ternary::{TernaryMatrix, ternary_matmul};
+
+use bitnet_format::TernaryLayout;
+
+/// An instruction-set path for the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    /// Portable Rust; the reference every other path is tested against.
+    Scalar,
+    /// x86-64 AVX2 (`vpmaddubsw`/`vpmaddwd`).
+    Avx2,
+    /// x86-64 AVX-512 F/BW with VNNI (`vpdpbusd`).
+    Avx512,
+}
+
+/// Why a requested kernel path cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("unknown kernel {0:?} (expected one of: scalar, avx2, avx512)")]
+    Unknown(String),
+    #[error("kernel {0} was requested but this CPU lacks {1}")]
+    Unsupported(&'static str, &'static str),
+}
+
+impl KernelPath {
+    pub const ALL: [KernelPath; 3] = [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "scalar",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512 => "avx512",
+        }
+    }
+
+    /// The CPU features this path needs, as the CPU reports them.
+    fn features(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "",
+            KernelPath::Avx2 => "avx2, fma, f16c",
+            KernelPath::Avx512 => "avx512f, avx512bw, avx512vnni, fma, f16c",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            KernelPath::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => {
+                KernelPath::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest path this CPU supports.
+    pub fn detect() -> Self {
+        [KernelPath::Avx512, KernelPath::Avx2]
+            .into_iter()
+            .find(|p| p.is_available())
+            .unwrap_or(KernelPath::Scalar)
+    }
+
+    /// Parse a path name and check that this CPU can run it.
+    pub fn parse(name: &str) -> Result<Self, KernelError> {
+        let path = KernelPath::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| KernelError::Unknown(name.to_string()))?;
+        if !path.is_available() {
+            return Err(KernelError::Unsupported(path.name(), path.features()));
+        }
+        Ok(path)
+    }
+
+    /// `BITNET_KERNEL` if set, else the fastest available path.
+    pub fn from_env() -> Result<Self, KernelError> {
+        match std::env::var("BITNET_KERNEL") {
+            Ok(name) if !name.is_empty() => KernelPath::parse(&name),
+            _ => Ok(KernelPath::detect()),
+        }
+    }
+
+    /// Whether the ternary kernels of this path read `layout` directly (otherwise it is repacked at load).
+    pub fn reads_layout(self, layout: TernaryLayout) -> bool {
+        match (self, layout) {
+            (KernelPath::Scalar, TernaryLayout::Tiled { .. }) => true,
+            (KernelPath::Avx2 | KernelPath::Avx512, TernaryLayout::Tiled { tile_rows }) => {
+                tile_rows == 16
+            }
+            (_, TernaryLayout::I2s { .. }) => false,
+        }
+    }
+
+    /// The layout a tensor is repacked into when this path cannot read its own.
+    pub fn preferred_layout(self) -> TernaryLayout {
+        TernaryLayout::Tiled { tile_rows: 16 }
+    }
+}

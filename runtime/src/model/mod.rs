@@ -1,0 +1,94 @@
+//! The model: configuration, weights bound to a mapped `.bitnet` file, and the forward pass.
+
+mod forward;
+pub mod ops;
+mod weights;
+
+pub use forward::{Logits, Session};
+pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
+
+use bitnet_format::{BitnetFile, FormatError, ModelConfig};
+
+use crate::kernels::KernelPath;
+
+/// Why a model cannot be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("the model lacks tensor {0}")]
+    MissingTensor(String),
+    #[error("tensor {0} must not be present for this model configuration")]
+    UnexpectedTensor(String),
+    #[error("tensor {name} has shape {actual:?}, the configuration needs {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<u64>,
+        actual: Vec<u64>,
+    },
+    #[error("tensor {name} is encoded as {encoding}; it must be {allowed}")]
+    TensorEncoding {
+        name: String,
+        encoding: String,
+        allowed: String,
+    },
+    #[error("tensor {0}: cannot repack: {1}")]
+    Repack(String, String),
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, vocab: u32 },
+    #[error("{needed} positions are needed but the context holds {ctx}")]
+    ContextFull { needed: usize, ctx: usize },
+    #[error("could not start {0} threads: {1}")]
+    Threads(usize, String),
+}
+
+/// A loaded model: the mapped file, its configuration and its weights, and the kernel path and
+/// thread pool it runs with.
+pub struct Model {
+    file: BitnetFile,
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub path: KernelPath,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Bind `file`'s tensors for kernel `path`, running on `threads` threads.
+    pub fn load(file: BitnetFile, path: KernelPath, threads: usize) -> Result<Self, ModelError> {
+        let config = file.header().model.clone();
+        let weights = Weights::load(&file, &config, path)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| ModelError::Threads(threads, e.to_string()))?;
+        Ok(Model {
+            file,
+            config,
+            weights,
+            path,
+            pool,
+        })
+    }
+
+    pub fn file(&self) -> &BitnetFile {
+        &self.file
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The file's bytes, which weights index into.
+    fn bytes(&self) -> &[u8] {
+        self.file.bytes()
+    }
+}

@@ -1,0 +1,167 @@
+//! The float parts of the forward pass, all in f32 as the reference numerics require.
+
+use bitnet_format::{Activation, RopeScaling};
+
+/// `out = w · x / sqrt(mean(x²) + eps)`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (mean_sq + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = g * (v * inv);
+    }
+}
+
+/// In-place RMSNorm of each `w.len()`-wide row of `x`.
+pub fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
+    let mut row = vec![0.0f32; w.len()];
+    for chunk in x.chunks_exact_mut(w.len()) {
+        rms_norm(chunk, w, eps, &mut row);
+        chunk.copy_from_slice(&row);
+    }
+}
+
+/// `gate = act(gate) · up`, element-wise.
+pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Relu2 => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                let r = g.max(0.0);
+                *g = r * r * u;
+            }
+        }
+        Activation::Silu => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Rotary position embedding, rotate-half style, with the inverse frequencies computed as Hugging Face
+/// does (in f32), including its `linear` and `llama3` scalings.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Self {
+        let base = theta as f32;
+        let mut inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        match scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => {
+                for f in &mut inv_freq {
+                    *f /= *factor as f32;
+                }
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context_length,
+            }) => {
+                let (factor, low, high) = (
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                );
+                let old = *original_context_length as f32;
+                let (low_wavelen, high_wavelen) = (old / low, old / high);
+                for f in &mut inv_freq {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        Rope { inv_freq }
+    }
+
+    /// Rotate every `head_dim`-wide head of `x` for position `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let half = self.inv_freq.len();
+        let (cos, sin): (Vec<f32>, Vec<f32>) = self
+            .inv_freq
+            .iter()
+            .map(|&f| {
+                let angle = pos as f32 * f;
+                (angle.cos(), angle.sin())
+            })
+            .unzip();
+        for head in x.chunks_exact_mut(2 * half) {
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = b * cos[i] + a * sin[i];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_of_a_constant_row_is_the_weight() {
+        let mut out = [0.0; 4];
+        rms_norm(&[3.0; 4], &[1.0, 2.0, 3.0, 4.0], 0.0, &mut out);
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let mut x = [1.0, 3.0, 2.0, -1000.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[1] > x[2] && x[2] > x[0] && x[3] == 0.0);
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let rope = Rope::new(8, 10000.0, None);
+        let orig: Vec<f32> = (0..16).map(|i| i as f32 - 7.5).collect();
+        let mut x = orig.clone();
+        rope.apply(&mut x, 0);
+        assert_eq!(x, orig);
+        rope.apply(&mut x, 17);
+        for (h, o) in x.chunks(8).zip(orig.chunks(8)) {
+            let (n1, n2) = (
+                h.iter().map(|v| v * v).sum::<f32>(),
+                o.iter().map(|v| v * v).sum::<f32>(),
+            );
+            assert!((n1 - n2).abs() < 1e-3 * n2);
+        }
+    }
+
+    #[test]
+    fn relu2_and_silu() {
+        let mut g = [-1.0, 2.0];
+        gated_activation(Activation::Relu2, &mut g, &[5.0, 3.0]);
+        assert_eq!(g, [0.0, 12.0]);
+        let mut g = [0.0, 1.0];
+        gated_activation(Activation::Silu, &mut g, &[1.0, 2.0]);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-7);
+    }
+}

@@ -1,0 +1,305 @@
+//! Binding a `.bitnet` file's tensors to the model's weights: every required tensor is checked for
+//! presence, shape and encoding (SPEC.md §4), and ternary tensors in a layout the chosen kernels do
+//! not read are repacked.
+
+use std::ops::Range;
+
+use bitnet_format::names::{self, LayerTensor};
+use bitnet_format::{BitnetFile, Encoding, ModelConfig, TensorInfo, TernaryLayout, ternary};
+
+use crate::kernels::KernelPath;
+use crate::kernels::TernaryMatrix;
+use crate::kernels::float::{DenseKind, DenseMatrix, FloatKind};
+
+use super::ModelError;
+
+/// Where a weight's bytes live.
+#[derive(Debug)]
+enum Storage {
+    /// A byte range of the mapped file.
+    File(Range<usize>),
+    /// Repacked at load.
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    fn bytes<'a>(&'a self, file: &'a [u8]) -> &'a [u8] {
+        match self {
+            Storage::File(r) => &file[r.clone()],
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// A ternary projection in a tiled layout the selected kernels read.
+#[derive(Debug)]
+pub struct TernaryWeight {
+    codes: Storage,
+    pub rows: usize,
+    pub cols: usize,
+    pub tile_rows: usize,
+    pub scale: f32,
+}
+
+impl TernaryWeight {
+    pub fn matrix<'a>(&'a self, file: &'a [u8]) -> TernaryMatrix<'a> {
+        TernaryMatrix {
+            codes: self.codes.bytes(file),
+            rows: self.rows,
+            cols: self.cols,
+            tile_rows: self.tile_rows,
+            scale: self.scale,
+        }
+    }
+
+    /// Columns including padding, the length activations are padded to.
+    pub fn kpad(&self) -> usize {
+        self.cols.div_ceil(16) * 16
+    }
+
+    /// Bytes read per use (for bandwidth figures).
+    pub fn byte_len(&self) -> usize {
+        self.rows.div_ceil(self.tile_rows) * self.kpad() / 4 * self.tile_rows
+    }
+}
+
+/// A dense matrix (embedding or output), always read from the file.
+#[derive(Debug)]
+pub struct DenseWeight {
+    range: Range<usize>,
+    pub rows: usize,
+    pub cols: usize,
+    pub kind: DenseKind,
+}
+
+impl DenseWeight {
+    pub fn matrix<'a>(&self, file: &'a [u8]) -> DenseMatrix<'a> {
+        DenseMatrix {
+            data: &file[self.range.clone()],
+            rows: self.rows,
+            cols: self.cols,
+            kind: self.kind,
+        }
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.range.len()
+    }
+}
+
+/// The weights of one transformer block.
+#[derive(Debug)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub q: TernaryWeight,
+    pub k: TernaryWeight,
+    pub v: TernaryWeight,
+    pub attn_sub_norm: Option<Vec<f32>>,
+    pub o: TernaryWeight,
+    pub ffn_norm: Vec<f32>,
+    pub gate: TernaryWeight,
+    pub up: TernaryWeight,
+    pub ffn_sub_norm: Option<Vec<f32>>,
+    pub down: TernaryWeight,
+}
+
+/// All weights of a model.
+#[derive(Debug)]
+pub struct Weights {
+    pub token_embd: DenseWeight,
+    /// `None` when the output matrix is the embedding.
+    pub output: Option<DenseWeight>,
+    pub output_norm: Vec<f32>,
+    pub layers: Vec<LayerWeights>,
+    /// Ternary tensors repacked at load: `(name, from layout)`.
+    pub repacked: Vec<(String, TernaryLayout)>,
+}
+
+struct Binder<'a> {
+    file: &'a BitnetFile,
+    path: KernelPath,
+    repacked: Vec<(String, TernaryLayout)>,
+}
+
+impl Binder<'_> {
+    fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
+        self.file
+            .index()
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    }
+
+    fn check_shape(info: &TensorInfo, shape: &[usize]) -> Result<(), ModelError> {
+        let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        if info.shape != want {
+            return Err(ModelError::TensorShape {
+                name: info.name.clone(),
+                expected: want,
+                actual: info.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn bad_encoding(info: &TensorInfo, allowed: &str) -> ModelError {
+        ModelError::TensorEncoding {
+            name: info.name.clone(),
+            encoding: info.encoding.label(),
+            allowed: allowed.to_string(),
+        }
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let info = self.info(name)?;
+        Self::check_shape(info, &[len])?;
+        if !matches!(
+            info.encoding,
+            Encoding::F32 | Encoding::F16 | Encoding::Bf16
+        ) {
+            return Err(Self::bad_encoding(info, "f32, f16 or bf16"));
+        }
+        Ok(self.file.view(info).to_f32()?)
+    }
+
+    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<DenseWeight, ModelError> {
+        let info = self.info(name)?;
+        Self::check_shape(info, &[rows, cols])?;
+        let kind = match info.encoding {
+            Encoding::F32 => DenseKind::Float(FloatKind::F32),
+            Encoding::F16 => DenseKind::Float(FloatKind::F16),
+            Encoding::Bf16 => DenseKind::Float(FloatKind::Bf16),
+            Encoding::I8Row => DenseKind::I8Row,
+            Encoding::Ternary(_) => {
+                return Err(Self::bad_encoding(info, "f32, f16, bf16 or i8_row"));
+            }
+        };
+        Ok(DenseWeight {
+            range: info.offset as usize..(info.offset + info.length) as usize,
+            rows,
+            cols,
+            kind,
+        })
+    }
+
+    fn ternary(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<TernaryWeight, ModelError> {
+        let info = self.info(name)?;
+        Self::check_shape(info, &[rows, cols])?;
+        let Encoding::Ternary(layout) = info.encoding else {
+            return Err(Self::bad_encoding(info, "ternary"));
+        };
+        let view = self.file.view(info);
+        let scale = view.ternary_scale()?;
+        if self.path.reads_layout(layout) {
+            let TernaryLayout::Tiled { tile_rows } = layout else {
+                unreachable!("kernels read only tiled layouts")
+            };
+            let start = info.offset as usize + 64;
+            return Ok(TernaryWeight {
+                codes: Storage::File(start..(info.offset + info.length) as usize),
+                rows,
+                cols,
+                tile_rows: tile_rows as usize,
+                scale,
+            });
+        }
+        let target = self.path.preferred_layout();
+        let TernaryLayout::Tiled { tile_rows } = target else {
+            unreachable!("preferred layouts are tiled")
+        };
+        let (values, _) = view.unpack_ternary()?;
+        let mut packed = ternary::pack(target, rows as u64, cols as u64, &values, scale)
+            .map_err(|e| ModelError::Repack(name.to_string(), e.to_string()))?;
+        packed.drain(..64);
+        self.repacked.push((name.to_string(), layout));
+        Ok(TernaryWeight {
+            codes: Storage::Owned(packed),
+            rows,
+            cols,
+            tile_rows: tile_rows as usize,
+            scale,
+        })
+    }
+}
+
+impl Weights {
+    /// Bind every tensor the configuration requires, checking shapes and encodings.
+    pub fn load(
+        file: &BitnetFile,
+        config: &ModelConfig,
+        path: KernelPath,
+    ) -> Result<Self, ModelError> {
+        let mut b = Binder {
+            file,
+            path,
+            repacked: Vec::new(),
+        };
+        let h = config.hidden_size as usize;
+        let i_size = config.intermediate_size as usize;
+        let q_dim = (config.num_heads * config.head_dim) as usize;
+        let kv_dim = (config.num_kv_heads * config.head_dim) as usize;
+        let vocab = config.vocab_size as usize;
+        let token_embd = b.dense(names::TOKEN_EMBD, vocab, h)?;
+        let output = if config.tied_embeddings {
+            if file.index().get(names::OUTPUT).is_some() {
+                return Err(ModelError::UnexpectedTensor(names::OUTPUT.into()));
+            }
+            None
+        } else {
+            Some(b.dense(names::OUTPUT, vocab, h)?)
+        };
+        let output_norm = b.vector(names::OUTPUT_NORM, h)?;
+        let mut layers = Vec::with_capacity(config.num_layers as usize);
+        for l in 0..config.num_layers {
+            let n = |t| names::layer(l, t);
+            let sub_norm = |b: &Binder, t, len| -> Result<Option<Vec<f32>>, ModelError> {
+                if config.sub_norms {
+                    b.vector(&n(t), len).map(Some)
+                } else if file.index().get(&n(t)).is_some() {
+                    Err(ModelError::UnexpectedTensor(n(t)))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(LayerWeights {
+                attn_norm: b.vector(&n(LayerTensor::AttnNorm), h)?,
+                q: b.ternary(&n(LayerTensor::AttnQ), q_dim, h)?,
+                k: b.ternary(&n(LayerTensor::AttnK), kv_dim, h)?,
+                v: b.ternary(&n(LayerTensor::AttnV), kv_dim, h)?,
+                attn_sub_norm: sub_norm(&b, LayerTensor::AttnSubNorm, q_dim)?,
+                o: b.ternary(&n(LayerTensor::AttnOutput), h, q_dim)?,
+                ffn_norm: b.vector(&n(LayerTensor::FfnNorm), h)?,
+                gate: b.ternary(&n(LayerTensor::FfnGate), i_size, h)?,
+                up: b.ternary(&n(LayerTensor::FfnUp), i_size, h)?,
+                ffn_sub_norm: sub_norm(&b, LayerTensor::FfnSubNorm, i_size)?,
+                down: b.ternary(&n(LayerTensor::FfnDown), h, i_size)?,
+            });
+        }
+        Ok(Weights {
+            token_embd,
+            output,
+            output_norm,
+            layers,
+            repacked: b.repacked,
+        })
+    }
+
+    /// Bytes of weights read to generate one token: every ternary matrix and the output matrix.
+    pub fn bytes_per_token(&self) -> usize {
+        let ternary: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|w| w.byte_len())
+                    .sum::<usize>()
+            })
+            .sum();
+        ternary + self.output.as_ref().unwrap_or(&self.token_embd).byte_len()
+    }
+}

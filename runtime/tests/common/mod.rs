@@ -1,0 +1,148 @@
+//! Tiny random models written with the format crate, for tests that need a whole model but no checkpoint.
+
+#![allow(dead_code)]
+
+use bitnet_format::names::{self, LayerTensor};
+use bitnet_format::{
+    Activation, BitnetFile, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig,
+    Provenance, Source, TensorSpec, TernaryLayout, ternary,
+};
+
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+pub fn config(activation: Activation, sub_norms: bool, tied: bool) -> ModelConfig {
+    ModelConfig {
+        family: "test".into(),
+        hidden_size: 40,
+        intermediate_size: 72,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 12,
+        vocab_size: 50,
+        context_length: 64,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        rms_norm_eps: 1e-5,
+        activation,
+        sub_norms,
+        tied_embeddings: tied,
+    }
+}
+
+/// Write a random model with `config` and ternary `layout` to `path`; the same seed gives the same
+/// weights whatever the layout.
+pub fn write_model(
+    path: &std::path::Path,
+    config: &ModelConfig,
+    layout: TernaryLayout,
+    embd: Encoding,
+    seed: u64,
+) {
+    write_model_described(path, config, config, layout, embd, seed)
+}
+
+/// As [`write_model`], with tensors for `config` but `described` in the header (to craft mismatches).
+pub fn write_model_described(
+    path: &std::path::Path,
+    config: &ModelConfig,
+    described: &ModelConfig,
+    layout: TernaryLayout,
+    embd: Encoding,
+    seed: u64,
+) {
+    let c = config;
+    let (h, i, v) = (
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.vocab_size as u64,
+    );
+    let q = (c.num_heads * c.head_dim) as u64;
+    let kv = (c.num_kv_heads * c.head_dim) as u64;
+    let mut specs = vec![TensorSpec::new(names::TOKEN_EMBD, embd, &[v, h])];
+    for l in 0..c.num_layers {
+        for t in LayerTensor::ALL {
+            if !c.sub_norms && matches!(t, LayerTensor::AttnSubNorm | LayerTensor::FfnSubNorm) {
+                continue;
+            }
+            let shape = match t {
+                LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+                LayerTensor::AttnSubNorm => vec![q],
+                LayerTensor::FfnSubNorm => vec![i],
+                LayerTensor::AttnQ => vec![q, h],
+                LayerTensor::AttnK | LayerTensor::AttnV => vec![kv, h],
+                LayerTensor::AttnOutput => vec![h, q],
+                LayerTensor::FfnGate | LayerTensor::FfnUp => vec![i, h],
+                LayerTensor::FfnDown => vec![h, i],
+            };
+            let enc = if t.is_projection() {
+                Encoding::Ternary(layout)
+            } else {
+                Encoding::F32
+            };
+            specs.push(TensorSpec::new(names::layer(l, t), enc, &shape));
+        }
+    }
+    specs.push(TensorSpec::new(names::OUTPUT_NORM, Encoding::F32, &[h]));
+    if !c.tied_embeddings {
+        specs.push(TensorSpec::new(names::OUTPUT, embd, &[v, h]));
+    }
+    let header = Header {
+        model: described.clone(),
+        tokenizer: None,
+        generation: GenerationDefaults::default(),
+        provenance: Provenance {
+            source: Source::Synthetic {
+                like: "test".into(),
+                seed,
+            },
+            files: vec![],
+            converter: "runtime tests".into(),
+            options: Default::default(),
+        },
+        tensors: vec![],
+    };
+    let w = FileWriter::create(path, header, &specs).unwrap();
+    let mut rng = Rng(seed | 1);
+    for spec in &specs {
+        let n: u64 = spec.shape.iter().product();
+        let bytes = match spec.encoding {
+            Encoding::Ternary(layout) => {
+                let values: Vec<i8> = (0..n).map(|_| (rng.next() % 3) as i8 - 1).collect();
+                let scale = 0.5 + rng.uniform();
+                ternary::pack(layout, spec.shape[0], spec.shape[1], &values, scale).unwrap()
+            }
+            Encoding::F32 if spec.shape.len() == 1 => (0..n)
+                .flat_map(|_| (0.5 + rng.uniform()).to_le_bytes())
+                .collect(),
+            Encoding::F32 => (0..n)
+                .flat_map(|_| (2.0 * rng.uniform() - 1.0).to_le_bytes())
+                .collect(),
+            Encoding::F16 => (0..n)
+                .flat_map(|_| half::f16::from_f32(2.0 * rng.uniform() - 1.0).to_le_bytes())
+                .collect(),
+            Encoding::Bf16 => (0..n)
+                .flat_map(|_| half::bf16::from_f32(2.0 * rng.uniform() - 1.0).to_le_bytes())
+                .collect(),
+            Encoding::I8Row => unimplemented!("not used by these tests"),
+        };
+        w.write_tensor(&spec.name, &bytes).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+pub fn open(path: &std::path::Path) -> BitnetFile {
+    BitnetFile::open(path).unwrap()
+}

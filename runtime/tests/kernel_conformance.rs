@@ -1,0 +1,234 @@
+//! Every kernel path against an independent oracle: the dense matrix from the format crate's reference
+//! unpacker times the activations, in i64. Shapes deliberately miss every block and tile multiple.
+
+use bitnet_format::{TernaryLayout, ternary};
+use bitnet_run::kernels::activation::QuantizedActs;
+use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
+use bitnet_run::kernels::{KernelPath, TernaryMatrix, ternary_matmul};
+use proptest::prelude::*;
+
+fn available_paths() -> Vec<KernelPath> {
+    let paths: Vec<_> = KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect();
+    eprintln!("kernel paths tested on this CPU: {paths:?}");
+    paths
+}
+
+/// Accumulators in the kernels' tile-major order, computed from the dense matrix.
+fn oracle(
+    values: &[i8],
+    rows: usize,
+    cols: usize,
+    tile_rows: usize,
+    x: &QuantizedActs,
+) -> Vec<i32> {
+    let tiles = rows.div_ceil(tile_rows);
+    let mut out = vec![0i32; tiles * x.tokens * tile_rows];
+    for tile in 0..tiles {
+        for t in 0..x.tokens {
+            for r in 0..tile_rows {
+                let n = tile * tile_rows + r;
+                let acc: i64 = if n < rows {
+                    (0..cols)
+                        .map(|k| values[n * cols + k] as i64 * x.row(t)[k] as i64)
+                        .sum()
+                } else {
+                    0
+                };
+                out[(tile * x.tokens + t) * tile_rows + r] = acc as i32;
+            }
+        }
+    }
+    out
+}
+
+fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<i8>, Vec<f32>)> {
+    (1usize..80, 1usize..300, 1usize..13).prop_flat_map(|(rows, cols, tokens)| {
+        (
+            Just(rows),
+            Just(cols),
+            Just(tokens),
+            proptest::collection::vec(-1i8..=1, rows * cols),
+            proptest::collection::vec(-50.0f32..50.0, tokens * cols),
+        )
+    })
+}
+
+fn check(
+    layout: TernaryLayout,
+    rows: usize,
+    cols: usize,
+    values: &[i8],
+    acts: &[f32],
+    paths: &[KernelPath],
+) {
+    let TernaryLayout::Tiled { tile_rows } = layout else {
+        unreachable!()
+    };
+    let packed = ternary::pack(layout, rows as u64, cols as u64, values, 0.5).unwrap();
+    let w = TernaryMatrix {
+        codes: &packed[64..],
+        rows,
+        cols,
+        tile_rows: tile_rows as usize,
+        scale: 0.5,
+    };
+    let mut x = QuantizedActs::default();
+    x.quantize(KernelPath::Scalar, acts, cols, w.kpad());
+    let expected = oracle(values, rows, cols, w.tile_rows, &x);
+    for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
+        let mut out = vec![i32::MIN; expected.len()];
+        ternary_matmul(path, &w, &x, 0..w.tiles(), &mut out);
+        assert_eq!(
+            out, expected,
+            "{path:?} {layout:?} {rows}x{cols}, {} tokens",
+            x.tokens
+        );
+        // A sub-range of tiles writes exactly that part.
+        if w.tiles() > 1 {
+            let per_tile = x.tokens * w.tile_rows;
+            let mut part = vec![0i32; per_tile];
+            ternary_matmul(path, &w, &x, 1..2, &mut part);
+            assert_eq!(part, expected[per_tile..2 * per_tile], "{path:?} tile 1");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn ternary_kernels_equal_the_dense_oracle((rows, cols, _tokens, values, acts) in case()) {
+        let paths = available_paths();
+        for tile_rows in [4, 8, 16, 32] {
+            check(TernaryLayout::Tiled { tile_rows }, rows, cols, &values, &acts, &paths);
+        }
+    }
+}
+
+#[test]
+fn extreme_activations_do_not_overflow_any_path() {
+    // All +1 weights and activations at ±127/-128: the largest magnitudes the i16 steps can see.
+    let (rows, cols) = (33, 16 * 9 + 5);
+    let paths = available_paths();
+    for weight in [-1i8, 1] {
+        let values = vec![weight; rows * cols];
+        for sign in [1.0f32, -1.0] {
+            let acts: Vec<f32> = (0..cols * 9)
+                .map(|i| {
+                    if i % 7 == 0 {
+                        sign * 1000.0
+                    } else {
+                        -sign * 999.0
+                    }
+                })
+                .collect();
+            check(
+                TernaryLayout::Tiled { tile_rows: 16 },
+                rows,
+                cols,
+                &values,
+                &acts,
+                &paths,
+            );
+        }
+    }
+}
+
+#[test]
+fn real_model_shapes_match_on_every_path() {
+    // 2B-4T's k/v (640 × 2560) and 1bitLLM-3B's down projection K (8640), with a prefill batch.
+    let paths = available_paths();
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (seed >> 33) as u32
+    };
+    for (rows, cols, tokens) in [(640, 2560, 1), (48, 8640, 11)] {
+        let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+        let acts: Vec<f32> = (0..tokens * cols)
+            .map(|_| (next() % 2001) as f32 / 100.0 - 10.0)
+            .collect();
+        check(
+            TernaryLayout::Tiled { tile_rows: 16 },
+            rows,
+            cols,
+            &values,
+            &acts,
+            &paths,
+        );
+    }
+}
+
+#[test]
+fn float_kernels_agree_across_paths() {
+    let (rows, cols, tokens) = (7, 203, 3);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 16.0)
+        .collect();
+    let x: Vec<f32> = (0..tokens * cols)
+        .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+        .collect();
+    for kind in [FloatKind::F32, FloatKind::F16, FloatKind::Bf16] {
+        let data: Vec<u8> = match kind {
+            FloatKind::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            FloatKind::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            FloatKind::Bf16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        };
+        let w = DenseMatrix {
+            data: &data,
+            rows,
+            cols,
+            kind: DenseKind::Float(kind),
+        };
+        let mut reference = vec![0.0f32; rows * tokens];
+        float::matmul(KernelPath::Scalar, &w, &x, 0..rows, &mut reference);
+        // Independent check of the scalar path: f64 sums of the decoded values.
+        for r in 0..rows {
+            for t in 0..tokens {
+                let exact: f64 = (0..cols)
+                    .map(|k| {
+                        let v = values[r * cols + k];
+                        let v = match kind {
+                            FloatKind::F32 => v,
+                            FloatKind::F16 => half::f16::from_f32(v).to_f32(),
+                            FloatKind::Bf16 => half::bf16::from_f32(v).to_f32(),
+                        };
+                        v as f64 * x[t * cols + k] as f64
+                    })
+                    .sum();
+                assert!(
+                    (reference[r * tokens + t] as f64 - exact).abs() < 1e-3,
+                    "{kind:?}"
+                );
+            }
+        }
+        for path in available_paths() {
+            let mut out = vec![0.0f32; rows * tokens];
+            float::matmul(path, &w, &x, 0..rows, &mut out);
+            for (a, b) in out.iter().zip(&reference) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{path:?} {kind:?}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn forcing_an_unknown_or_missing_path_is_a_clear_error() {
+    let err = KernelPath::parse("neon9").unwrap_err().to_string();
+    assert!(err.contains("neon9") && err.contains("scalar"), "{err}");
+    for path in KernelPath::ALL.into_iter().filter(|p| !p.is_available()) {
+        let err = KernelPath::parse(path.name()).unwrap_err().to_string();
+        assert!(err.contains("lacks"), "{err}");
+    }
+}

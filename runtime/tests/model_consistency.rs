@@ -1,0 +1,189 @@
+//! Whole-model properties on tiny random models: every kernel path gives bit-identical logits, a
+//! prompt run as one batch gives the same logits as one token at a time, and the file's layout does
+//! not change the result.
+
+mod common;
+
+use bitnet_format::{Activation, Encoding, TernaryLayout};
+use bitnet_run::kernels::KernelPath;
+use bitnet_run::model::{Logits, Model, ModelError, Session};
+use common::*;
+
+const TOKENS: [u32; 9] = [3, 17, 42, 0, 49, 8, 8, 23, 11];
+
+fn logits_all(path: &std::path::Path, kernel: KernelPath, threads: usize) -> Vec<f32> {
+    let model = Model::load(open(path), kernel, threads).unwrap();
+    Session::new(&model, 64)
+        .forward(&TOKENS, Logits::All)
+        .unwrap()
+}
+
+fn paths() -> Vec<KernelPath> {
+    KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+}
+
+#[test]
+fn every_kernel_path_and_thread_count_gives_identical_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (act, sub, tied)) in [
+        (Activation::Relu2, true, true),
+        (Activation::Silu, false, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("m{i}.bitnet"));
+        write_model(
+            &path,
+            &config(act, sub, tied),
+            TernaryLayout::Tiled { tile_rows: 16 },
+            Encoding::F32,
+            11 + i as u64,
+        );
+        let reference = logits_all(&path, KernelPath::Scalar, 1);
+        assert!(reference.iter().all(|v| v.is_finite()));
+        for kernel in paths() {
+            for threads in [1, 2, 3] {
+                let got = logits_all(&path, kernel, threads);
+                // The output matrix is f32 here, where summation order differs by path: the ternary
+                // parts are exact, so only float rounding remains.
+                let max = got
+                    .iter()
+                    .zip(&reference)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    max < 1e-4,
+                    "{kernel:?} × {threads} threads differs by {max}"
+                );
+                if kernel == KernelPath::Scalar {
+                    assert_eq!(
+                        got, reference,
+                        "scalar is deterministic across thread counts"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_prefill_equals_one_token_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.bitnet");
+    write_model(
+        &path,
+        &config(Activation::Relu2, true, true),
+        TernaryLayout::Tiled { tile_rows: 16 },
+        Encoding::F16,
+        5,
+    );
+    for kernel in paths() {
+        let model = Model::load(open(&path), kernel, 2).unwrap();
+        let batch = Session::new(&model, 64)
+            .forward(&TOKENS, Logits::All)
+            .unwrap();
+        let mut session = Session::new(&model, 64);
+        let vocab = model.config.vocab_size as usize;
+        for (t, &id) in TOKENS.iter().enumerate() {
+            let one = session.forward(&[id], Logits::Last).unwrap();
+            assert_eq!(
+                one,
+                batch[t * vocab..(t + 1) * vocab],
+                "{kernel:?} position {t}"
+            );
+        }
+        // Truncating and re-running reproduces the same logits.
+        session.truncate(4);
+        let again = session.forward(&TOKENS[4..], Logits::All).unwrap();
+        assert_eq!(again, batch[4 * vocab..], "{kernel:?} after truncate");
+    }
+}
+
+#[test]
+fn every_layout_gives_the_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(Activation::Silu, true, false);
+    let base = dir.path().join("tiled16.bitnet");
+    write_model(
+        &base,
+        &cfg,
+        TernaryLayout::Tiled { tile_rows: 16 },
+        Encoding::Bf16,
+        9,
+    );
+    for kernel in paths() {
+        let reference = logits_all(&base, kernel, 2);
+        for layout in [
+            TernaryLayout::Tiled { tile_rows: 4 },
+            TernaryLayout::Tiled { tile_rows: 32 },
+            TernaryLayout::I2s { block: 128 },
+            TernaryLayout::I2s { block: 64 },
+        ] {
+            let path = dir.path().join(format!("{}.bitnet", layout.label()));
+            write_model(&path, &cfg, layout, Encoding::Bf16, 9);
+            let model = Model::load(open(&path), kernel, 2).unwrap();
+            assert_eq!(
+                model.weights.repacked.is_empty(),
+                kernel.reads_layout(layout)
+            );
+            let got = Session::new(&model, 64)
+                .forward(&TOKENS, Logits::All)
+                .unwrap();
+            assert_eq!(got, reference, "{kernel:?} reading {layout:?}");
+        }
+    }
+}
+
+#[test]
+fn context_and_vocabulary_limits_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.bitnet");
+    write_model(
+        &path,
+        &config(Activation::Relu2, true, true),
+        TernaryLayout::Tiled { tile_rows: 16 },
+        Encoding::F32,
+        1,
+    );
+    let model = Model::load(open(&path), KernelPath::Scalar, 1).unwrap();
+    let mut s = Session::new(&model, 8);
+    assert!(matches!(
+        s.forward(&[1; 9], Logits::Last),
+        Err(ModelError::ContextFull { needed: 9, ctx: 8 })
+    ));
+    assert!(matches!(
+        s.forward(&[50], Logits::Last),
+        Err(ModelError::TokenOutOfRange { id: 50, vocab: 50 })
+    ));
+    assert_eq!(s.position(), 0, "failed calls leave the cache untouched");
+}
+
+#[test]
+fn tensors_that_do_not_fit_the_configuration_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.bitnet");
+    let tiled = TernaryLayout::Tiled { tile_rows: 16 };
+    let load = |written: &bitnet_format::ModelConfig, described: &bitnet_format::ModelConfig| {
+        write_model_described(&path, written, described, tiled, Encoding::F32, 1);
+        Model::load(open(&path), KernelPath::Scalar, 1).unwrap_err()
+    };
+    let untied = config(Activation::Relu2, true, false);
+    let tied = config(Activation::Relu2, true, true);
+    assert!(matches!(load(&untied, &tied), ModelError::UnexpectedTensor(ref n) if n == "output"));
+    let no_sub = config(Activation::Relu2, false, true);
+    assert!(
+        matches!(load(&no_sub, &tied), ModelError::MissingTensor(ref n) if n == "blk.0.attn_sub_norm")
+    );
+    let mut wider = tied.clone();
+    wider.intermediate_size = 80;
+    let err = load(&tied, &wider);
+    assert!(
+        matches!(err, ModelError::TensorShape { ref name, .. } if name == "blk.0.ffn_gate"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("[80, 40]"), "{err}");
+}
