@@ -1,1 +1,224 @@
-fn main() {}
+//! `bitnet-convert`: convert a BitNet b1.58 checkpoint to `.bitnet`, or inspect or verify one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bitnet_convert::{
+    ConvertOptions, EmbeddingsChoice, HubOptions, SourceSpec, auto_layout, convert,
+    inspect::inspect, remove_partial_files, synthetic, verify::verify_file,
+};
+use bitnet_format::{Encoding, TernaryLayout};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Convert BitNet b1.58 checkpoints (Hugging Face repos or local directories) to .bitnet files.
+#[derive(Parser, Debug)]
+#[command(
+    name = "bitnet-convert",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  bitnet-convert microsoft/bitnet-b1.58-2B-4T -o bitnet-2b.bitnet\n  bitnet-convert ./my-checkpoint -o model.bitnet --layout i2s\n  bitnet-convert inspect model.bitnet\n  bitnet-convert verify model.bitnet\n\nEnvironment: HF_HOME (cache), HF_TOKEN (gated repos), HF_HUB_OFFLINE=1 (cache only), HF_ENDPOINT (mirror)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    convert: ConvertArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a .bitnet file's header, model configuration, provenance and tensors.
+    Inspect { file: PathBuf },
+    /// Check every checksum, every padding byte and every tensor's encoding of a .bitnet file.
+    Verify { file: PathBuf },
+    /// Write a random-weight model of a real checkpoint's shape, for benchmarks (nothing is downloaded).
+    Synthetic(SyntheticArgs),
+}
+
+#[derive(Args, Debug)]
+struct SyntheticArgs {
+    /// The shape: bitnet-2b4t, bitnet-large, bitnet-3b, llama3-8b-1.58, falcon3-1b, falcon3-3b, falcon3-7b or falcon3-10b.
+    #[arg(long, value_name = "SHAPE")]
+    like: String,
+    /// The .bitnet file to write; with --hf, the checkpoint directory.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Ternary layout (as for conversion).
+    #[arg(long, default_value = "auto", value_parser = parse_layout)]
+    layout: LayoutArg,
+    /// Encoding of token_embd and output (f16 as in bitnet.cpp's I2_S files).
+    #[arg(long, value_enum, default_value = "f16")]
+    embeddings: EmbeddingsArg,
+    /// Write a Hugging Face checkpoint instead (bf16 latent, or packed for Llama-architecture shapes),
+    /// to benchmark conversion on full-size input.
+    #[arg(long)]
+    hf: bool,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// A Hugging Face repo id (owner/name) or a local checkpoint directory (config.json + *.safetensors).
+    #[arg(required = true)]
+    source: Option<String>,
+    /// The .bitnet file to write.
+    #[arg(short, long, value_name = "OUT.bitnet", required = true)]
+    output: Option<PathBuf>,
+    /// Branch, tag or commit of a Hugging Face repo [default: main].
+    #[arg(long, value_name = "REV")]
+    revision: Option<String>,
+    /// Ternary layout: auto (tiled16 on x86-64, tiled4 on AArch64), tiled4, tiled8, tiled16, tiled32, i2s (= i2s128) or i2s64.
+    #[arg(long, default_value = "auto", value_parser = parse_layout)]
+    layout: LayoutArg,
+    /// Encoding of token_embd and output [default: the checkpoint's dtype].
+    #[arg(long, value_enum)]
+    embeddings: Option<EmbeddingsArg>,
+    /// Worker threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Skip checking the packed tensors against the reference unpacker and re-reading the file.
+    #[arg(long)]
+    no_verify: bool,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum LayoutArg {
+    Auto,
+    Fixed(TernaryLayout),
+}
+
+fn parse_layout(s: &str) -> Result<LayoutArg, String> {
+    if s == "auto" {
+        return Ok(LayoutArg::Auto);
+    }
+    TernaryLayout::from_label(s).map(LayoutArg::Fixed).ok_or_else(|| {
+        format!("unknown layout {s:?}: expected auto, tiled4, tiled8, tiled16, tiled32, i2s, i2s128 or i2s64")
+    })
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EmbeddingsArg {
+    F16,
+    Bf16,
+    F32,
+    I8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Inspect { file }) => {
+            let text = inspect(&file).with_context(|| format!("{}", file.display()))?;
+            print!("{text}");
+            Ok(())
+        }
+        Some(Command::Verify { file }) => {
+            let summary = verify_file(&file)?;
+            println!(
+                "{}: OK ({} tensors, {} bytes: checksums, padding and tensor encodings verified)",
+                file.display(),
+                summary.tensors,
+                summary.bytes
+            );
+            Ok(())
+        }
+        Some(Command::Synthetic(args)) => synthetic_command(args),
+        None => convert_command(cli.convert),
+    }
+}
+
+fn synthetic_command(args: SyntheticArgs) -> Result<()> {
+    let shape = synthetic::Shape::find(&args.like)?;
+    if args.output.exists() && !args.force {
+        anyhow::bail!(
+            "{} exists; use --force to replace it",
+            args.output.display()
+        );
+    }
+    ctrlc::set_handler(|| {
+        remove_partial_files();
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+    let start = std::time::Instant::now();
+    let written = if args.hf {
+        synthetic::write_hf(&args.output, shape, args.seed)?
+    } else {
+        let layout = match args.layout {
+            LayoutArg::Auto => auto_layout(),
+            LayoutArg::Fixed(l) => l,
+        };
+        let embeddings = match args.embeddings {
+            EmbeddingsArg::F16 => Encoding::F16,
+            EmbeddingsArg::Bf16 => Encoding::Bf16,
+            EmbeddingsArg::F32 => Encoding::F32,
+            EmbeddingsArg::I8 => Encoding::I8Row,
+        };
+        synthetic::write_bitnet(&args.output, shape, layout, embeddings, args.seed)?
+    };
+    println!(
+        "{}: {} shape, {} tensors, {:.2} G parameters, {:.2} GB, {:.1} s",
+        args.output.display(),
+        shape.name,
+        written.tensors,
+        written.parameters as f64 / 1e9,
+        written.bytes as f64 / 1e9,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn convert_command(args: ConvertArgs) -> Result<()> {
+    let (Some(source), Some(output)) = (args.source, args.output) else {
+        anyhow::bail!("SOURCE and -o OUT.bitnet are required");
+    };
+    ctrlc::set_handler(|| {
+        remove_partial_files();
+        eprintln!("\ninterrupted: no output written");
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+    let spec = SourceSpec::parse(&source, args.revision.as_deref())?;
+    let mut options = ConvertOptions::new(spec, output);
+    options.hub = HubOptions::from_env();
+    options.layout = match args.layout {
+        LayoutArg::Auto => auto_layout(),
+        LayoutArg::Fixed(l) => l,
+    };
+    options.embeddings = match args.embeddings {
+        None => EmbeddingsChoice::Source,
+        Some(EmbeddingsArg::F16) => EmbeddingsChoice::F16,
+        Some(EmbeddingsArg::Bf16) => EmbeddingsChoice::Bf16,
+        Some(EmbeddingsArg::F32) => EmbeddingsChoice::F32,
+        Some(EmbeddingsArg::I8) => EmbeddingsChoice::I8,
+    };
+    options.threads = args.threads;
+    options.verify = !args.no_verify;
+    options.force = args.force;
+    let report = convert(&options)?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    println!("{report}");
+    Ok(())
+}

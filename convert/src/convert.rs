@@ -1,0 +1,356 @@
+//! The conversion pipeline: find the checkpoint, read its configuration and tokenizer, plan the
+//! output, then convert tensors in parallel, writing each as soon as it is done, verify, and move the
+//! file into place. On any error nothing is left at the output path.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bitnet_format::{
+    Encoding, FileWriter, FormatError, Header, Provenance, SourceFile, TensorSpec, TernaryLayout,
+};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::family::{self, ConfigError};
+use crate::plan::{self, EmbeddingsChoice, PlanError};
+use crate::quantize::QuantError;
+use crate::source::{self, Checkpoint, HubOptions, SourceError, SourceSpec};
+use crate::summary::ConvertReport;
+use crate::tokenizer::{self, TokenizerError};
+use crate::verify::{self, VerifyError};
+use crate::write;
+
+/// `name version` of this converter, recorded in every file's provenance.
+pub const CONVERTER: &str = concat!("bitnet-convert ", env!("CARGO_PKG_VERSION"));
+
+/// Everything a conversion needs to know.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub source: SourceSpec,
+    pub output: PathBuf,
+    pub layout: TernaryLayout,
+    pub embeddings: EmbeddingsChoice,
+    /// Size of the thread pool (`None`: one thread per core).
+    pub threads: Option<usize>,
+    /// Check every ternary tensor against the reference unpacker and re-read the written file.
+    pub verify: bool,
+    /// Replace an existing output file.
+    pub force: bool,
+    pub hub: HubOptions,
+}
+
+impl ConvertOptions {
+    /// Defaults for everything but the source and output: the machine's layout, embeddings in the
+    /// source dtype, verification on, hub settings from the environment.
+    pub fn new(source: SourceSpec, output: impl Into<PathBuf>) -> Self {
+        ConvertOptions {
+            source,
+            output: output.into(),
+            layout: auto_layout(),
+            embeddings: EmbeddingsChoice::Source,
+            threads: None,
+            verify: true,
+            force: false,
+            hub: HubOptions::from_env(),
+        }
+    }
+}
+
+/// `--layout auto`: 16-row tiles on x86-64 (AVX2, AVX-512), 4-row tiles on AArch64 (NEON), 16-row
+/// tiles elsewhere.
+pub fn auto_layout() -> TernaryLayout {
+    if cfg!(target_arch = "aarch64") {
+        TernaryLayout::Tiled { tile_rows: 4 }
+    } else {
+        TernaryLayout::Tiled { tile_rows: 16 }
+    }
+}
+
+/// Why a conversion failed. Every variant names the file, tensor or option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{path} already exists; pass --force to replace it")]
+    OutputExists { path: PathBuf },
+    #[error("{path} is a directory; -o takes a file path")]
+    OutputIsDirectory { path: PathBuf },
+    #[error("--threads {threads}: {detail}")]
+    Threads { threads: usize, detail: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Quantize(#[from] QuantError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<FormatError> for ConvertError {
+    fn from(source: FormatError) -> Self {
+        ConvertError::Write {
+            path: PathBuf::new(),
+            source,
+        }
+    }
+}
+
+/// Finished files waiting for their final verification, so that a Ctrl-C can remove them too.
+static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Remove every partial or unverified output of conversions in progress. For signal handlers.
+pub fn remove_partial_files() {
+    bitnet_format::remove_partial_files();
+    for path in STAGED.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// A finished but not yet verified file beside the output; removed unless [`Staged::persist`]ed.
+struct Staged(PathBuf);
+
+impl Staged {
+    fn new(output: &Path) -> Self {
+        let name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = output.with_file_name(format!(".{name}.{}.unverified", std::process::id()));
+        STAGED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        Staged(path)
+    }
+
+    fn persist(self, output: &Path) -> Result<(), ConvertError> {
+        std::fs::rename(&self.0, output).map_err(|source| ConvertError::Io {
+            path: output.to_path_buf(),
+            source,
+        })?;
+        if let Some(dir) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        STAGED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p != &self.0);
+    }
+}
+
+/// Convert a checkpoint to a `.bitnet` file.
+pub fn convert(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+    let output = &options.output;
+    if output.is_dir() {
+        return Err(ConvertError::OutputIsDirectory {
+            path: output.clone(),
+        });
+    }
+    if output.exists() && !options.force {
+        return Err(ConvertError::OutputExists {
+            path: output.clone(),
+        });
+    }
+    // Refuse an impossible output before downloading gigabytes.
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(ConvertError::Io {
+            path: parent,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the output's directory does not exist",
+            ),
+        });
+    }
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(threads) = options.threads {
+        if threads == 0 {
+            return Err(ConvertError::Threads {
+                threads,
+                detail: "must be at least 1".into(),
+            });
+        }
+        builder = builder.num_threads(threads);
+    }
+    let pool = builder.build().map_err(|e| ConvertError::Threads {
+        threads: options.threads.unwrap_or(0),
+        detail: e.to_string(),
+    })?;
+    pool.install(|| run(options))
+}
+
+fn run(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+    let started = Instant::now();
+    let mut checkpoint = Checkpoint::open(&options.source, &options.hub)?;
+    let config = checkpoint
+        .read_json(source::CONFIG)?
+        .expect("a checkpoint always has config.json");
+    let spec = family::from_config(&config, &checkpoint.name_hint())?;
+    let mut notes = spec.notes.clone();
+    let tokenizer = tokenizer::read(&checkpoint, &config, spec.config.vocab_size)?;
+    notes.extend(tokenizer.notes.iter().cloned());
+
+    checkpoint.fetch_weights()?;
+    let weights = checkpoint.weights()?;
+    let plan = plan::plan(
+        &spec.config,
+        spec.config_ties_embeddings,
+        spec.scale_rule,
+        &weights,
+        options.layout,
+        options.embeddings,
+    )?;
+    notes.extend(plan.notes.iter().cloned());
+    let mut model = spec.config.clone();
+    model.tied_embeddings = plan.tied_embeddings;
+
+    let files = hash_files(&checkpoint.files_read())?;
+    let bytes_in = files.iter().map(|f| f.bytes).sum();
+    let mut provenance_options = BTreeMap::new();
+    provenance_options.insert("layout".into(), options.layout.label().into());
+    provenance_options.insert("embeddings".into(), options.embeddings.label().into());
+    let header = Header {
+        model,
+        tokenizer: tokenizer.tokenizer,
+        generation: tokenizer.generation,
+        provenance: Provenance {
+            source: checkpoint.provenance().clone(),
+            files,
+            converter: CONVERTER.to_string(),
+            options: provenance_options,
+        },
+        tensors: Vec::new(),
+    };
+    let specs: Vec<TensorSpec> = plan
+        .tensors
+        .iter()
+        .map(|t| TensorSpec::new(&t.name, t.encoding, &t.shape))
+        .collect();
+
+    let staged = Staged::new(&options.output);
+    let write_error = |source| ConvertError::Write {
+        path: options.output.clone(),
+        source,
+    };
+    let writer = FileWriter::create(&staged.0, header, &specs).map_err(write_error)?;
+    let bytes_out = writer.file_len();
+
+    // Tensors in parallel (and in parallel within each); the first failure in file order is the
+    // one reported, and the others stop early.
+    let failed = AtomicBool::new(false);
+    let first_error = plan
+        .tensors
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            if failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let result = write::write_tensor(&writer, t, &weights, options.verify);
+            result.err().map(|e| {
+                failed.store(true, Ordering::Relaxed);
+                (i, e)
+            })
+        })
+        .min_by_key(|(i, _)| *i);
+    if let Some((_, e)) = first_error {
+        return Err(match e {
+            ConvertError::Write { source, .. } => write_error(source),
+            other => other,
+        });
+    }
+    writer.finish().map_err(write_error)?;
+    if options.verify {
+        verify::check_written(&staged.0, &plan.tensors)?;
+    }
+    staged.persist(&options.output)?;
+
+    let mut report = ConvertReport {
+        output: options.output.clone(),
+        source: checkpoint.label().to_string(),
+        family: spec.family.name().to_string(),
+        tensors: plan.tensors.len(),
+        parameters: 0,
+        ternary_weights: 0,
+        ternary_bytes: 0,
+        bytes_in,
+        bytes_out,
+        elapsed: Duration::ZERO,
+        verified: options.verify,
+        notes,
+    };
+    for t in &plan.tensors {
+        let n: u64 = t.shape.iter().product();
+        report.parameters += n;
+        if let Encoding::Ternary(_) = t.encoding {
+            report.ternary_weights += n;
+            report.ternary_bytes += t.encoding.byte_len(&t.shape).unwrap_or(0);
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Size and SHA-256 of every source file read, hashed in parallel.
+fn hash_files(files: &[(String, PathBuf)]) -> Result<Vec<SourceFile>, ConvertError> {
+    files
+        .par_iter()
+        .map(|(name, path)| {
+            let io = |source| ConvertError::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut file = std::fs::File::open(path).map_err(io)?;
+            let mut hasher = Sha256::new();
+            let mut buffer = vec![0u8; 1 << 20];
+            let mut bytes = 0u64;
+            loop {
+                let n = file.read(&mut buffer).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+                bytes += n as u64;
+            }
+            let sha256 = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Ok(SourceFile {
+                name: name.clone(),
+                bytes,
+                sha256,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,536 @@
+//! SentencePiece `tokenizer.model` (a small protobuf, parsed here by hand) → an equivalent Hugging
+//! Face `tokenizer.json`, as transformers' `LlamaConverter` builds it for Llama-2-style models: a BPE
+//! model with byte fallback whose merges come from the piece scores, a normalizer that prepends `▁`
+//! and turns spaces into `▁`, and the decoder Replace(`▁`→` `) / ByteFallback / Fuse / Strip.
+//!
+//! Only BPE models with the identity normalizer are accepted (the Llama-2 and 1bitLLM tokenizers);
+//! anything else is refused with the setting named. The normalizer is the "legacy" one
+//! (`Prepend` + `Replace`) whatever `legacy` says in `tokenizer_config.json`: it is the one that
+//! encodes plain text exactly as sentencepiece does (transformers' non-legacy `Metaspace` form
+//! differs on text that starts with spaces).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value, json};
+
+/// The piece that stands for a space.
+pub const SPACE: &str = "\u{2581}";
+
+/// Piece types of `sentencepiece_model.proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceType {
+    Normal,
+    Unknown,
+    Control,
+    UserDefined,
+    Unused,
+    Byte,
+}
+
+impl PieceType {
+    fn from_proto(v: u64) -> Result<Self, String> {
+        Ok(match v {
+            1 => PieceType::Normal,
+            2 => PieceType::Unknown,
+            3 => PieceType::Control,
+            4 => PieceType::UserDefined,
+            5 => PieceType::Unused,
+            6 => PieceType::Byte,
+            other => return Err(format!("unknown piece type {other}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub piece: String,
+    pub score: f32,
+    pub kind: PieceType,
+}
+
+/// The parts of a SentencePiece model that define how it encodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentencePieceModel {
+    pub pieces: Vec<Piece>,
+    /// 1 unigram, 2 BPE, 3 word, 4 char.
+    pub model_type: u64,
+    pub byte_fallback: bool,
+    pub treat_whitespace_as_suffix: bool,
+    pub unk_id: i32,
+    pub bos_id: i32,
+    pub eos_id: i32,
+    pub pad_id: i32,
+    pub normalizer_name: String,
+    pub precompiled_charsmap_len: usize,
+    pub add_dummy_prefix: bool,
+    pub remove_extra_whitespaces: bool,
+    pub escape_whitespaces: bool,
+}
+
+/// A minimal protobuf reader: varints, fixed32/64 and length-delimited fields.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+enum Field<'a> {
+    Varint(u64),
+    Fixed32(u32),
+    Fixed64,
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self
+                .bytes
+                .get(self.pos)
+                .ok_or("truncated varint at the end of the data")?;
+            self.pos += 1;
+            value |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(format!("varint longer than 10 bytes at byte {}", self.pos))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("field of {n} bytes at byte {} runs past the end", self.pos))?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// The next `(field number, value)`, or `None` at the end.
+    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, String> {
+        if self.pos == self.bytes.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = match key & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Field::Fixed64
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?).map_err(|_| "huge length")?;
+                Field::Bytes(self.take(len)?)
+            }
+            5 => Field::Fixed32(u32::from_le_bytes(
+                self.take(4)?.try_into().expect("4 bytes"),
+            )),
+            other => {
+                return Err(format!(
+                    "unsupported wire type {other} at byte {}",
+                    self.pos
+                ));
+            }
+        };
+        Ok(Some((key >> 3, field)))
+    }
+}
+
+fn utf8(bytes: &[u8], what: &str) -> Result<String, String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+}
+
+impl SentencePieceModel {
+    /// Parse a serialized `ModelProto`.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let mut m = SentencePieceModel {
+            pieces: Vec::new(),
+            model_type: 1,
+            byte_fallback: false,
+            treat_whitespace_as_suffix: false,
+            unk_id: 0,
+            bos_id: 1,
+            eos_id: 2,
+            pad_id: -1,
+            normalizer_name: String::new(),
+            precompiled_charsmap_len: 0,
+            add_dummy_prefix: true,
+            remove_extra_whitespaces: true,
+            escape_whitespaces: true,
+        };
+        let mut r = Reader::new(bytes);
+        while let Some((number, field)) = r.next()? {
+            match (number, field) {
+                (1, Field::Bytes(b)) => m.pieces.push(parse_piece(b)?),
+                (2, Field::Bytes(b)) => m.parse_trainer_spec(b)?,
+                (3, Field::Bytes(b)) => m.parse_normalizer_spec(b)?,
+                _ => {}
+            }
+        }
+        if m.pieces.is_empty() {
+            return Err("no pieces (is this a SentencePiece model?)".into());
+        }
+        Ok(m)
+    }
+
+    fn parse_trainer_spec(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut r = Reader::new(bytes);
+        while let Some((number, field)) = r.next()? {
+            if let Field::Varint(v) = field {
+                match number {
+                    3 => self.model_type = v,
+                    24 => self.treat_whitespace_as_suffix = v != 0,
+                    35 => self.byte_fallback = v != 0,
+                    40 => self.unk_id = v as i64 as i32,
+                    41 => self.bos_id = v as i64 as i32,
+                    42 => self.eos_id = v as i64 as i32,
+                    43 => self.pad_id = v as i64 as i32,
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_normalizer_spec(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut r = Reader::new(bytes);
+        while let Some((number, field)) = r.next()? {
+            match (number, field) {
+                (1, Field::Bytes(b)) => self.normalizer_name = utf8(b, "normalizer name")?,
+                (2, Field::Bytes(b)) => self.precompiled_charsmap_len = b.len(),
+                (3, Field::Varint(v)) => self.add_dummy_prefix = v != 0,
+                (4, Field::Varint(v)) => self.remove_extra_whitespaces = v != 0,
+                (5, Field::Varint(v)) => self.escape_whitespaces = v != 0,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The piece with id `id`, if `id` is a valid id.
+    pub fn piece(&self, id: i32) -> Option<&str> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.pieces.get(i))
+            .map(|p| p.piece.as_str())
+    }
+
+    /// Refuse models whose encoding the Llama-style conversion would not reproduce.
+    pub fn check_supported(&self) -> Result<(), String> {
+        if self.model_type != 2 {
+            let name = match self.model_type {
+                1 => "unigram",
+                3 => "word",
+                4 => "char",
+                _ => "unknown",
+            };
+            return Err(format!(
+                "model type {name} is not supported (only BPE, as in Llama-2 and 1bitLLM)"
+            ));
+        }
+        if self.precompiled_charsmap_len > 0 {
+            return Err(format!(
+                "normalizer {:?} with a precompiled character map is not supported (only the identity normalizer)",
+                self.normalizer_name
+            ));
+        }
+        if self.remove_extra_whitespaces {
+            return Err("normalizer option remove_extra_whitespaces is not supported".into());
+        }
+        if !self.escape_whitespaces {
+            return Err("normalizer option escape_whitespaces = false is not supported".into());
+        }
+        if self.treat_whitespace_as_suffix {
+            return Err("trainer option treat_whitespace_as_suffix is not supported".into());
+        }
+        if self.piece(self.unk_id).is_none() {
+            return Err(format!("unk_id {} is not a piece", self.unk_id));
+        }
+        Ok(())
+    }
+}
+
+fn parse_piece(bytes: &[u8]) -> Result<Piece, String> {
+    let mut piece = Piece {
+        piece: String::new(),
+        score: 0.0,
+        kind: PieceType::Normal,
+    };
+    let mut r = Reader::new(bytes);
+    while let Some((number, field)) = r.next()? {
+        match (number, field) {
+            (1, Field::Bytes(b)) => piece.piece = utf8(b, "a piece")?,
+            (2, Field::Fixed32(v)) => piece.score = f32::from_bits(v),
+            (3, Field::Varint(v)) => piece.kind = PieceType::from_proto(v)?,
+            _ => {}
+        }
+    }
+    Ok(piece)
+}
+
+/// Options from `tokenizer_config.json` that shape the result.
+#[derive(Debug, Clone, Default)]
+pub struct ConvertOptions {
+    /// Prepend the BOS piece (`add_bos_token`, default true).
+    pub add_bos: bool,
+    /// Append the EOS piece (`add_eos_token`, default false).
+    pub add_eos: bool,
+    /// Added tokens by id beyond (or overriding) the model's pieces, e.g. `<pad>`:
+    /// `(id, content, special)`.
+    pub added: Vec<(u32, String, bool)>,
+}
+
+/// Build the `tokenizer.json` document.
+pub fn to_tokenizer_json(
+    model: &SentencePieceModel,
+    options: &ConvertOptions,
+) -> Result<Value, String> {
+    model.check_supported()?;
+    let mut vocab = Map::new();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for (id, p) in model.pieces.iter().enumerate() {
+        if ids.insert(p.piece.as_str(), id).is_some() {
+            return Err(format!("piece {:?} appears twice", p.piece));
+        }
+        vocab.insert(p.piece.clone(), json!(id));
+    }
+
+    // Merges: every split of a piece into two pieces, ordered as sentencepiece applies them
+    // (highest score first; ties in id order), as transformers' SentencePieceExtractor does.
+    let mut merges: Vec<(f32, &str, &str)> = Vec::new();
+    for p in &model.pieces {
+        if !matches!(p.kind, PieceType::Normal | PieceType::UserDefined) {
+            continue;
+        }
+        let mut local: Vec<(usize, usize, &str, &str)> = p
+            .piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(i, _)| {
+                let (l, r) = p.piece.split_at(i);
+                Some((*ids.get(l)?, *ids.get(r)?, l, r))
+            })
+            .collect();
+        local.sort_by_key(|&(il, ir, _, _)| (il, ir));
+        merges.extend(local.into_iter().map(|(_, _, l, r)| (p.score, l, r)));
+    }
+    merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    let merges: Vec<Value> = merges.into_iter().map(|(_, l, r)| json!([l, r])).collect();
+
+    // Added tokens: unknown and control pieces (special), user-defined pieces (not special), then
+    // those of tokenizer_config.json / added_tokens.json.
+    let mut added: BTreeMap<u32, (String, bool)> = BTreeMap::new();
+    for (id, p) in model.pieces.iter().enumerate() {
+        let special = match p.kind {
+            PieceType::Unknown | PieceType::Control => true,
+            PieceType::UserDefined => false,
+            _ => continue,
+        };
+        added.insert(id as u32, (p.piece.clone(), special));
+    }
+    for (id, content, special) in &options.added {
+        if let Some(p) = model.pieces.get(*id as usize)
+            && p.piece != *content
+        {
+            return Err(format!(
+                "added token {content:?} has id {id}, which is the piece {:?}",
+                p.piece
+            ));
+        }
+        added.insert(*id, (content.clone(), *special));
+    }
+    let added_tokens: Vec<Value> = added
+        .iter()
+        .map(|(id, (content, special))| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": special})
+        })
+        .collect();
+
+    let mut normalizers = Vec::new();
+    if model.add_dummy_prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": SPACE}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
+
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": SPACE}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if model.add_dummy_prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+
+    let bos = model.piece(model.bos_id).filter(|_| options.add_bos);
+    let eos = model.piece(model.eos_id).filter(|_| options.add_eos);
+    let post_processor = if bos.is_none() && eos.is_none() {
+        Value::Null
+    } else {
+        let special =
+            |piece: &str, type_id: u32| json!({"SpecialToken": {"id": piece, "type_id": type_id}});
+        let sequence = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+        let part = |seq: &str, type_id: u32| {
+            let mut v = Vec::new();
+            if let Some(b) = bos {
+                v.push(special(b, type_id));
+            }
+            v.push(sequence(seq, type_id));
+            if let Some(e) = eos {
+                v.push(special(e, type_id));
+            }
+            v
+        };
+        let single = part("A", 0);
+        let mut pair = part("A", 0);
+        pair.extend(part("B", 1));
+        let mut special_tokens = Map::new();
+        for (piece, id) in [(bos, model.bos_id), (eos, model.eos_id)] {
+            if let Some(piece) = piece {
+                special_tokens.insert(
+                    piece.to_string(),
+                    json!({"id": piece, "ids": [id], "tokens": [piece]}),
+                );
+            }
+        }
+        json!({"type": "TemplateProcessing", "single": single, "pair": pair,
+               "special_tokens": special_tokens})
+    };
+
+    let unk = model.piece(model.unk_id).expect("checked as supported");
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "post_processor": post_processor,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": unk,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": model.byte_fallback,
+            "ignore_merges": false,
+            "vocab": vocab,
+            "merges": merges,
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    fn bytes_field(number: u64, data: &[u8], out: &mut Vec<u8>) {
+        varint(number << 3 | 2, out);
+        varint(data.len() as u64, out);
+        out.extend_from_slice(data);
+    }
+
+    fn piece(text: &str, score: f32, kind: u64) -> Vec<u8> {
+        let mut p = Vec::new();
+        bytes_field(1, text.as_bytes(), &mut p);
+        varint(2 << 3 | 5, &mut p);
+        p.extend_from_slice(&score.to_le_bytes());
+        varint(3 << 3, &mut p);
+        varint(kind, &mut p);
+        p
+    }
+
+    fn model() -> Vec<u8> {
+        let mut m = Vec::new();
+        for (text, score, kind) in [
+            ("<unk>", 0.0, 2),
+            ("<s>", 0.0, 3),
+            ("</s>", 0.0, 3),
+            ("\u{2581}a", -1.0, 1),
+            ("\u{2581}", -2.0, 1),
+            ("a", -3.0, 1),
+            ("b", -4.0, 1),
+            ("ab", -5.0, 1),
+        ] {
+            bytes_field(1, &piece(text, score, kind), &mut m);
+        }
+        let mut trainer = Vec::new();
+        varint(3 << 3, &mut trainer);
+        varint(2, &mut trainer);
+        varint(40 << 3, &mut trainer);
+        varint(0, &mut trainer);
+        varint(43 << 3, &mut trainer);
+        varint(-1i64 as u64, &mut trainer);
+        bytes_field(2, &trainer, &mut m);
+        let mut normalizer = Vec::new();
+        bytes_field(1, b"identity", &mut normalizer);
+        varint(4 << 3, &mut normalizer);
+        varint(0, &mut normalizer);
+        bytes_field(3, &normalizer, &mut m);
+        m
+    }
+
+    #[test]
+    fn parses_pieces_and_specs_including_negative_ids() {
+        let m = SentencePieceModel::parse(&model()).unwrap();
+        assert_eq!(m.pieces.len(), 8);
+        assert_eq!(m.pieces[3].piece, "\u{2581}a");
+        assert_eq!(m.pieces[3].score, -1.0);
+        assert_eq!(m.pieces[1].kind, PieceType::Control);
+        assert_eq!((m.model_type, m.pad_id, m.bos_id), (2, -1, 1));
+        assert!(!m.remove_extra_whitespaces && m.add_dummy_prefix);
+        m.check_supported().unwrap();
+    }
+
+    #[test]
+    fn merges_follow_scores_and_specials_become_added_tokens() {
+        let m = SentencePieceModel::parse(&model()).unwrap();
+        let options = ConvertOptions {
+            add_bos: true,
+            add_eos: false,
+            added: vec![(8, "<pad>".into(), true)],
+        };
+        let j = to_tokenizer_json(&m, &options).unwrap();
+        assert_eq!(j["model"]["merges"], json!([["\u{2581}", "a"], ["a", "b"]]));
+        let added: Vec<&str> = j["added_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(added, ["<unk>", "<s>", "</s>", "<pad>"]);
+        assert_eq!(
+            j["post_processor"]["single"][0]["SpecialToken"]["id"],
+            "<s>"
+        );
+    }
+
+    #[test]
+    fn truncated_and_unsupported_models_are_refused() {
+        let bytes = model();
+        assert!(SentencePieceModel::parse(&bytes[..bytes.len() - 3]).is_err());
+        let mut m = SentencePieceModel::parse(&bytes).unwrap();
+        m.model_type = 1;
+        assert!(m.check_supported().unwrap_err().contains("unigram"));
+    }
+}

@@ -1,0 +1,272 @@
+//! What the `convert_*` end-to-end tests share: fixture paths, conversion with test options, a
+//! `.npy` reader, rewriting a fixture's safetensors into a bad checkpoint, and the canonical tensor
+//! list derived independently from `config.json`.
+
+#![allow(dead_code)]
+
+pub mod hub;
+
+use std::path::{Path, PathBuf};
+
+use bitnet_convert::{ConvertOptions, ConvertReport, HubOptions, SourceSpec};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde_json::Value;
+
+pub const FIXTURES: [&str; 5] = [
+    "bitnet-2b4t",
+    "bitnet-2b4t-bf16",
+    "bitnet-1bitllm",
+    "llama3-bitnet",
+    "falcon3-bitnet",
+];
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/fixtures")
+        .join(name)
+}
+
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Hub options that never touch the network or the user's cache.
+pub fn offline_hub(cache: &Path) -> HubOptions {
+    HubOptions {
+        endpoint: "http://127.0.0.1:9".into(),
+        cache_dir: cache.to_path_buf(),
+        token: None,
+        offline: true,
+        progress: false,
+        retries: 0,
+    }
+}
+
+/// Options for converting a local directory, with the hub cut off.
+pub fn options(source: &Path, out: &Path) -> ConvertOptions {
+    let mut o = ConvertOptions::new(
+        SourceSpec::Directory {
+            path: source.to_path_buf(),
+        },
+        out,
+    );
+    o.hub = offline_hub(&std::env::temp_dir().join("bitnet-convert-tests-no-cache"));
+    o
+}
+
+pub fn convert_dir(source: &Path, out: &Path) -> ConvertReport {
+    bitnet_convert::convert(&options(source, out)).unwrap()
+}
+
+/// Every entry of a directory (to check that a failed conversion left nothing behind).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// An int8 or float32 `.npy` array: `(shape, values as f64)`.
+pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let (header_len, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        )
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data = &bytes[start + header_len..];
+    let values = if header.contains("'descr': '|i1'") {
+        data.iter().map(|&b| b as i8 as f64).collect()
+    } else if header.contains("'descr': '<f4'") {
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect()
+    } else {
+        panic!("unsupported npy dtype: {header}")
+    };
+    (shape, values)
+}
+
+/// A tensor read out of a safetensors file, owned so it can be changed.
+#[derive(Clone, Debug)]
+pub struct OwnedTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+pub fn read_safetensors(path: &Path) -> Vec<OwnedTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<OwnedTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| OwnedTensor {
+            name,
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            data: t.data().to_vec(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+pub fn write_safetensors(path: &Path, tensors: &[OwnedTensor]) {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, None).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Copy a fixture to `dir/name`, letting `edit` change its tensors and `edit_config` its config.
+pub fn bad_checkpoint(
+    dir: &Path,
+    fixture_name: &str,
+    edit: impl FnOnce(&mut Vec<OwnedTensor>),
+    edit_config: impl FnOnce(&mut Value),
+) -> PathBuf {
+    let src = fixture(fixture_name);
+    let dst = dir.join(format!("{fixture_name}-edited"));
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut tensors = read_safetensors(&dst.join("model.safetensors"));
+    edit(&mut tensors);
+    write_safetensors(&dst.join("model.safetensors"), &tensors);
+    let mut config = read_json(&dst.join("config.json"));
+    edit_config(&mut config);
+    std::fs::write(
+        dst.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    dst
+}
+
+pub fn tensor_mut<'a>(tensors: &'a mut [OwnedTensor], name: &str) -> &'a mut OwnedTensor {
+    tensors
+        .iter_mut()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"))
+}
+
+/// The canonical tensors a model with this config.json must have, with shapes, in file order,
+/// written out independently of the converter.
+pub fn canonical_tensors(config: &Value, sub_norms: bool, tied: bool) -> Vec<(String, Vec<u64>)> {
+    let u = |k: &str| config[k].as_u64().unwrap();
+    let (h, i, v, heads) = (
+        u("hidden_size"),
+        u("intermediate_size"),
+        u("vocab_size"),
+        u("num_attention_heads"),
+    );
+    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(heads);
+    let head_dim = config["head_dim"].as_u64().unwrap_or(h / heads);
+    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+    let mut out = vec![("token_embd".to_string(), vec![v, h])];
+    for l in 0..u("num_hidden_layers") {
+        let mut layer = vec![
+            ("attn_norm", vec![h]),
+            ("attn_q", vec![q, h]),
+            ("attn_k", vec![kv, h]),
+            ("attn_v", vec![kv, h]),
+        ];
+        if sub_norms {
+            layer.push(("attn_sub_norm", vec![q]));
+        }
+        layer.extend([
+            ("attn_output", vec![h, q]),
+            ("ffn_norm", vec![h]),
+            ("ffn_gate", vec![i, h]),
+            ("ffn_up", vec![i, h]),
+        ]);
+        if sub_norms {
+            layer.push(("ffn_sub_norm", vec![i]));
+        }
+        layer.push(("ffn_down", vec![h, i]));
+        out.extend(layer.into_iter().map(|(n, s)| (format!("blk.{l}.{n}"), s)));
+    }
+    out.push(("output_norm".to_string(), vec![h]));
+    if !tied {
+        out.push(("output".to_string(), vec![v, h]));
+    }
+    out
+}
+
+/// The Hugging Face name of a canonical projection of layer `l` (`q_proj`, ...).
+pub fn hf_projection(l: usize, canonical_suffix: &str) -> String {
+    let module = match canonical_suffix {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        other => panic!("{other} is not a projection"),
+    };
+    format!("model.layers.{l}.{module}.weight")
+}
+
+pub const PROJECTIONS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// A float tensor of the checkpoint as f32 values.
+pub fn to_f32(t: &OwnedTensor) -> Vec<f32> {
+    match t.dtype {
+        Dtype::F32 => t
+            .data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F16 => t
+            .data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => t
+            .data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => panic!("{other:?} is not a float dtype"),
+    }
+}

@@ -1,0 +1,171 @@
+//! bitnet-run against transformers: every family fixture is converted, then run on every kernel path
+//! this CPU has, and compared with the float32 logits transformers produced (tools/fixtures).
+
+mod convert_support;
+
+use std::path::Path;
+
+use bitnet_format::BitnetFile;
+use bitnet_run::chat::{ChatTemplate, Message};
+use bitnet_run::kernels::KernelPath;
+use bitnet_run::model::{Logits, Model, Session};
+use bitnet_run::sampling::argmax;
+use bitnet_run::tokenizer::Tokenizer;
+use convert_support::*;
+use serde_json::Value;
+
+fn converted(dir: &Path, name: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("{name}.bitnet"));
+    convert_dir(&fixture(name), &out);
+    out
+}
+
+fn paths() -> Vec<KernelPath> {
+    KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn logits_match_transformers_for_every_family_and_kernel_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        let file = converted(dir.path(), name);
+        let reference = read_json(&fixture(name).join("reference.json"));
+        for path in paths() {
+            let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
+            let vocab = model.config.vocab_size as usize;
+            for seq in reference["sequences"].as_array().unwrap() {
+                let tokens = ids(&seq["token_ids"]);
+                let (shape, want) =
+                    read_npy(&fixture(name).join(seq["logits_file"].as_str().unwrap()));
+                assert_eq!(shape, [tokens.len(), vocab]);
+                let got = Session::new(&model, tokens.len())
+                    .forward(&tokens, Logits::All)
+                    .unwrap();
+                let diffs: Vec<f64> = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (*a as f64 - b).abs())
+                    .collect();
+                let max = diffs.iter().cloned().fold(0.0, f64::max);
+                let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+                let agree = (0..tokens.len())
+                    .filter(|&t| {
+                        let w: Vec<f32> = want[t * vocab..(t + 1) * vocab]
+                            .iter()
+                            .map(|&v| v as f32)
+                            .collect();
+                        argmax(&got[t * vocab..(t + 1) * vocab]) == argmax(&w)
+                    })
+                    .count() as f64
+                    / tokens.len() as f64;
+                let label = format!("{name} {:?} {} tokens, {path:?}", seq["name"], tokens.len());
+                eprintln!(
+                    "{label}: max |Δ| {max:.2e}, mean |Δ| {mean:.2e}, argmax agreement {agree:.3}"
+                );
+                if tokens.len() <= 16 {
+                    assert!(max < 1e-3, "{label}: max |Δ| {max}");
+                } else {
+                    assert!(agree >= 0.9, "{label}: argmax agreement {agree}");
+                    assert!(mean < 1e-2, "{label}: mean |Δ| {mean}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = converted(dir.path(), "bitnet-2b4t");
+    let greedy = &read_json(&fixture("bitnet-2b4t").join("reference.json"))["greedy_generation"];
+    let prompt = ids(&greedy["prompt_token_ids"]);
+    let expected = ids(&greedy["generated_token_ids"]);
+    for path in paths() {
+        let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
+        let mut session = Session::new(&model, 64);
+        let mut logits = session.forward(&prompt, Logits::Last).unwrap();
+        let mut generated = Vec::new();
+        while generated.len() < expected.len() {
+            let id = argmax(&logits);
+            generated.push(id);
+            logits = session.forward(&[id], Logits::Last).unwrap();
+        }
+        assert_eq!(generated, expected, "{path:?}");
+    }
+}
+
+#[test]
+fn tokenizers_encode_and_decode_like_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        let file = BitnetFile::open(converted(dir.path(), name)).unwrap();
+        let tok = Tokenizer::from_info(file.header().tokenizer.as_ref()).unwrap();
+        let example = &read_json(&fixture(name).join("reference.json"))["tokenizer_example"];
+        let text = example["text"].as_str().unwrap();
+        let with_special = ids(&example["ids_with_special_tokens"]);
+        assert_eq!(tok.encode_prompt(text).unwrap(), with_special, "{name}");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&example["ids_without_special_tokens"]),
+            "{name}"
+        );
+        let skip = example["decoded_skip_special"].as_str().unwrap();
+        let body: Vec<u32> = with_special
+            .iter()
+            .copied()
+            .filter(|id| Some(*id) != tok.bos())
+            .collect();
+        assert_eq!(tok.decode(&body).unwrap(), skip, "{name}");
+    }
+}
+
+#[test]
+fn chat_templates_render_like_apply_chat_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for name in FIXTURES {
+        let chat_path = fixture(name).join("chat.json");
+        if !chat_path.exists() {
+            continue;
+        }
+        let chat = read_json(&chat_path);
+        let file = BitnetFile::open(converted(dir.path(), name)).unwrap();
+        let info = file.header().tokenizer.as_ref().unwrap();
+        let tok = Tokenizer::from_info(Some(info)).unwrap();
+        let text = |id: Option<u32>| id.and_then(|id| tok.token_text(id)).unwrap_or_default();
+        let template = ChatTemplate::new(
+            info.chat_template.as_deref().unwrap(),
+            &text(tok.bos()),
+            &text(tok.eos().first().copied()),
+        )
+        .unwrap();
+        let messages: Vec<Message> = chat["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let rendered = template
+            .render(&messages, chat["add_generation_prompt"].as_bool().unwrap())
+            .unwrap();
+        assert_eq!(rendered, chat["rendered"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            tok.encode(&rendered, false).unwrap(),
+            ids(&chat["token_ids"]),
+            "{name}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "every chat family has a chat.json");
+}
