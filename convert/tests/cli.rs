@@ -258,3 +258,25 @@ fn hugging_face_environment_variables_are_honoured() {
     names.sort();
     assert_eq!(names, ["a.bitnet", "b.bitnet", "c.bitnet"]);
 }
+
+#[test]
+fn bundled_demo_model_is_exactly_what_the_converter_writes() {
+    // bitnet-run embeds testdata/demo/demo.bitnet; it must stay the conversion of testdata/demo,
+    // made from the repository root with the default options.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.bitnet");
+    let o = Command::new(env!("CARGO_BIN_EXE_bitnet-convert"))
+        .current_dir(&root)
+        .args(["testdata/demo", "-o"])
+        .arg(&out)
+        .args(["--layout", "tiled16"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::read(&out).unwrap()
+            == std::fs::read(root.join("testdata/demo/demo.bitnet")).unwrap(),
+        "regenerate it: bitnet-convert testdata/demo -o testdata/demo/demo.bitnet --layout tiled16 --force"
+    );
+}

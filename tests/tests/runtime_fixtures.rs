@@ -169,3 +169,52 @@ fn chat_templates_render_like_apply_chat_template() {
     }
     assert_eq!(checked, 4, "every chat family has a chat.json");
 }
+
+#[test]
+fn demo_model_logits_match_transformers_on_held_out_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/demo");
+    let file = dir.path().join("demo.bitnet");
+    convert_dir(&demo, &file);
+    let reference = &read_json(&demo.join("reference.json"))["heldout_logits"];
+    let tokens = ids(&reference["token_ids"]);
+    let (shape, want) = read_npy(&demo.join(reference["file"].as_str().unwrap()));
+    for path in paths() {
+        let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
+        let vocab = model.config.vocab_size as usize;
+        assert_eq!(shape, [tokens.len(), vocab]);
+        let got = Session::new(&model, tokens.len())
+            .forward(&tokens, Logits::All)
+            .unwrap();
+        // Transformers and the integer-exact numerics agree to ~1e-5 until an activation code
+        // first rounds the other way (position 6 here); after that, by agreement rate.
+        let row_max = |t: usize| {
+            (t * vocab..(t + 1) * vocab)
+                .map(|i| (got[i] as f64 - want[i]).abs())
+                .fold(0.0, f64::max)
+        };
+        for t in 0..6 {
+            assert!(row_max(t) < 1e-3, "{path:?} position {t}: {}", row_max(t));
+        }
+        let mean = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .sum::<f64>()
+            / got.len() as f64;
+        let agree = (0..tokens.len())
+            .filter(|&t| {
+                let w: Vec<f32> = want[t * vocab..(t + 1) * vocab]
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                argmax(&got[t * vocab..(t + 1) * vocab]) == argmax(&w)
+            })
+            .count() as f64
+            / tokens.len() as f64;
+        assert!(
+            agree >= 0.9 && mean < 1e-2,
+            "{path:?}: argmax agreement {agree}, mean |Δ| {mean}"
+        );
+    }
+}

@@ -43,7 +43,7 @@ enum Command {
 /// Options shared by every command that loads a model.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// The .bitnet model file.
+    /// The .bitnet model file (default: the bundled demo model).
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
     /// Threads (default: all cores).
@@ -80,19 +80,19 @@ struct GenerateArgs {
 #[derive(Debug, Args)]
 struct SamplingArgs {
     /// Temperature; 0 is greedy (default: the model's, else 0.8).
-    #[arg(long = "temp")]
+    #[arg(long = "temp", allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// Keep the K most likely tokens; 0 keeps all (default: the model's, else 40).
     #[arg(long)]
     top_k: Option<usize>,
     /// Keep the most likely tokens up to this total probability (default: the model's, else 0.95).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
     /// Drop tokens less likely than this fraction of the most likely one (default 0.05).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_p: Option<f32>,
     /// Penalty for tokens among the last --repeat-last-n (default: the model's, else 1.0 = none).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     repeat_penalty: Option<f32>,
     #[arg(long, default_value_t = 64)]
     repeat_last_n: usize,
@@ -111,6 +111,9 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The demo model (testdata/demo, converted by bitnet-convert), run when no `-m` is given.
+const DEMO_MODEL: &[u8] = include_bytes!("../../../testdata/demo/demo.bitnet");
+
 /// Open, validate and bind the model the arguments name.
 fn load_model(args: &ModelArgs) -> Result<Model> {
     let path = match &args.kernel {
@@ -122,13 +125,25 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let Some(file_path) = &args.model else {
-        bail!("no model given: use -m MODEL.bitnet (make one with bitnet-convert)");
+    let (file, name) = match &args.model {
+        Some(file_path) => {
+            let name = file_path.display().to_string();
+            let file =
+                BitnetFile::open(file_path).with_context(|| format!("cannot open model {name}"))?;
+            (file, name)
+        }
+        None => {
+            eprintln!(
+                "note: no -m given: running the bundled demo model (3.8M parameters, trained on \
+                 Shakespeare); make real models with bitnet-convert"
+            );
+            (
+                BitnetFile::from_static(DEMO_MODEL)?,
+                "the bundled demo model".to_string(),
+            )
+        }
     };
-    let file = BitnetFile::open(file_path)
-        .with_context(|| format!("cannot open model {}", file_path.display()))?;
-    let model = Model::load(file, path, threads)
-        .with_context(|| format!("cannot load model {}", file_path.display()))?;
+    let model = Model::load(file, path, threads).with_context(|| format!("cannot load {name}"))?;
     if let Some((name, layout)) = model.weights.repacked.first() {
         eprintln!(
             "note: {} ternary tensors (e.g. {name}, layout {}) repacked to {} for the {} kernels",

@@ -1,0 +1,174 @@
+//! The `bitnet-run` binary as a user runs it, on the bundled demo model (no -m) unless stated.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root().join("testdata/demo/reference.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn bundled_demo_model_writes_text_and_reports_speed() {
+    let o = run(&["-p", "ROMEO:", "-n", "40", "--seed", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(text.starts_with("ROMEO:") && text.len() > 40, "{text:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("demo model") && err.contains("tokens/s"),
+        "{err}"
+    );
+    // Same seed, same text.
+    let again = run(&["-p", "ROMEO:", "-n", "40", "--seed", "3"]);
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), text);
+}
+
+#[test]
+fn perplexity_on_held_out_text_matches_transformers_within_one_percent() {
+    let r = reference();
+    let ctx = r["ctx"].as_u64().unwrap().to_string();
+    for kernel in ["scalar", "avx2", "avx512"] {
+        let o = run(&[
+            "perplexity",
+            "-f",
+            "testdata/demo/heldout.txt",
+            "-c",
+            &ctx,
+            "--json",
+            "--kernel",
+            kernel,
+        ]);
+        if !o.status.success() && stderr(&o).contains("lacks") {
+            continue;
+        }
+        assert!(o.status.success(), "{}", stderr(&o));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let ppl = got["perplexity"].as_f64().unwrap();
+        let want = r["transformers"]["perplexity"].as_f64().unwrap();
+        assert_eq!(
+            got["tokens"], r["num_scored_tokens"],
+            "same tokenization and windows"
+        );
+        assert!(
+            (ppl / want - 1.0).abs() < 0.01,
+            "{kernel}: perplexity {ppl} vs transformers {want}"
+        );
+    }
+}
+
+#[test]
+fn logits_command_writes_a_numpy_array() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.npy");
+    let o = run(&[
+        "logits",
+        "--token-ids",
+        "3056,2894,34,2025",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + header_len) % 64, 0);
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'shape': (4, 3072)"),
+        "{header}"
+    );
+    assert_eq!(bytes.len(), 10 + header_len + 4 * 4 * 3072);
+    let logits: Vec<f32> = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(logits.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn chat_reads_turns_from_stdin() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
+        .args(["--chat", "-n", "12", "--temp", "0"])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Who art thou?\nWhat news?\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let replies = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        replies.lines().filter(|l| !l.is_empty()).count() >= 2,
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn user_errors_are_clear_and_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.bitnet");
+    let mut bytes = std::fs::read(root().join("testdata/demo/demo.bitnet")).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&corrupt, bytes).unwrap();
+    let long_prompt = "word ".repeat(50);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["-m", "/nonexistent.bitnet", "-p", "x"],
+            "/nonexistent.bitnet",
+        ),
+        (vec!["-m", corrupt.to_str().unwrap(), "-p", "x"], "checksum"),
+        (vec!["-p", &long_prompt, "-c", "16"], "context"),
+        (vec!["-p", "x", "--temp", "-1"], "--temp"),
+        (vec!["-p", "x", "--top-p", "0"], "--top-p"),
+        (vec!["-p", "x", "--min-p", "2"], "--min-p"),
+        (vec!["-p", "x", "--repeat-penalty", "0"], "--repeat-penalty"),
+        (vec!["-p", "x", "--kernel", "sse9"], "sse9"),
+        (vec!["-p", "x", "-t", "0"], "--threads"),
+        (vec!["-p", "x", "-c", "100000"], "context length"),
+        (vec![], "-p PROMPT"),
+        (
+            vec!["perplexity", "-f", "/nonexistent.txt"],
+            "/nonexistent.txt",
+        ),
+        (
+            vec!["logits", "--token-ids", "1,99999", "-o", "/tmp/never.npy"],
+            "99999",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = run(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(!Path::new("/tmp/never.npy").exists());
+}
