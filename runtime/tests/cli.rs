@@ -43,35 +43,29 @@ fn bundled_demo_model_writes_text_and_reports_speed() {
 
 #[test]
 fn perplexity_on_held_out_text_matches_transformers_within_one_percent() {
+    // The default kernel path; every path gives the same logits (tests/model_consistency.rs).
     let r = reference();
     let ctx = r["ctx"].as_u64().unwrap().to_string();
-    for kernel in ["scalar", "avx2", "avx512"] {
-        let o = run(&[
-            "perplexity",
-            "-f",
-            "testdata/demo/heldout.txt",
-            "-c",
-            &ctx,
-            "--json",
-            "--kernel",
-            kernel,
-        ]);
-        if !o.status.success() && stderr(&o).contains("lacks") {
-            continue;
-        }
-        assert!(o.status.success(), "{}", stderr(&o));
-        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let ppl = got["perplexity"].as_f64().unwrap();
-        let want = r["transformers"]["perplexity"].as_f64().unwrap();
-        assert_eq!(
-            got["tokens"], r["num_scored_tokens"],
-            "same tokenization and windows"
-        );
-        assert!(
-            (ppl / want - 1.0).abs() < 0.01,
-            "{kernel}: perplexity {ppl} vs transformers {want}"
-        );
-    }
+    let o = run(&[
+        "perplexity",
+        "-f",
+        "testdata/demo/heldout.txt",
+        "-c",
+        &ctx,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ppl = got["perplexity"].as_f64().unwrap();
+    let want = r["transformers"]["perplexity"].as_f64().unwrap();
+    assert_eq!(
+        got["tokens"], r["num_scored_tokens"],
+        "same tokenization and windows"
+    );
+    assert!(
+        (ppl / want - 1.0).abs() < 0.01,
+        "perplexity {ppl} vs transformers {want}"
+    );
 }
 
 #[test]
