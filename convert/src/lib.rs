@@ -9,6 +9,7 @@
 pub mod convert;
 pub mod family;
 pub mod floats;
+pub mod gguf;
 pub mod inspect;
 pub mod pack;
 pub mod plan;

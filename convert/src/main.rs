@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use bitnet_convert::{
-    ConvertOptions, EmbeddingsChoice, HubOptions, SourceSpec, auto_layout, convert,
+    ConvertOptions, EmbeddingsChoice, HubOptions, SourceSpec, auto_layout, convert, gguf,
     inspect::inspect, remove_partial_files, synthetic, verify::verify_file,
 };
 use bitnet_format::{Encoding, TernaryLayout};
@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Examples:\n  bitnet-convert microsoft/bitnet-b1.58-2B-4T -o bitnet-2b.bitnet\n  bitnet-convert ./my-checkpoint -o model.bitnet --layout i2s\n  bitnet-convert inspect model.bitnet\n  bitnet-convert verify model.bitnet\n\nEnvironment: HF_HOME (cache), HF_TOKEN (gated repos), HF_HUB_OFFLINE=1 (cache only), HF_ENDPOINT (mirror)."
+    after_help = "Examples:\n  bitnet-convert microsoft/bitnet-b1.58-2B-4T -o bitnet-2b.bitnet\n  bitnet-convert ./my-checkpoint -o model.bitnet --layout i2s\n  bitnet-convert ggml-model-i2_s.gguf -o model.bitnet\n  bitnet-convert export-gguf model.bitnet -o model.gguf --type tq2_0\n  bitnet-convert inspect model.bitnet\n  bitnet-convert verify model.bitnet\n\nEnvironment: HF_HOME (cache), HF_TOKEN (gated repos), HF_HUB_OFFLINE=1 (cache only), HF_ENDPOINT (mirror)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +35,36 @@ enum Command {
     Verify { file: PathBuf },
     /// Write a random-weight model of a real checkpoint's shape, for benchmarks (nothing is downloaded).
     Synthetic(SyntheticArgs),
+    /// Write a .bitnet file as GGUF for llama.cpp (tq2_0, tq1_0) or bitnet.cpp (i2_s).
+    ExportGguf(ExportGgufArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportGgufArgs {
+    /// The .bitnet file to read.
+    input: PathBuf,
+    /// The GGUF file to write.
+    #[arg(short, long, value_name = "OUT.gguf")]
+    output: PathBuf,
+    /// Ternary tensor type: tq2_0 or tq1_0 (mainline llama.cpp), i2_s (bitnet.cpp, x86 layout).
+    #[arg(long = "type", value_enum)]
+    ty: GgufTypeArg,
+    /// Do not store the exact tokenizer.json as tokenizer.huggingface.json.
+    #[arg(long)]
+    no_hf_tokenizer: bool,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GgufTypeArg {
+    #[value(name = "tq2_0")]
+    Tq2_0,
+    #[value(name = "tq1_0")]
+    Tq1_0,
+    #[value(name = "i2_s", alias = "i2s")]
+    I2s,
 }
 
 #[derive(Args, Debug)]
@@ -65,7 +95,7 @@ struct SyntheticArgs {
 
 #[derive(Args, Debug)]
 struct ConvertArgs {
-    /// A Hugging Face repo id (owner/name) or a local checkpoint directory (config.json + *.safetensors).
+    /// A Hugging Face repo id (owner/name), a local checkpoint directory (config.json + *.safetensors), or a .gguf file (bitnet.cpp or llama.cpp).
     #[arg(required = true)]
     source: Option<String>,
     /// The .bitnet file to write.
@@ -83,6 +113,9 @@ struct ConvertArgs {
     /// Worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// GGUF input only: elements per I2_S block, 128 (x86 builds of bitnet.cpp, the files on the Hub) or 64 (ARM builds).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    gguf_i2s_block: u32,
     /// Skip checking the packed tensors against the reference unpacker and re-reading the file.
     #[arg(long)]
     no_verify: bool,
@@ -143,6 +176,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Synthetic(args)) => synthetic_command(args),
+        Some(Command::ExportGguf(args)) => export_gguf_command(args),
         None => convert_command(cli.convert),
     }
 }
@@ -188,6 +222,33 @@ fn synthetic_command(args: SyntheticArgs) -> Result<()> {
     Ok(())
 }
 
+fn export_gguf_command(args: ExportGgufArgs) -> Result<()> {
+    let ty = match args.ty {
+        GgufTypeArg::Tq2_0 => gguf::ExportType::Tq2_0,
+        GgufTypeArg::Tq1_0 => gguf::ExportType::Tq1_0,
+        GgufTypeArg::I2s => gguf::ExportType::I2s,
+    };
+    let mut options = gguf::ExportOptions::new(args.input, args.output, ty);
+    options.force = args.force;
+    options.embed_hf_tokenizer = !args.no_hf_tokenizer;
+    let report = gguf::export_gguf(&options)?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn embeddings_choice(arg: Option<EmbeddingsArg>) -> EmbeddingsChoice {
+    match arg {
+        None => EmbeddingsChoice::Source,
+        Some(EmbeddingsArg::F16) => EmbeddingsChoice::F16,
+        Some(EmbeddingsArg::Bf16) => EmbeddingsChoice::Bf16,
+        Some(EmbeddingsArg::F32) => EmbeddingsChoice::F32,
+        Some(EmbeddingsArg::I8) => EmbeddingsChoice::I8,
+    }
+}
+
 fn convert_command(args: ConvertArgs) -> Result<()> {
     let (Some(source), Some(output)) = (args.source, args.output) else {
         anyhow::bail!("SOURCE and -o OUT.bitnet are required");
@@ -198,6 +259,27 @@ fn convert_command(args: ConvertArgs) -> Result<()> {
         std::process::exit(130);
     })
     .context("installing the Ctrl-C handler")?;
+    let source_path = std::path::Path::new(&source);
+    if source_path.is_file() && source.to_ascii_lowercase().ends_with(".gguf") {
+        let mut options = gguf::ImportOptions::new(source_path, output);
+        options.layout = match args.layout {
+            LayoutArg::Auto => auto_layout(),
+            LayoutArg::Fixed(l) => l,
+        };
+        options.embeddings = embeddings_choice(args.embeddings);
+        if ![64, 128].contains(&args.gguf_i2s_block) {
+            anyhow::bail!("--gguf-i2s-block must be 128 or 64");
+        }
+        options.i2s_block = args.gguf_i2s_block;
+        options.verify = !args.no_verify;
+        options.force = args.force;
+        let report = gguf::import_gguf(&options)?;
+        for note in &report.notes {
+            eprintln!("note: {note}");
+        }
+        println!("{report}");
+        return Ok(());
+    }
     let spec = SourceSpec::parse(&source, args.revision.as_deref())?;
     let mut options = ConvertOptions::new(spec, output);
     options.hub = HubOptions::from_env();
@@ -205,13 +287,7 @@ fn convert_command(args: ConvertArgs) -> Result<()> {
         LayoutArg::Auto => auto_layout(),
         LayoutArg::Fixed(l) => l,
     };
-    options.embeddings = match args.embeddings {
-        None => EmbeddingsChoice::Source,
-        Some(EmbeddingsArg::F16) => EmbeddingsChoice::F16,
-        Some(EmbeddingsArg::Bf16) => EmbeddingsChoice::Bf16,
-        Some(EmbeddingsArg::F32) => EmbeddingsChoice::F32,
-        Some(EmbeddingsArg::I8) => EmbeddingsChoice::I8,
-    };
+    options.embeddings = embeddings_choice(args.embeddings);
     options.threads = args.threads;
     options.verify = !args.no_verify;
     options.force = args.force;

@@ -26,12 +26,16 @@ pub fn write_tensor(
     let src = weights
         .get(&t.source)
         .expect("planned from the checkpoint's own names");
-    match &t.kind {
+    let result = match &t.kind {
         TensorKind::Float { source } => write_float(writer, t, &src, *source),
         TensorKind::Latent { .. } | TensorKind::Packed { .. } => {
             write_ternary(writer, t, &src, weights, verify)
         }
-    }
+    };
+    // Done with the source bytes: keep the process's resident memory near the tensors in flight,
+    // not the whole mapped checkpoint.
+    weights.release(&t.source);
+    result
 }
 
 fn non_finite(src: &SourceTensor<'_>, index: usize, value: f32) -> ConvertError {

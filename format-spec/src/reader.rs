@@ -287,6 +287,7 @@ impl BitnetFile {
         for info in tensors {
             check_zero(bytes, cursor, info.offset)?;
             let actual = crc32fast::hash(self.view(info).data);
+            self.release(info);
             if actual != info.crc32 {
                 return Err(FormatError::TensorChecksum {
                     name: info.name.clone(),
@@ -297,6 +298,24 @@ impl BitnetFile {
             cursor = info.offset + info.length;
         }
         check_zero(bytes, cursor, bytes.len() as u64)
+    }
+
+    /// Drop the resident pages of a mapped tensor after a one-pass read (verification), so that
+    /// checking a large file does not leave it all counted as this process's memory.
+    fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(map) = &self.bytes {
+            // SAFETY: the map is a private read-only file mapping that is never written, so
+            // MADV_DONTNEED only drops cached pages; later reads fault them in from the file
+            // unchanged. Failure only means the pages stay resident.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    info.offset as usize,
+                    info.length as usize,
+                )
+            };
+        }
     }
 
     /// [`BitnetFile::verify`], then decode every tensor with the reference decoders, so invalid

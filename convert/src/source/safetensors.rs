@@ -132,6 +132,24 @@ impl Weights {
     }
 
     /// The tensor called `name`, if the checkpoint has it.
+    /// Drop the resident pages of tensor `name` (they are read again from the file if used again).
+    pub fn release(&self, name: &str) {
+        if let Some(e) = self.tensors.get(name) {
+            let map = &self.shards[e.shard].map;
+            // SAFETY: the map is a private read-only file mapping that is never written, so
+            // MADV_DONTNEED only drops cached pages; any later read faults them in from the file
+            // unchanged (also for a neighbouring tensor sharing a boundary page). Failure only
+            // means the pages stay resident.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    e.range.start,
+                    e.range.len(),
+                )
+            };
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<SourceTensor<'_>> {
         let (key, e) = self.tensors.get_key_value(name)?;
         let shard = &self.shards[e.shard];

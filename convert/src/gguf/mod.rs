@@ -1,0 +1,998 @@
+//! GGUF interoperability: import bitnet.cpp and llama.cpp files into `.bitnet`, export `.bitnet`
+//! files as GGUF that those programs load.
+//!
+//! - [`container`]: the GGUF container, parsed with `gguf-rs-lib` plus a small documented
+//!   extension for bitnet.cpp's `I2_S` (type 36) and its non-snake-case architecture names.
+//! - [`codec`]: TQ1_0, TQ2_0, I2_S and float-ternary tensors, and per-tensor scale recovery.
+//! - [`vocab`]: `tokenizer.ggml.*` metadata to and from `tokenizer.json`.
+//! - [`import_gguf`], [`export_gguf`]: the two directions.
+//!
+//! Architectures (`general.architecture`):
+//!
+//! | GGUF | program | `.bitnet` model | RoPE order of `attn_q`/`attn_k` rows |
+//! |---|---|---|---|
+//! | `bitnet-b1.58`, `bitnet-25` | bitnet.cpp (2B-4T) | sub-norms, ReLU² | as Hugging Face (rotate-half) |
+//! | `bitnet` | llama.cpp and bitnet.cpp (1bitLLM; 2B-4T with `bitnet.hidden_act = relu2`) | sub-norms, SiLU unless `hidden_act` says otherwise | as Hugging Face |
+//! | `llama` | both (Llama3-8B-1.58, Falcon3-1.58bit) | no sub-norms, SiLU | llama.cpp's interleaved pairs: permuted on export, un-permuted on import |
+
+pub mod codec;
+pub mod container;
+pub mod vocab;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bitnet_format::names::{self, LayerTensor};
+use bitnet_format::{
+    Activation, BitnetFile, Encoding, FileWriter, FormatError, GenerationDefaults, Header,
+    ModelConfig, Provenance, RopeScaling, Source, SourceFile, TensorSpec, TernaryLayout,
+    TokenizerInfo,
+};
+use gguf_rs_lib::format::metadata::MetadataValue;
+use half::{bf16, f16};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::plan::{EmbeddingsChoice, expected_tensors};
+use container::{
+    ContainerError, GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_I2_S, GGML_TYPE_TQ1_0,
+    GGML_TYPE_TQ2_0, GgufFile, OutTensor, string, type_name,
+};
+
+/// Why an import or export failed. Every variant names the file, tensor, key or type at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{path}: {source}")]
+    Container {
+        path: PathBuf,
+        #[source]
+        source: ContainerError,
+    },
+    #[error(
+        "{path}: architecture {arch:?} is not supported (supported: bitnet-b1.58, bitnet-25, bitnet, llama)"
+    )]
+    Architecture { path: PathBuf, arch: String },
+    #[error("{path}: metadata {key}: {detail}")]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        detail: String,
+    },
+    #[error("{path}: tensor {tensor} ({ty}): {detail}")]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        ty: String,
+        detail: String,
+    },
+    #[error("{path}: tokenizer: {detail}")]
+    Tokenizer { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Model { path: PathBuf, detail: String },
+    #[error("{path} already exists; pass --force to replace it")]
+    OutputExists { path: PathBuf },
+    #[error("{path}: {source}")]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Write(String),
+}
+
+impl From<std::io::Error> for GgufError {
+    fn from(e: std::io::Error) -> Self {
+        GgufError::Write(e.to_string())
+    }
+}
+
+impl From<String> for GgufError {
+    fn from(e: String) -> Self {
+        GgufError::Write(e)
+    }
+}
+
+/// Key of bitnet-convert's exports holding the `.bitnet` generation defaults as JSON (llama.cpp
+/// has no such keys and ignores it).
+pub const GENERATION_KEY: &str = "bitnet_rs.generation";
+
+/// The GGUF architectures this module reads.
+pub const ARCHITECTURES: [&str; 4] = ["bitnet-b1.58", "bitnet-25", "bitnet", "llama"];
+
+/// Whether `arch` stores `attn_q`/`attn_k` rows in llama.cpp's interleaved RoPE order.
+fn interleaved_rope(arch: &str) -> bool {
+    arch == "llama"
+}
+
+/// Reorder the rows of a `[heads · d, K]` matrix between Hugging Face's rotate-half order and
+/// llama.cpp's interleaved pairs. `to_gguf`: row `2i + j` of a head takes row `j · d/2 + i`.
+fn permute_rope_rows(values: &[i8], heads: usize, d: usize, cols: usize, to_gguf: bool) -> Vec<i8> {
+    let mut out = vec![0i8; values.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let hf = h * d + j * (d / 2) + i;
+                let gg = h * d + 2 * i + j;
+                let (dst, src) = if to_gguf { (gg, hf) } else { (hf, gg) };
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+impl vocab::Meta for GgufFile<'_> {
+    fn meta(&self, key: &str) -> Option<&MetadataValue> {
+        self.get(key)
+    }
+}
+
+/// The shortest decimal that reads back as this f32, as an f64 (so 1e-5 stored as f32 returns as
+/// 1e-5, not 9.99999974737875e-06).
+fn f32_as_decimal(x: f32) -> f64 {
+    format!("{x}").parse().unwrap_or(x as f64)
+}
+
+fn model_from_metadata(
+    path: &Path,
+    f: &GgufFile<'_>,
+) -> Result<(ModelConfig, String, Vec<String>), GgufError> {
+    use vocab::Meta;
+    let mut notes = Vec::new();
+    let arch = f
+        .meta_str("general.architecture")
+        .ok_or_else(|| GgufError::Metadata {
+            path: path.into(),
+            key: "general.architecture".into(),
+            detail: "missing".into(),
+        })?
+        .to_string();
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(GgufError::Architecture {
+            path: path.into(),
+            arch,
+        });
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let missing = |k: String| GgufError::Metadata {
+        path: path.into(),
+        key: k,
+        detail: "missing or not an integer".into(),
+    };
+    let int = |k: &str| f.meta_u32(&key(k)).ok_or_else(|| missing(key(k)));
+    let real = |k: &str| -> Option<f64> {
+        match f.meta(&key(k))? {
+            MetadataValue::F32(x) => Some(f32_as_decimal(*x)),
+            MetadataValue::F64(x) => Some(*x),
+            other => other.as_f64(),
+        }
+    };
+    let hidden = int("embedding_length")?;
+    let heads = int("attention.head_count")?;
+    let kv_heads = match f.meta_u32(&key("attention.head_count_kv")) {
+        Some(v) => v,
+        None => {
+            notes.push(format!(
+                "{} absent: KV heads = heads",
+                key("attention.head_count_kv")
+            ));
+            heads
+        }
+    };
+    let head_dim = f
+        .meta_u32(&key("attention.key_length"))
+        .or_else(|| (heads > 0).then(|| hidden / heads))
+        .unwrap_or(0);
+    let vocab_size = match f.tensor("token_embd.weight") {
+        Some(t) if t.dims.len() == 2 => t.dims[1] as u32,
+        _ => f.meta_u32(&key("vocab_size")).unwrap_or(0),
+    };
+    let rope_theta = match real("rope.freq_base") {
+        Some(t) => t,
+        None => {
+            notes.push(format!("{} absent: RoPE base 10000", key("rope.freq_base")));
+            10000.0
+        }
+    };
+    let rope_scaling = match f.meta_str(&key("rope.scaling.type")) {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: real("rope.scaling.factor").unwrap_or(1.0),
+        }),
+        Some(other) => {
+            return Err(GgufError::Metadata {
+                path: path.into(),
+                key: key("rope.scaling.type"),
+                detail: format!("{other:?} is not supported (linear or none)"),
+            });
+        }
+    };
+    let (activation, sub_norms, family) = match arch.as_str() {
+        "bitnet-b1.58" | "bitnet-25" => (Activation::Relu2, true, "bitnet-2b4t"),
+        "bitnet" => match f.meta_str(&key("hidden_act")) {
+            Some("relu2" | "relu_sqr" | "relu_squared") => (Activation::Relu2, true, "bitnet-2b4t"),
+            None | Some("silu" | "swiglu") => (Activation::Silu, true, "bitnet-1bitllm"),
+            Some(other) => {
+                return Err(GgufError::Metadata {
+                    path: path.into(),
+                    key: key("hidden_act"),
+                    detail: format!("activation {other:?} is not supported (relu2 or silu)"),
+                });
+            }
+        },
+        _ => {
+            let name = f.meta_str("general.name").unwrap_or("").to_lowercase();
+            let falcon = name.contains("falcon");
+            (
+                Activation::Silu,
+                false,
+                if falcon {
+                    "falcon3-bitnet"
+                } else {
+                    "llama-bitnet"
+                },
+            )
+        }
+    };
+    let config = ModelConfig {
+        family: family.into(),
+        hidden_size: hidden,
+        intermediate_size: int("feed_forward_length")?,
+        num_layers: int("block_count")?,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        vocab_size,
+        context_length: int("context_length")?,
+        rope_theta,
+        rope_scaling,
+        rms_norm_eps: real("attention.layer_norm_rms_epsilon")
+            .ok_or_else(|| missing(key("attention.layer_norm_rms_epsilon")))?,
+        activation,
+        sub_norms,
+        tied_embeddings: f.tensor("output.weight").is_none(),
+    };
+    config.validate().map_err(|detail| GgufError::Model {
+        path: path.into(),
+        detail,
+    })?;
+    Ok((config, arch, notes))
+}
+
+/// Options of `bitnet-convert FILE.gguf -o OUT.bitnet`.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub layout: TernaryLayout,
+    pub embeddings: EmbeddingsChoice,
+    /// Elements per I2_S block in the input: 128 (x86 builds, the Hub's files) or 64 (ARM builds).
+    pub i2s_block: u32,
+    pub verify: bool,
+    pub force: bool,
+}
+
+impl ImportOptions {
+    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        ImportOptions {
+            input: input.into(),
+            output: output.into(),
+            layout: crate::auto_layout(),
+            embeddings: EmbeddingsChoice::Source,
+            i2s_block: 128,
+            verify: true,
+            force: false,
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    pub output: PathBuf,
+    pub architecture: String,
+    pub tensors: usize,
+    pub ternary_types: BTreeMap<String, usize>,
+    pub notes: Vec<String>,
+}
+
+impl std::fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let types: Vec<String> = self
+            .ternary_types
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        write!(
+            f,
+            "{}: {} tensors from GGUF architecture {} (ternary: {})",
+            self.output.display(),
+            self.tensors,
+            self.architecture,
+            types.join(", ")
+        )
+    }
+}
+
+fn sha256_file(path: &Path, bytes: &[u8]) -> SourceFile {
+    SourceFile {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        bytes: bytes.len() as u64,
+        sha256: Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
+}
+
+fn is_projection(canonical: &str) -> Option<LayerTensor> {
+    let suffix = canonical.strip_prefix("blk.")?.split_once('.')?.1;
+    LayerTensor::ALL
+        .into_iter()
+        .find(|t| t.suffix() == suffix && t.is_projection())
+}
+
+/// Read the floats of a tensor of type F32, F16 or BF16.
+fn floats(ty: u32, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match ty {
+        GGML_TYPE_F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect(),
+        GGML_TYPE_F16 => data
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        GGML_TYPE_BF16 => data
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Decode a GGUF file in memory: the header (without tensors) and each canonical tensor's
+/// encoding, shape and bytes in the requested layout.
+pub struct Imported {
+    pub header: Header,
+    pub tensors: Vec<(TensorSpec, Vec<u8>)>,
+    pub report: ImportReport,
+}
+
+/// Import a parsed GGUF file (`path` is for messages and provenance).
+pub fn import_bytes(
+    path: &Path,
+    bytes: &[u8],
+    options: &ImportOptions,
+) -> Result<Imported, GgufError> {
+    let file = GgufFile::parse(bytes).map_err(|source| GgufError::Container {
+        path: path.into(),
+        source,
+    })?;
+    let (config, arch, mut notes) = model_from_metadata(path, &file)?;
+    let tokenizer = vocab::import(&file).map_err(|detail| GgufError::Tokenizer {
+        path: path.into(),
+        detail,
+    })?;
+    let tensor_err = |name: &str, ty: u32, detail: String| GgufError::Tensor {
+        path: path.into(),
+        tensor: name.to_string(),
+        ty: type_name(ty),
+        detail,
+    };
+    let expected = expected_tensors(&config, config.tied_embeddings);
+    // Every tensor of the file must be expected (or a projection's optional `.scale`).
+    let mut unknown = Vec::new();
+    for t in &file.tensors {
+        let known = t
+            .name
+            .strip_suffix(".weight")
+            .is_some_and(|c| expected.iter().any(|(n, _)| n == c))
+            || t.name.strip_suffix(".scale").is_some_and(|c| {
+                is_projection(c).is_some() && expected.iter().any(|(n, _)| n == c)
+            });
+        if !known {
+            unknown.push(t.name.clone());
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(GgufError::Model {
+            path: path.into(),
+            detail: format!(
+                "tensors this {arch} model does not use: {} (rope_freqs.weight means Llama 3 RoPE scaling, which GGUF import does not support)",
+                unknown.join(", ")
+            ),
+        });
+    }
+    let mut tensors = Vec::with_capacity(expected.len());
+    let mut ternary_types: BTreeMap<String, usize> = BTreeMap::new();
+    let heads = config.num_heads as usize;
+    let kv_heads = config.num_kv_heads as usize;
+    let head_dim = config.head_dim as usize;
+    for (canonical, shape) in &expected {
+        let gname = format!("{canonical}.weight");
+        let t = file.tensor(&gname).ok_or_else(|| GgufError::Model {
+            path: path.into(),
+            detail: format!("tensor {gname} is missing"),
+        })?;
+        if t.shape() != *shape {
+            return Err(tensor_err(
+                &gname,
+                t.ggml_type,
+                format!("shape {:?}, but the metadata implies {shape:?}", t.shape()),
+            ));
+        }
+        let data = file.data(t);
+        if let Some(lt) = is_projection(canonical) {
+            let (rows, cols) = (shape[0] as usize, shape[1] as usize);
+            let n = rows * cols;
+            let (mut values, mut scale) = match t.ggml_type {
+                GGML_TYPE_I2_S => codec::decode_i2s(data, n, options.i2s_block as usize),
+                GGML_TYPE_TQ1_0 | GGML_TYPE_TQ2_0 => {
+                    let kind = if t.ggml_type == GGML_TYPE_TQ1_0 {
+                        codec::Tq::Tq1_0
+                    } else {
+                        codec::Tq::Tq2_0
+                    };
+                    codec::decode_tq(kind, data).and_then(|(mut v, d)| {
+                        let s = codec::tensor_scale(&mut v, &d)?;
+                        Ok((v, s))
+                    })
+                }
+                ty => match floats(ty, data) {
+                    Some(v) => codec::float_ternary(v.into_iter()),
+                    None => Err("a projection must be I2_S, TQ1_0, TQ2_0, F32, F16 or BF16 holding ternary values".to_string()),
+                },
+            }
+            .map_err(|d| tensor_err(&gname, t.ggml_type, d))?;
+            if let Some(st) = file.tensor(&format!("{canonical}.scale")) {
+                let s = floats(st.ggml_type, file.data(st))
+                    .filter(|v| v.len() == 1 && v[0].is_finite())
+                    .ok_or_else(|| {
+                        tensor_err(
+                            &st.name,
+                            st.ggml_type,
+                            "a scale must be one finite F32, F16 or BF16".into(),
+                        )
+                    })?;
+                scale *= s[0];
+                notes.push(format!("{}: multiplied by its .scale tensor", canonical));
+            }
+            if interleaved_rope(&arch) {
+                match lt {
+                    LayerTensor::AttnQ => {
+                        values = permute_rope_rows(&values, heads, head_dim, cols, false)
+                    }
+                    LayerTensor::AttnK => {
+                        values = permute_rope_rows(&values, kv_heads, head_dim, cols, false)
+                    }
+                    _ => {}
+                }
+            }
+            *ternary_types.entry(type_name(t.ggml_type)).or_default() += 1;
+            let layout = options.layout;
+            let packed = crate::pack::pack(layout, rows, cols, &values, scale);
+            if options.verify {
+                crate::verify::check_ternary(
+                    canonical, layout, rows, cols, &packed, &values, scale,
+                )
+                .map_err(|e| GgufError::Write(e.to_string()))?;
+            }
+            tensors.push((
+                TensorSpec::new(canonical, Encoding::Ternary(layout), shape),
+                packed,
+            ));
+        } else {
+            let v = floats(t.ggml_type, data).ok_or_else(|| {
+                tensor_err(
+                    &gname,
+                    t.ggml_type,
+                    "full-precision tensors must be F32, F16 or BF16 here (dequantizing k-quants is not supported)".into(),
+                )
+            })?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(tensor_err(
+                    &gname,
+                    t.ggml_type,
+                    format!("element {i} is {}", v[i]),
+                ));
+            }
+            let is_embedding = canonical == names::TOKEN_EMBD || canonical == names::OUTPUT;
+            let encoding = match (is_embedding, options.embeddings) {
+                (false, _) => Encoding::F32,
+                (true, EmbeddingsChoice::F16) => Encoding::F16,
+                (true, EmbeddingsChoice::Bf16) => Encoding::Bf16,
+                (true, EmbeddingsChoice::F32) => Encoding::F32,
+                (true, EmbeddingsChoice::I8) => Encoding::I8Row,
+                (true, EmbeddingsChoice::Source) => match t.ggml_type {
+                    GGML_TYPE_F16 => Encoding::F16,
+                    GGML_TYPE_BF16 => Encoding::Bf16,
+                    _ => Encoding::F32,
+                },
+            };
+            let bytes = match encoding {
+                Encoding::F16 if t.ggml_type == GGML_TYPE_F16 => data.to_vec(),
+                Encoding::Bf16 if t.ggml_type == GGML_TYPE_BF16 => data.to_vec(),
+                Encoding::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Encoding::F16 => v
+                    .iter()
+                    .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                Encoding::Bf16 => v
+                    .iter()
+                    .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                Encoding::I8Row => {
+                    let (rows, cols) = (shape[0] as usize, shape[1] as usize);
+                    let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    let fl = crate::floats::Floats::new(crate::floats::FloatKind::F32, &raw);
+                    let scales =
+                        crate::quantize::i8_row::row_scales(fl, rows, cols).map_err(|i| {
+                            tensor_err(&gname, t.ggml_type, format!("element {i} is not finite"))
+                        })?;
+                    let mut out: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+                    out.resize(
+                        bitnet_format::align_up(4 * rows as u64).unwrap_or(0) as usize,
+                        0,
+                    );
+                    let mut q = Vec::new();
+                    for (r, &s) in scales.iter().enumerate() {
+                        crate::quantize::i8_row::quantize_row(
+                            fl.slice(r * cols, (r + 1) * cols),
+                            s,
+                            &mut q,
+                        );
+                    }
+                    out.extend(q);
+                    out
+                }
+                Encoding::Ternary(_) => unreachable!("full-precision tensor"),
+            };
+            let narrowed = match encoding {
+                Encoding::F16 => floats(GGML_TYPE_F16, &bytes),
+                Encoding::Bf16 => floats(GGML_TYPE_BF16, &bytes),
+                _ => None,
+            };
+            if let Some(i) = narrowed.and_then(|b| b.iter().position(|x| !x.is_finite())) {
+                return Err(tensor_err(
+                    &gname,
+                    t.ggml_type,
+                    format!("element {i} overflows {}", encoding.label()),
+                ));
+            }
+            tensors.push((TensorSpec::new(canonical, encoding, shape), bytes));
+        }
+    }
+    let tokenizer_info = match tokenizer {
+        None => {
+            notes.push(
+                "the GGUF file has no tokenizer metadata: the file holds no tokenizer".into(),
+            );
+            None
+        }
+        Some(tk) => {
+            notes.extend(tk.notes.iter().cloned());
+            let compact =
+                serde_json::to_string(&tk.tokenizer_json).map_err(|e| GgufError::Tokenizer {
+                    path: path.into(),
+                    detail: e.to_string(),
+                })?;
+            Some(TokenizerInfo {
+                tokenizer_json: RawValue::from_string(compact).map_err(|e| {
+                    GgufError::Tokenizer {
+                        path: path.into(),
+                        detail: e.to_string(),
+                    }
+                })?,
+                chat_template: tk.chat_template,
+                bos_token_id: tk.bos_token_id,
+                eos_token_ids: tk.eos_token_ids,
+                pad_token_id: tk.pad_token_id,
+                add_bos_token: tk.add_bos_token,
+            })
+        }
+    };
+    let mut provenance_options = BTreeMap::new();
+    provenance_options.insert("layout".into(), options.layout.label().into());
+    provenance_options.insert("embeddings".into(), options.embeddings.label().into());
+    let header = Header {
+        model: config,
+        tokenizer: tokenizer_info,
+        generation: match file.get(GENERATION_KEY) {
+            Some(MetadataValue::String(g)) => {
+                serde_json::from_str(g).map_err(|e| GgufError::Metadata {
+                    path: path.into(),
+                    key: GENERATION_KEY.into(),
+                    detail: e.to_string(),
+                })?
+            }
+            _ => GenerationDefaults::default(),
+        },
+        provenance: Provenance {
+            source: Source::Gguf {
+                path: path.display().to_string(),
+            },
+            files: vec![sha256_file(path, bytes)],
+            converter: crate::CONVERTER.to_string(),
+            options: provenance_options,
+        },
+        tensors: Vec::new(),
+    };
+    let report = ImportReport {
+        output: options.output.clone(),
+        architecture: arch,
+        tensors: tensors.len(),
+        ternary_types,
+        notes,
+    };
+    Ok(Imported {
+        header,
+        tensors,
+        report,
+    })
+}
+
+/// `bitnet-convert FILE.gguf -o OUT.bitnet`.
+pub fn import_gguf(options: &ImportOptions) -> Result<ImportReport, GgufError> {
+    let out = &options.output;
+    if out.exists() && !options.force {
+        return Err(GgufError::OutputExists { path: out.clone() });
+    }
+    let io = |source| GgufError::Io {
+        path: options.input.clone(),
+        source,
+    };
+    let file = std::fs::File::open(&options.input).map_err(io)?;
+    // SAFETY: the map is read-only and only read while the file is open; a file changed under us
+    // can give wrong values, which every checksum of the output would then carry, not UB in safe
+    // code paths that copy out of it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let imported = import_bytes(&options.input, &map, options)?;
+    let fmt = |source| GgufError::Format {
+        path: out.clone(),
+        source,
+    };
+    let specs: Vec<TensorSpec> = imported.tensors.iter().map(|(s, _)| s.clone()).collect();
+    let writer = FileWriter::create(out, imported.header, &specs).map_err(fmt)?;
+    for (spec, bytes) in &imported.tensors {
+        writer.write_tensor(&spec.name, bytes).map_err(fmt)?;
+    }
+    writer.finish().map_err(fmt)?;
+    if options.verify {
+        BitnetFile::open(out)
+            .and_then(|f| f.verify())
+            .map_err(fmt)?;
+    }
+    Ok(imported.report)
+}
+
+/// `--type` of `export-gguf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportType {
+    Tq1_0,
+    Tq2_0,
+    I2s,
+}
+
+impl ExportType {
+    pub fn ggml_type(self) -> u32 {
+        match self {
+            ExportType::Tq1_0 => GGML_TYPE_TQ1_0,
+            ExportType::Tq2_0 => GGML_TYPE_TQ2_0,
+            ExportType::I2s => GGML_TYPE_I2_S,
+        }
+    }
+}
+
+/// Options of `bitnet-convert export-gguf IN.bitnet -o OUT.gguf --type T`.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub ty: ExportType,
+    pub force: bool,
+    /// Also store the exact `tokenizer.json` as `tokenizer.huggingface.json` (lossless re-import).
+    pub embed_hf_tokenizer: bool,
+}
+
+impl ExportOptions {
+    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>, ty: ExportType) -> Self {
+        ExportOptions {
+            input: input.into(),
+            output: output.into(),
+            ty,
+            force: false,
+            embed_hf_tokenizer: true,
+        }
+    }
+}
+
+/// What an export did.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub output: PathBuf,
+    pub architecture: String,
+    pub tensors: usize,
+    pub notes: Vec<String>,
+}
+
+impl std::fmt::Display for ExportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} tensors, GGUF architecture {}",
+            self.output.display(),
+            self.tensors,
+            self.architecture
+        )
+    }
+}
+
+/// The GGUF architecture an export of `model` to `ty` uses, or why there is none.
+pub fn export_architecture(model: &ModelConfig, ty: ExportType) -> Result<&'static str, String> {
+    match (model.sub_norms, model.activation, ty) {
+        (false, Activation::Silu, _) => Ok("llama"),
+        (false, Activation::Relu2, _) => Err(
+            "a model with ReLU² and no sub-norms has no llama.cpp or bitnet.cpp architecture"
+                .into(),
+        ),
+        (true, Activation::Relu2, ExportType::I2s) => Ok("bitnet-b1.58"),
+        (true, _, _) => {
+            if !model.tied_embeddings {
+                return Err(
+                    "the bitnet architecture has no output matrix, but this model's embeddings are not tied"
+                        .into(),
+                );
+            }
+            if model.num_heads as u64 * model.head_dim as u64 != model.hidden_size as u64 {
+                return Err(format!(
+                    "the bitnet architecture needs heads × head_dim = hidden size ({} × {} ≠ {})",
+                    model.num_heads, model.head_dim, model.hidden_size
+                ));
+            }
+            Ok("bitnet")
+        }
+    }
+}
+
+/// `bitnet-convert export-gguf`.
+pub fn export_gguf(options: &ExportOptions) -> Result<ExportReport, GgufError> {
+    let out = &options.output;
+    if out.exists() && !options.force {
+        return Err(GgufError::OutputExists { path: out.clone() });
+    }
+    let input = &options.input;
+    let fmt = |source| GgufError::Format {
+        path: input.clone(),
+        source,
+    };
+    let file = BitnetFile::open(input).map_err(fmt)?;
+    let model = file.header().model.clone();
+    let arch = export_architecture(&model, options.ty).map_err(|detail| GgufError::Model {
+        path: input.clone(),
+        detail: format!("cannot export to {:?}: {detail}", options.ty),
+    })?;
+    let mut notes = Vec::new();
+    // Plan every tensor first, so an impossible one is refused before anything is written.
+    let mut planned = Vec::new();
+    for info in file.tensors() {
+        let view = file.view(info);
+        let name = format!("{}.weight", info.name);
+        let dims: Vec<u64> = info.shape.iter().rev().copied().collect();
+        let ty = match view.info.encoding {
+            Encoding::Ternary(_) => {
+                let cols = info.shape.get(1).copied().unwrap_or(0);
+                if matches!(options.ty, ExportType::Tq1_0 | ExportType::Tq2_0)
+                    && cols % codec::QK_K as u64 != 0
+                {
+                    return Err(GgufError::Tensor {
+                        path: input.clone(),
+                        tensor: info.name.clone(),
+                        ty: "ternary".into(),
+                        detail: format!(
+                            "K = {cols} columns is not a multiple of 256, so {} cannot encode it (--type i2_s can)",
+                            type_name(options.ty.ggml_type())
+                        ),
+                    });
+                }
+                options.ty.ggml_type()
+            }
+            Encoding::F16 => GGML_TYPE_F16,
+            Encoding::Bf16 => GGML_TYPE_BF16,
+            Encoding::F32 | Encoding::I8Row => GGML_TYPE_F32,
+        };
+        planned.push(OutTensor {
+            name,
+            dims,
+            ggml_type: ty,
+        });
+    }
+    if file
+        .tensors()
+        .iter()
+        .any(|t| file.view(t).info.encoding == Encoding::I8Row)
+    {
+        notes.push("i8_row embeddings are written as F32 (their exact values)".into());
+    }
+    if matches!(options.ty, ExportType::Tq1_0 | ExportType::Tq2_0) {
+        notes.push(
+            "TQ blocks store the scale as f16: re-importing gives each scale rounded to f16 (the ternary values are exact)"
+                .into(),
+        );
+    }
+
+    // Metadata.
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut meta: Vec<(String, MetadataValue)> = vec![
+        ("general.architecture".into(), string(arch)),
+        ("general.name".into(), string(model.family.clone())),
+        ("general.quantization_version".into(), MetadataValue::U32(2)),
+        (key("vocab_size"), MetadataValue::U32(model.vocab_size)),
+        (
+            key("context_length"),
+            MetadataValue::U32(model.context_length),
+        ),
+        (
+            key("embedding_length"),
+            MetadataValue::U32(model.hidden_size),
+        ),
+        (key("block_count"), MetadataValue::U32(model.num_layers)),
+        (
+            key("feed_forward_length"),
+            MetadataValue::U32(model.intermediate_size),
+        ),
+        (
+            key("attention.head_count"),
+            MetadataValue::U32(model.num_heads),
+        ),
+        (
+            key("attention.head_count_kv"),
+            MetadataValue::U32(model.num_kv_heads),
+        ),
+        (
+            key("rope.freq_base"),
+            MetadataValue::F32(model.rope_theta as f32),
+        ),
+        (
+            key("rope.dimension_count"),
+            MetadataValue::U32(model.head_dim),
+        ),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            MetadataValue::F32(model.rms_norm_eps as f32),
+        ),
+    ];
+    if model.head_dim as u64 * model.num_heads as u64 != model.hidden_size as u64 {
+        meta.push((
+            key("attention.key_length"),
+            MetadataValue::U32(model.head_dim),
+        ));
+        meta.push((
+            key("attention.value_length"),
+            MetadataValue::U32(model.head_dim),
+        ));
+    }
+    if arch == "bitnet" {
+        let act = match model.activation {
+            Activation::Relu2 => "relu2",
+            Activation::Silu => "silu",
+        };
+        meta.push((key("hidden_act"), string(act)));
+    }
+    match &model.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => {
+            meta.push((key("rope.scaling.type"), string("linear")));
+            meta.push((
+                key("rope.scaling.factor"),
+                MetadataValue::F32(*factor as f32),
+            ));
+        }
+        Some(RopeScaling::Llama3 { .. }) => {
+            return Err(GgufError::Model {
+                path: input.clone(),
+                detail: "Llama 3 RoPE scaling cannot be exported to GGUF yet (it needs a rope_freqs tensor)".into(),
+            });
+        }
+    }
+    let generation = &file.header().generation;
+    if *generation != GenerationDefaults::default() {
+        let g = serde_json::to_string(generation).map_err(|e| GgufError::Write(e.to_string()))?;
+        meta.push((GENERATION_KEY.into(), string(g)));
+    }
+    if let Some(tk) = &file.header().tokenizer {
+        let exported =
+            vocab::export(tk, model.vocab_size, options.embed_hf_tokenizer).map_err(|detail| {
+                GgufError::Tokenizer {
+                    path: input.clone(),
+                    detail,
+                }
+            })?;
+        meta.extend(exported.metadata);
+        notes.extend(exported.notes);
+    } else {
+        notes.push("the .bitnet file has no tokenizer: the GGUF holds none".into());
+    }
+
+    let heads = model.num_heads as usize;
+    let kv_heads = model.num_kv_heads as usize;
+    let head_dim = model.head_dim as usize;
+    let ty = options.ty;
+    let infos = file.tensors().to_vec();
+    container::write(out, &meta, &planned, |i| -> Result<Vec<u8>, GgufError> {
+        let info = &infos[i];
+        let view = file.view(info);
+        let terr = |detail: String| GgufError::Tensor {
+            path: input.clone(),
+            tensor: info.name.clone(),
+            ty: format!("{:?}", view.info.encoding),
+            detail,
+        };
+        Ok(match view.info.encoding {
+            Encoding::Ternary(_) => {
+                let (mut values, scale) = view.unpack_ternary().map_err(|e| terr(e.to_string()))?;
+                let (rows, cols) = (info.shape[0] as usize, info.shape[1] as usize);
+                if interleaved_rope(arch) {
+                    let lt = is_projection(&info.name);
+                    if lt == Some(LayerTensor::AttnQ) {
+                        values = permute_rope_rows(&values, heads, head_dim, cols, true);
+                    } else if lt == Some(LayerTensor::AttnK) {
+                        values = permute_rope_rows(&values, kv_heads, head_dim, cols, true);
+                    }
+                }
+                match ty {
+                    ExportType::I2s => crate::pack::pack(
+                        TernaryLayout::I2s { block: 128 },
+                        rows,
+                        cols,
+                        &values,
+                        scale,
+                    ),
+                    ExportType::Tq1_0 | ExportType::Tq2_0 => {
+                        let d = f16::from_f32(scale);
+                        if !d.is_finite() || (d.to_f32() == 0.0 && scale != 0.0) {
+                            return Err(terr(format!("scale {scale} does not fit in f16")));
+                        }
+                        let kind = if ty == ExportType::Tq1_0 {
+                            codec::Tq::Tq1_0
+                        } else {
+                            codec::Tq::Tq2_0
+                        };
+                        codec::encode_tq(kind, &values, d)
+                    }
+                }
+            }
+            Encoding::F16 | Encoding::Bf16 => view.data.to_vec(),
+            Encoding::F32 | Encoding::I8Row => view
+                .to_f32()
+                .map_err(|e| terr(e.to_string()))?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+        })
+    })
+    .map_err(|e| match e {
+        GgufError::Write(detail) => GgufError::Io {
+            path: out.clone(),
+            source: std::io::Error::other(detail),
+        },
+        other => other,
+    })?;
+    Ok(ExportReport {
+        output: out.clone(),
+        architecture: arch.to_string(),
+        tensors: planned.len(),
+        notes,
+    })
+}

@@ -1,0 +1,416 @@
+//! GGUF import and export end to end: every family fixture survives `.bitnet` → GGUF (I2_S) →
+//! `.bitnet` with identical ternary tensors, scales, full-precision tensors, model configuration
+//! and tokenizer; TQ2_0 and TQ1_0 round-trip a model whose K dimensions are multiples of 256 (with
+//! scales rounded to f16, values exact), and refuse the fixtures' K naming the tensor; the
+//! Llama-architecture RoPE row permutation is undone on import; bad files fail with errors that
+//! name what is wrong, and the parser survives truncated and corrupted input.
+
+mod convert_support;
+
+use std::path::Path;
+
+use bitnet_convert::gguf::container::{self, GgufFile, OutTensor};
+use bitnet_convert::gguf::{self, ExportOptions, ExportType, ImportOptions};
+use bitnet_format::{
+    Activation, BitnetFile, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig,
+    Provenance, Source, TensorSpec, TernaryLayout, ternary,
+};
+use convert_support::{FIXTURES, convert_dir, fixture};
+use gguf_rs_lib::format::metadata::MetadataValue;
+
+fn export(input: &Path, output: &Path, ty: ExportType) -> gguf::ExportReport {
+    gguf::export_gguf(&ExportOptions::new(input, output, ty)).unwrap()
+}
+
+fn import(input: &Path, output: &Path) -> gguf::ImportReport {
+    gguf::import_gguf(&ImportOptions::new(input, output)).unwrap()
+}
+
+/// Every tensor of `a` equals `b`'s: ternary values and scale (with `scale_map` applied to `a`'s
+/// scale), floats exactly.
+fn assert_same_tensors(a: &Path, b: &Path, scale_map: impl Fn(f32) -> f32) {
+    let (fa, fb) = (BitnetFile::open(a).unwrap(), BitnetFile::open(b).unwrap());
+    assert_eq!(fa.tensors().len(), fb.tensors().len());
+    for ta in fa.tensors() {
+        let tb = fb
+            .index()
+            .get(&ta.name)
+            .unwrap_or_else(|| panic!("{} missing", ta.name));
+        assert_eq!(ta.shape, tb.shape, "{}", ta.name);
+        let (va, vb) = (fa.view(ta), fb.view(tb));
+        match ta.encoding {
+            Encoding::Ternary(_) => {
+                let (xa, sa) = va.unpack_ternary().unwrap();
+                let (xb, sb) = vb.unpack_ternary().unwrap();
+                assert!(xa == xb, "{}: ternary values differ", ta.name);
+                assert_eq!(scale_map(sa).to_bits(), sb.to_bits(), "{}: scale", ta.name);
+            }
+            _ => {
+                assert_eq!(ta.encoding, tb.encoding, "{}", ta.name);
+                assert_eq!(va.data, vb.data, "{}: bytes", ta.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_family_fixture_round_trips_through_i2s_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        let src = dir.path().join(format!("{name}.bitnet"));
+        convert_dir(&fixture(name), &src);
+        let g = dir.path().join(format!("{name}.gguf"));
+        let report = export(&src, &g, ExportType::I2s);
+        let back = dir.path().join(format!("{name}.back.bitnet"));
+        let imported = import(&g, &back);
+        assert_eq!(imported.architecture, report.architecture, "{name}");
+        assert_same_tensors(&src, &back, |s| s);
+        let (ha, hb) = (
+            BitnetFile::open(&src).unwrap().header().clone(),
+            BitnetFile::open(&back).unwrap().header().clone(),
+        );
+        assert_eq!(ha.model, hb.model, "{name}: model configuration");
+        assert_eq!(ha.generation, hb.generation, "{name}: generation defaults");
+        let (ta, tb) = (ha.tokenizer.unwrap(), hb.tokenizer.unwrap());
+        assert_eq!(ta.tokenizer_json.get(), tb.tokenizer_json.get(), "{name}");
+        assert_eq!(
+            (
+                ta.chat_template,
+                ta.bos_token_id,
+                ta.eos_token_ids,
+                ta.pad_token_id,
+                ta.add_bos_token
+            ),
+            (
+                tb.chat_template,
+                tb.bos_token_id,
+                tb.eos_token_ids,
+                tb.pad_token_id,
+                tb.add_bos_token
+            ),
+            "{name}"
+        );
+        assert!(matches!(hb.provenance.source, Source::Gguf { .. }));
+        // The fixtures' K (96, 120, 136, 200) cannot be TQ-encoded: refused, naming the tensor.
+        for ty in [ExportType::Tq2_0, ExportType::Tq1_0] {
+            let err = gguf::export_gguf(&ExportOptions::new(&src, dir.path().join("x.gguf"), ty))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("blk.0.") && err.contains("not a multiple of 256"),
+                "{err}"
+            );
+            assert!(!dir.path().join("x.gguf").exists());
+        }
+    }
+}
+
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// A small model whose every K is a multiple of 256: `bitnet` (sub-norms, ReLU², tied) or `llama`
+/// (no sub-norms, SiLU, untied), with the 2B-4T fixture's tokenizer.
+fn tq_model(path: &Path, llama: bool, scale: impl Fn(usize) -> f32) {
+    let tok_src = tempfile::tempdir().unwrap();
+    let tok_file = tok_src.path().join("t.bitnet");
+    convert_dir(&fixture("bitnet-2b4t"), &tok_file);
+    let tokenizer = BitnetFile::open(&tok_file)
+        .unwrap()
+        .header()
+        .tokenizer
+        .clone();
+    let model = ModelConfig {
+        family: if llama { "llama-bitnet" } else { "bitnet-2b4t" }.into(),
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+        vocab_size: 352,
+        context_length: 128,
+        rope_theta: 500000.0,
+        rope_scaling: None,
+        rms_norm_eps: 1e-5,
+        activation: if llama {
+            Activation::Silu
+        } else {
+            Activation::Relu2
+        },
+        sub_norms: !llama,
+        tied_embeddings: !llama,
+    };
+    let tensors = bitnet_convert::plan::expected_tensors(&model, model.tied_embeddings);
+    let layout = TernaryLayout::Tiled { tile_rows: 16 };
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(n, shape)| {
+            let e = if n.starts_with("blk.") && shape.len() == 2 {
+                Encoding::Ternary(layout)
+            } else if shape.len() == 2 {
+                Encoding::F16
+            } else {
+                Encoding::F32
+            };
+            TensorSpec::new(n, e, shape)
+        })
+        .collect();
+    let header = Header {
+        model,
+        tokenizer,
+        generation: GenerationDefaults::default(),
+        provenance: Provenance {
+            source: Source::Synthetic {
+                like: "test".into(),
+                seed: 1,
+            },
+            files: vec![],
+            converter: "test".into(),
+            options: Default::default(),
+        },
+        tensors: vec![],
+    };
+    let w = FileWriter::create(path, header, &specs).unwrap();
+    let mut rng = xorshift(7);
+    for (i, s) in specs.iter().enumerate() {
+        let n: u64 = s.shape.iter().product();
+        let bytes = match s.encoding {
+            Encoding::Ternary(l) => {
+                let v: Vec<i8> = (0..n).map(|_| (rng() % 3) as i8 - 1).collect();
+                ternary::pack(l, s.shape[0], s.shape[1], &v, scale(i)).unwrap()
+            }
+            Encoding::F16 => (0..n)
+                .flat_map(|_| {
+                    half::f16::from_f32((rng() % 1000) as f32 / 500.0 - 1.0).to_le_bytes()
+                })
+                .collect(),
+            _ => (0..n)
+                .flat_map(|_| (1.0 + (rng() % 100) as f32 / 1000.0).to_le_bytes())
+                .collect(),
+        };
+        w.write_tensor(&s.name, &bytes).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn tq2_0_and_tq1_0_round_trip_values_exactly_and_scales_to_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    for llama in [false, true] {
+        // Scales not representable in f16 (the usual case: f32 mean|W|).
+        let src = dir.path().join(format!("m{llama}.bitnet"));
+        tq_model(&src, llama, |i| 0.0123457 + i as f32 * 1e-4);
+        for ty in [ExportType::Tq2_0, ExportType::Tq1_0, ExportType::I2s] {
+            let g = dir.path().join(format!("m{llama}{ty:?}.gguf"));
+            let report = export(&src, &g, ty);
+            let arch = match (llama, ty) {
+                (true, _) => "llama",
+                (false, ExportType::I2s) => "bitnet-b1.58",
+                (false, _) => "bitnet",
+            };
+            assert_eq!(report.architecture, arch);
+            let back = dir.path().join(format!("m{llama}{ty:?}.bitnet"));
+            import(&g, &back);
+            if ty == ExportType::I2s {
+                assert_same_tensors(&src, &back, |s| s);
+            } else {
+                assert_same_tensors(&src, &back, |s| half::f16::from_f32(s).to_f32());
+                // A TQ round trip of the re-imported file is exact (its scales are f16 already).
+                let g2 = dir.path().join("again.gguf");
+                export(&back, &g2, ty);
+                let back2 = dir.path().join("again.bitnet");
+                import(&g2, &back2);
+                assert_same_tensors(&back, &back2, |s| s);
+                std::fs::remove_file(&g2).unwrap();
+                std::fs::remove_file(&back2).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn llama_architecture_stores_q_and_k_in_interleaved_rope_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.bitnet");
+    tq_model(&src, true, |_| 0.5);
+    let g = dir.path().join("m.gguf");
+    export(&src, &g, ExportType::Tq2_0);
+    let bytes = std::fs::read(&g).unwrap();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let bitnet = BitnetFile::open(&src).unwrap();
+    let (orig, _) = bitnet
+        .tensor("blk.0.attn_q")
+        .unwrap()
+        .unpack_ternary()
+        .unwrap();
+    let t = file.tensor("blk.0.attn_q.weight").unwrap();
+    let (stored, _) = gguf::codec::decode_tq(gguf::codec::Tq::Tq2_0, file.data(t)).unwrap();
+    let (d, cols) = (64usize, 256usize);
+    // Row 2i + j of a head in the GGUF is row j·d/2 + i of the Hugging Face order.
+    for (gg, hf) in [(1usize, 32usize), (2, 1), (3, 33), (64 + 5, 64 + 32 + 2)] {
+        assert_eq!(
+            &stored[gg * cols..(gg + 1) * cols],
+            &orig[hf * cols..(hf + 1) * cols],
+            "GGUF row {gg}"
+        );
+    }
+    // attn_v is not permuted.
+    let (v, _) = bitnet
+        .tensor("blk.0.attn_v")
+        .unwrap()
+        .unpack_ternary()
+        .unwrap();
+    let t = file.tensor("blk.0.attn_v.weight").unwrap();
+    assert_eq!(
+        gguf::codec::decode_tq(gguf::codec::Tq::Tq2_0, file.data(t))
+            .unwrap()
+            .0,
+        v
+    );
+    let _ = d;
+}
+
+/// Write a GGUF whose metadata and tensors are those of `src` with `edit` applied.
+fn edited(
+    src: &Path,
+    dest: &Path,
+    edit: impl Fn(&mut Vec<(String, MetadataValue)>, &mut Vec<(OutTensor, Vec<u8>)>),
+) {
+    let bytes = std::fs::read(src).unwrap();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let mut meta = file.metadata.clone();
+    let mut tensors: Vec<(OutTensor, Vec<u8>)> = file
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                OutTensor {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    ggml_type: t.ggml_type,
+                },
+                file.data(t).to_vec(),
+            )
+        })
+        .collect();
+    edit(&mut meta, &mut tensors);
+    let (infos, datas): (Vec<OutTensor>, Vec<Vec<u8>>) = tensors.into_iter().unzip();
+    container::write::<gguf::GgufError>(dest, &meta, &infos, |i| Ok(datas[i].clone())).unwrap();
+}
+
+fn import_err(input: &Path, dir: &Path) -> String {
+    let out = dir.join("never.bitnet");
+    let e = gguf::import_gguf(&ImportOptions::new(input, &out))
+        .unwrap_err()
+        .to_string();
+    assert!(!out.exists(), "nothing is written on error");
+    e
+}
+
+#[test]
+fn unsupported_or_inconsistent_files_fail_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.bitnet");
+    tq_model(&src, false, |_| 0.25);
+    let g = dir.path().join("m.gguf");
+    export(&src, &g, ExportType::Tq2_0);
+
+    let bad = dir.path().join("arch.gguf");
+    edited(&g, &bad, |m, _| {
+        m.iter_mut()
+            .find(|(k, _)| k == "general.architecture")
+            .unwrap()
+            .1 = MetadataValue::String("gpt2".into());
+    });
+    let e = import_err(&bad, dir.path());
+    assert!(e.contains("architecture \"gpt2\" is not supported"), "{e}");
+
+    // Two blocks of one tensor with different scales.
+    let bad = dir.path().join("scales.gguf");
+    edited(&g, &bad, |_, t| {
+        let (_, data) = t
+            .iter_mut()
+            .find(|(i, _)| i.name == "blk.1.ffn_up.weight")
+            .unwrap();
+        let d = half::f16::from_f32(0.5).to_le_bytes();
+        data[64..66].copy_from_slice(&d);
+    });
+    let e = import_err(&bad, dir.path());
+    assert!(
+        e.contains("blk.1.ffn_up.weight") && e.contains("different scales"),
+        "{e}"
+    );
+
+    // A k-quant projection.
+    let bad = dir.path().join("q8.gguf");
+    edited(&g, &bad, |_, t| {
+        let (i, data) = t
+            .iter_mut()
+            .find(|(i, _)| i.name == "blk.0.attn_k.weight")
+            .unwrap();
+        i.ggml_type = 8; // Q8_0: 34 bytes per 32
+        let n: u64 = i.dims.iter().product();
+        *data = vec![0u8; (n / 32 * 34) as usize];
+    });
+    let e = import_err(&bad, dir.path());
+    assert!(
+        e.contains("blk.0.attn_k.weight") && e.contains("Q8_0"),
+        "{e}"
+    );
+
+    // An unknown tensor type id.
+    let mut bytes = std::fs::read(&g).unwrap();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let name = b"blk.0.attn_q.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let n_dims = file.tensor("blk.0.attn_q.weight").unwrap().dims.len();
+    let type_at = at + 4 + 8 * n_dims;
+    bytes[type_at..type_at + 4].copy_from_slice(&77u32.to_le_bytes());
+    let bad = dir.path().join("type.gguf");
+    std::fs::write(&bad, &bytes).unwrap();
+    let e = import_err(&bad, dir.path());
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("unknown type 77"),
+        "{e}"
+    );
+
+    // Not GGUF at all.
+    let bad = dir.path().join("not.gguf");
+    std::fs::write(&bad, b"PK\x03\x04 zip").unwrap();
+    assert!(import_err(&bad, dir.path()).contains("not a GGUF file"));
+}
+
+#[test]
+fn the_parser_survives_truncation_and_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.bitnet");
+    convert_dir(&fixture("bitnet-2b4t"), &src);
+    let g = dir.path().join("m.gguf");
+    export(&src, &g, ExportType::I2s);
+    let bytes = std::fs::read(&g).unwrap();
+    let options = ImportOptions::new(&g, dir.path().join("unused.bitnet"));
+    let mut cut = 0;
+    while cut < bytes.len() {
+        assert!(
+            gguf::import_bytes(&g, &bytes[..cut], &options).is_err(),
+            "prefix {cut}"
+        );
+        cut += 1 + cut / 16;
+    }
+    let mut rng = xorshift(99);
+    for _ in 0..400 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + rng() % 4 {
+            let i = (rng() % b.len().min(40_000) as u64) as usize;
+            b[i] = rng() as u8;
+        }
+        let _ = gguf::import_bytes(&g, &b, &options);
+    }
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Check bitnet-convert's GGUF import and export against the `gguf` Python package (run by CI).
+
+1. Import: every fixture of testdata/gguf/ (written by the gguf package, tools/gguf/make_fixtures.py)
+   is imported with bitnet-convert; the resulting .bitnet, decoded by the independent reader
+   tools/spec-check/read_bitnet.py, must hold for every projection exactly the values that
+   `gguf.quants.dequantize` gives for the GGUF tensor (ternary value × scale, rows in Hugging Face
+   order: llama-architecture q/k rows are compared after llama.cpp's permutation).
+2. Export: those .bitnet files exported with `export-gguf --type tq2_0` and `--type tq1_0` must
+   parse with `gguf.GGUFReader`, name the architecture and keys llama.cpp reads, and dequantize
+   with `gguf.quants` to the .bitnet ternary values × their scale rounded to f16.
+
+Usage: check_gguf_py.py BITNET_CONVERT_BINARY WORK_DIR
+Prints "N passed, M failed" and exits non-zero on any failure.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools" / "spec-check"))
+import read_bitnet  # noqa: E402
+
+PROJ = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+passed, failed = 0, 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print(f"FAIL: {what}")
+
+
+def permute(w, n_head):
+    d = w.shape[0] // n_head
+    return w.reshape(n_head, 2, d // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def field(reader, key):
+    f = reader.get_field(key)
+    return None if f is None else f.contents()
+
+
+def dequant(t):
+    return gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(x) for x in reversed(t.shape)]).astype(np.float32)
+
+
+def bitnet_weights(path):
+    header, tensors, _ = read_bitnet.read_file(path)
+    out = {}
+    for t in header["tensors"]:
+        vals, scale = tensors[t["name"]]
+        if scale is not None:
+            out[t["name"]] = (np.array(vals, dtype=np.float32).reshape(t["shape"]), np.float32(scale))
+    return header, out
+
+
+def run(*args):
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stdout, r.stderr)
+    return r.returncode == 0
+
+
+def main():
+    binary, work = sys.argv[1], Path(sys.argv[2])
+    work.mkdir(parents=True, exist_ok=True)
+    for fx in sorted((ROOT / "testdata" / "gguf").glob("*.gguf")):
+        out = work / (fx.stem + ".bitnet")
+        ok = run(binary, str(fx), "-o", str(out), "--force")
+        check(ok, f"import {fx.name}")
+        if not ok:
+            continue
+        reader = gguf.GGUFReader(str(fx))
+        arch = field(reader, "general.architecture")
+        heads = field(reader, f"{arch}.attention.head_count")
+        kv = field(reader, f"{arch}.attention.head_count_kv")
+        header, weights = bitnet_weights(out)
+        gt = {t.name: t for t in reader.tensors}
+        for name, (vals, scale) in weights.items():
+            want = dequant(gt[name + ".weight"])
+            mine = vals * scale
+            if arch == "llama" and name.endswith("attn_q"):
+                mine = permute(mine, heads)
+            elif arch == "llama" and name.endswith("attn_k"):
+                mine = permute(mine, kv)
+            check(np.array_equal(mine, want), f"{fx.name}: {name} imports as gguf.quants dequantizes it")
+
+        # Export what was imported, where K allows TQ.
+        ks = [v.shape[1] for v, _ in weights.values()]
+        if any(k % 256 for k in ks):
+            bad = work / "refused.gguf"
+            r = subprocess.run([binary, "export-gguf", str(out), "-o", str(bad), "--type", "tq2_0"],
+                               capture_output=True, text=True)
+            check(r.returncode != 0 and "not a multiple of 256" in r.stderr and not bad.exists(),
+                  f"{fx.name}: TQ export of K % 256 != 0 is refused naming the tensor")
+            continue
+        for ty, qt in [("tq2_0", gguf.GGMLQuantizationType.TQ2_0), ("tq1_0", gguf.GGMLQuantizationType.TQ1_0)]:
+            g = work / f"{fx.stem}.{ty}.gguf"
+            ok = run(binary, "export-gguf", str(out), "-o", str(g), "--type", ty, "--force")
+            check(ok, f"export {fx.stem} --type {ty}")
+            if not ok:
+                continue
+            rd = gguf.GGUFReader(str(g))
+            earch = field(rd, "general.architecture")
+            check(earch == arch, f"{g.name}: architecture {earch}")
+            check(field(rd, f"{earch}.block_count") == header["model"]["num_layers"], f"{g.name}: block_count")
+            if header["model"]["activation"] == "relu2":
+                check(field(rd, f"{earch}.hidden_act") == "relu2", f"{g.name}: hidden_act relu2 recorded")
+            check(len(field(rd, "tokenizer.ggml.tokens")) == header["model"]["vocab_size"], f"{g.name}: token list")
+            et = {t.name: t for t in rd.tensors}
+            for name, (vals, scale) in weights.items():
+                t = et[name + ".weight"]
+                check(t.tensor_type == qt, f"{g.name}: {name} is {ty}")
+                want = vals * np.float32(np.float16(scale))
+                if earch == "llama" and name.endswith("attn_q"):
+                    want = permute(want, heads)
+                elif earch == "llama" and name.endswith("attn_k"):
+                    want = permute(want, kv)
+                check(np.array_equal(dequant(t), want), f"{g.name}: {name} dequantizes to ternary × f16(scale)")
+    print(f"gguf-py checks: {passed} passed, {failed} failed")
+    return 1 if failed or not passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Write the GGUF fixtures of testdata/gguf/ with the `gguf` package's own writer and quantizers.
+
+They are files another program wrote (not bitnet-convert), for the import tests:
+
+- bitnet_tq.gguf: llama.cpp architecture `bitnet` with `bitnet.hidden_act = relu2` (2B-4T style:
+  sub-norms, tied embeddings), projections alternately TQ2_0 and TQ1_0 as quantized by
+  `gguf.quants`, some 256-blocks all zero (the quantizer writes d = 0 for them), F16 embedding,
+  F32 norms, and the byte-level BPE tokenizer of testdata/fixtures/bitnet-2b4t/tokenizer.json as
+  `tokenizer.ggml.*` (pre `llama-bpe`, no `tokenizer.huggingface.json`).
+- llama_f16_ternary.gguf: architecture `llama` (no sub-norms, SiLU, untied, head_dim 40 as
+  Falcon3) whose projections are F16, BF16 and F32 tensors holding ternary values times one
+  scale (what llama.cpp's converter writes for --outtype f16; K need not be a multiple of 256),
+  `attn_q`/`attn_k` rows in llama.cpp's interleaved RoPE order, and the SentencePiece tokenizer
+  of testdata/fixtures/bitnet-1bitllm/tokenizer.model (`tokenizer.ggml.model = llama`).
+
+The weights are deterministic (numpy's PCG64 with fixed seeds). `--check DIR` writes them to a
+temporary directory and fails unless they equal the files in DIR byte for byte.
+
+Usage: make_fixtures.py OUT_DIR | make_fixtures.py --check testdata/gguf
+Needs: gguf, numpy, sentencepiece (versions in requirements.txt beside this file).
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+ROOT = Path(__file__).resolve().parents[2]
+FIX = ROOT / "testdata" / "fixtures"
+
+
+def ternary(rng, rows, cols, zero_blocks=0):
+    t = rng.integers(-1, 2, size=(rows, cols)).astype(np.float32)
+    flat = t.reshape(-1)
+    for b in range(zero_blocks):
+        flat[b * 512: b * 512 + 256] = 0  # every other 256-block of the first ones
+    return t
+
+
+def permute(w, n_head):
+    """HF rotate-half rows to llama.cpp's interleaved pairs (as convert_hf_to_gguf's LlamaModel)."""
+    d = w.shape[0] // n_head
+    return w.reshape(n_head, 2, d // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def add_bpe_tokenizer(w):
+    tj = json.loads((FIX / "bitnet-2b4t" / "tokenizer.json").read_text())
+    cfg = json.loads((FIX / "bitnet-2b4t" / "tokenizer_config.json").read_text())
+    vocab = tj["model"]["vocab"]
+    added = {t["id"]: t for t in tj["added_tokens"]}
+    n = max(list(vocab.values()) + list(added)) + 1
+    tokens, types = [None] * n, [gguf.TokenType.NORMAL] * n
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    for i, t in added.items():
+        tokens[i] = t["content"]
+        types[i] = gguf.TokenType.CONTROL if t["special"] else gguf.TokenType.USER_DEFINED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index("<|begin_of_text|>"))
+    w.add_eos_token_id(tokens.index("<|end_of_text|>"))
+    w.add_eot_token_id(tokens.index("<|eot_id|>"))
+    w.add_add_bos_token(True)
+    w.add_chat_template(cfg["chat_template"])
+    return n
+
+
+def add_spm_tokenizer(w):
+    import sentencepiece as spm
+
+    path = FIX / "bitnet-1bitllm" / "tokenizer.model"
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+
+    def kind(i):
+        if sp.is_unknown(i):
+            return gguf.TokenType.UNKNOWN
+        if sp.is_control(i):
+            return gguf.TokenType.CONTROL
+        if sp.is_byte(i):
+            return gguf.TokenType.BYTE
+        if sp.is_unused(i):
+            return gguf.TokenType.UNUSED
+        return gguf.TokenType.NORMAL
+
+    tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    scores = [sp.get_score(i) for i in range(sp.get_piece_size())]
+    types = [kind(i) for i in range(sp.get_piece_size())]
+    added = json.loads((FIX / "bitnet-1bitllm" / "added_tokens.json").read_text())
+    for content, i in sorted(added.items(), key=lambda kv: kv[1]):
+        assert i == len(tokens), (content, i)
+        tokens.append(content)
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.CONTROL)
+    cfg = json.loads((FIX / "bitnet-1bitllm" / "config.json").read_text())
+    n = cfg["vocab_size"]
+    while len(tokens) < n:
+        tokens.append(f"[PAD{len(tokens)}]")
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.UNUSED)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_pad_token_id(cfg["pad_token_id"])
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    return n
+
+
+def model_keys(w, h, ff, layers, heads, kv, ctx=128, theta=500000.0, eps=1e-5, vocab=None):
+    w.add_context_length(ctx)
+    w.add_embedding_length(h)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(theta)
+    w.add_layer_norm_rms_eps(eps)
+    w.add_rope_dimension_count(h // heads)
+    if vocab:
+        w.add_vocab_size(vocab)
+
+
+def proj(w, name, t, scale, qtype, rng_dtype=None):
+    x = (t * np.float32(scale)).astype(np.float32)
+    if qtype in (T.TQ1_0, T.TQ2_0):
+        w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+    elif qtype == T.F16:
+        w.add_tensor(name, x.astype(np.float16))
+    elif qtype == T.BF16:
+        w.add_tensor(name, gguf.quants.quantize(x, T.BF16), raw_dtype=T.BF16)
+    else:
+        w.add_tensor(name, x)
+
+
+def norms(w, rng, name, n):
+    w.add_tensor(name, (1.0 + rng.standard_normal(n) * 0.05).astype(np.float32))
+
+
+def bitnet_tq(path):
+    rng = np.random.default_rng(2024)
+    w = gguf.GGUFWriter(str(path), "bitnet")
+    w.add_name("bitnet-2b4t-fixture")
+    h, ff, heads, kv, hd = 256, 256, 4, 2, 64
+    n_vocab = add_bpe_tokenizer(w)
+    model_keys(w, h, ff, 1, heads, kv, vocab=n_vocab)
+    w.add_string("bitnet.hidden_act", "relu2")
+    w.add_tensor("token_embd.weight", (rng.standard_normal((n_vocab, h)) * 0.5).astype(np.float16))
+    norms(w, rng, "output_norm.weight", h)
+    p = "blk.0."
+    norms(w, rng, p + "attn_norm.weight", h)
+    norms(w, rng, p + "attn_sub_norm.weight", h)
+    norms(w, rng, p + "ffn_norm.weight", h)
+    norms(w, rng, p + "ffn_sub_norm.weight", ff)
+    shapes = {"attn_q": (heads * hd, h), "attn_k": (kv * hd, h), "attn_v": (kv * hd, h),
+              "attn_output": (h, heads * hd), "ffn_gate": (ff, h), "ffn_up": (ff, h), "ffn_down": (h, ff)}
+    for i, (name, shape) in enumerate(shapes.items()):
+        qtype = T.TQ2_0 if i % 2 == 0 else T.TQ1_0
+        proj(w, p + name + ".weight", ternary(rng, *shape, zero_blocks=2), 0.0625 + i / 64, qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def llama_f16_ternary(path):
+    rng = np.random.default_rng(11)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("falcon3-bitnet-fixture")
+    h, ff, heads, kv, hd = 64, 96, 2, 1, 40  # head_dim 40 != 64 / 2, as Falcon3
+    n_vocab = add_spm_tokenizer(w)
+    model_keys(w, h, ff, 1, heads, kv, theta=1000042.0, eps=1e-6, vocab=n_vocab)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_tensor("token_embd.weight", (rng.standard_normal((n_vocab, h)) * 0.5).astype(np.float16))
+    w.add_tensor("output.weight", gguf.quants.quantize((rng.standard_normal((n_vocab, h)) * 0.5).astype(np.float32), T.BF16), raw_dtype=T.BF16)
+    norms(w, rng, "output_norm.weight", h)
+    p = "blk.0."
+    norms(w, rng, p + "attn_norm.weight", h)
+    norms(w, rng, p + "ffn_norm.weight", h)
+    shapes = {"attn_q": (heads * hd, h), "attn_k": (kv * hd, h), "attn_v": (kv * hd, h),
+              "attn_output": (h, heads * hd), "ffn_gate": (ff, h), "ffn_up": (ff, h), "ffn_down": (h, ff)}
+    kinds = [T.F16, T.BF16, T.F32, T.F16, T.BF16, T.F32, T.F16]
+    for i, (name, shape) in enumerate(shapes.items()):
+        t = ternary(rng, *shape)
+        if name == "attn_q":
+            t = permute(t, heads)
+        elif name == "attn_k":
+            t = permute(t, kv)
+        proj(w, p + name + ".weight", t, 0.5 ** (i + 1), kinds[i])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+FIXTURES = {
+    "bitnet_tq.gguf": bitnet_tq,
+    "llama_f16_ternary.gguf": llama_f16_ternary,
+}
+
+
+def write_all(out):
+    out.mkdir(parents=True, exist_ok=True)
+    for name, make in FIXTURES.items():
+        make(out / name)
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+        with tempfile.TemporaryDirectory() as tmp:
+            write_all(Path(tmp))
+            bad = [n for n in FIXTURES
+                   if (Path(tmp) / n).read_bytes() != (Path(sys.argv[2]) / n).read_bytes()]
+        if bad:
+            print(f"FAIL: regenerated fixtures differ from {sys.argv[2]}: {', '.join(bad)}")
+            return 1
+        print(f"OK: {len(FIXTURES)} GGUF fixtures regenerate byte for byte")
+        return 0
+    if len(sys.argv) != 2:
+        print(__doc__)
+        return 2
+    write_all(Path(sys.argv[1]))
+    for n in FIXTURES:
+        print(n, os.path.getsize(Path(sys.argv[1]) / n), "bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
