@@ -223,6 +223,98 @@ fn float_kernels_agree_across_paths() {
     }
 }
 
+/// The exact value of element `(row, col)` of a test matrix.
+type ValueOf<'a> = Box<dyn Fn(usize, usize) -> f64 + 'a>;
+
+#[test]
+fn single_token_dense_products_agree_with_f64_on_every_path() {
+    // The generation case (one token) takes the fused kernels: odd sizes hit the 4-row and lane tails.
+    for (rows, cols) in [(1usize, 5usize), (7, 203), (10, 64), (13, 2560)] {
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+            .collect();
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 16.0)
+            .collect();
+        let mut i8_data: Vec<u8> = (0..rows)
+            .flat_map(|r| (0.25f32 + r as f32).to_le_bytes())
+            .collect();
+        i8_data.resize((rows * 4).next_multiple_of(64), 0);
+        i8_data.extend((0..rows * cols).map(|i| (i * 37 % 256) as u8));
+        let cases: [(DenseKind, Vec<u8>, ValueOf); 3] = [
+            (
+                DenseKind::Float(FloatKind::F16),
+                values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                Box::new(|r, c| half::f16::from_f32(values[r * cols + c]).to_f32() as f64),
+            ),
+            (
+                DenseKind::Float(FloatKind::Bf16),
+                values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                Box::new(|r, c| half::bf16::from_f32(values[r * cols + c]).to_f32() as f64),
+            ),
+            (
+                DenseKind::I8Row,
+                i8_data.clone(),
+                Box::new(|r, c| {
+                    i8_data[(rows * 4).next_multiple_of(64) + r * cols + c] as i8 as f64
+                        * (0.25 + r as f64)
+                }),
+            ),
+        ];
+        for (kind, data, value) in &cases {
+            let w = DenseMatrix {
+                data,
+                rows,
+                cols,
+                kind: *kind,
+            };
+            for path in available_paths() {
+                let mut out = vec![0.0f32; rows - 1];
+                float::matmul(path, &w, &x, 1..rows, &mut out);
+                for (i, got) in out.iter().enumerate() {
+                    let exact: f64 = (0..cols).map(|c| value(i + 1, c) * x[c] as f64).sum();
+                    assert!(
+                        (*got as f64 - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                        "{path:?} {kind:?} {rows}x{cols} row {}: {got} vs {exact}",
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn i8_row_rows_decode_exactly_on_every_path() {
+    let (rows, cols) = (3usize, 77usize);
+    let scales = [0.5f32, 1.0 / 127.0, 3.25];
+    let mut data: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+    data.resize(64, 0);
+    data.extend((0..rows * cols).map(|i| (i * 37 % 256) as u8));
+    let w = DenseMatrix {
+        data: &data,
+        rows,
+        cols,
+        kind: DenseKind::I8Row,
+    };
+    for path in available_paths() {
+        for r in 0..rows {
+            let mut out = vec![0.0f32; cols];
+            w.row_into(path, r, &mut out);
+            for (c, v) in out.iter().enumerate() {
+                let q = data[64 + r * cols + c] as i8;
+                assert_eq!(*v, q as f32 * scales[r], "{path:?} row {r} col {c}");
+            }
+        }
+    }
+}
+
 #[test]
 fn forcing_an_unknown_or_missing_path_is_a_clear_error() {
     let err = KernelPath::parse("neon9").unwrap_err().to_string();

@@ -88,15 +88,21 @@ fn batch_prefill_equals_one_token_at_a_time() {
             .unwrap();
         let mut session = Session::new(&model, 64);
         let vocab = model.config.vocab_size as usize;
+        // Everything up to the output matrix is exact; a single token's output row takes the fused
+        // matrix-vector kernel, whose float summation order differs from the batched one.
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+        };
         for (t, &id) in TOKENS.iter().enumerate() {
             let one = session.forward(&[id], Logits::Last).unwrap();
-            assert_eq!(
-                one,
-                batch[t * vocab..(t + 1) * vocab],
+            assert!(
+                close(&one, &batch[t * vocab..(t + 1) * vocab]),
                 "{kernel:?} position {t}"
             );
         }
-        // Truncating and re-running reproduces the same logits.
+        // Truncating and re-running reproduces the same logits exactly (the same batched path).
         session.truncate(4);
         let again = session.forward(&TOKENS[4..], Logits::All).unwrap();
         assert_eq!(again, batch[4 * vocab..], "{kernel:?} after truncate");

@@ -35,6 +35,21 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// Fraction of positions whose argmax agrees between `got` and the reference `want` (`T × vocab`).
+fn argmax_agreement(got: &[f32], want: &[f64], vocab: usize) -> f64 {
+    let positions = got.len() / vocab;
+    let agree = (0..positions)
+        .filter(|&t| {
+            let w: Vec<f32> = want[t * vocab..(t + 1) * vocab]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            argmax(&got[t * vocab..(t + 1) * vocab]) == argmax(&w)
+        })
+        .count();
+    agree as f64 / positions as f64
+}
+
 #[test]
 fn logits_match_transformers_for_every_family_and_kernel_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,16 +74,7 @@ fn logits_match_transformers_for_every_family_and_kernel_path() {
                     .collect();
                 let max = diffs.iter().cloned().fold(0.0, f64::max);
                 let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-                let agree = (0..tokens.len())
-                    .filter(|&t| {
-                        let w: Vec<f32> = want[t * vocab..(t + 1) * vocab]
-                            .iter()
-                            .map(|&v| v as f32)
-                            .collect();
-                        argmax(&got[t * vocab..(t + 1) * vocab]) == argmax(&w)
-                    })
-                    .count() as f64
-                    / tokens.len() as f64;
+                let agree = argmax_agreement(&got, &want, vocab);
                 let label = format!("{name} {:?} {} tokens, {path:?}", seq["name"], tokens.len());
                 eprintln!(
                     "{label}: max |Δ| {max:.2e}, mean |Δ| {mean:.2e}, argmax agreement {agree:.3}"
@@ -202,16 +208,7 @@ fn demo_model_logits_match_transformers_on_held_out_text() {
             .map(|(a, b)| (*a as f64 - b).abs())
             .sum::<f64>()
             / got.len() as f64;
-        let agree = (0..tokens.len())
-            .filter(|&t| {
-                let w: Vec<f32> = want[t * vocab..(t + 1) * vocab]
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect();
-                argmax(&got[t * vocab..(t + 1) * vocab]) == argmax(&w)
-            })
-            .count() as f64
-            / tokens.len() as f64;
+        let agree = argmax_agreement(&got, &want, vocab);
         assert!(
             agree >= 0.9 && mean < 1e-2,
             "{path:?}: argmax agreement {agree}, mean |Δ| {mean}"

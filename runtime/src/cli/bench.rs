@@ -59,6 +59,15 @@ struct Row {
     roofline: Option<f64>,
 }
 
+/// `1.18 GB`, `2.4 MB`.
+fn human_bytes(b: f64) -> String {
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else {
+        format!("{:.1} MB", b / 1e6)
+    }
+}
+
 fn mean_std(samples: &[f64]) -> (f64, f64) {
     let n = samples.len() as f64;
     let mean = samples.iter().sum::<f64>() / n;
@@ -180,14 +189,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if !args.json {
         println!(
-            "| model | size | weights read/token | kernel | threads | test | t/s | weights GB/s | of bandwidth |"
+            "| model | file size | weights read/token | kernel | threads | test | t/s | weights GB/s | of bandwidth |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
         for r in rows {
             println!(
-                "| {name} | {:.2} GiB | {:.2} GB | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
-                file_bytes as f64 / (1u64 << 30) as f64,
-                bytes_per_token as f64 / 1e9,
+                "| {name} | {} | {} | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
+                human_bytes(file_bytes as f64),
+                human_bytes(bytes_per_token as f64),
                 path.name(),
                 r.threads,
                 r.test,

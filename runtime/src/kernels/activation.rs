@@ -1,6 +1,7 @@
 //! Per-token int8 activation quantization (checkpoints.md "reference numerics", steps 1–2).
 //! The SIMD paths give exactly the scalar result: `cvtps2dq` rounds half to even (the default
-//! MXCSR mode) and saturating packs clamp to [-128, 127].
+//! MXCSR mode) and saturating packs clamp to [-128, 127]; on AArch64 `fcvtns` rounds half to even
+//! and `sqxtn` saturates.
 
 use super::KernelPath;
 
@@ -52,6 +53,9 @@ pub fn quantize_row(path: KernelPath, x: &[f32], out: &mut [i8]) -> (f32, i32) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path is only chosen when the CPU has AVX2.
         KernelPath::Avx2 => unsafe { super::avx2::quantize_row(x, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
+        KernelPath::Neon | KernelPath::NeonDot => unsafe { super::neon::quantize_row(x, out) },
         _ => quantize_row_scalar(x, out),
     }
 }

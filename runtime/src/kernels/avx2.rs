@@ -220,3 +220,89 @@ pub unsafe fn quantize_row(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     }
     (s, sum)
 }
+
+/// `dst[i] = src[i] as i8 · scale` (exact: the same single rounding as the scalar code).
+///
+/// # Safety
+/// The CPU must support AVX2; `dst.len() == src.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
+    let n = dst.len();
+    let s = _mm256_set1_ps(scale);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: 8 bytes at i and 8 floats at i are in bounds.
+        unsafe {
+            let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(src.as_ptr().add(i).cast()));
+            _mm256_storeu_ps(
+                dst.as_mut_ptr().add(i),
+                _mm256_mul_ps(_mm256_cvtepi32_ps(q), s),
+            );
+        }
+        i += 8;
+    }
+    for k in i..n {
+        dst[k] = src[k] as i8 as f32 * scale;
+    }
+}
+
+/// See [`super::avx512::dense_rows_dot`]; 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; sizes as for the AVX-512 version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dense_rows_dot(
+    data: &[u8],
+    elem_bytes: usize,
+    kind: u8,
+    rows: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let cols = x.len();
+    let row_bytes = cols * elem_bytes;
+    debug_assert!(data.len() >= rows.end * row_bytes && out.len() == rows.len());
+    // SAFETY (all loads below): `p` points at element `i` of a row with `i + 8 <= cols`.
+    let widen = |p: *const u8| -> __m256 {
+        unsafe {
+            match kind {
+                0 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                1 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                    _mm_loadu_si128(p.cast()),
+                ))),
+                _ => _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))),
+            }
+        }
+    };
+    let full = cols / 8 * 8;
+    let mut r = rows.start;
+    while r < rows.end {
+        let n = (rows.end - r).min(4);
+        let bases: [*const u8; 4] =
+            std::array::from_fn(|j| data[(r + j.min(n - 1)) * row_bytes..].as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 8 <= cols.
+            let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            for j in 0..4 {
+                // SAFETY: element i of row r + j (clamped to a real row) is in bounds.
+                let w = widen(unsafe { bases[j].add(i * elem_bytes) });
+                acc[j] = _mm256_fmadd_ps(w, xv, acc[j]);
+            }
+            i += 8;
+        }
+        for j in 0..n {
+            let row = &data[(r + j) * row_bytes..(r + j + 1) * row_bytes];
+            let tail: f32 = (full..cols)
+                .map(|k| super::float::dense_element(kind, row, k) * x[k])
+                .sum();
+            let t = acc[j];
+            let quad = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+            let sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
+            out[r + j - rows.start] = sum + tail;
+        }
+        r += n;
+    }
+}

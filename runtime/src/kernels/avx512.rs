@@ -250,3 +250,88 @@ pub unsafe fn quantize_row(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     }
     (s, sum)
 }
+
+/// `dst[i] = src[i] as i8 · scale` (exact: the same single rounding as the scalar code).
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `dst.len() == src.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
+    let n = dst.len();
+    let s = _mm512_set1_ps(scale);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: 16 bytes at i and 16 floats at i are in bounds.
+        unsafe {
+            let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(src.as_ptr().add(i).cast()));
+            _mm512_storeu_ps(
+                dst.as_mut_ptr().add(i),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(q), s),
+            );
+        }
+        i += 16;
+    }
+    for k in i..n {
+        dst[k] = src[k] as i8 as f32 * scale;
+    }
+}
+
+/// `out[i] = row(rows.start + i) · x` for a dense matrix of `kind` (f16, bf16 or i8 codes; for i8 the
+/// caller multiplies by the row scale), four rows at a time so each activation load serves four
+/// rows, widening in registers.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `data` holds `rows.end` rows of `x.len()` elements of `kind`
+/// (`elem_bytes` each), and `out.len() == rows.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dense_rows_dot(
+    data: &[u8],
+    elem_bytes: usize,
+    kind: u8,
+    rows: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let cols = x.len();
+    let row_bytes = cols * elem_bytes;
+    debug_assert!(data.len() >= rows.end * row_bytes && out.len() == rows.len());
+    // SAFETY (all loads below): `p` points at element `i` of a row with `i + 16 <= cols`.
+    let widen = |p: *const u8| -> __m512 {
+        unsafe {
+            match kind {
+                0 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+                1 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                    _mm256_loadu_si256(p.cast()),
+                ))),
+                _ => _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))),
+            }
+        }
+    };
+    let full = cols / 16 * 16;
+    let mut r = rows.start;
+    while r < rows.end {
+        let n = (rows.end - r).min(4);
+        let bases: [*const u8; 4] =
+            std::array::from_fn(|j| data[(r + j.min(n - 1)) * row_bytes..].as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 16 <= cols.
+            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
+            for j in 0..4 {
+                // SAFETY: element i of row r + j (clamped to a real row) is in bounds.
+                let w = widen(unsafe { bases[j].add(i * elem_bytes) });
+                acc[j] = _mm512_fmadd_ps(w, xv, acc[j]);
+            }
+            i += 16;
+        }
+        for j in 0..n {
+            let row = &data[(r + j) * row_bytes..(r + j + 1) * row_bytes];
+            let tail: f32 = (full..cols)
+                .map(|k| super::float::dense_element(kind, row, k) * x[k])
+                .sum();
+            out[r + j - rows.start] = _mm512_reduce_add_ps(acc[j]) + tail;
+        }
+        r += n;
+    }
+}

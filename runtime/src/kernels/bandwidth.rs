@@ -16,6 +16,9 @@ fn sum_words(path: KernelPath, data: &[u64]) -> u64 {
             // SAFETY: the path is only chosen when the CPU has AVX-512 F.
             unsafe { sum_avx512(data) }
         }
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
+        KernelPath::Neon | KernelPath::NeonDot => unsafe { super::neon::sum_words(data) },
         _ => {
             let mut acc = [0u64; 8];
             for chunk in data.chunks_exact(8) {

@@ -53,9 +53,7 @@ impl DenseMatrix<'_> {
                 let scale =
                     f32::from_le_bytes(self.data[4 * r..4 * r + 4].try_into().expect("4 bytes"));
                 let start = (self.rows * 4).next_multiple_of(64) + r * self.cols;
-                for (o, &q) in out.iter_mut().zip(&self.data[start..start + self.cols]) {
-                    *o = q as i8 as f32 * scale;
-                }
+                decode_i8(path, &self.data[start..start + self.cols], scale, out);
             }
         }
     }
@@ -90,6 +88,16 @@ pub fn decode(path: KernelPath, kind: FloatKind, src: &[u8], dst: &mut [f32]) {
             // SAFETY: as above.
             unsafe { super::avx2::bf16_to_f32(src, dst) }
         }
+        #[cfg(target_arch = "aarch64")]
+        (FloatKind::F16, KernelPath::Neon | KernelPath::NeonDot) => {
+            // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
+            unsafe { super::neon::f16_to_f32(src, dst) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (FloatKind::Bf16, KernelPath::Neon | KernelPath::NeonDot) => {
+            // SAFETY: as above.
+            unsafe { super::neon::bf16_to_f32(src, dst) }
+        }
         (FloatKind::F16, _) => {
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = half::f16::from_le_bytes([s[0], s[1]]).to_f32();
@@ -98,6 +106,83 @@ pub fn decode(path: KernelPath, kind: FloatKind, src: &[u8], dst: &mut [f32]) {
         (FloatKind::Bf16, _) => {
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = half::bf16::from_le_bytes([s[0], s[1]]).to_f32();
+            }
+        }
+    }
+}
+
+/// One token on an x86 SIMD path: rows widened in registers, four at a time (generation's case, where
+/// the output matrix is streamed once per token). Returns false where there is no such kernel.
+fn fused_matvec(
+    path: KernelPath,
+    w: &DenseMatrix,
+    x: &[f32],
+    rows: Range<usize>,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (data, bytes, kind) = match w.kind {
+            DenseKind::Float(FloatKind::F16) => (w.data, 2, 0u8),
+            DenseKind::Float(FloatKind::Bf16) => (w.data, 2, 1),
+            DenseKind::I8Row => (&w.data[(w.rows * 4).next_multiple_of(64)..], 1, 2),
+            DenseKind::Float(FloatKind::F32) => return false,
+        };
+        match path {
+            // SAFETY: the path is only chosen when the CPU has AVX-512 F; `data` holds all `w.rows`
+            // rows of `w.cols` elements and `out` has one slot per row.
+            KernelPath::Avx512 => unsafe {
+                super::avx512::dense_rows_dot(data, bytes, kind, rows.clone(), x, out)
+            },
+            // SAFETY: as above, for AVX2/FMA/F16C.
+            KernelPath::Avx2 => unsafe {
+                super::avx2::dense_rows_dot(data, bytes, kind, rows.clone(), x, out)
+            },
+            _ => return false,
+        }
+        if w.kind == DenseKind::I8Row {
+            for (o, r) in out.iter_mut().zip(rows) {
+                *o *= f32::from_le_bytes(w.data[4 * r..4 * r + 4].try_into().expect("4 bytes"));
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (path, w, x, rows, out);
+        false
+    }
+}
+
+/// Element `k` of a dense row whose kind is coded as the fused kernels take it (0 f16, 1 bf16,
+/// 2 i8 code): the scalar tail of those kernels.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn dense_element(kind: u8, row: &[u8], k: usize) -> f32 {
+    match kind {
+        0 => half::f16::from_le_bytes([row[2 * k], row[2 * k + 1]]).to_f32(),
+        1 => half::bf16::from_le_bytes([row[2 * k], row[2 * k + 1]]).to_f32(),
+        _ => row[k] as i8 as f32,
+    }
+}
+
+/// Widen signed bytes times `scale` into `dst` (the value of an `i8_row` row).
+pub fn decode_i8(path: KernelPath, src: &[u8], scale: f32, dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only chosen when the CPU has AVX-512 F.
+        KernelPath::Avx512 => unsafe { super::avx512::i8_to_f32(src, scale, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only chosen when the CPU has AVX2.
+        KernelPath::Avx2 => unsafe { super::avx2::i8_to_f32(src, scale, dst) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
+        KernelPath::Neon | KernelPath::NeonDot => unsafe {
+            super::neon::i8_to_f32(src, scale, dst)
+        },
+        _ => {
+            for (d, &q) in dst.iter_mut().zip(src) {
+                *d = q as i8 as f32 * scale;
             }
         }
     }
@@ -114,8 +199,10 @@ pub fn dot(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path is only chosen when the CPU has AVX2 and FMA.
         KernelPath::Avx2 => unsafe { super::avx2::dot(a, b) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("x86 kernel path on another architecture"),
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
+        KernelPath::Neon | KernelPath::NeonDot => unsafe { super::neon::dot(a, b) },
+        _ => unreachable!("{} kernel path on another architecture", path.name()),
     }
 }
 
@@ -125,6 +212,10 @@ pub fn dot(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
 pub fn matmul(path: KernelPath, w: &DenseMatrix, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
     let tokens = x.len() / w.cols;
     assert_eq!(out.len(), rows.len() * tokens);
+    assert!(rows.end <= w.rows);
+    if tokens == 1 && fused_matvec(path, w, x, rows.clone(), out) {
+        return;
+    }
     let mut row = vec![0.0f32; w.cols];
     for (i, r) in rows.enumerate() {
         w.row_into(path, r, &mut row);

@@ -41,8 +41,8 @@ impl TernaryMatrix<'_> {
 /// Exact integer products `acc[n] = Σ_k t[n,k] · q[k]` for every token of `x` and every row of the
 /// tiles in `tiles`, written tile-major: `out[((tile - tiles.start) · tokens + t) · tile_rows + r]`.
 ///
-/// `x.kpad` must equal `w.kpad()`. Paths other than scalar need `tile_rows == 16`
-/// ([`KernelPath::reads_layout`]).
+/// `x.kpad` must equal `w.kpad()`. The x86 paths need `tile_rows == 16`; scalar and the NEON paths
+/// read every tile height ([`KernelPath::reads_layout`]).
 pub fn ternary_matmul(
     path: KernelPath,
     w: &TernaryMatrix,
@@ -75,7 +75,20 @@ pub fn ternary_matmul(
             // SAFETY: the CPU has AVX-512 F/BW/VNNI (checked above); lengths asserted above.
             unsafe { super::avx512::ternary_tiles(w, x, tiles, out) }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("x86 kernel path on another architecture"),
+        #[cfg(target_arch = "aarch64")]
+        KernelPath::Neon => {
+            assert!(matches!(w.tile_rows, 4 | 8 | 16 | 32));
+            // SAFETY: NEON is part of every AArch64 CPU; the tile height and every length the
+            // kernel relies on were asserted above.
+            unsafe { super::neon::ternary_tiles_neon(w, x, tiles, out) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        KernelPath::NeonDot => {
+            assert!(matches!(w.tile_rows, 4 | 8 | 16 | 32));
+            assert!(path.is_available());
+            // SAFETY: the CPU has `dotprod` (checked above); tile height and lengths asserted above.
+            unsafe { super::neon::ternary_tiles_dot(w, x, tiles, out) }
+        }
+        _ => unreachable!("{} kernel path on another architecture", path.name()),
     }
 }

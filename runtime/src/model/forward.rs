@@ -1,8 +1,6 @@
 //! The forward pass: a batch of tokens through every block (matrix-matrix kernels), one token at a
 //! time when generating (the same code with one row), with a KV cache for the whole context.
 
-use rayon::prelude::*;
-
 use crate::kernels::activation::QuantizedActs;
 use crate::kernels::float;
 use crate::kernels::{TernaryMatrix, ternary_matmul};
@@ -100,7 +98,7 @@ impl<'m> Session<'m> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(model.pool.install(|| self.run(tokens, which)))
+        Ok(self.run(tokens, which))
     }
 
     fn run(&mut self, tokens: &[u32], which: Logits) -> Vec<f32> {
@@ -193,7 +191,7 @@ impl<'m> Session<'m> {
         let mut logits = vec![0.0f32; tokens * m.rows];
         let dst = SharedOut(logits.as_mut_ptr());
         let chunk = m.rows.div_ceil(8 * model.threads()).max(1);
-        (0..m.rows.div_ceil(chunk)).into_par_iter().for_each(|i| {
+        model.pool.for_each(m.rows.div_ceil(chunk), &|i| {
             let rows = i * chunk..((i + 1) * chunk).min(m.rows);
             let mut by_row = vec![0.0f32; rows.len() * tokens];
             float::matmul(model.path, &m, x, rows.clone(), &mut by_row);
@@ -229,7 +227,7 @@ fn attention(
     out.clear();
     out.resize(t_count * q_dim, 0.0);
     let dst = SharedOut(out.as_mut_ptr());
-    (0..heads).into_par_iter().for_each(|hd| {
+    model.pool.for_each(heads, &|hd| {
         let kv = hd / group;
         let mut scores = Vec::with_capacity(start + t_count);
         for t in 0..t_count {
@@ -274,7 +272,8 @@ fn project(model: &Model, acts: &QuantizedActs, jobs: &mut [(&TernaryWeight, &mu
         .map(|(_, out)| SharedOut(out.as_mut_ptr()))
         .collect();
     let mats: Vec<TernaryMatrix> = jobs.iter().map(|(w, _)| w.matrix(bytes)).collect();
-    work.into_par_iter().for_each(|(j, tiles)| {
+    model.pool.for_each(work.len(), &|k| {
+        let (j, tiles) = work[k].clone();
         let m = &mats[j];
         let r_count = m.tile_rows;
         ACC.with_borrow_mut(|acc| {

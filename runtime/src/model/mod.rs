@@ -10,6 +10,7 @@ pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
 use bitnet_format::{BitnetFile, FormatError, ModelConfig};
 
 use crate::kernels::KernelPath;
+use crate::threads::{Pool, PoolKind};
 
 /// Why a model cannot be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +50,7 @@ pub struct Model {
     pub config: ModelConfig,
     pub weights: Weights,
     pub path: KernelPath,
-    pool: rayon::ThreadPool,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Model {
@@ -66,10 +67,8 @@ impl Model {
     pub fn load(file: BitnetFile, path: KernelPath, threads: usize) -> Result<Self, ModelError> {
         let config = file.header().model.clone();
         let weights = Weights::load(&file, &config, path)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| ModelError::Threads(threads, e.to_string()))?;
+        let kind = PoolKind::from_env().map_err(|e| ModelError::Threads(threads, e))?;
+        let pool = Pool::new(kind, threads).map_err(|e| ModelError::Threads(threads, e))?;
         Ok(Model {
             file,
             config,
@@ -84,7 +83,7 @@ impl Model {
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 
     /// The file's bytes, which weights index into.

@@ -1,0 +1,143 @@
+//! Kernel micro-benchmarks on the real matrix shapes of BitNet b1.58 2B-4T: the ternary
+//! matrix-vector (generation) and matrix-matrix (prompt, 128 tokens) kernels of every tiled layout
+//! and path this CPU has, and the dense output-matrix row kernels. Single-threaded: these measure the
+//! kernels, `bitnet-run bench` measures the model.
+//!
+//! `cargo bench -p bitnet-run --bench kernels` (add `-- ternary/1` etc. to filter). Throughput is
+//! weight bytes per second for one token and multiply-accumulates per second for 128 tokens.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bitnet_format::{TernaryLayout, ternary};
+use bitnet_run::kernels::activation::QuantizedActs;
+use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
+use bitnet_run::kernels::{KernelPath, TernaryMatrix, ternary_matmul};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+/// (name, rows, cols) of the 2B-4T projections.
+const SHAPES: [(&str, usize, usize); 4] = [
+    ("attn_q/o 2560x2560", 2560, 2560),
+    ("attn_k/v 640x2560", 640, 2560),
+    ("ffn_gate/up 6912x2560", 6912, 2560),
+    ("ffn_down 2560x6912", 2560, 6912),
+];
+
+fn values(n: usize, seed: u64) -> Vec<i8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 3) as i8 - 1
+        })
+        .collect()
+}
+
+fn ternary_kernels(c: &mut Criterion) {
+    let paths: Vec<KernelPath> = KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect();
+    for tokens in [1usize, 128] {
+        let mut group = c.benchmark_group(format!("ternary/{tokens}"));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(300));
+        for (name, rows, cols) in SHAPES {
+            let vals = values(rows * cols, rows as u64 * 31 + cols as u64);
+            let acts: Vec<f32> = values(tokens * cols, 99)
+                .iter()
+                .map(|&v| v as f32 * 0.7 + 0.1)
+                .collect();
+            for tile_rows in [4u32, 16] {
+                let layout = TernaryLayout::Tiled { tile_rows };
+                let packed = ternary::pack(layout, rows as u64, cols as u64, &vals, 1.0).unwrap();
+                let w = TernaryMatrix {
+                    codes: &packed[64..],
+                    rows,
+                    cols,
+                    tile_rows: tile_rows as usize,
+                    scale: 1.0,
+                };
+                let mut x = QuantizedActs::default();
+                x.quantize(KernelPath::Scalar, &acts, cols, w.kpad());
+                let mut out = vec![0i32; w.tiles() * tokens * w.tile_rows];
+                group.throughput(if tokens == 1 {
+                    Throughput::Bytes(w.codes.len() as u64)
+                } else {
+                    Throughput::Elements((rows * cols * tokens) as u64)
+                });
+                for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
+                    // The scalar path is the reference, far too slow for 128-token products.
+                    if path == KernelPath::Scalar && tokens > 1 {
+                        continue;
+                    }
+                    let id = BenchmarkId::new(format!("{}/{}", path.name(), layout.label()), name);
+                    group.bench_function(id, |b| {
+                        b.iter(|| {
+                            ternary_matmul(
+                                path,
+                                black_box(&w),
+                                black_box(&x),
+                                0..w.tiles(),
+                                &mut out,
+                            )
+                        })
+                    });
+                }
+            }
+        }
+        group.finish();
+    }
+}
+
+fn dense_rows(c: &mut Criterion) {
+    // 8192 rows of the 2B-4T output matrix (hidden 2560), one token: the generation case.
+    let (rows, cols) = (8192usize, 2560usize);
+    let mut group = c.benchmark_group("output");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300));
+    let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 * 0.1).collect();
+    for kind in [
+        DenseKind::Float(FloatKind::F16),
+        DenseKind::Float(FloatKind::Bf16),
+        DenseKind::I8Row,
+    ] {
+        let data: Vec<u8> = match kind {
+            DenseKind::I8Row => {
+                let mut d = vec![0u8; (rows * 4).next_multiple_of(64)];
+                d.extend((0..rows * cols).map(|i| (i % 251) as u8));
+                d
+            }
+            _ => (0..rows * cols)
+                .flat_map(|i| half::f16::from_f32((i % 13) as f32 * 0.01).to_le_bytes())
+                .collect(),
+        };
+        let w = DenseMatrix {
+            data: &data,
+            rows,
+            cols,
+            kind,
+        };
+        let mut out = vec![0.0f32; rows];
+        group.throughput(Throughput::Bytes(data.len() as u64));
+        for path in KernelPath::ALL.into_iter().filter(|p| p.is_available()) {
+            let label = match kind {
+                DenseKind::Float(k) => format!("{k:?}").to_lowercase(),
+                DenseKind::I8Row => "i8_row".into(),
+            };
+            group.bench_function(BenchmarkId::new(path.name(), label), |b| {
+                b.iter(|| float::matmul(path, black_box(&w), black_box(&x), 0..rows, &mut out))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ternary_kernels, dense_rows);
+criterion_main!(benches);

@@ -1,0 +1,188 @@
+//! Files converted on another machine run here: bitnet.cpp's most reported ARM failure is a model
+//! file made on x86 giving garbage on ARM. CI converts the five family fixtures on x86-64 with the
+//! native `bitnet-convert`, in several layouts, into a directory named by `BITNET_CONVERTED_DIR`
+//! (files `<fixture>.<layout>.bitnet`), then runs this test on AArch64 under emulation: every file,
+//! on every kernel path the CPU has, must give transformers' logits (the same bounds as
+//! `tests/tests/runtime_fixtures.rs`). Without `BITNET_CONVERTED_DIR` there is nothing to read and
+//! the test says so; with it, every expected file must be there.
+
+use std::path::{Path, PathBuf};
+
+use bitnet_format::{BitnetFile, Encoding};
+use bitnet_run::kernels::KernelPath;
+use bitnet_run::model::{Logits, Model, Session};
+use bitnet_run::sampling::argmax;
+use serde_json::Value;
+
+const FIXTURES: [&str; 5] = [
+    "bitnet-2b4t",
+    "bitnet-2b4t-bf16",
+    "bitnet-1bitllm",
+    "llama3-bitnet",
+    "falcon3-bitnet",
+];
+
+/// The converter's default on x86-64, the NEON-sized one, and bitnet.cpp's I2_S (repacked at load).
+const LAYOUTS: [&str; 3] = ["tiled16", "tiled4", "i2s128"];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/fixtures")
+        .join(name)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A little-endian float32 `.npy` array: `(shape, values)`.
+fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let (header_len, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        )
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"),
+        "{header}"
+    );
+    let shape: Vec<usize> = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let values = bytes[start + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (shape, values)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn available() -> Vec<KernelPath> {
+    KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+}
+
+/// `BITNET_EXPECT_KERNELS=scalar,neon,neon-dot` (CI under emulation) makes sure the paths meant to
+/// be covered really are available, and that detection picks the last one.
+#[test]
+fn the_expected_kernel_paths_are_available() {
+    let names: Vec<&str> = available().iter().map(|p| p.name()).collect();
+    eprintln!(
+        "kernel paths on this {} CPU: {} (detected: {})",
+        std::env::consts::ARCH,
+        names.join(", "),
+        KernelPath::detect().name()
+    );
+    if let Ok(expect) = std::env::var("BITNET_EXPECT_KERNELS") {
+        assert_eq!(names.join(","), expect);
+        assert_eq!(Some(&KernelPath::detect().name()), names.last());
+    }
+}
+
+#[test]
+fn files_converted_elsewhere_match_transformers_on_every_path() {
+    let Some(dir) = std::env::var_os("BITNET_CONVERTED_DIR") else {
+        eprintln!("BITNET_CONVERTED_DIR not set: no files converted elsewhere to check");
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let paths = available();
+    eprintln!(
+        "{} on {}: kernel paths {:?}",
+        dir.display(),
+        std::env::consts::ARCH,
+        paths.iter().map(|p| p.name()).collect::<Vec<_>>()
+    );
+    let mut checked = 0;
+    for name in FIXTURES {
+        let reference = read_json(&fixture(name).join("reference.json"));
+        for layout in LAYOUTS {
+            let file = dir.join(format!("{name}.{layout}.bitnet"));
+            assert!(file.exists(), "missing {}", file.display());
+            let opened = BitnetFile::open(&file).unwrap();
+            let in_file = opened
+                .tensors()
+                .iter()
+                .find_map(|t| match t.encoding {
+                    Encoding::Ternary(l) => Some(l),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(in_file.label(), layout, "{}", file.display());
+            for &path in &paths {
+                let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
+                // The kernels read the file's layout in place exactly when they say they do.
+                assert_eq!(
+                    model.weights.repacked.is_empty(),
+                    path.reads_layout(in_file),
+                    "{name} {layout} {path:?}"
+                );
+                let vocab = model.config.vocab_size as usize;
+                for seq in reference["sequences"].as_array().unwrap() {
+                    let tokens = ids(&seq["token_ids"]);
+                    let (shape, want) =
+                        read_npy_f32(&fixture(name).join(seq["logits_file"].as_str().unwrap()));
+                    assert_eq!(shape, [tokens.len(), vocab]);
+                    let got = Session::new(&model, tokens.len())
+                        .forward(&tokens, Logits::All)
+                        .unwrap();
+                    let diffs: Vec<f64> = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+                        .collect();
+                    let max = diffs.iter().cloned().fold(0.0, f64::max);
+                    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+                    let agree = (0..tokens.len())
+                        .filter(|&t| {
+                            let row = t * vocab..(t + 1) * vocab;
+                            argmax(&got[row.clone()]) == argmax(&want[row])
+                        })
+                        .count() as f64
+                        / tokens.len() as f64;
+                    let label = format!(
+                        "{name}.{layout} {:?} {} tokens, {}",
+                        seq["name"],
+                        tokens.len(),
+                        path.name()
+                    );
+                    eprintln!(
+                        "{label}: max |Δ| {max:.2e}, mean |Δ| {mean:.2e}, argmax agreement {agree:.3}"
+                    );
+                    if tokens.len() <= 16 {
+                        assert!(max < 1e-3, "{label}: max |Δ| {max}");
+                    } else {
+                        assert!(agree >= 0.9, "{label}: argmax agreement {agree}");
+                        assert!(mean < 1e-2, "{label}: mean |Δ| {mean}");
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, FIXTURES.len() * LAYOUTS.len() * paths.len());
+    eprintln!("{checked} (file, kernel path) pairs match transformers");
+}
