@@ -26,7 +26,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         &text_of(tok.eos().first().copied()),
     )
     .context("the model's chat template does not compile")?;
-    let ctx = context_size(&args.model, &model)?;
+    let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
     let mut sampler = Sampler::new(args.sampling.config(&model)?);
     let mut session = Session::new(&model, ctx);
     let mut cached: Vec<u32> = Vec::new();

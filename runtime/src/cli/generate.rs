@@ -20,7 +20,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
-    let ctx = context_size(&args.model, &model)?;
+    let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
     if ids.len() >= ctx {
         bail!(
             "the prompt is {} tokens, which leaves no room in the context of {ctx} (-c)",

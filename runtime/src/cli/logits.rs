@@ -25,7 +25,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         bail!("--token-ids is empty");
     }
     let model = load_model(&args.model)?;
-    let ctx = context_size(&args.model, &model)?;
+    let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
     if args.token_ids.len() > ctx {
         bail!(
             "{} token ids do not fit in the context of {ctx} (-c)",

@@ -157,16 +157,16 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
     Ok(model)
 }
 
-/// The context size: `-c` if given (at most the model's), else the model's.
-fn context_size(args: &ModelArgs, model: &Model) -> Result<usize> {
+/// The context size: `-c` if given (at least `min`, at most the model's), else `default`.
+fn context_size(args: &ModelArgs, model: &Model, min: usize, default: usize) -> Result<usize> {
     let trained = model.config.context_length as usize;
     match args.ctx {
-        Some(0) => bail!("-c/--ctx-size must be at least 1"),
+        Some(c) if c < min => bail!("-c/--ctx-size must be at least {min}"),
         Some(c) if c > trained => {
             bail!("-c/--ctx-size {c} exceeds the model's context length {trained}")
         }
         Some(c) => Ok(c),
-        None => Ok(trained),
+        None => Ok(default),
     }
 }
 

@@ -13,7 +13,7 @@ use bitnet_run::model::{Logits, Model, Session};
 use bitnet_run::tokenizer::Tokenizer;
 use clap::Args;
 
-use super::{ModelArgs, load_model};
+use super::{ModelArgs, context_size, load_model};
 
 #[derive(Debug, Args)]
 pub struct PerplexityArgs {
@@ -57,15 +57,9 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let tok = Tokenizer::from_info(model.file().header().tokenizer.as_ref())?;
     let ids = tok.encode_prompt(&text)?;
+    // Windows need at least 2 tokens; by default at most 512, as llama.cpp's perplexity.
     let trained = model.config.context_length as usize;
-    let ctx = match args.model.ctx {
-        Some(c) if c < 2 => bail!("-c/--ctx-size must be at least 2 for perplexity"),
-        Some(c) if c > trained => {
-            bail!("-c/--ctx-size {c} exceeds the model's context length {trained}")
-        }
-        Some(c) => c,
-        None => trained.min(512),
-    };
+    let ctx = context_size(&args.model, &model, 2, trained.min(512))?;
     if ids.len() < 2 {
         bail!("{} has fewer than 2 tokens", args.file.display());
     }
