@@ -409,23 +409,3 @@ fn dropped_writer_leaves_nothing_and_finished_writer_replaces_atomically() {
     assert_eq!(file.tensor("a").unwrap().to_f32().unwrap(), [1.5, 1.5]);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
-
-#[test]
-fn remove_partial_files_deletes_unfinished_outputs() {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("m.bitnet");
-    let w = FileWriter::create(
-        &dest,
-        header(),
-        &[TensorSpec::new("a", Encoding::F32, &[2])],
-    )
-    .unwrap();
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        1,
-        "the partial file exists"
-    );
-    bitnet_format::remove_partial_files();
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    drop(w);
-}
