@@ -11,7 +11,6 @@ pub mod family;
 pub mod floats;
 pub mod gguf;
 pub mod inspect;
-pub mod pack;
 pub mod plan;
 pub mod quantize;
 pub mod source;

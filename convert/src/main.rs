@@ -144,7 +144,10 @@ enum EmbeddingsArg {
     F16,
     Bf16,
     F32,
+    /// int8 with an f32 scale per row
     I8,
+    /// 4-bit codes with an f16 scale per block of 32 columns (GGML's Q4_0 arithmetic)
+    Q4,
 }
 
 fn main() -> ExitCode {
@@ -207,6 +210,7 @@ fn synthetic_command(args: SyntheticArgs) -> Result<()> {
             EmbeddingsArg::Bf16 => Encoding::Bf16,
             EmbeddingsArg::F32 => Encoding::F32,
             EmbeddingsArg::I8 => Encoding::I8Row,
+            EmbeddingsArg::Q4 => Encoding::Q4B32,
         };
         synthetic::write_bitnet(&args.output, shape, layout, embeddings, args.seed)?
     };
@@ -246,6 +250,7 @@ fn embeddings_choice(arg: Option<EmbeddingsArg>) -> EmbeddingsChoice {
         Some(EmbeddingsArg::Bf16) => EmbeddingsChoice::Bf16,
         Some(EmbeddingsArg::F32) => EmbeddingsChoice::F32,
         Some(EmbeddingsArg::I8) => EmbeddingsChoice::I8,
+        Some(EmbeddingsArg::Q4) => EmbeddingsChoice::Q4,
     }
 }
 

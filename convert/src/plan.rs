@@ -22,6 +22,8 @@ pub enum EmbeddingsChoice {
     F32,
     /// `i8_row`: per-row absmax int8.
     I8,
+    /// `q4_b32`: 4-bit codes with an f16 scale per block of 32 columns (GGML's Q4_0 arithmetic).
+    Q4,
 }
 
 impl EmbeddingsChoice {
@@ -32,6 +34,7 @@ impl EmbeddingsChoice {
             EmbeddingsChoice::Bf16 => "bf16",
             EmbeddingsChoice::F32 => "f32",
             EmbeddingsChoice::I8 => "i8",
+            EmbeddingsChoice::Q4 => "q4",
         }
     }
 }
@@ -120,6 +123,14 @@ pub enum PlanError {
         tensor: String,
         file: String,
         rows: u64,
+    },
+    #[error(
+        "tensor {tensor} ({file}): --embeddings q4 needs a column count that is a multiple of 32, not {cols}"
+    )]
+    Q4Columns {
+        tensor: String,
+        file: String,
+        cols: u64,
     },
 }
 
@@ -360,12 +371,20 @@ pub fn plan(
                 (true, EmbeddingsChoice::Bf16) => Encoding::Bf16,
                 (true, EmbeddingsChoice::F32) => Encoding::F32,
                 (true, EmbeddingsChoice::I8) => Encoding::I8Row,
+                (true, EmbeddingsChoice::Q4) => Encoding::Q4B32,
                 (true, EmbeddingsChoice::Source) => match source {
                     FloatKind::F16 => Encoding::F16,
                     FloatKind::Bf16 => Encoding::Bf16,
                     FloatKind::F32 => Encoding::F32,
                 },
             };
+            if encoding == Encoding::Q4B32 && !shape[1].is_multiple_of(bitnet_format::Q4_BLOCK) {
+                return Err(PlanError::Q4Columns {
+                    tensor: hf.clone(),
+                    file,
+                    cols: shape[1],
+                });
+            }
             (encoding, TensorKind::Float { source })
         };
         tensors.push(PlannedTensor {

@@ -13,7 +13,7 @@ use bitnet_format::{
 use rayon::prelude::*;
 use serde_json::json;
 
-use crate::pack;
+use bitnet_format::parallel;
 
 /// Why a synthetic model could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +271,8 @@ fn ternary_values(rows: usize, cols: usize, seed: u64, stream: u64) -> Vec<i8> {
 }
 
 /// Random dense values in ±0.05 (about the spread of trained embeddings), as little-endian bytes
-/// (for `i8_row`, the codes of those values at the scale 0.05 / 127).
+/// (for `i8_row`, the codes of those values at the scale 0.05 / 127; for `q4_b32`, random codes,
+/// two a byte, for the scale 0.05 / 8).
 fn dense_rows(
     rows: std::ops::Range<usize>,
     cols: usize,
@@ -281,14 +282,22 @@ fn dense_rows(
 ) -> Vec<u8> {
     let width = match encoding {
         Encoding::F32 => 4,
-        Encoding::I8Row => 1,
+        Encoding::I8Row | Encoding::Q4B32 => 1,
         _ => 2,
     };
-    let mut out = vec![0u8; rows.len() * cols * width];
-    out.par_chunks_mut(cols * width)
+    let row_bytes = match encoding {
+        Encoding::Q4B32 => cols / 2,
+        _ => cols * width,
+    };
+    let mut out = vec![0u8; rows.len() * row_bytes];
+    out.par_chunks_mut(row_bytes.max(1))
         .enumerate()
         .for_each(|(i, row)| {
             let mut rng = Rng::new(seed, stream ^ (((rows.start + i) as u64) << 24));
+            if encoding == Encoding::Q4B32 {
+                row.fill_with(|| (rng.next() >> 56) as u8);
+                return;
+            }
             for v in row.chunks_exact_mut(width) {
                 let x = ((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1;
                 match encoding {
@@ -356,17 +365,25 @@ pub fn write_bitnet(
         if *ternary {
             let values = ternary_values(rows, cols, seed, stream);
             let scale = 1.0 / (cols as f32).sqrt();
-            writer.write_tensor(&spec.name, &pack::pack(layout, rows, cols, &values, scale))?;
+            writer.write_tensor(
+                &spec.name,
+                &parallel::pack(layout, rows, cols, &values, scale),
+            )?;
         } else if cols == 0 {
             let ones: Vec<u8> = (0..rows).flat_map(|_| 1.0f32.to_le_bytes()).collect();
             writer.write_tensor(&spec.name, &ones)?;
         } else {
             let mut w = writer.begin_tensor(&spec.name)?;
-            if embeddings == Encoding::I8Row {
-                // Scales first (SPEC.md §5), then the rows: random codes at a trained-like spread.
-                let mut scales: Vec<u8> = (0..rows)
-                    .flat_map(|_| (0.05f32 / 127.0).to_le_bytes())
-                    .collect();
+            // Scales first (SPEC.md §5), then the rows: random codes at a trained-like spread.
+            let scales = match embeddings {
+                Encoding::I8Row => Some((0.05f32 / 127.0).to_le_bytes().repeat(rows)),
+                Encoding::Q4B32 => {
+                    let blocks = rows * cols / bitnet_format::Q4_BLOCK as usize;
+                    Some(half::f16::from_f32(0.05 / 8.0).to_le_bytes().repeat(blocks))
+                }
+                _ => None,
+            };
+            if let Some(mut scales) = scales {
                 scales.resize(
                     bitnet_format::align_up(scales.len() as u64).expect("small") as usize,
                     0,
@@ -563,4 +580,45 @@ pub fn write_hf(dir: &Path, shape: &Shape, seed: u64) -> Result<Written, Synthet
         parameters,
         bytes: 8 + header.len() as u64 + offset,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitnet_format::BitnetFile;
+
+    #[test]
+    fn q4_embeddings_are_random_codes_at_one_trained_like_scale() {
+        let shape = Shape {
+            name: "tiny",
+            hidden: 256,
+            intermediate: 512,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 128,
+            vocab: 300,
+            context: 64,
+            theta: 10000.0,
+            style: HfStyle::LlamaPacked,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.bitnet");
+        let layout = TernaryLayout::Tiled { tile_rows: 16 };
+        let written = write_bitnet(&out, &shape, layout, Encoding::Q4B32, 7).unwrap();
+        let file = BitnetFile::open(&out).unwrap();
+        file.verify().unwrap();
+        assert_eq!(written.tensors, file.tensors().len());
+        assert_eq!(file.header().provenance.options["embeddings"], "q4_b32");
+        for name in [names::TOKEN_EMBD, names::OUTPUT] {
+            let view = file.tensor(name).unwrap();
+            assert_eq!(view.info.encoding, Encoding::Q4B32, "{name}");
+            let values = view.to_f32().unwrap();
+            assert_eq!(values.len(), 300 * 256);
+            // Codes 0 and 15 at d = 0.05 / 8: both ends of the range occur.
+            let d = half::f16::from_f32(0.05 / 8.0).to_f32();
+            assert!(values.iter().all(|&v| v >= -8.0 * d && v <= 7.0 * d));
+            assert!(values.contains(&(-8.0 * d)) && values.contains(&(7.0 * d)));
+        }
+    }
 }

@@ -6,11 +6,11 @@ use half::{bf16, f16};
 
 use crate::convert::ConvertError;
 use crate::floats::{FloatKind, Floats};
-use crate::pack;
 use crate::plan::{PlannedTensor, TensorKind};
-use crate::quantize::{QuantError, absmean, hf_packed, i8_row, position};
+use crate::quantize::{QuantError, absmean, hf_packed, i8_row, position, q4_b32};
 use crate::source::{SourceTensor, Weights};
 use crate::verify;
+use bitnet_format::parallel;
 
 /// Elements converted per write when streaming full-precision tensors.
 const CHUNK: usize = 1 << 20;
@@ -55,8 +55,10 @@ fn write_float(
     kind: FloatKind,
 ) -> Result<(), ConvertError> {
     let floats = Floats::new(kind, src.data);
-    if t.encoding == Encoding::I8Row {
-        return write_i8_row(writer, t, src, floats);
+    match t.encoding {
+        Encoding::I8Row => return write_i8_row(writer, t, src, floats),
+        Encoding::Q4B32 => return write_q4_b32(writer, t, src, floats),
+        _ => {}
     }
     let mut out = writer.begin_tensor(&t.name)?;
     let mut buffer = Vec::new();
@@ -105,7 +107,7 @@ fn write_float(
                         }
                         buffer.extend_from_slice(&b.to_le_bytes());
                     }
-                    Encoding::I8Row | Encoding::Ternary(_) => {
+                    Encoding::I8Row | Encoding::Q4B32 | Encoding::Ternary(_) => {
                         unreachable!("planned only for projections and embeddings")
                     }
                 }
@@ -139,6 +141,40 @@ fn write_i8_row(
         for (r, &scale) in scales.iter().enumerate().take(last).skip(first) {
             i8_row::quantize_row(floats.slice(r * cols, (r + 1) * cols), scale, &mut buffer);
         }
+        out.write(&buffer)?;
+    }
+    out.finish()?;
+    Ok(())
+}
+
+/// `q4_b32`: every block's scale first (the search, one pass over the tensor), then the codes in
+/// chunks of rows (a second pass), so only the scales are held whole.
+fn write_q4_b32(
+    writer: &FileWriter,
+    t: &PlannedTensor,
+    src: &SourceTensor<'_>,
+    floats: Floats<'_>,
+) -> Result<(), ConvertError> {
+    let (rows, cols) = (t.shape[0] as usize, t.shape[1] as usize);
+    let scales = q4_b32::scales(floats, rows, cols).map_err(|e| match e {
+        q4_b32::Refused::NonFinite(i) => non_finite(src, i, floats.get(i)),
+        q4_b32::Refused::TooLarge(i) => QuantError::OutOfRange {
+            tensor: src.name.to_string(),
+            file: src.file.to_string(),
+            position: position(src.shape, i),
+            value: floats.get(i),
+            encoding: "q4_b32 (its block scale, |x| / 8, overflows f16)",
+        }
+        .into(),
+    })?;
+    let mut out = writer.begin_tensor(&t.name)?;
+    out.write(&q4_b32::scale_bytes(&scales))?;
+    let rows_per_chunk = (CHUNK / cols.max(1)).max(1);
+    let mut buffer = Vec::with_capacity(rows_per_chunk * cols / 2);
+    for first in (0..rows).step_by(rows_per_chunk) {
+        let last = (first + rows_per_chunk).min(rows);
+        buffer.resize((last - first) * cols / 2, 0);
+        q4_b32::pack_rows(floats, &scales, cols, first..last, &mut buffer);
         out.write(&buffer)?;
     }
     out.finish()?;
@@ -187,7 +223,7 @@ fn write_ternary(
         }
         TensorKind::Float { .. } => unreachable!("handled by write_float"),
     };
-    let packed = pack::pack(layout, rows, cols, &values, scale);
+    let packed = parallel::pack(layout, rows, cols, &values, scale);
     if verify {
         verify::check_ternary(&t.name, layout, rows, cols, &packed, &values, scale)?;
     }

@@ -280,3 +280,55 @@ fn bundled_demo_model_is_exactly_what_the_converter_writes() {
         "regenerate it: bitnet-convert testdata/demo -o testdata/demo/demo.bitnet --layout tiled16 --force"
     );
 }
+
+#[test]
+fn demo_model_with_q4_embeddings_stays_within_the_quantization_bound() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo-q4.bitnet");
+    let o = bin(dir.path())
+        .current_dir(&root)
+        .args(["testdata/demo", "-o"])
+        .arg(&out)
+        .args(["--embeddings", "q4"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+
+    let bytes = std::fs::read(root.join("testdata/demo/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let src = st.tensor("model.embed_tokens.weight").unwrap();
+    assert_eq!(src.dtype(), safetensors::Dtype::BF16);
+    let want: Vec<f32> = src
+        .data()
+        .chunks_exact(2)
+        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect();
+    let file = bitnet_format::BitnetFile::open(&out).unwrap();
+    assert_eq!(file.header().provenance.options["embeddings"], "q4");
+    let view = file.tensor("token_embd").unwrap();
+    assert_eq!(view.info.encoding, bitnet_format::Encoding::Q4B32);
+    let got = view.to_f32().unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0f32;
+    for (g, w) in got.chunks(32).zip(want.chunks(32)) {
+        // At most one step of the coarsest candidate scale, |m| / 7 (f16-rounded).
+        let bound = w.iter().fold(0f32, |m, v| m.max(v.abs())) / 7.0 * 1.001;
+        for (a, b) in g.iter().zip(w) {
+            assert!((a - b).abs() <= bound, "{a} vs {b}, bound {bound}");
+            worst = worst.max((a - b).abs() / bound);
+        }
+    }
+    assert!(worst > 0.1, "the values were quantized");
+
+    let o = bin(dir.path()).arg("inspect").arg(&out).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("token_embd"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.contains("q4_b32"), "{line}");
+    let o = bin(dir.path()).arg("verify").arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+}

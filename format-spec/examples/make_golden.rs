@@ -8,7 +8,7 @@ use std::path::Path;
 
 use bitnet_format::{
     Activation, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig, Provenance, Source,
-    TensorSpec, TernaryLayout, TokenizerInfo, align_up, ternary,
+    TensorSpec, TernaryLayout, TokenizerInfo, align_up, q4, ternary,
 };
 use serde_json::json;
 
@@ -57,6 +57,35 @@ fn i8_row_bytes(rows: usize, cols: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f32>) 
     bytes.extend(q.iter().map(|&v| v as u8));
     let values = (0..rows * cols)
         .map(|i| q[i] as f32 * scales[i / cols])
+        .collect();
+    (bytes, values)
+}
+
+/// A `q4_b32` tensor: scales that are exact in f16 (one of them negative), random codes.
+fn q4_b32_bytes(rows: usize, cols: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f32>) {
+    let g = q4::Q4Geometry { rows, cols };
+    let blocks = rows * g.blocks();
+    let scales: Vec<f32> = (0..blocks)
+        .map(|b| {
+            if b == 1 {
+                -0.25
+            } else {
+                0.0625 * (b + 1) as f32
+            }
+        })
+        .collect();
+    let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % 16) as u8).collect();
+    let mut bytes = vec![0u8; g.byte_len()];
+    for (b, s) in scales.iter().enumerate() {
+        let at = 2 * b;
+        bytes[at..at + 2].copy_from_slice(&half::f16::from_f32(*s).to_le_bytes());
+    }
+    for (b, block) in codes.chunks_exact(32).enumerate() {
+        let at = g.codes_offset() + 16 * b;
+        bytes[at..at + 16].copy_from_slice(&q4::pack_block(block.try_into().unwrap()));
+    }
+    let values = (0..rows * cols)
+        .map(|i| (codes[i] as f32 - 8.0) * scales[i / 32])
         .collect();
     (bytes, values)
 }
@@ -167,6 +196,12 @@ fn main() {
             &[rows, cols],
         ));
     }
+
+    // Added after the ternary cases so that their random values stay as first committed.
+    let (bytes, values) = q4_b32_bytes(2, 64, &mut rng);
+    payloads.push(bytes);
+    expected.push(json!({"name": "q4_b32", "values": values}));
+    specs.push(TensorSpec::new("q4_b32", Encoding::Q4B32, &[2, 64]));
 
     std::fs::create_dir_all(root.join("testdata/format")).unwrap();
     let writer =

@@ -21,6 +21,9 @@ pub enum Encoding {
     Bf16,
     /// Signed 8-bit values with one f32 scale per row: `value = q · scale[row]`.
     I8Row,
+    /// 4-bit codes in blocks of [`Q4_BLOCK`] columns, one f16 scale `d` per block:
+    /// `value = (n - 8) · d` (GGML's Q4_0 arithmetic); all scales first, then the codes.
+    Q4B32,
     /// Ternary weights {-1, 0, +1} with one f32 per-tensor scale, in the given layout.
     Ternary(TernaryLayout),
 }
@@ -35,6 +38,15 @@ pub enum TernaryLayout {
     /// byte `4r + j` holds columns `j, j+4, j+8, j+12` of row `r`, least significant pair first.
     /// f32 scale in the tensor's first 64 bytes.
     Tiled { tile_rows: u32 },
+}
+
+/// Columns per block (one f16 scale each) of a `q4_b32` tensor.
+pub const Q4_BLOCK: u64 = 32;
+
+/// Where the codes of a `q4_b32` tensor of `elements` values start: after its block scales
+/// (2 bytes per block), padded to [`ALIGN`].
+pub fn q4_codes_offset(elements: u64) -> u64 {
+    (elements / Q4_BLOCK * 2).next_multiple_of(ALIGN)
 }
 
 /// Tile heights the tiled layout allows.
@@ -75,6 +87,7 @@ impl Encoding {
             Encoding::F16 => "f16",
             Encoding::Bf16 => "bf16",
             Encoding::I8Row => "i8_row",
+            Encoding::Q4B32 => "q4_b32",
             Encoding::Ternary(_) => "ternary",
         }
     }
@@ -102,6 +115,7 @@ impl Encoding {
             "f16" => Encoding::F16,
             "bf16" => Encoding::Bf16,
             "i8_row" => Encoding::I8Row,
+            "q4_b32" => Encoding::Q4B32,
             "ternary" => {
                 let params = layout.ok_or("ternary tensor without a \"layout\" object")?;
                 return TernaryLayout::from_params(params).map(Encoding::Ternary);
@@ -132,6 +146,16 @@ impl Encoding {
                 let scales =
                     align_up(rows.checked_mul(4).ok_or_else(overflow)?).ok_or_else(overflow)?;
                 scales.checked_add(elements).ok_or_else(overflow)
+            }
+            Encoding::Q4B32 => {
+                let [_rows, cols] = matrix_dims(shape)?;
+                if cols % Q4_BLOCK != 0 {
+                    return Err(format!(
+                        "q4_b32 needs columns in whole blocks of {Q4_BLOCK}, not {cols}"
+                    ));
+                }
+                // 2 bytes of scale and 16 of codes per 32 elements; `elements` ≤ 2^48 keeps both in range.
+                Ok(q4_codes_offset(elements) + elements / 2)
             }
             Encoding::Ternary(layout) => {
                 let [rows, cols] = matrix_dims(shape)?;

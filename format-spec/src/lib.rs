@@ -8,15 +8,18 @@ mod error;
 pub mod fuzz;
 mod header;
 pub mod names;
+pub mod parallel;
 mod partial;
 mod preamble;
+pub mod q4;
 mod reader;
 pub mod ternary;
 mod writer;
 
 pub use encoding::{
-    ALIGN, Encoding, I2S_BLOCKS_ALLOWED, LayoutParams, MAX_ELEMENTS, TILE_ROWS_ALLOWED,
+    ALIGN, Encoding, I2S_BLOCKS_ALLOWED, LayoutParams, MAX_ELEMENTS, Q4_BLOCK, TILE_ROWS_ALLOWED,
     TILED_BLOCK_K, TILED_LANE_K, TernaryLayout, TiledGeometry, align_up, element_count,
+    q4_codes_offset,
 };
 pub use error::{FormatError, Result};
 pub use header::{

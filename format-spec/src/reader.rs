@@ -11,7 +11,7 @@ use crate::encoding::{ALIGN, Encoding, TernaryLayout, align_up};
 use crate::error::{FormatError, Result};
 use crate::header::Header;
 use crate::preamble::{PREAMBLE_LEN, Preamble, header_checksum};
-use crate::ternary;
+use crate::{q4, ternary};
 
 /// A checked entry of the tensor directory.
 #[derive(Debug, Clone, PartialEq)]
@@ -361,7 +361,7 @@ impl<'a> TensorView<'a> {
         }
     }
 
-    /// Decode a float or `i8_row` tensor to f32, row-major.
+    /// Decode a float, `i8_row` or `q4_b32` tensor to f32, row-major, checking scales and padding.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let d = self.data;
         Ok(match self.info.encoding {
@@ -384,14 +384,41 @@ impl<'a> TensorView<'a> {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
                 let values = &d[values_start..];
+                let invalid = |detail: String| FormatError::InvalidTensorData {
+                    name: self.info.name.clone(),
+                    detail,
+                };
+                if let Some(i) = d[rows * 4..values_start].iter().position(|&b| b != 0) {
+                    return Err(invalid(format!(
+                        "padding byte {} after the row scales is not zero",
+                        rows * 4 + i
+                    )));
+                }
+                let scales: Vec<f32> = scales.collect();
+                if let Some(r) = scales.iter().position(|s| !s.is_finite()) {
+                    return Err(invalid(format!(
+                        "scale of row {r} is not finite ({})",
+                        scales[r]
+                    )));
+                }
                 scales
+                    .iter()
                     .enumerate()
-                    .flat_map(|(r, s)| {
+                    .flat_map(|(r, &s)| {
                         values[r * cols..(r + 1) * cols]
                             .iter()
                             .map(move |&q| q as i8 as f32 * s)
                     })
                     .collect()
+            }
+            Encoding::Q4B32 => {
+                let (rows, cols) = self.info.matrix_dims().expect("checked at open");
+                q4::decode(q4::Q4Geometry { rows, cols }, d).map_err(|e| {
+                    FormatError::InvalidTensorData {
+                        name: self.info.name.clone(),
+                        detail: e.to_string(),
+                    }
+                })?
             }
             Encoding::Ternary(_) => return Err(self.wrong_encoding()),
         })

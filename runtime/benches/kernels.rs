@@ -1,6 +1,6 @@
 //! Kernel micro-benchmarks on the real matrix shapes of BitNet b1.58 2B-4T: the ternary
 //! matrix-vector (generation) and matrix-matrix (prompt, 128 tokens) kernels of every tiled layout
-//! and path this CPU has, and the dense output-matrix row kernels. Single-threaded: these measure the
+//! and path this CPU has, and the dense output-matrix row kernels (f16, bf16, i8_row, q4_b32). Single-threaded: these measure the
 //! kernels, `bitnet-run bench` measures the model.
 //!
 //! `cargo bench -p bitnet-run --bench kernels` (add `-- ternary/1` etc. to filter). Throughput is
@@ -9,6 +9,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use bitnet_format::q4::Q4Geometry;
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
 use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
@@ -107,11 +108,25 @@ fn dense_rows(c: &mut Criterion) {
         DenseKind::Float(FloatKind::F16),
         DenseKind::Float(FloatKind::Bf16),
         DenseKind::I8Row,
+        DenseKind::Q4B32,
     ] {
         let data: Vec<u8> = match kind {
             DenseKind::I8Row => {
                 let mut d = vec![0u8; (rows * 4).next_multiple_of(64)];
                 d.extend((0..rows * cols).map(|i| (i % 251) as u8));
+                d
+            }
+            DenseKind::Q4B32 => {
+                let g = Q4Geometry { rows, cols };
+                let mut d = vec![0u8; g.byte_len()];
+                for (b, s) in d[..rows * cols / 16].chunks_exact_mut(2).enumerate() {
+                    s.copy_from_slice(&half::f16::from_f32((b % 5) as f32 * 0.01).to_le_bytes());
+                }
+                let codes = g.codes_offset();
+                d[codes..]
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = (i % 251) as u8);
                 d
             }
             _ => (0..rows * cols)
@@ -130,6 +145,7 @@ fn dense_rows(c: &mut Criterion) {
             let label = match kind {
                 DenseKind::Float(k) => format!("{k:?}").to_lowercase(),
                 DenseKind::I8Row => "i8_row".into(),
+                DenseKind::Q4B32 => "q4_b32".into(),
             };
             group.bench_function(BenchmarkId::new(path.name(), label), |b| {
                 b.iter(|| float::matmul(path, black_box(&w), black_box(&x), 0..rows, &mut out))

@@ -28,19 +28,25 @@ fn paths() -> Vec<KernelPath> {
 #[test]
 fn every_kernel_path_and_thread_count_gives_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
-    for (i, (act, sub, tied)) in [
-        (Activation::Relu2, true, true),
-        (Activation::Silu, false, false),
+    for (i, (act, sub, tied, embd)) in [
+        (Activation::Relu2, true, true, Encoding::F32),
+        (Activation::Silu, false, false, Encoding::F32),
+        (Activation::Relu2, true, true, Encoding::Q4B32),
     ]
     .into_iter()
     .enumerate()
     {
         let path = dir.path().join(format!("m{i}.bitnet"));
+        let mut cfg = config(act, sub, tied);
+        if embd == Encoding::Q4B32 {
+            // Whole blocks of 32: one 128-column SIMD group and a one-block tail.
+            cfg.hidden_size = 160;
+        }
         write_model(
             &path,
-            &config(act, sub, tied),
+            &cfg,
             TernaryLayout::Tiled { tile_rows: 16 },
-            Encoding::F32,
+            embd,
             11 + i as u64,
         );
         let reference = logits_all(&path, KernelPath::Scalar, 1);
@@ -48,8 +54,8 @@ fn every_kernel_path_and_thread_count_gives_identical_logits() {
         for kernel in paths() {
             for threads in [1, 2, 3] {
                 let got = logits_all(&path, kernel, threads);
-                // The output matrix is f32 here, where summation order differs by path: the ternary
-                // parts are exact, so only float rounding remains.
+                // The output matrix is f32 or q4_b32 here, where summation order differs by path: the
+                // ternary parts and q4's block products are exact, so only float rounding remains.
                 let max = got
                     .iter()
                     .zip(&reference)

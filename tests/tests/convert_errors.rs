@@ -5,7 +5,7 @@ mod convert_support;
 
 use std::path::Path;
 
-use bitnet_convert::{ConvertError, convert};
+use bitnet_convert::{ConvertError, ConvertOptions, EmbeddingsChoice, convert};
 use bitnet_format::BitnetFile;
 use convert_support::*;
 use safetensors::Dtype;
@@ -13,9 +13,20 @@ use serde_json::{Value, json};
 
 /// Convert `src`, expect failure, check that the message has every `needle` and nothing was left.
 fn fails(src: &Path, needles: &[&str]) -> ConvertError {
+    fails_with(src, |_| {}, needles)
+}
+
+/// As [`fails`], with options changed by `configure`.
+fn fails_with(
+    src: &Path,
+    configure: impl FnOnce(&mut ConvertOptions),
+    needles: &[&str],
+) -> ConvertError {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("out.bitnet");
-    let error = convert(&options(src, &out)).expect_err("conversion must fail");
+    let mut o = options(src, &out);
+    configure(&mut o);
+    let error = convert(&o).expect_err("conversion must fail");
     let message = error.to_string();
     for needle in needles {
         assert!(message.contains(needle), "{needle:?} not in: {message}");
@@ -190,6 +201,37 @@ fn nan_or_infinity_anywhere_names_the_tensor_and_position() {
             "model.layers.0.mlp.down_proj.weight",
             "inf",
             "row 0, column 0",
+        ],
+    );
+}
+
+#[test]
+fn q4_embeddings_name_a_column_count_not_a_multiple_of_32_and_a_non_finite_value() {
+    let q4 = |o: &mut ConvertOptions| o.embeddings = EmbeddingsChoice::Q4;
+    // The 1bitLLM fixture's hidden size is 120.
+    let e = fails_with(
+        &fixture("bitnet-1bitllm"),
+        q4,
+        &["model.embed_tokens.weight", "multiple of 32", "120"],
+    );
+    assert!(matches!(e, ConvertError::Plan(_)), "{e:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let src = bad_checkpoint(
+        dir.path(),
+        "bitnet-2b4t-bf16",
+        |t| {
+            tensor_mut(t, "model.embed_tokens.weight").data[2 * (10 * 96 + 1)..][..2]
+                .copy_from_slice(&half::bf16::NAN.to_le_bytes())
+        },
+        no_config_change,
+    );
+    fails_with(
+        &src,
+        q4,
+        &[
+            "model.embed_tokens.weight",
+            "not finite",
+            "row 10, column 1",
         ],
     );
 }

@@ -435,6 +435,7 @@ fn embeddings_option_re_encodes_token_embd_and_output() {
         (EmbeddingsChoice::F16, Encoding::F16),
         (EmbeddingsChoice::Bf16, Encoding::Bf16),
         (EmbeddingsChoice::I8, Encoding::I8Row),
+        (EmbeddingsChoice::Q4, Encoding::Q4B32),
     ] {
         let out = dir.path().join(format!("{}.bitnet", choice.label()));
         let mut o = options(&src, &out);
@@ -453,9 +454,13 @@ fn embeddings_option_re_encodes_token_embd_and_output() {
             let cols = 96;
             for (r, (g_row, w_row)) in got.chunks(cols).zip(want.chunks(cols)).enumerate() {
                 let absmax = w_row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                for (g, w) in g_row.iter().zip(w_row) {
+                for (c, (g, w)) in g_row.iter().zip(w_row).enumerate() {
+                    let block = &w_row[c / 32 * 32..][..32];
+                    let block_absmax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
                     let tolerance = match encoding {
                         Encoding::I8Row => absmax / 127.0 / 2.0 * 1.0001,
+                        // At most one step of the coarsest candidate scale, |m| / 7 (f16-rounded).
+                        Encoding::Q4B32 => block_absmax / 7.0 * 1.001,
                         // bf16 values are exact in f16 except the tiniest, which f16 holds as
                         // subnormals in steps of 2^-24.
                         Encoding::F16 => 2f32.powi(-25),
@@ -665,6 +670,9 @@ fn the_independent_spec_reader_accepts_every_converted_file() {
             TernaryLayout::from_label(["tiled16", "i2s", "tiled4", "i2s64", "tiled32"][i]).unwrap();
         if name.starts_with("llama3") {
             o.embeddings = EmbeddingsChoice::I8;
+        }
+        if name.starts_with("falcon3") {
+            o.embeddings = EmbeddingsChoice::Q4;
         }
         convert(&o).unwrap();
         let run = std::process::Command::new("python3")

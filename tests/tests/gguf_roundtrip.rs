@@ -2,20 +2,24 @@
 //! `.bitnet` with identical ternary tensors, scales, full-precision tensors, model configuration
 //! and tokenizer; TQ2_0 and TQ1_0 round-trip a model whose K dimensions are multiples of 256 (with
 //! scales rounded to f16, values exact), and refuse the fixtures' K naming the tensor; the
-//! Llama-architecture RoPE row permutation is undone on import; bad files fail with errors that
-//! name what is wrong, and the parser survives truncated and corrupted input.
+//! Llama-architecture RoPE row permutation is undone on import; `q4_b32` embeddings travel as Q4_0
+//! and come back byte for byte; bad files fail with errors that name what is wrong, and the parser
+//! survives truncated and corrupted input.
 
 mod convert_support;
 
 use std::path::Path;
 
+use bitnet_convert::EmbeddingsChoice;
+use bitnet_convert::gguf::blocks::GGML_TYPE_Q4_0;
 use bitnet_convert::gguf::container::{self, GgufFile, OutTensor};
+use bitnet_convert::gguf::vocab::Meta;
 use bitnet_convert::gguf::{self, ExportOptions, ExportType, ImportOptions};
 use bitnet_format::{
     Activation, BitnetFile, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig,
-    Provenance, Source, TensorSpec, TernaryLayout, ternary,
+    Provenance, Source, TensorSpec, TernaryLayout, TokenizerInfo, ternary,
 };
-use convert_support::{FIXTURES, convert_dir, fixture};
+use convert_support::{FIXTURES, convert_dir, fixture, options};
 use gguf_rs_lib::format::metadata::MetadataValue;
 
 fn export(input: &Path, output: &Path, ty: ExportType) -> gguf::ExportReport {
@@ -126,6 +130,15 @@ fn tq_model(path: &Path, llama: bool, scale: impl Fn(usize) -> f32) {
         .header()
         .tokenizer
         .clone();
+    tq_model_with(path, llama, tokenizer, scale);
+}
+
+fn tq_model_with(
+    path: &Path,
+    llama: bool,
+    tokenizer: Option<TokenizerInfo>,
+    scale: impl Fn(usize) -> f32,
+) {
     let model = ModelConfig {
         family: if llama { "llama-bitnet" } else { "bitnet-2b4t" }.into(),
         hidden_size: 256,
@@ -233,6 +246,128 @@ fn tq2_0_and_tq1_0_round_trip_values_exactly_and_scales_to_f16() {
             }
         }
     }
+}
+
+#[test]
+fn q4_embeddings_export_as_q4_0_and_import_back_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/demo");
+    let src = dir.path().join("demo-q4.bitnet");
+    let mut o = options(&demo, &src);
+    o.embeddings = EmbeddingsChoice::Q4;
+    bitnet_convert::convert(&o).unwrap();
+    for ty in [ExportType::I2s, ExportType::Tq2_0] {
+        let g = dir.path().join(format!("{ty:?}.gguf"));
+        export(&src, &g, ty);
+        let bytes = std::fs::read(&g).unwrap();
+        let file = GgufFile::parse(&bytes).unwrap();
+        assert_eq!(
+            file.tensor("token_embd.weight").unwrap().ggml_type,
+            GGML_TYPE_Q4_0
+        );
+        let back = dir.path().join(format!("{ty:?}.bitnet"));
+        import(&g, &back);
+        if ty == ExportType::I2s {
+            assert_same_tensors(&src, &back, |s| s);
+        } else {
+            assert_same_tensors(&src, &back, |s| half::f16::from_f32(s).to_f32());
+        }
+    }
+
+    // A float GGUF imported with --embeddings q4 quantizes exactly as converting the checkpoint.
+    let plain = dir.path().join("demo.bitnet");
+    convert_dir(&demo, &plain);
+    let g = dir.path().join("plain.gguf");
+    export(&plain, &g, ExportType::I2s);
+    let back = dir.path().join("plain-q4.bitnet");
+    let mut io = ImportOptions::new(&g, &back);
+    io.embeddings = EmbeddingsChoice::Q4;
+    gguf::import_gguf(&io).unwrap();
+    let (a, b) = (
+        BitnetFile::open(&src).unwrap(),
+        BitnetFile::open(&back).unwrap(),
+    );
+    let (ta, tb) = (
+        a.tensor("token_embd").unwrap(),
+        b.tensor("token_embd").unwrap(),
+    );
+    assert_eq!(tb.info.encoding, Encoding::Q4B32);
+    assert!(ta.data == tb.data, "token_embd bytes differ");
+
+    // A hidden size that is not a multiple of 32 (the 1bitLLM fixture's 120) is refused by name.
+    let odd = dir.path().join("1bitllm.bitnet");
+    convert_dir(&fixture("bitnet-1bitllm"), &odd);
+    let g = dir.path().join("1bitllm.gguf");
+    export(&odd, &g, ExportType::I2s);
+    let out = dir.path().join("1bitllm-q4.bitnet");
+    let mut io = ImportOptions::new(&g, &out);
+    io.embeddings = EmbeddingsChoice::Q4;
+    let err = gguf::import_gguf(&io).unwrap_err().to_string();
+    assert!(
+        err.contains("token_embd.weight") && err.contains("multiple of 32, not 120"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn relu2_exports_record_the_activation_and_warn_that_llama_cpp_ignores_it() {
+    // tools/gguf/llama_cpp_check.sh found that llama.cpp runs `bitnet` with SiLU whatever the keys say.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.bitnet");
+    tq_model(&src, false, |_| 0.5);
+    for (ty, arch, warns) in [
+        (ExportType::Tq2_0, "bitnet", true),
+        (ExportType::I2s, "bitnet-b1.58", false),
+    ] {
+        let g = dir.path().join(format!("m{ty:?}.gguf"));
+        let report = export(&src, &g, ty);
+        let warning = report.notes.iter().any(|n| n.contains("SiLU"));
+        assert_eq!(warning, warns, "{ty:?}: {:?}", report.notes);
+        let bytes = std::fs::read(&g).unwrap();
+        let file = GgufFile::parse(&bytes).unwrap();
+        let key = format!("{arch}.hidden_activation");
+        assert_eq!(file.meta_str(&key), Some("relu2"), "{ty:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&g).unwrap().permissions().mode() & 0o777;
+            assert_eq!(
+                mode, 0o644,
+                "{ty:?}: an ordinary readable file, not a private temporary"
+            );
+        }
+    }
+    let silu = dir.path().join("silu.bitnet");
+    tq_model(&silu, true, |_| 0.5);
+    let report = export(&silu, &dir.path().join("silu.gguf"), ExportType::Tq2_0);
+    assert!(
+        !report.notes.iter().any(|n| n.contains("SiLU")),
+        "{:?}",
+        report.notes
+    );
+}
+
+#[test]
+fn a_model_without_tokenizer_exports_as_no_vocab_and_imports_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.bitnet");
+    tq_model_with(&src, false, None, |_| 0.5);
+    let g = dir.path().join("m.gguf");
+    export(&src, &g, ExportType::I2s);
+    let bytes = std::fs::read(&g).unwrap();
+    let file = GgufFile::parse(&bytes).unwrap();
+    assert_eq!(file.meta_str("tokenizer.ggml.model"), Some("no_vocab"));
+    let back = dir.path().join("back.bitnet");
+    import(&g, &back);
+    assert!(
+        BitnetFile::open(&back)
+            .unwrap()
+            .header()
+            .tokenizer
+            .is_none()
+    );
+    assert_same_tensors(&src, &back, |s| s);
 }
 
 #[test]

@@ -10,14 +10,14 @@ cargo build --release -p bitnet-convert -p bitnet-run
 convert=target/release/bitnet-convert
 run=target/release/bitnet-run
 
-for emb in f16 i8; do
+for emb in f16 i8 q4; do
   [ -f "$models/2b4t-$emb.bitnet" ] || $convert synthetic --like bitnet-2b4t --embeddings $emb -o "$models/2b4t-$emb.bitnet"
 done
 for shape in llama3-8b-1.58 falcon3-10b; do
   [ -f "$models/$shape.bitnet" ] || $convert synthetic --like $shape -o "$models/$shape.bitnet"
 done
 
-for emb in f16 i8; do
+for emb in f16 i8 q4; do
   $run bench -m "$models/2b4t-$emb.bitnet" -p 128,512 -n 64 -t 1,2 -r 5 --bandwidth --json > "$results/2b4t-$emb.jsonl"
 done
 for shape in llama3-8b-1.58 falcon3-10b; do

@@ -5,10 +5,14 @@
    is imported with bitnet-convert; the resulting .bitnet, decoded by the independent reader
    tools/spec-check/read_bitnet.py, must hold for every projection exactly the values that
    `gguf.quants.dequantize` gives for the GGUF tensor (ternary value × scale, rows in Hugging Face
-   order: llama-architecture q/k rows are compared after llama.cpp's permutation).
+   order: llama-architecture q/k rows are compared after llama.cpp's permutation), and for every
+   other tensor (embeddings, output, norms; F16, BF16, F32 or block types such as Q8_0, Q6_K and
+   Q4_0) exactly the dequantized values.
 2. Export: those .bitnet files exported with `export-gguf --type tq2_0` and `--type tq1_0` must
    parse with `gguf.GGUFReader`, name the architecture and keys llama.cpp reads, and dequantize
    with `gguf.quants` to the .bitnet ternary values × their scale rounded to f16.
+3. q4 embeddings: testdata/demo converted with `--embeddings q4` and exported with `--type tq2_0`
+   must store token_embd as Q4_0 that dequantizes with `gguf.quants` to exactly its q4_b32 values.
 
 Usage: check_gguf_py.py BITNET_CONVERT_BINARY WORK_DIR
 Prints "N passed, M failed" and exits non-zero on any failure.
@@ -53,13 +57,16 @@ def dequant(t):
 
 
 def bitnet_weights(path):
+    """The ternary tensors (values, scale) and the others (values) of a .bitnet file."""
     header, tensors, _ = read_bitnet.read_file(path)
-    out = {}
+    out, full = {}, {}
     for t in header["tensors"]:
         vals, scale = tensors[t["name"]]
         if scale is not None:
             out[t["name"]] = (np.array(vals, dtype=np.float32).reshape(t["shape"]), np.float32(scale))
-    return header, out
+        else:
+            full[t["name"]] = (np.array(vals, dtype=np.float32).reshape(t["shape"]), t["encoding"])
+    return header, out, full
 
 
 def run(*args):
@@ -67,6 +74,25 @@ def run(*args):
     if r.returncode != 0:
         print(r.stdout, r.stderr)
     return r.returncode == 0
+
+
+def check_q4_export(binary, work):
+    src = work / "demo-q4.bitnet"
+    ok = run(binary, str(ROOT / "testdata" / "demo"), "-o", str(src), "--embeddings", "q4", "--force")
+    check(ok, "convert testdata/demo --embeddings q4")
+    if not ok:
+        return
+    g = work / "demo-q4.tq2_0.gguf"
+    ok = run(binary, "export-gguf", str(src), "-o", str(g), "--type", "tq2_0", "--force")
+    check(ok, "export demo-q4 --type tq2_0")
+    if not ok:
+        return
+    _, _, full = bitnet_weights(src)
+    vals, enc = full["token_embd"]
+    check(enc == "q4_b32", f"{src.name}: token_embd is {enc}, not q4_b32")
+    t = {t.name: t for t in gguf.GGUFReader(str(g)).tensors}["token_embd.weight"]
+    check(t.tensor_type == gguf.GGMLQuantizationType.Q4_0, f"{g.name}: token_embd is {t.tensor_type.name}, not Q4_0")
+    check(np.array_equal(dequant(t), vals), f"{g.name}: token_embd (Q4_0) dequantizes to the q4_b32 values")
 
 
 def main():
@@ -82,7 +108,7 @@ def main():
         arch = field(reader, "general.architecture")
         heads = field(reader, f"{arch}.attention.head_count")
         kv = field(reader, f"{arch}.attention.head_count_kv")
-        header, weights = bitnet_weights(out)
+        header, weights, full = bitnet_weights(out)
         gt = {t.name: t for t in reader.tensors}
         for name, (vals, scale) in weights.items():
             want = dequant(gt[name + ".weight"])
@@ -92,6 +118,14 @@ def main():
             elif arch == "llama" and name.endswith("attn_k"):
                 mine = permute(mine, kv)
             check(np.array_equal(mine, want), f"{fx.name}: {name} imports as gguf.quants dequantizes it")
+        # Embeddings, output and norms: exactly the dequantized values (F16/BF16 kept, block
+        # types such as Q8_0 and Q6_K as f32, Q4_0 as q4_b32).
+        for name, (vals, enc) in full.items():
+            t = gt[name + ".weight"]
+            check(np.array_equal(vals, dequant(t)),
+                  f"{fx.name}: {name} ({t.tensor_type.name} -> {enc}) imports as gguf.quants dequantizes it")
+            if t.tensor_type == gguf.GGMLQuantizationType.Q4_0:
+                check(enc == "q4_b32", f"{fx.name}: {name} Q4_0 imports as q4_b32, not {enc}")
 
         # Export what was imported, where K allows TQ.
         ks = [v.shape[1] for v, _ in weights.values()]
@@ -125,6 +159,7 @@ def main():
                 elif earch == "llama" and name.endswith("attn_k"):
                     want = permute(want, kv)
                 check(np.array_equal(dequant(t), want), f"{g.name}: {name} dequantizes to ternary × f16(scale)")
+    check_q4_export(binary, work)
     print(f"gguf-py checks: {passed} passed, {failed} failed")
     return 1 if failed or not passed else 0
 

@@ -8,6 +8,16 @@ They are files another program wrote (not bitnet-convert), for the import tests:
   `gguf.quants`, some 256-blocks all zero (the quantizer writes d = 0 for them), F16 embedding,
   F32 norms, and the byte-level BPE tokenizer of testdata/fixtures/bitnet-2b4t/tokenizer.json as
   `tokenizer.ggml.*` (pre `llama-bpe`, no `tokenizer.huggingface.json`).
+- llama_q8_0_q6_k.gguf: architecture `llama` with quantized embeddings, as llama.cpp's quantized
+  files have them: `token_embd` Q8_0 (quantized by `gguf.quants`), `output` Q6_K (random blocks
+  with finite scales: `gguf.quants` has no Q6_K quantizer), TQ2_0 and F16 projections, no
+  tokenizer (hidden 256: K-quant rows are whole 256-element super-blocks).
+- bitnet_q4_0.gguf: architecture `bitnet` (tied) with a Q4_0 `token_embd` (quantized by
+  `gguf.quants`), which imports without loss as `.bitnet`'s `q4_b32`; F16 ternary projections, no
+  tokenizer.
+- blocks/dequant.gguf: not a model but test vectors of every block type bitnet-convert
+  dequantizes (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): tensor `<TYPE>` holds random
+  blocks with finite f16 scales, `<TYPE>.f32` what `gguf.quants.dequantize` makes of them.
 - llama_f16_ternary.gguf: architecture `llama` (no sub-norms, SiLU, untied, head_dim 40 as
   Falcon3) whose projections are F16, BF16 and F32 tensors holding ternary values times one
   scale (what llama.cpp's converter writes for --outtype f16; K need not be a multiple of 256),
@@ -208,15 +218,102 @@ def llama_f16_ternary(path):
     w.close()
 
 
+BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+def random_blocks(rng, qtype, rows, cols):
+    """Random blocks of `qtype` whose f16 scales (d, and dmin or m where the type has one) are
+    finite, so every code and scale bit pattern is exercised without NaN payloads to compare."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(rows * cols // block, size), dtype=np.uint8)
+    # Byte offsets of the f16 scales in each block (ggml's block_* structs).
+    halves = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
+              T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}[qtype]
+    for at in halves:
+        d = (rng.standard_normal(raw.shape[0]) * 0.01).astype(np.float16)
+        raw[:, at:at + 2] = d.view(np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, cols // block * size)
+
+
+def dequant_vectors(path):
+    rng = np.random.default_rng(77)
+    w = gguf.GGUFWriter(str(path), "test-vectors")
+    for qtype in BLOCK_TYPES:
+        raw = random_blocks(rng, qtype, 2, 256)
+        w.add_tensor(qtype.name, raw, raw_dtype=qtype)
+        w.add_tensor(qtype.name + ".f32", gguf.quants.dequantize(raw, qtype).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def llama_q8_0_q6_k(path):
+    rng = np.random.default_rng(808)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("llama-quantized-embeddings-fixture")
+    h, ff, heads, kv, hd, n_vocab = 256, 32, 2, 1, 8, 64
+    model_keys(w, h, ff, 1, heads, kv, vocab=n_vocab)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    embd = (rng.standard_normal((n_vocab, h)) * 0.5).astype(np.float32)
+    w.add_tensor("token_embd.weight", gguf.quants.quantize(embd, T.Q8_0), raw_dtype=T.Q8_0)
+    w.add_tensor("output.weight", random_blocks(rng, T.Q6_K, n_vocab, h), raw_dtype=T.Q6_K)
+    norms(w, rng, "output_norm.weight", h)
+    p = "blk.0."
+    norms(w, rng, p + "attn_norm.weight", h)
+    norms(w, rng, p + "ffn_norm.weight", h)
+    shapes = {"attn_q": (heads * hd, h), "attn_k": (kv * hd, h), "attn_v": (kv * hd, h),
+              "attn_output": (h, heads * hd), "ffn_gate": (ff, h), "ffn_up": (ff, h), "ffn_down": (h, ff)}
+    for i, (name, shape) in enumerate(shapes.items()):
+        t = ternary(rng, *shape)
+        if name == "attn_q":
+            t = permute(t, heads)
+        elif name == "attn_k":
+            t = permute(t, kv)
+        proj(w, p + name + ".weight", t, 0.25, T.TQ2_0 if shape[1] % 256 == 0 else T.F16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def bitnet_q4_0(path):
+    rng = np.random.default_rng(404)
+    w = gguf.GGUFWriter(str(path), "bitnet")
+    w.add_name("bitnet-q4_0-embeddings-fixture")
+    h, ff, heads, kv, n_vocab = 32, 32, 2, 2, 48
+    model_keys(w, h, ff, 1, heads, kv, vocab=n_vocab)
+    embd = (rng.standard_normal((n_vocab, h)) * 0.5).astype(np.float32)
+    w.add_tensor("token_embd.weight", gguf.quants.quantize(embd, T.Q4_0), raw_dtype=T.Q4_0)
+    norms(w, rng, "output_norm.weight", h)
+    p = "blk.0."
+    norms(w, rng, p + "attn_norm.weight", h)
+    norms(w, rng, p + "attn_sub_norm.weight", h)
+    norms(w, rng, p + "ffn_norm.weight", h)
+    norms(w, rng, p + "ffn_sub_norm.weight", ff)
+    shapes = {"attn_q": (h, h), "attn_k": (h, h), "attn_v": (h, h), "attn_output": (h, h),
+              "ffn_gate": (ff, h), "ffn_up": (ff, h), "ffn_down": (h, ff)}
+    for name, shape in shapes.items():
+        proj(w, p + name + ".weight", ternary(rng, *shape), 0.125, T.F16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 FIXTURES = {
     "bitnet_tq.gguf": bitnet_tq,
     "llama_f16_ternary.gguf": llama_f16_ternary,
+    "llama_q8_0_q6_k.gguf": llama_q8_0_q6_k,
+    "bitnet_q4_0.gguf": bitnet_q4_0,
+    "blocks/dequant.gguf": dequant_vectors,
 }
 
 
 def write_all(out):
-    out.mkdir(parents=True, exist_ok=True)
     for name, make in FIXTURES.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         make(out / name)
 
 

@@ -127,6 +127,9 @@ def tensor_length(enc, shape, lay):
     N, K = shape
     if enc == "i8_row":
         return align64(4 * N) + N * K
+    if enc == "q4_b32":
+        need(K % 32 == 0, "§5 q4_b32 columns must be a multiple of 32")
+        return align64(N * K // 16) + N * K // 2
     if lay["kind"] == "i2s":
         B = lay["block"]
         return -(-N * K // B) * B // 4 + 32
@@ -139,7 +142,7 @@ def check_tensor(t, names):
     need(isinstance(t.get("name"), str) and t["name"] not in names, "§3.5 name missing or not unique")
     names.add(t["name"])
     enc = t.get("encoding")
-    need(enc in ("f32", "f16", "bf16", "i8_row", "ternary"), f"§3.5 unknown encoding {enc!r}")
+    need(enc in ("f32", "f16", "bf16", "i8_row", "q4_b32", "ternary"), f"§3.5 unknown encoding {enc!r}")
     sh = t.get("shape")
     need(isinstance(sh, list) and all(is_int(d) for d in sh), "§3.5 shape must be an array of u64")
     need(math.prod(sh) <= 2**48, "§3.5 shape product exceeds 2^48")
@@ -226,6 +229,19 @@ def decode(t, buf):
         q = struct.unpack_from(f"<{N * K}b", buf, a)
         # product taken in binary32 (one rounding of the exact product); see report
         return [struct.unpack("<f", struct.pack("<f", q[i] * s[i // K]))[0] for i in range(N * K)], None
+    if enc == "q4_b32":
+        S = align64(N * K // 16)
+        need(not any(buf[N * K // 16:S]), f"§5.1 {t['name']}: bytes between the scales and the codes not zero")
+        d = struct.unpack_from(f"<{N * K // 32}e", buf, 0)
+        need(all(math.isfinite(x) for x in d), f"§5.1 {t['name']}: scale not finite")
+        out = []
+        for r in range(N):
+            for c in range(K):
+                b, j = divmod(c, 32)
+                byte = buf[S + r * K // 2 + 16 * b + j % 16]
+                n = byte & 15 if j < 16 else byte >> 4
+                out.append((n - 8) * d[r * K // 32 + b])
+        return out, None
     return decode_ternary(buf, t["layout"], N, K, t["name"])
 
 

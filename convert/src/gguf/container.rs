@@ -25,7 +25,7 @@
 //! Parsing never panics and allocates only what the input's own length can back: every count and
 //! length is checked against the bytes that remain before anything is reserved.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Write};
 use std::path::Path;
 
@@ -136,6 +136,8 @@ pub struct GgufFile<'a> {
     pub tensors: Vec<TensorInfo>,
     pub alignment: u64,
     pub data_start: u64,
+    /// Index of each tensor by name, so lookups stay constant-time for any directory size.
+    by_name: HashMap<String, usize>,
     bytes: &'a [u8],
 }
 
@@ -332,14 +334,14 @@ impl<'a> GgufFile<'a> {
             )));
         }
         let mut tensors = Vec::new();
-        let mut names = HashSet::new();
+        let mut by_name = HashMap::new();
         for i in 0..header.tensor_count {
             let name = input.string(MAX_NAME_LEN, &format!("name of tensor {i}"))?;
             let tensor_err = |detail: String| ContainerError::Tensor {
                 name: name.clone(),
                 detail,
             };
-            if !names.insert(name.clone()) {
+            if by_name.insert(name.clone(), tensors.len()).is_some() {
                 return Err(tensor_err("appears twice in the tensor directory".into()));
             }
             let what = format!("directory entry of tensor {name:?}");
@@ -401,6 +403,7 @@ impl<'a> GgufFile<'a> {
             tensors,
             alignment,
             data_start,
+            by_name,
             bytes,
         })
     }
@@ -410,7 +413,7 @@ impl<'a> GgufFile<'a> {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
     /// The bytes of a tensor of this file (checked in [`GgufFile::parse`]).
@@ -454,9 +457,12 @@ pub fn write<E: From<std::io::Error> + From<String>>(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".gguf-partial-")
-        .tempfile_in(&dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".gguf-partial-");
+    // Temporary files are created private (0600); a model file is an ordinary readable file.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let tmp = builder.tempfile_in(&dir)?;
     let mut out = std::io::BufWriter::new(tmp.as_file());
     let lib = |e: gguf_rs_lib::GGUFError| E::from(format!("writing GGUF: {e}"));
     let align = DEFAULT_ALIGNMENT;

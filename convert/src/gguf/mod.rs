@@ -4,7 +4,9 @@
 //! - [`container`]: the GGUF container, parsed with `gguf-rs-lib` plus a small documented
 //!   extension for bitnet.cpp's `I2_S` (type 36) and its non-snake-case architecture names.
 //! - [`codec`]: TQ1_0, TQ2_0, I2_S and float-ternary tensors, and per-tensor scale recovery.
+//! - [`blocks`]: GGML's block-quantized types (Q8_0, Q6_K, Q4_0, ...) of embeddings and output.
 //! - [`vocab`]: `tokenizer.ggml.*` metadata to and from `tokenizer.json`.
+//! - [`fuzz`]: the body of the import fuzz target (`convert/fuzz`).
 //! - [`import_gguf`], [`export_gguf`]: the two directions.
 //!
 //! Architectures (`general.architecture`):
@@ -15,11 +17,13 @@
 //! | `bitnet` | llama.cpp and bitnet.cpp (1bitLLM; 2B-4T with `bitnet.hidden_act = relu2`) | sub-norms, SiLU unless `hidden_act` says otherwise | as Hugging Face |
 //! | `llama` | both (Llama3-8B-1.58, Falcon3-1.58bit) | no sub-norms, SiLU | llama.cpp's interleaved pairs: permuted on export, un-permuted on import |
 
+pub mod blocks;
 pub mod codec;
 pub mod container;
+pub mod fuzz;
 pub mod vocab;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use bitnet_format::names::{self, LayerTensor};
@@ -192,7 +196,7 @@ fn model_from_metadata(
         .or_else(|| (heads > 0).then(|| hidden / heads))
         .unwrap_or(0);
     let vocab_size = match f.tensor("token_embd.weight") {
-        Some(t) if t.dims.len() == 2 => t.dims[1] as u32,
+        Some(t) if t.dims.len() == 2 => u32::try_from(t.dims[1]).unwrap_or(0),
         _ => f.meta_u32(&key("vocab_size")).unwrap_or(0),
     };
     let rope_theta = match real("rope.freq_base") {
@@ -391,17 +395,31 @@ pub fn import_bytes(
         ty: type_name(ty),
         detail,
     };
+    // The list of expected tensors grows with block_count: refuse a count that the tensor
+    // directory (itself bounded by the file's length) cannot back before building it.
+    if config.num_layers as usize > file.tensors.len() {
+        return Err(GgufError::Metadata {
+            path: path.into(),
+            key: format!("{arch}.block_count"),
+            detail: format!(
+                "{} layers, but the file has only {} tensors",
+                config.num_layers,
+                file.tensors.len()
+            ),
+        });
+    }
     let expected = expected_tensors(&config, config.tied_embeddings);
+    let expected_names: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     // Every tensor of the file must be expected (or a projection's optional `.scale`).
     let mut unknown = Vec::new();
     for t in &file.tensors {
         let known = t
             .name
             .strip_suffix(".weight")
-            .is_some_and(|c| expected.iter().any(|(n, _)| n == c))
-            || t.name.strip_suffix(".scale").is_some_and(|c| {
-                is_projection(c).is_some() && expected.iter().any(|(n, _)| n == c)
-            });
+            .is_some_and(|c| expected_names.contains(c))
+            || t.name
+                .strip_suffix(".scale")
+                .is_some_and(|c| is_projection(c).is_some() && expected_names.contains(c));
         if !known {
             unknown.push(t.name.clone());
         }
@@ -482,7 +500,7 @@ pub fn import_bytes(
             }
             *ternary_types.entry(type_name(t.ggml_type)).or_default() += 1;
             let layout = options.layout;
-            let packed = crate::pack::pack(layout, rows, cols, &values, scale);
+            let packed = bitnet_format::parallel::pack(layout, rows, cols, &values, scale);
             if options.verify {
                 crate::verify::check_ternary(
                     canonical, layout, rows, cols, &packed, &values, scale,
@@ -494,13 +512,20 @@ pub fn import_bytes(
                 packed,
             ));
         } else {
-            let v = floats(t.ggml_type, data).ok_or_else(|| {
-                tensor_err(
-                    &gname,
-                    t.ggml_type,
-                    "full-precision tensors must be F32, F16 or BF16 here (dequantizing k-quants is not supported)".into(),
-                )
-            })?;
+            let v = floats(t.ggml_type, data)
+                .or_else(|| blocks::dequantize(t.ggml_type, data))
+                .ok_or_else(|| {
+                    let block_types: Vec<String> =
+                        blocks::TYPES.iter().map(|&ty| type_name(ty)).collect();
+                    tensor_err(
+                        &gname,
+                        t.ggml_type,
+                        format!(
+                            "full-precision tensors must be F32, F16, BF16 or {}",
+                            block_types.join(", ")
+                        ),
+                    )
+                })?;
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(tensor_err(
                     &gname,
@@ -515,9 +540,13 @@ pub fn import_bytes(
                 (true, EmbeddingsChoice::Bf16) => Encoding::Bf16,
                 (true, EmbeddingsChoice::F32) => Encoding::F32,
                 (true, EmbeddingsChoice::I8) => Encoding::I8Row,
+                (true, EmbeddingsChoice::Q4) => Encoding::Q4B32,
                 (true, EmbeddingsChoice::Source) => match t.ggml_type {
                     GGML_TYPE_F16 => Encoding::F16,
                     GGML_TYPE_BF16 => Encoding::Bf16,
+                    // q4_b32 is Q4_0 with its scales stored apart: the same values, no loss.
+                    blocks::GGML_TYPE_Q4_0 => Encoding::Q4B32,
+                    // Other block types become their exact dequantized values.
                     _ => Encoding::F32,
                 },
             };
@@ -557,7 +586,14 @@ pub fn import_bytes(
                     out.extend(q);
                     out
                 }
-                Encoding::Ternary(_) => unreachable!("full-precision tensor"),
+                Encoding::Q4B32 if t.ggml_type == blocks::GGML_TYPE_Q4_0 => {
+                    blocks::q4_0_to_q4_b32(data, shape[0] as usize, shape[1] as usize)
+                }
+                Encoding::Q4B32 => {
+                    crate::quantize::q4_b32::encode_f32(&v, shape[0] as usize, shape[1] as usize)
+                        .map_err(|d| tensor_err(&gname, t.ggml_type, d))?
+                }
+                Encoding::Ternary(_) => unreachable!("ternary only for projections"),
             };
             let narrowed = match encoding {
                 Encoding::F16 => floats(GGML_TYPE_F16, &bytes),
@@ -739,6 +775,10 @@ impl std::fmt::Display for ExportReport {
     }
 }
 
+/// Printed when a ReLU² model is exported for llama.cpp: checked against llama.cpp 0c1e57098 (the
+/// source in llama-cpp-python 0.3.36) with `tools/gguf/llama_cpp_check.sh`.
+const RELU2_LLAMA_CPP_WARNING: &str = "WARNING: this model uses ReLU², but mainline llama.cpp (checked at 0c1e57098) runs every `bitnet` model with SiLU and ignores bitnet.hidden_act/hidden_activation, so its output there is wrong; use --type i2_s with bitnet.cpp, or a llama.cpp with ReLU² support for bitnet";
+
 /// The GGUF architecture an export of `model` to `ty` uses, or why there is none.
 pub fn export_architecture(model: &ModelConfig, ty: ExportType) -> Result<&'static str, String> {
     match (model.sub_norms, model.activation, ty) {
@@ -810,6 +850,7 @@ pub fn export_gguf(options: &ExportOptions) -> Result<ExportReport, GgufError> {
             }
             Encoding::F16 => GGML_TYPE_F16,
             Encoding::Bf16 => GGML_TYPE_BF16,
+            Encoding::Q4B32 => blocks::GGML_TYPE_Q4_0,
             Encoding::F32 | Encoding::I8Row => GGML_TYPE_F32,
         };
         planned.push(OutTensor {
@@ -890,6 +931,14 @@ pub fn export_gguf(options: &ExportOptions) -> Result<ExportReport, GgufError> {
         };
         meta.push((key("hidden_act"), string(act)));
     }
+    if model.activation == Activation::Relu2 {
+        // The key llama.cpp reads for other architectures' activations, which the proposed ReLU²
+        // fixes for `bitnet` (llama.cpp) and `bitnet-b1.58` (bitnet.cpp) read too.
+        meta.push((key("hidden_activation"), string("relu2")));
+        if arch == "bitnet" {
+            notes.push(RELU2_LLAMA_CPP_WARNING.into());
+        }
+    }
     match &model.rope_scaling {
         None => {}
         Some(RopeScaling::Linear { factor }) => {
@@ -922,7 +971,13 @@ pub fn export_gguf(options: &ExportOptions) -> Result<ExportReport, GgufError> {
         meta.extend(exported.metadata);
         notes.extend(exported.notes);
     } else {
-        notes.push("the .bitnet file has no tokenizer: the GGUF holds none".into());
+        // Both llama.cpp and bitnet.cpp refuse a file without `tokenizer.ggml.model`; `no_vocab`
+        // makes them load it for token-id input (benchmarks).
+        meta.push(("tokenizer.ggml.model".into(), string("no_vocab")));
+        notes.push(
+            "the .bitnet file has no tokenizer: the GGUF holds none (tokenizer.ggml.model = no_vocab)"
+                .into(),
+        );
     }
 
     let heads = model.num_heads as usize;
@@ -952,7 +1007,7 @@ pub fn export_gguf(options: &ExportOptions) -> Result<ExportReport, GgufError> {
                     }
                 }
                 match ty {
-                    ExportType::I2s => crate::pack::pack(
+                    ExportType::I2s => bitnet_format::parallel::pack(
                         TernaryLayout::I2s { block: 128 },
                         rows,
                         cols,
@@ -974,6 +1029,9 @@ pub fn export_gguf(options: &ExportOptions) -> Result<ExportReport, GgufError> {
                 }
             }
             Encoding::F16 | Encoding::Bf16 => view.data.to_vec(),
+            Encoding::Q4B32 => {
+                blocks::q4_b32_to_q4_0(view.data, info.shape[0] as usize, info.shape[1] as usize)
+            }
             Encoding::F32 | Encoding::I8Row => view
                 .to_f32()
                 .map_err(|e| terr(e.to_string()))?

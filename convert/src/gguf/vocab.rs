@@ -87,7 +87,11 @@ fn strings(v: &[MetadataValue], key: &str) -> Result<Vec<String>, String> {
 
 /// Build the tokenizer from GGUF metadata, or `None` when the file has none.
 pub fn import(m: &impl Meta) -> Result<Option<ImportedTokenizer>, String> {
-    let Some(kind) = m.meta_str("tokenizer.ggml.model") else {
+    // `no_vocab`: llama.cpp's marker for a model without a vocabulary (token ids only).
+    let Some(kind) = m
+        .meta_str("tokenizer.ggml.model")
+        .filter(|&k| k != "no_vocab")
+    else {
         return Ok(None);
     };
     let tokens = strings(

@@ -1,9 +1,11 @@
 //! Turning checkpoint tensors into the format's encodings: absmean quantization of latent weights,
-//! unpacking of Hugging Face's packed ternary weights and their scales, and per-row int8 embeddings.
+//! unpacking of Hugging Face's packed ternary weights and their scales, and per-row int8 and 4-bit
+//! block embeddings.
 
 pub mod absmean;
 pub mod hf_packed;
 pub mod i8_row;
+pub mod q4_b32;
 
 /// A problem with the values of one tensor. Each names the tensor, its file and the position.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@
 //! encodes plain text exactly as sentencepiece does (transformers' non-legacy `Metaspace` form
 //! differs on text that starts with spaces).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
@@ -303,6 +303,10 @@ pub fn to_tokenizer_json(
 
     // Merges: every split of a piece into two pieces, ordered as sentencepiece applies them
     // (highest score first; ties in id order), as transformers' SentencePieceExtractor does.
+    // Only a split whose two sides have lengths of existing pieces can be a merge: looking up just
+    // those keeps this near-linear in the vocabulary's bytes, even for one very long piece (which
+    // a GGUF file can hold) whose every split would otherwise hash a long string.
+    let lengths: HashSet<usize> = model.pieces.iter().map(|p| p.piece.len()).collect();
     let mut merges: Vec<(f32, &str, &str)> = Vec::new();
     for p in &model.pieces {
         if !matches!(p.kind, PieceType::Normal | PieceType::UserDefined) {
@@ -312,6 +316,7 @@ pub fn to_tokenizer_json(
             .piece
             .char_indices()
             .skip(1)
+            .filter(|&(i, _)| lengths.contains(&i) && lengths.contains(&(p.piece.len() - i)))
             .filter_map(|(i, _)| {
                 let (l, r) = p.piece.split_at(i);
                 Some((*ids.get(l)?, *ids.get(r)?, l, r))

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bitnet_run::model::{Logits, Model, Session};
+use bitnet_run::model::negative_log_likelihood;
 use bitnet_run::tokenizer::Tokenizer;
 use clap::Args;
 
@@ -27,30 +27,6 @@ pub struct PerplexityArgs {
     json: bool,
 }
 
-/// Total negative log-likelihood and the number of tokens scored.
-pub fn score(model: &Model, ids: &[u32], ctx: usize) -> Result<(f64, usize)> {
-    let vocab = model.config.vocab_size as usize;
-    let mut session = Session::new(model, ctx);
-    let (mut nll, mut count) = (0.0f64, 0usize);
-    for window in ids.chunks(ctx).filter(|w| w.len() >= 2) {
-        session.truncate(0);
-        let logits = session.forward(window, Logits::All)?;
-        for (i, &target) in window.iter().enumerate().skip(1) {
-            let row = &logits[(i - 1) * vocab..i * vocab];
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let log_sum = row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln()
-                + max;
-            nll += log_sum - row[target as usize] as f64;
-            count += 1;
-        }
-    }
-    Ok((nll, count))
-}
-
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
@@ -64,7 +40,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         bail!("{} has fewer than 2 tokens", args.file.display());
     }
     let start = Instant::now();
-    let (nll, count) = score(&model, &ids, ctx)?;
+    let (nll, count) = negative_log_likelihood(&model, &ids, ctx)?;
     let ppl = (nll / count as f64).exp();
     let secs = start.elapsed().as_secs_f64();
     if args.json {

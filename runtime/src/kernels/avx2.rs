@@ -275,34 +275,113 @@ pub unsafe fn dense_rows_dot(
         }
     };
     let full = cols / 8 * 8;
-    let mut r = rows.start;
-    while r < rows.end {
-        let n = (rows.end - r).min(4);
-        let bases: [*const u8; 4] =
-            std::array::from_fn(|j| data[(r + j.min(n - 1)) * row_bytes..].as_ptr());
+    // One row at a time, as the AVX-512 version.
+    for r in rows.clone() {
+        let base = data[r * row_bytes..].as_ptr();
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        while i < full {
-            // SAFETY: i + 8 <= cols.
-            let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
-            for j in 0..4 {
-                // SAFETY: element i of row r + j (clamped to a real row) is in bounds.
-                let w = widen(unsafe { bases[j].add(i * elem_bytes) });
-                acc[j] = _mm256_fmadd_ps(w, xv, acc[j]);
+        while i + 32 <= full {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let k = i + 8 * j;
+                // SAFETY: k + 8 <= cols, so element k of row r and of x are in bounds.
+                let (w, xv) = unsafe {
+                    (
+                        widen(base.add(k * elem_bytes)),
+                        _mm256_loadu_ps(x.as_ptr().add(k)),
+                    )
+                };
+                *a = _mm256_fmadd_ps(w, xv, *a);
             }
+            i += 32;
+        }
+        while i < full {
+            // SAFETY: as above.
+            let (w, xv) = unsafe {
+                (
+                    widen(base.add(i * elem_bytes)),
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                )
+            };
+            acc[0] = _mm256_fmadd_ps(w, xv, acc[0]);
             i += 8;
         }
-        for j in 0..n {
-            let row = &data[(r + j) * row_bytes..(r + j + 1) * row_bytes];
-            let tail: f32 = (full..cols)
-                .map(|k| super::float::dense_element(kind, row, k) * x[k])
-                .sum();
-            let t = acc[j];
-            let quad = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+        let row = &data[r * row_bytes..(r + 1) * row_bytes];
+        let tail: f32 = (full..cols)
+            .map(|k| super::float::dense_element(kind, row, k) * x[k])
+            .sum();
+        let t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let quad = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        let sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
+        out[r - rows.start] = sum + tail;
+    }
+}
+
+/// See [`super::avx512::q4_rows`] (one row at a time); each group of four blocks is two 32-byte halves, multiplied with
+/// `vpmaddubsw` (nibble × code pair sums stay within ±3810, and low plus high within ±7620, so
+/// nothing saturates) and widened with `vpmaddwd`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; sizes as for the AVX-512 version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_rows(
+    g: bitnet_format::q4::Q4Geometry,
+    data: &[u8],
+    acts: &super::q4::Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    use super::q4::{GROUP, GROUP_LANES, row_dot_blocks};
+    let (tokens, groups) = (acts.tokens, g.cols / GROUP);
+    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * tokens);
+    let nibble = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    // Lane `4b + i` of a half takes the half's block `b` scale.
+    let spread = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+    for (i, r) in rows.enumerate() {
+        let codes = data[g.block_codes_offset(r, 0)..].as_ptr();
+        let scales = data[g.scale_offset(r, 0)..].as_ptr();
+        for t in 0..tokens {
+            let (qa, corr, lane_scale) = acts.groups(t);
+            // One accumulator per half group: independent FMA chains.
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for gi in 0..groups {
+                for (h, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `gi < groups` and `h < 2`: these halves of the group's grouped codes,
+                    // corrections and lane scales exist, and half `h` of group `gi` of row `r` is
+                    // 32 code bytes and 2 f16 scales inside `data`.
+                    let (a_lo, a_hi, c, da, v, s) = unsafe {
+                        let at = qa.as_ptr().add(gi * GROUP + 32 * h);
+                        let lane = gi * GROUP_LANES + 8 * h;
+                        (
+                            _mm256_loadu_si256(at.cast()),
+                            _mm256_loadu_si256(at.add(64).cast()),
+                            _mm256_loadu_si256(corr.as_ptr().add(lane).cast()),
+                            _mm256_loadu_ps(lane_scale.as_ptr().add(lane)),
+                            _mm256_loadu_si256(codes.add(gi * 64 + 32 * h).cast()),
+                            _mm_cvtsi32_si128(
+                                scales.add(gi * 8 + 4 * h).cast::<i32>().read_unaligned(),
+                            ),
+                        )
+                    };
+                    let lo = _mm256_and_si256(v, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+                    let pairs = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, a_lo),
+                        _mm256_maddubs_epi16(hi, a_hi),
+                    );
+                    let dot = _mm256_add_epi32(_mm256_madd_epi16(pairs, ones), c);
+                    let dw =
+                        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(s)), spread);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, da), *a);
+                }
+            }
+            let tail = row_dot_blocks(g, data, r, acts, t, 4 * groups..g.blocks());
+            let sum = _mm256_add_ps(acc[0], acc[1]);
+            let quad = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
             let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-            let sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
-            out[r + j - rows.start] = sum + tail;
+            let total = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
+            out[i * tokens + t] = total + tail;
         }
-        r += n;
     }
 }

@@ -277,8 +277,9 @@ pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
 }
 
 /// `out[i] = row(rows.start + i) · x` for a dense matrix of `kind` (f16, bf16 or i8 codes; for i8 the
-/// caller multiplies by the row scale), four rows at a time so each activation load serves four
-/// rows, widening in registers.
+/// caller multiplies by the row scale), widening in registers. One row at a time: interleaving four
+/// rows to share activation loads made four memory streams per thread and decoded a third slower
+/// (BENCHMARKS.md), while `x` is read from L1 either way.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F; `data` holds `rows.end` rows of `x.len()` elements of `kind`
@@ -308,30 +309,99 @@ pub unsafe fn dense_rows_dot(
         }
     };
     let full = cols / 16 * 16;
-    let mut r = rows.start;
-    while r < rows.end {
-        let n = (rows.end - r).min(4);
-        let bases: [*const u8; 4] =
-            std::array::from_fn(|j| data[(r + j.min(n - 1)) * row_bytes..].as_ptr());
+    // One row at a time: a single sequential stream per thread, which the hardware prefetcher
+    // follows best; `x` stays in L1. Four accumulators over consecutive chunks hide FMA latency.
+    for r in rows.clone() {
+        let base = data[r * row_bytes..].as_ptr();
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
-        while i < full {
-            // SAFETY: i + 16 <= cols.
-            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
-            for j in 0..4 {
-                // SAFETY: element i of row r + j (clamped to a real row) is in bounds.
-                let w = widen(unsafe { bases[j].add(i * elem_bytes) });
-                acc[j] = _mm512_fmadd_ps(w, xv, acc[j]);
+        while i + 64 <= full {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let k = i + 16 * j;
+                // SAFETY: k + 16 <= cols, so element k of row r and of x are in bounds.
+                let (w, xv) = unsafe {
+                    (
+                        widen(base.add(k * elem_bytes)),
+                        _mm512_loadu_ps(x.as_ptr().add(k)),
+                    )
+                };
+                *a = _mm512_fmadd_ps(w, xv, *a);
             }
+            i += 64;
+        }
+        while i < full {
+            // SAFETY: as above.
+            let (w, xv) = unsafe {
+                (
+                    widen(base.add(i * elem_bytes)),
+                    _mm512_loadu_ps(x.as_ptr().add(i)),
+                )
+            };
+            acc[0] = _mm512_fmadd_ps(w, xv, acc[0]);
             i += 16;
         }
-        for j in 0..n {
-            let row = &data[(r + j) * row_bytes..(r + j + 1) * row_bytes];
-            let tail: f32 = (full..cols)
-                .map(|k| super::float::dense_element(kind, row, k) * x[k])
-                .sum();
-            out[r + j - rows.start] = _mm512_reduce_add_ps(acc[j]) + tail;
+        let row = &data[r * row_bytes..(r + 1) * row_bytes];
+        let tail: f32 = (full..cols)
+            .map(|k| super::float::dense_element(kind, row, k) * x[k])
+            .sum();
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        out[r - rows.start] = _mm512_reduce_add_ps(sum) + tail;
+    }
+}
+
+/// See [`super::q4::matmul`]. One row at a time (one sequential stream of codes and one of scales,
+/// which the hardware prefetcher follows best; the activations stay in L1). Per group of four
+/// blocks, `vpdpbusd` multiplies the unsigned low and high nibbles by the grouped activation codes,
+/// starting from the lane corrections (so lanes hold exact `Σ (n - 8) · q`), and the lanes are
+/// scaled by their block's weight and activation scales in f32.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; `data` holds a whole `q4_b32` tensor of geometry
+/// `g`, `rows.end <= g.rows`, `acts.cols == g.cols` and `out.len() == rows.len() · acts.tokens`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn q4_rows(
+    g: bitnet_format::q4::Q4Geometry,
+    data: &[u8],
+    acts: &super::q4::Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    use super::q4::{GROUP, GROUP_LANES, row_dot_blocks};
+    let (tokens, groups) = (acts.tokens, g.cols / GROUP);
+    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * tokens);
+    let nibble = _mm512_set1_epi8(0x0f);
+    // Lane `4b + i` takes block `b`'s scale.
+    let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    for (i, r) in rows.enumerate() {
+        let codes = data[g.block_codes_offset(r, 0)..].as_ptr();
+        let scales = data[g.scale_offset(r, 0)..].as_ptr();
+        for t in 0..tokens {
+            let (qa, corr, lane_scale) = acts.groups(t);
+            // Two accumulators, alternate groups: independent FMA chains.
+            let mut acc = [_mm512_setzero_ps(); 2];
+            for gi in 0..groups {
+                // SAFETY: `gi < groups`: the 128 grouped codes, 16 corrections and 16 lane scales
+                // at these offsets exist, and group `gi` of row `r` is 64 code bytes and 4 f16
+                // scales inside `data` (the tensor's geometry).
+                let (a_lo, a_hi, c, da, v, s) = unsafe {
+                    (
+                        _mm512_loadu_si512(qa.as_ptr().add(gi * GROUP).cast()),
+                        _mm512_loadu_si512(qa.as_ptr().add(gi * GROUP + 64).cast()),
+                        _mm512_loadu_si512(corr.as_ptr().add(gi * GROUP_LANES).cast()),
+                        _mm512_loadu_ps(lane_scale.as_ptr().add(gi * GROUP_LANES)),
+                        _mm512_loadu_si512(codes.add(gi * 64).cast()),
+                        _mm_loadl_epi64(scales.add(gi * 8).cast()),
+                    )
+                };
+                let lo = _mm512_and_si512(v, nibble);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+                let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lo, a_lo), hi, a_hi);
+                let dw = _mm512_permutexvar_ps(spread, _mm512_cvtph_ps(_mm256_castsi128_si256(s)));
+                acc[gi % 2] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, da), acc[gi % 2]);
+            }
+            let tail = row_dot_blocks(g, data, r, acts, t, 4 * groups..g.blocks());
+            out[i * tokens + t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + tail;
         }
-        r += n;
     }
 }

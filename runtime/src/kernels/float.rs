@@ -4,7 +4,9 @@
 
 use std::ops::Range;
 
-use super::KernelPath;
+use bitnet_format::q4::Q4Geometry;
+
+use super::{KernelPath, q4};
 
 /// Element type of a float vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,9 +31,11 @@ pub enum DenseKind {
     Float(FloatKind),
     /// `i8_row` (SPEC.md §5): per-row f32 scales, then i8 values.
     I8Row,
+    /// `q4_b32` (SPEC.md §5.1): 4-bit codes with an f16 scale per block of 32; see [`super::q4`].
+    Q4B32,
 }
 
-/// A row-major dense matrix (the bytes of an f32, f16, bf16 or i8_row tensor).
+/// A row-major dense matrix (the bytes of an f32, f16, bf16, i8_row or q4_b32 tensor).
 #[derive(Debug, Clone, Copy)]
 pub struct DenseMatrix<'a> {
     pub data: &'a [u8],
@@ -55,6 +59,14 @@ impl DenseMatrix<'_> {
                 let start = (self.rows * 4).next_multiple_of(64) + r * self.cols;
                 decode_i8(path, &self.data[start..start + self.cols], scale, out);
             }
+            DenseKind::Q4B32 => q4::row_into(self.q4_geometry(), self.data, r, out),
+        }
+    }
+
+    fn q4_geometry(&self) -> Q4Geometry {
+        Q4Geometry {
+            rows: self.rows,
+            cols: self.cols,
         }
     }
 }
@@ -126,7 +138,7 @@ fn fused_matvec(
             DenseKind::Float(FloatKind::F16) => (w.data, 2, 0u8),
             DenseKind::Float(FloatKind::Bf16) => (w.data, 2, 1),
             DenseKind::I8Row => (&w.data[(w.rows * 4).next_multiple_of(64)..], 1, 2),
-            DenseKind::Float(FloatKind::F32) => return false,
+            DenseKind::Float(FloatKind::F32) | DenseKind::Q4B32 => return false,
         };
         match path {
             // SAFETY: the path is only chosen when the CPU has AVX-512 F; `data` holds all `w.rows`
@@ -208,11 +220,16 @@ pub fn dot(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
 
 /// For every row in `rows` and every token row of `x` (`tokens × w.cols`):
 /// `out[(r - rows.start) · tokens + t] = w[r] · x[t]`. Each matrix row is widened once and reused
-/// for all tokens.
+/// for all tokens; a `q4_b32` matrix takes `x` quantized to int8 per block of 32 instead.
 pub fn matmul(path: KernelPath, w: &DenseMatrix, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
     let tokens = x.len() / w.cols;
     assert_eq!(out.len(), rows.len() * tokens);
     assert!(rows.end <= w.rows);
+    if w.kind == DenseKind::Q4B32 {
+        let acts = q4::Q4Acts::quantize(x, w.cols);
+        q4::matmul(path, w.q4_geometry(), w.data, &acts, rows, out);
+        return;
+    }
     if tokens == 1 && fused_matvec(path, w, x, rows.clone(), out) {
         return;
     }

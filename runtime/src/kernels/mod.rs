@@ -13,6 +13,7 @@ pub mod bandwidth;
 pub mod float;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+pub mod q4;
 pub mod scalar;
 mod ternary;
 

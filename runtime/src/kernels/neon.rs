@@ -626,3 +626,77 @@ mod tests {
         }
     }
 }
+
+/// `acc.s[i] += Σ_j a.b[4i + j] · b.b[4i + j]` (SDOT by vector).
+///
+/// # Safety
+/// The CPU must have the `dotprod` feature.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: as for `sdot_lane`.
+    unsafe {
+        asm!(
+            ".arch_extension dotprod",
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// See [`super::q4::matmul`]. Codes become signed weights `n - 8` (so no correction is needed) and
+/// meet the activations in column order: per block, the low nibbles take columns 0–15 and the high
+/// nibbles 16–31. With `DOT`, two SDOTs give the block's four i32 lane sums; without, `smull`/`smlal`
+/// add four products of at most 8 · 128 into each i16 lane (within ±4096) before `saddlp` widens.
+/// Lanes are scaled by the block's two scales and summed in f32.
+///
+/// # Safety
+/// The CPU must have NEON, and `dotprod` when `DOT`; sizes as `q4::matmul` asserts.
+#[target_feature(enable = "neon")]
+pub unsafe fn q4_rows<const DOT: bool>(
+    g: bitnet_format::q4::Q4Geometry,
+    data: &[u8],
+    acts: &super::q4::Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    let tokens = acts.tokens;
+    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * tokens);
+    let (nibble, eight) = (vdupq_n_u8(0x0f), vdupq_n_s8(8));
+    for (i, r) in rows.enumerate() {
+        for t in 0..tokens {
+            let (q, a_scales) = (acts.row(t), acts.scales(t));
+            let mut acc = vdupq_n_f32(0.0);
+            for (b, &da) in a_scales.iter().enumerate() {
+                let dw = bitnet_format::q4::scale_at(data, g.scale_offset(r, b));
+                // SAFETY: block `b` of row `r` is 16 code bytes inside `data`, and the token's codes
+                // hold 32 at `32b`.
+                let (v, a_lo, a_hi) = unsafe {
+                    (
+                        vld1q_u8(data.as_ptr().add(g.block_codes_offset(r, b))),
+                        vld1q_s8(q.as_ptr().add(32 * b)),
+                        vld1q_s8(q.as_ptr().add(32 * b + 16)),
+                    )
+                };
+                let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, nibble)), eight);
+                let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), eight);
+                let lanes = if DOT {
+                    // SAFETY: the caller guarantees `dotprod` when DOT.
+                    unsafe { sdot(sdot(vdupq_n_s32(0), w_lo, a_lo), w_hi, a_hi) }
+                } else {
+                    let mut p = vmull_s8(vget_low_s8(w_lo), vget_low_s8(a_lo));
+                    p = vmlal_high_s8(p, w_lo, a_lo);
+                    p = vmlal_s8(p, vget_low_s8(w_hi), vget_low_s8(a_hi));
+                    p = vmlal_high_s8(p, w_hi, a_hi);
+                    vpaddlq_s16(p)
+                };
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(lanes), dw * da);
+            }
+            out[i * tokens + t] = vaddvq_f32(acc);
+        }
+    }
+}

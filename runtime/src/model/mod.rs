@@ -2,9 +2,11 @@
 
 mod forward;
 pub mod ops;
+mod perplexity;
 mod weights;
 
 pub use forward::{Logits, Session};
+pub use perplexity::negative_log_likelihood;
 pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
 
 use bitnet_format::{BitnetFile, FormatError, ModelConfig};

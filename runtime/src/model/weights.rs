@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use bitnet_format::names::{self, LayerTensor};
-use bitnet_format::{BitnetFile, Encoding, ModelConfig, TensorInfo, TernaryLayout, ternary};
+use bitnet_format::{BitnetFile, Encoding, ModelConfig, TensorInfo, TernaryLayout, parallel};
 
 use crate::kernels::KernelPath;
 use crate::kernels::TernaryMatrix;
@@ -169,8 +169,9 @@ impl Binder<'_> {
             Encoding::F16 => DenseKind::Float(FloatKind::F16),
             Encoding::Bf16 => DenseKind::Float(FloatKind::Bf16),
             Encoding::I8Row => DenseKind::I8Row,
+            Encoding::Q4B32 => DenseKind::Q4B32,
             Encoding::Ternary(_) => {
-                return Err(Self::bad_encoding(info, "f32, f16, bf16 or i8_row"));
+                return Err(Self::bad_encoding(info, "f32, f16, bf16, i8_row or q4_b32"));
             }
         };
         Ok(DenseWeight {
@@ -211,9 +212,9 @@ impl Binder<'_> {
         let TernaryLayout::Tiled { tile_rows } = target else {
             unreachable!("preferred layouts are tiled")
         };
-        let (values, _) = view.unpack_ternary()?;
-        let mut packed = ternary::pack(target, rows as u64, cols as u64, &values, scale)
+        let values = parallel::unpack(layout, rows, cols, view.data)
             .map_err(|e| ModelError::Repack(name.to_string(), e.to_string()))?;
+        let mut packed = parallel::pack(target, rows, cols, &values, scale);
         packed.drain(..64);
         self.repacked.push((name.to_string(), layout));
         Ok(TernaryWeight {

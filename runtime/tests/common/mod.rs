@@ -136,6 +136,23 @@ pub fn write_model_described(
             Encoding::Bf16 => (0..n)
                 .flat_map(|_| half::bf16::from_f32(2.0 * rng.uniform() - 1.0).to_le_bytes())
                 .collect(),
+            Encoding::Q4B32 => {
+                let g = bitnet_format::q4::Q4Geometry {
+                    rows: spec.shape[0] as usize,
+                    cols: spec.shape[1] as usize,
+                };
+                let mut bytes = vec![0u8; g.byte_len()];
+                let scales = n as usize / 32 * 2;
+                for s in bytes[..scales].chunks_exact_mut(2) {
+                    let d = half::f16::from_f32((0.5 + rng.uniform()) / 8.0);
+                    s.copy_from_slice(&d.to_le_bytes());
+                }
+                let codes = g.codes_offset();
+                for b in &mut bytes[codes..] {
+                    *b = rng.next() as u8;
+                }
+                bytes
+            }
             Encoding::I8Row => unimplemented!("not used by these tests"),
         };
         w.write_tensor(&spec.name, &bytes).unwrap();

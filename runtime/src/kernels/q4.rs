@@ -1,0 +1,192 @@
+//! The `q4_b32` output/embedding matrix (SPEC.md §5.1): 4-bit codes with an f16 scale per block of
+//! 32 columns. Products take the activations quantized to int8 per block of 32 (like GGML's Q8_0),
+//! so every block's dot product is an exact integer and only the per-block float scaling differs in
+//! rounding order between paths (tests hold the SIMD paths to the scalar reference by tolerance).
+//!
+//! The SIMD kernels work on groups of four blocks (128 columns = 64 code bytes): the low nibbles of a
+//! group are the first 16 columns of each block, the high nibbles the last 16. [`Q4Acts`] holds the
+//! activations in that order, plus per 32-bit lane the correction `-8 · Σ a` that turns the unsigned
+//! codes `n` into `n - 8`, and the activation scale of the lane's block.
+
+use std::ops::Range;
+
+use bitnet_format::q4::{self, Q4Geometry};
+
+use super::KernelPath;
+
+/// Columns per block.
+pub const BLOCK: usize = 32;
+/// Columns per SIMD group (four blocks).
+pub const GROUP: usize = 4 * BLOCK;
+/// 32-bit lanes per group: each covers four low-nibble and four high-nibble columns of one block.
+pub const GROUP_LANES: usize = 16;
+
+/// Activations of `tokens` rows of `cols` values, quantized to int8 per block of 32.
+#[derive(Debug, Default)]
+pub struct Q4Acts {
+    pub tokens: usize,
+    pub cols: usize,
+    /// Per token, `cols` codes in column order (the reference's view).
+    pub q: Vec<i8>,
+    /// Per token, one scale per block.
+    pub scale: Vec<f32>,
+    /// Per token, the whole groups' codes in kernel order: per group 64 low-half then 64 high-half bytes.
+    pub grouped: Vec<i8>,
+    /// Per token, per lane of the whole groups: `-8 ·` the sum of the eight codes the lane multiplies.
+    pub lane_corr: Vec<i32>,
+    /// Per token, per lane of the whole groups: the scale of the lane's block.
+    pub lane_scale: Vec<f32>,
+}
+
+impl Q4Acts {
+    /// Quantize `x` (`tokens × cols`, `cols` a multiple of 32): per block `scale = max|x| / 127`,
+    /// `q = round(x / scale)`.
+    pub fn quantize(x: &[f32], cols: usize) -> Self {
+        assert!(cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols));
+        let tokens = x.len() / cols;
+        let groups = cols / GROUP;
+        let mut a = Q4Acts {
+            tokens,
+            cols,
+            q: vec![0; tokens * cols],
+            scale: vec![0.0; tokens * cols / BLOCK],
+            grouped: vec![0; tokens * groups * GROUP],
+            lane_corr: vec![0; tokens * groups * GROUP_LANES],
+            lane_scale: vec![0.0; tokens * groups * GROUP_LANES],
+        };
+        for (b, (block, q)) in x
+            .chunks_exact(BLOCK)
+            .zip(a.q.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            if max > 0.0 {
+                let inv = 127.0 / max;
+                for (q, v) in q.iter_mut().zip(block) {
+                    *q = (v * inv).round() as i8;
+                }
+                a.scale[b] = max / 127.0;
+            }
+        }
+        for t in 0..tokens {
+            for g in 0..groups {
+                let at = (t * groups + g) * GROUP;
+                let lanes = (t * groups + g) * GROUP_LANES;
+                for bb in 0..4 {
+                    let block = t * cols / BLOCK + 4 * g + bb;
+                    let src = &a.q[block * BLOCK..(block + 1) * BLOCK];
+                    a.grouped[at + 16 * bb..at + 16 * bb + 16].copy_from_slice(&src[..16]);
+                    a.grouped[at + 64 + 16 * bb..at + 64 + 16 * bb + 16]
+                        .copy_from_slice(&src[16..]);
+                    for i in 0..4 {
+                        let lane = lanes + 4 * bb + i;
+                        let sum: i32 = src[4 * i..4 * i + 4]
+                            .iter()
+                            .chain(&src[16 + 4 * i..16 + 4 * i + 4])
+                            .map(|&v| v as i32)
+                            .sum();
+                        a.lane_corr[lane] = -8 * sum;
+                        a.lane_scale[lane] = a.scale[block];
+                    }
+                }
+            }
+        }
+        a
+    }
+
+    /// Codes of token `t` in column order.
+    pub fn row(&self, t: usize) -> &[i8] {
+        &self.q[t * self.cols..(t + 1) * self.cols]
+    }
+
+    /// Block scales of token `t`.
+    pub fn scales(&self, t: usize) -> &[f32] {
+        let blocks = self.cols / BLOCK;
+        &self.scale[t * blocks..(t + 1) * blocks]
+    }
+
+    /// The grouped codes, lane corrections and lane scales of token `t`.
+    pub fn groups(&self, t: usize) -> (&[i8], &[i32], &[f32]) {
+        let groups = self.cols / GROUP;
+        let (c, l) = (groups * GROUP, groups * GROUP_LANES);
+        (
+            &self.grouped[t * c..(t + 1) * c],
+            &self.lane_corr[t * l..(t + 1) * l],
+            &self.lane_scale[t * l..(t + 1) * l],
+        )
+    }
+}
+
+/// `Σ_blocks d_w · d_a · Σ_j (n_j - 8) · q_j` over `blocks` of row `r`: the scalar reference, and
+/// the SIMD kernels' tail for blocks past the last whole group.
+pub fn row_dot_blocks(
+    g: Q4Geometry,
+    data: &[u8],
+    r: usize,
+    acts: &Q4Acts,
+    t: usize,
+    blocks: Range<usize>,
+) -> f32 {
+    let (q, scales) = (acts.row(t), acts.scales(t));
+    let mut sum = 0.0f32;
+    for b in blocks {
+        let codes = &data[g.block_codes_offset(r, b)..][..q4::BLOCK_CODE_BYTES];
+        let qb = &q[b * BLOCK..(b + 1) * BLOCK];
+        let dot: i32 = codes
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| {
+                ((c & 0x0f) as i32 - 8) * qb[j] as i32 + ((c >> 4) as i32 - 8) * qb[j + 16] as i32
+            })
+            .sum();
+        let d = q4::scale_at(data, g.scale_offset(r, b)) * scales[b];
+        sum += dot as f32 * d;
+    }
+    sum
+}
+
+/// For every row in `rows` and token of `acts`: `out[(r - rows.start) · tokens + t] = w[r] · a[t]`,
+/// with `data` the bytes of a `q4_b32` tensor of geometry `g`.
+pub fn matmul(
+    path: KernelPath,
+    g: Q4Geometry,
+    data: &[u8],
+    acts: &Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    assert_eq!(acts.cols, g.cols);
+    assert_eq!(out.len(), rows.len() * acts.tokens);
+    assert!(rows.end <= g.rows && data.len() >= g.byte_len());
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only chosen when the CPU has AVX-512 F/BW/VNNI; the lengths were
+        // asserted above.
+        KernelPath::Avx512 => unsafe { super::avx512::q4_rows(g, data, acts, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only chosen when the CPU has AVX2, FMA and F16C; lengths as above.
+        KernelPath::Avx2 => unsafe { super::avx2::q4_rows(g, data, acts, rows, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every AArch64 CPU; lengths as above.
+        KernelPath::Neon => unsafe { super::neon::q4_rows::<false>(g, data, acts, rows, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the path is only chosen when the CPU has `dotprod`; lengths as above.
+        KernelPath::NeonDot => unsafe { super::neon::q4_rows::<true>(g, data, acts, rows, out) },
+        _ => {
+            let tokens = acts.tokens;
+            for (i, r) in rows.enumerate() {
+                for t in 0..tokens {
+                    out[i * tokens + t] = row_dot_blocks(g, data, r, acts, t, 0..g.blocks());
+                }
+            }
+        }
+    }
+}
+
+/// Row `r` decoded to f32 (an embedding lookup).
+pub fn row_into(g: Q4Geometry, data: &[u8], r: usize, out: &mut [f32]) {
+    for (b, chunk) in out[..g.cols].chunks_exact_mut(BLOCK).enumerate() {
+        let d = q4::scale_at(data, g.scale_offset(r, b));
+        q4::decode_block(d, &data[g.block_codes_offset(r, b)..], chunk);
+    }
+}

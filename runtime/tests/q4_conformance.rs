@@ -1,0 +1,194 @@
+//! The `q4_b32` kernels against oracles built from the format crate's reference decoder: products on
+//! every path against an f64 sum, the activation quantization's error bound, and row decoding.
+//! Shapes miss the 4-row and 4-block (128-column) multiples the SIMD kernels step by.
+
+use bitnet_format::q4::{self, Q4Geometry};
+use bitnet_run::kernels::KernelPath;
+use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix};
+use bitnet_run::kernels::q4::Q4Acts;
+use proptest::prelude::*;
+
+fn available_paths() -> Vec<KernelPath> {
+    KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+}
+
+/// A `q4_b32` tensor from codes (0..=15, row-major) and per-block scales, packed per SPEC.md §5.1.
+fn pack(rows: usize, cols: usize, codes: &[u8], scales: &[f32]) -> Vec<u8> {
+    let g = Q4Geometry { rows, cols };
+    let mut data = vec![0u8; g.byte_len()];
+    for (b, s) in scales.iter().enumerate() {
+        data[2 * b..2 * b + 2].copy_from_slice(&half::f16::from_f32(*s).to_le_bytes());
+    }
+    for (b, block) in codes.chunks_exact(32).enumerate() {
+        let at = g.codes_offset() + 16 * b;
+        data[at..at + 16].copy_from_slice(&q4::pack_block(block.try_into().unwrap()));
+    }
+    data
+}
+
+fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<u8>, Vec<f32>, Vec<f32>)> {
+    (1usize..10, 1usize..11, 1usize..4).prop_flat_map(|(rows, blocks, tokens)| {
+        let cols = 32 * blocks;
+        (
+            Just(rows),
+            Just(cols),
+            Just(tokens),
+            proptest::collection::vec(0u8..16, rows * cols),
+            proptest::collection::vec(
+                prop_oneof![Just(0.0f32), -2.0f32..2.0, -1e-3f32..1e-3],
+                rows * blocks,
+            ),
+            proptest::collection::vec(-10.0f32..10.0, tokens * cols),
+        )
+    })
+}
+
+/// `Σ_c w[r][c] · a[t][c]` in f64, with `w` from the format crate's decoder and `a` the dequantized
+/// activation codes, and the sum of the absolute terms (for a rounding tolerance).
+fn oracle(w: &[f32], acts: &Q4Acts, cols: usize, r: usize, t: usize) -> (f64, f64) {
+    let (q, scales) = (acts.row(t), acts.scales(t));
+    (0..cols)
+        .map(|c| w[r * cols + c] as f64 * q[c] as f64 * scales[c / 32] as f64)
+        .fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()))
+}
+
+fn check(rows: usize, cols: usize, codes: &[u8], scales: &[f32], x: &[f32]) {
+    let data = pack(rows, cols, codes, scales);
+    let g = Q4Geometry { rows, cols };
+    let w = q4::decode(g, &data).unwrap();
+    let acts = Q4Acts::quantize(x, cols);
+    let tokens = acts.tokens;
+    let m = DenseMatrix {
+        data: &data,
+        rows,
+        cols,
+        kind: DenseKind::Q4B32,
+    };
+    for path in available_paths() {
+        let mut out = vec![0.0f32; rows * tokens];
+        float::matmul(path, &m, x, 0..rows, &mut out);
+        for r in 0..rows {
+            for t in 0..tokens {
+                let (exact, magnitude) = oracle(&w, &acts, cols, r, t);
+                let got = out[r * tokens + t] as f64;
+                assert!(
+                    (got - exact).abs() <= 1e-5 * magnitude + 1e-30,
+                    "{path:?} {rows}x{cols} row {r} token {t}: {got} vs {exact}"
+                );
+            }
+        }
+        // A row range that starts inside the matrix.
+        if rows > 1 {
+            let mut part = vec![0.0f32; (rows - 1) * tokens];
+            float::matmul(path, &m, x, 1..rows, &mut part);
+            assert_eq!(part, out[tokens..], "{path:?} rows 1..{rows}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn q4_products_equal_the_f64_oracle_on_every_path(
+        (rows, cols, _tokens, codes, scales, x) in case()
+    ) {
+        check(rows, cols, &codes, &scales, &x);
+    }
+
+    #[test]
+    fn activation_codes_are_within_half_a_step(x in proptest::collection::vec(-100.0f32..100.0, 96)) {
+        let acts = Q4Acts::quantize(&x, 96);
+        for (b, block) in x.chunks_exact(32).enumerate() {
+            let s = acts.scales(0)[b];
+            let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            prop_assert!((s * 127.0 - max).abs() <= 1e-5 * max);
+            for (c, v) in block.iter().enumerate() {
+                let q = acts.row(0)[32 * b + c];
+                prop_assert!((q as f32 * s - v).abs() <= 0.5001 * s, "col {}: {} vs {}", c, q, v);
+            }
+        }
+    }
+}
+
+#[test]
+fn real_output_shape_and_extreme_values_agree_on_every_path() {
+    // 2B-4T's hidden size (20 whole groups) and a shape with a tail of three blocks; codes 0 and 15
+    // with activations at ±127 are the largest products the kernels' integer sums meet.
+    for (rows, cols) in [(9usize, 2560usize), (5, 224)] {
+        let codes: Vec<u8> = (0..rows * cols)
+            .map(|i| if i % 3 == 0 { 15 } else { (i * 7 % 16) as u8 })
+            .collect();
+        let scales: Vec<f32> = (0..rows * cols / 32)
+            .map(|b| 0.01 + (b % 13) as f32 * 0.003)
+            .collect();
+        let x: Vec<f32> = (0..2 * cols)
+            .map(|i| if i % 5 == 0 { -3.0 } else { 3.0 })
+            .collect();
+        check(rows, cols, &codes, &scales, &x);
+        let zero_codes = vec![0u8; rows * cols];
+        check(rows, cols, &zero_codes, &scales, &x);
+    }
+}
+
+#[test]
+fn q4_rows_decode_like_the_format_reference() {
+    let (rows, cols) = (3usize, 96usize);
+    let codes: Vec<u8> = (0..rows * cols).map(|i| (i * 5 % 16) as u8).collect();
+    let scales = [0.5f32, -0.25, 0.0, 1.5, 2.0, 0.125, 3.0, 0.75, 1.0];
+    let data = pack(rows, cols, &codes, &scales);
+    let all = q4::decode(Q4Geometry { rows, cols }, &data).unwrap();
+    let m = DenseMatrix {
+        data: &data,
+        rows,
+        cols,
+        kind: DenseKind::Q4B32,
+    };
+    for path in available_paths() {
+        for r in 0..rows {
+            let mut out = vec![0.0f32; cols];
+            m.row_into(path, r, &mut out);
+            assert_eq!(out, all[r * cols..(r + 1) * cols], "{path:?} row {r}");
+        }
+    }
+}
+
+#[test]
+fn q4_products_stay_close_to_the_unquantized_activations() {
+    // Per-block int8 activations: the product differs from the one with f32 activations by at most
+    // half a step per element, summed.
+    let (rows, cols) = (4usize, 256usize);
+    let codes: Vec<u8> = (0..rows * cols).map(|i| (i * 11 % 16) as u8).collect();
+    let scales: Vec<f32> = (0..rows * cols / 32)
+        .map(|b| 0.02 * (b + 1) as f32)
+        .collect();
+    let data = pack(rows, cols, &codes, &scales);
+    let w = q4::decode(Q4Geometry { rows, cols }, &data).unwrap();
+    let x: Vec<f32> = (0..cols)
+        .map(|i| ((i * 29 % 61) as f32 - 30.0) / 7.0)
+        .collect();
+    let acts = Q4Acts::quantize(&x, cols);
+    let m = DenseMatrix {
+        data: &data,
+        rows,
+        cols,
+        kind: DenseKind::Q4B32,
+    };
+    let mut out = vec![0.0f32; rows];
+    float::matmul(KernelPath::detect(), &m, &x, 0..rows, &mut out);
+    for (r, got) in out.iter().enumerate() {
+        let exact: f64 = (0..cols)
+            .map(|c| w[r * cols + c] as f64 * x[c] as f64)
+            .sum();
+        let bound: f64 = (0..cols)
+            .map(|c| (w[r * cols + c] as f64).abs() * 0.5 * acts.scales(0)[c / 32] as f64)
+            .sum();
+        assert!(
+            (*got as f64 - exact).abs() <= bound * 1.001 + 1e-6,
+            "row {r}: {got} vs {exact} (bound {bound})"
+        );
+    }
+}
