@@ -75,15 +75,7 @@ fn q4_b32_bytes(rows: usize, cols: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f32>) 
         })
         .collect();
     let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % 16) as u8).collect();
-    let mut bytes = vec![0u8; g.byte_len()];
-    for (b, s) in scales.iter().enumerate() {
-        let at = 2 * b;
-        bytes[at..at + 2].copy_from_slice(&half::f16::from_f32(*s).to_le_bytes());
-    }
-    for (b, block) in codes.chunks_exact(32).enumerate() {
-        let at = g.codes_offset() + 16 * b;
-        bytes[at..at + 16].copy_from_slice(&q4::pack_block(block.try_into().unwrap()));
-    }
+    let bytes = q4::encode(g, &scales, &codes);
     let values = (0..rows * cols)
         .map(|i| (codes[i] as f32 - 8.0) * scales[i / 32])
         .collect();

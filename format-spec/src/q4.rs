@@ -61,6 +61,23 @@ pub fn pack_block(codes: &[u8; 32]) -> [u8; BLOCK_CODE_BYTES] {
     std::array::from_fn(|j| (codes[j] & 0x0f) | (codes[j + 16] << 4))
 }
 
+/// A whole tensor from its block scales (row-major, `rows · cols / 32`) and its codes (0..=15, one
+/// per element, row-major): the reference encoder, element by element as SPEC.md §5.1 reads.
+pub fn encode(g: Q4Geometry, scales: &[f32], codes: &[u8]) -> Vec<u8> {
+    assert_eq!(scales.len(), g.rows * g.blocks(), "one scale per block");
+    assert_eq!(codes.len(), g.rows * g.cols, "one code per element");
+    let mut data = vec![0u8; g.byte_len()];
+    for (b, s) in scales.iter().enumerate() {
+        data[2 * b..2 * b + 2].copy_from_slice(&half::f16::from_f32(*s).to_le_bytes());
+    }
+    for (b, block) in codes.chunks_exact(Q4_BLOCK as usize).enumerate() {
+        let at = g.codes_offset() + BLOCK_CODE_BYTES * b;
+        data[at..at + BLOCK_CODE_BYTES]
+            .copy_from_slice(&pack_block(block.try_into().expect("32 codes")));
+    }
+    data
+}
+
 /// The 32 values of one block from its scale and code bytes.
 pub fn decode_block(d: f32, bytes: &[u8], out: &mut [f32]) {
     for (j, &b) in bytes[..BLOCK_CODE_BYTES].iter().enumerate() {
@@ -119,6 +136,17 @@ mod tests {
         decode_block(0.5, &packed, &mut out);
         for (i, v) in out.iter().enumerate() {
             assert_eq!(*v, ((i % 16) as f32 - 8.0) * 0.5);
+        }
+    }
+
+    #[test]
+    fn encode_then_decode_gives_every_value_back() {
+        let g = Q4Geometry { rows: 2, cols: 64 };
+        let scales = [0.5f32, -0.25, 2.0, 0.0];
+        let codes: Vec<u8> = (0..128).map(|i| (i * 7 % 16) as u8).collect();
+        let values = decode(g, &encode(g, &scales, &codes)).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(*v, (codes[i] as f32 - 8.0) * scales[i / 32], "element {i}");
         }
     }
 

@@ -37,10 +37,7 @@ fn values(n: usize, seed: u64) -> Vec<i8> {
 }
 
 fn ternary_kernels(c: &mut Criterion) {
-    let paths: Vec<KernelPath> = KernelPath::ALL
-        .into_iter()
-        .filter(|p| p.is_available())
-        .collect();
+    let paths = KernelPath::available();
     for tokens in [1usize, 128] {
         let mut group = c.benchmark_group(format!("ternary/{tokens}"));
         group
@@ -141,7 +138,7 @@ fn dense_rows(c: &mut Criterion) {
         };
         let mut out = vec![0.0f32; rows];
         group.throughput(Throughput::Bytes(data.len() as u64));
-        for path in KernelPath::ALL.into_iter().filter(|p| p.is_available()) {
+        for path in KernelPath::available() {
             let label = match kind {
                 DenseKind::Float(k) => format!("{k:?}").to_lowercase(),
                 DenseKind::I8Row => "i8_row".into(),

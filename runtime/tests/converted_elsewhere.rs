@@ -78,18 +78,11 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn available() -> Vec<KernelPath> {
-    KernelPath::ALL
-        .into_iter()
-        .filter(|p| p.is_available())
-        .collect()
-}
-
 /// `BITNET_EXPECT_KERNELS=scalar,neon,neon-dot` (CI under emulation) makes sure the paths meant to
 /// be covered really are available, and that detection picks the last one.
 #[test]
 fn the_expected_kernel_paths_are_available() {
-    let names: Vec<&str> = available().iter().map(|p| p.name()).collect();
+    let names: Vec<&str> = KernelPath::available().iter().map(|p| p.name()).collect();
     eprintln!(
         "kernel paths on this {} CPU: {} (detected: {})",
         std::env::consts::ARCH,
@@ -109,7 +102,7 @@ fn files_converted_elsewhere_match_transformers_on_every_path() {
         return;
     };
     let dir = PathBuf::from(dir);
-    let paths = available();
+    let paths = KernelPath::available();
     eprintln!(
         "{} on {}: kernel paths {:?}",
         dir.display(),

@@ -8,10 +8,7 @@ use bitnet_run::kernels::{KernelPath, TernaryMatrix, ternary_matmul};
 use proptest::prelude::*;
 
 fn available_paths() -> Vec<KernelPath> {
-    let paths: Vec<_> = KernelPath::ALL
-        .into_iter()
-        .filter(|p| p.is_available())
-        .collect();
+    let paths = KernelPath::available();
     eprintln!("kernel paths tested on this CPU: {paths:?}");
     paths
 }

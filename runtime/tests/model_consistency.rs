@@ -18,13 +18,6 @@ fn logits_all(path: &std::path::Path, kernel: KernelPath, threads: usize) -> Vec
         .unwrap()
 }
 
-fn paths() -> Vec<KernelPath> {
-    KernelPath::ALL
-        .into_iter()
-        .filter(|p| p.is_available())
-        .collect()
-}
-
 #[test]
 fn every_kernel_path_and_thread_count_gives_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,7 +44,7 @@ fn every_kernel_path_and_thread_count_gives_identical_logits() {
         );
         let reference = logits_all(&path, KernelPath::Scalar, 1);
         assert!(reference.iter().all(|v| v.is_finite()));
-        for kernel in paths() {
+        for kernel in KernelPath::available() {
             for threads in [1, 2, 3] {
                 let got = logits_all(&path, kernel, threads);
                 // The output matrix is f32 or q4_b32 here, where summation order differs by path: the
@@ -87,7 +80,7 @@ fn batch_prefill_equals_one_token_at_a_time() {
         Encoding::F16,
         5,
     );
-    for kernel in paths() {
+    for kernel in KernelPath::available() {
         let model = Model::load(open(&path), kernel, 2).unwrap();
         let batch = Session::new(&model, 64)
             .forward(&TOKENS, Logits::All)
@@ -127,7 +120,7 @@ fn every_layout_gives_the_same_logits() {
         Encoding::Bf16,
         9,
     );
-    for kernel in paths() {
+    for kernel in KernelPath::available() {
         let reference = logits_all(&base, kernel, 2);
         for layout in [
             TernaryLayout::Tiled { tile_rows: 4 },

@@ -8,25 +8,9 @@ use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix};
 use bitnet_run::kernels::q4::Q4Acts;
 use proptest::prelude::*;
 
-fn available_paths() -> Vec<KernelPath> {
-    KernelPath::ALL
-        .into_iter()
-        .filter(|p| p.is_available())
-        .collect()
-}
-
-/// A `q4_b32` tensor from codes (0..=15, row-major) and per-block scales, packed per SPEC.md §5.1.
+/// A `q4_b32` tensor from codes (0..=15, row-major) and per-block scales.
 fn pack(rows: usize, cols: usize, codes: &[u8], scales: &[f32]) -> Vec<u8> {
-    let g = Q4Geometry { rows, cols };
-    let mut data = vec![0u8; g.byte_len()];
-    for (b, s) in scales.iter().enumerate() {
-        data[2 * b..2 * b + 2].copy_from_slice(&half::f16::from_f32(*s).to_le_bytes());
-    }
-    for (b, block) in codes.chunks_exact(32).enumerate() {
-        let at = g.codes_offset() + 16 * b;
-        data[at..at + 16].copy_from_slice(&q4::pack_block(block.try_into().unwrap()));
-    }
-    data
+    q4::encode(Q4Geometry { rows, cols }, scales, codes)
 }
 
 fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<u8>, Vec<f32>, Vec<f32>)> {
@@ -67,7 +51,7 @@ fn check(rows: usize, cols: usize, codes: &[u8], scales: &[f32], x: &[f32]) {
         cols,
         kind: DenseKind::Q4B32,
     };
-    for path in available_paths() {
+    for path in KernelPath::available() {
         let mut out = vec![0.0f32; rows * tokens];
         float::matmul(path, &m, x, 0..rows, &mut out);
         for r in 0..rows {
@@ -147,7 +131,7 @@ fn q4_rows_decode_like_the_format_reference() {
         cols,
         kind: DenseKind::Q4B32,
     };
-    for path in available_paths() {
+    for path in KernelPath::available() {
         for r in 0..rows {
             let mut out = vec![0.0f32; cols];
             m.row_into(path, r, &mut out);

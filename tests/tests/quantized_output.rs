@@ -46,7 +46,7 @@ fn quantized_output_matrices_cost_under_one_percent_perplexity() {
             file.tensor(names::TOKEN_EMBD).unwrap().info.encoding,
             encoding
         );
-        for path in KernelPath::ALL.into_iter().filter(|p| p.is_available()) {
+        for path in KernelPath::available() {
             let ppl = perplexity(&out, path);
             eprintln!("{} on {path:?}: {ppl:.3} vs {reference:.3}", choice.label());
             assert!(

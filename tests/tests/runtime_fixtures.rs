@@ -20,13 +20,6 @@ fn converted(dir: &Path, name: &str) -> std::path::PathBuf {
     out
 }
 
-fn paths() -> Vec<KernelPath> {
-    KernelPath::ALL
-        .into_iter()
-        .filter(|p| p.is_available())
-        .collect()
-}
-
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -56,7 +49,7 @@ fn logits_match_transformers_for_every_family_and_kernel_path() {
     for name in FIXTURES {
         let file = converted(dir.path(), name);
         let reference = read_json(&fixture(name).join("reference.json"));
-        for path in paths() {
+        for path in KernelPath::available() {
             let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
             let vocab = model.config.vocab_size as usize;
             for seq in reference["sequences"].as_array().unwrap() {
@@ -97,7 +90,7 @@ fn greedy_generation_matches_transformers() {
     let greedy = &read_json(&fixture("bitnet-2b4t").join("reference.json"))["greedy_generation"];
     let prompt = ids(&greedy["prompt_token_ids"]);
     let expected = ids(&greedy["generated_token_ids"]);
-    for path in paths() {
+    for path in KernelPath::available() {
         let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
         let mut session = Session::new(&model, 64);
         let mut logits = session.forward(&prompt, Logits::Last).unwrap();
@@ -185,7 +178,7 @@ fn demo_model_logits_match_transformers_on_held_out_text() {
     let reference = &read_json(&demo.join("reference.json"))["heldout_logits"];
     let tokens = ids(&reference["token_ids"]);
     let (shape, want) = read_npy(&demo.join(reference["file"].as_str().unwrap()));
-    for path in paths() {
+    for path in KernelPath::available() {
         let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
         let vocab = model.config.vocab_size as usize;
         assert_eq!(shape, [tokens.len(), vocab]);

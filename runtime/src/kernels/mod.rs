@@ -104,6 +104,14 @@ impl KernelPath {
         }
     }
 
+    /// Every path this CPU supports, in [`KernelPath::ALL`] order (tests and benchmarks cover each).
+    pub fn available() -> Vec<KernelPath> {
+        KernelPath::ALL
+            .into_iter()
+            .filter(|p| p.is_available())
+            .collect()
+    }
+
     /// The fastest path this CPU supports.
     pub fn detect() -> Self {
         [
