@@ -61,7 +61,7 @@ fn ternary_kernels(c: &mut Criterion) {
                     scale: 1.0,
                 };
                 let mut x = QuantizedActs::default();
-                x.quantize(KernelPath::Scalar, &acts, cols, w.kpad());
+                x.quantize(KernelPath::SCALAR, &acts, cols, w.kpad());
                 let mut out = vec![0i32; w.tiles() * tokens * w.tile_rows];
                 group.throughput(if tokens == 1 {
                     Throughput::Bytes(w.codes.len() as u64)
@@ -70,7 +70,7 @@ fn ternary_kernels(c: &mut Criterion) {
                 });
                 for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
                     // The scalar path is the reference, far too slow for 128-token products.
-                    if path == KernelPath::Scalar && tokens > 1 {
+                    if path == KernelPath::SCALAR && tokens > 1 {
                         continue;
                     }
                     let id = BenchmarkId::new(format!("{}/{}", path.name(), layout.label()), name);

@@ -4,5 +4,4 @@ pub mod chat;
 pub mod kernels;
 pub mod model;
 pub mod sampling;
-pub mod threads;
 pub mod tokenizer;

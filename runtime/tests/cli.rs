@@ -166,3 +166,30 @@ fn user_errors_are_clear_and_never_panic() {
     }
     assert!(!Path::new("/tmp/never.npy").exists());
 }
+
+/// A kernel path the CPU cannot run, forced by flag or by `BITNET_KERNEL`, is refused up front
+/// naming what is missing, never run into an illegal instruction.
+#[test]
+fn a_forced_kernel_path_the_cpu_lacks_is_an_error() {
+    let foreign = if cfg!(target_arch = "x86_64") {
+        "neon-dot"
+    } else {
+        "avx512"
+    };
+    let o = run(&["-p", "ROMEO:", "-n", "2", "--kernel", foreign]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("kernel {foreign} was requested")),
+        "{err}"
+    );
+    assert!(err.contains("lacks"), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
+        .args(["-p", "ROMEO:", "-n", "2"])
+        .env("BITNET_KERNEL", foreign)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("lacks"), "{}", stderr(&o));
+}

@@ -4,7 +4,7 @@
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
 use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
-use bitnet_run::kernels::{KernelPath, TernaryMatrix, ternary_matmul};
+use bitnet_run::kernels::{Isa, KernelPath, TernaryMatrix, ternary_matmul};
 use proptest::prelude::*;
 
 fn available_paths() -> Vec<KernelPath> {
@@ -73,7 +73,7 @@ fn check(
         scale: 0.5,
     };
     let mut x = QuantizedActs::default();
-    x.quantize(KernelPath::Scalar, acts, cols, w.kpad());
+    x.quantize(KernelPath::SCALAR, acts, cols, w.kpad());
     let expected = oracle(values, rows, cols, w.tile_rows, &x);
     for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
         let mut out = vec![i32::MIN; expected.len()];
@@ -186,7 +186,7 @@ fn float_kernels_agree_across_paths() {
             kind: DenseKind::Float(kind),
         };
         let mut reference = vec![0.0f32; rows * tokens];
-        float::matmul(KernelPath::Scalar, &w, &x, 0..rows, &mut reference);
+        float::matmul(KernelPath::SCALAR, &w, &x, 0..rows, &mut reference);
         // Independent check of the scalar path: f64 sums of the decoded values.
         for r in 0..rows {
             for t in 0..tokens {
@@ -316,8 +316,30 @@ fn i8_row_rows_decode_exactly_on_every_path() {
 fn forcing_an_unknown_or_missing_path_is_a_clear_error() {
     let err = KernelPath::parse("neon9").unwrap_err().to_string();
     assert!(err.contains("neon9") && err.contains("scalar"), "{err}");
-    for path in KernelPath::ALL.into_iter().filter(|p| !p.is_available()) {
-        let err = KernelPath::parse(path.name()).unwrap_err().to_string();
-        assert!(err.contains("lacks"), "{err}");
+    let mut refused = 0;
+    for isa in Isa::ALL {
+        let missing = isa.missing_features();
+        match KernelPath::new(isa) {
+            Ok(path) => {
+                assert!(missing.is_empty(), "{isa:?}");
+                assert_eq!(KernelPath::parse(isa.name()).unwrap(), path);
+            }
+            Err(e) => {
+                refused += 1;
+                let err = KernelPath::parse(isa.name()).unwrap_err().to_string();
+                assert_eq!(err, e.to_string());
+                // Only the features this CPU lacks are named.
+                let listed = err.split("lacks ").nth(1).expect("names what is missing");
+                let listed = listed.split(" (").next().unwrap();
+                assert_eq!(listed, missing.join(", "), "{err}");
+            }
+        }
     }
+    // Every CPU lacks the other architecture's instruction sets.
+    assert!(refused >= 2);
+    assert_eq!(
+        KernelPath::available().len() + refused,
+        Isa::ALL.len(),
+        "every instruction set is either available or refused"
+    );
 }

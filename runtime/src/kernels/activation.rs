@@ -3,7 +3,7 @@
 //! MXCSR mode) and saturating packs clamp to [-128, 127]; on AArch64 `fcvtns` rounds half to even
 //! and `sqxtn` saturates.
 
-use super::KernelPath;
+use super::{Isa, KernelPath};
 
 /// A batch of token rows quantized to i8, zero-padded to `kpad` columns.
 #[derive(Debug, Clone, Default)]
@@ -46,16 +46,16 @@ impl QuantizedActs {
 /// Returns `(s, Σ q)`.
 pub fn quantize_row(path: KernelPath, x: &[f32], out: &mut [i8]) -> (f32, i32) {
     assert_eq!(x.len(), out.len());
-    match path {
+    match path.isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is only chosen when the CPU has AVX-512 F/BW.
-        KernelPath::Avx512 => unsafe { super::avx512::quantize_row(x, out) },
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F/BW.
+        Isa::Avx512 => unsafe { super::avx512::quantize_row(x, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is only chosen when the CPU has AVX2.
-        KernelPath::Avx2 => unsafe { super::avx2::quantize_row(x, out) },
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX2.
+        Isa::Avx2 => unsafe { super::avx2::quantize_row(x, out) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
-        KernelPath::Neon | KernelPath::NeonDot => unsafe { super::neon::quantize_row(x, out) },
+        // SAFETY: NEON is part of every AArch64 CPU.
+        Isa::Neon | Isa::NeonDot => unsafe { super::neon::quantize_row(x, out) },
         _ => quantize_row_scalar(x, out),
     }
 }
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn batch_pads_with_zeros() {
         let mut a = QuantizedActs::default();
-        a.quantize(KernelPath::Scalar, &[1.0, -1.0, 0.5, 2.0, 0.0, -2.0], 3, 16);
+        a.quantize(KernelPath::SCALAR, &[1.0, -1.0, 0.5, 2.0, 0.0, -2.0], 3, 16);
         assert_eq!(a.tokens, 2);
         assert_eq!(&a.row(0)[..4], &[127, -127, 64, 0]);
         assert_eq!(&a.row(1)[..3], &[127, 0, -127]);

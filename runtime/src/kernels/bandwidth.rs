@@ -6,19 +6,19 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::KernelPath;
+use super::{Isa, KernelPath};
 
 /// Sum of all bytes of `data` as u64 lanes (the value is irrelevant; it keeps the loads alive).
 fn sum_words(path: KernelPath, data: &[u64]) -> u64 {
-    match path {
+    match path.isa() {
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx512 => {
-            // SAFETY: the path is only chosen when the CPU has AVX-512 F.
+        Isa::Avx512 => {
+            // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F.
             unsafe { sum_avx512(data) }
         }
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
-        KernelPath::Neon | KernelPath::NeonDot => unsafe { super::neon::sum_words(data) },
+        // SAFETY: NEON is part of every AArch64 CPU.
+        Isa::Neon | Isa::NeonDot => unsafe { super::neon::sum_words(data) },
         _ => {
             let mut acc = [0u64; 8];
             for chunk in data.chunks_exact(8) {

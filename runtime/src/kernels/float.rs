@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use bitnet_format::q4::Q4Geometry;
 
-use super::{KernelPath, q4};
+use super::{Isa, KernelPath, q4};
 
 /// Element type of a float vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,39 +74,39 @@ impl DenseMatrix<'_> {
 /// Widen `src` (little-endian values of `kind`) into `dst`.
 pub fn decode(path: KernelPath, kind: FloatKind, src: &[u8], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len() * kind.bytes());
-    match (kind, path) {
+    match (kind, path.isa()) {
         (FloatKind::F32, _) => {
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
                 *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
             }
         }
         #[cfg(target_arch = "x86_64")]
-        (FloatKind::F16, KernelPath::Avx512) => {
-            // SAFETY: the path is only chosen when the CPU has AVX-512 F (KernelPath::is_available).
+        (FloatKind::F16, Isa::Avx512) => {
+            // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F.
             unsafe { super::avx512::f16_to_f32(src, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (FloatKind::Bf16, KernelPath::Avx512) => {
+        (FloatKind::Bf16, Isa::Avx512) => {
             // SAFETY: as above.
             unsafe { super::avx512::bf16_to_f32(src, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (FloatKind::F16, KernelPath::Avx2) => {
-            // SAFETY: the AVX2 path requires AVX2 and F16C (KernelPath::is_available).
+        (FloatKind::F16, Isa::Avx2) => {
+            // SAFETY: the AVX2 path requires AVX2 and F16C.
             unsafe { super::avx2::f16_to_f32(src, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (FloatKind::Bf16, KernelPath::Avx2) => {
+        (FloatKind::Bf16, Isa::Avx2) => {
             // SAFETY: as above.
             unsafe { super::avx2::bf16_to_f32(src, dst) }
         }
         #[cfg(target_arch = "aarch64")]
-        (FloatKind::F16, KernelPath::Neon | KernelPath::NeonDot) => {
-            // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
+        (FloatKind::F16, Isa::Neon | Isa::NeonDot) => {
+            // SAFETY: NEON is part of every AArch64 CPU.
             unsafe { super::neon::f16_to_f32(src, dst) }
         }
         #[cfg(target_arch = "aarch64")]
-        (FloatKind::Bf16, KernelPath::Neon | KernelPath::NeonDot) => {
+        (FloatKind::Bf16, Isa::Neon | Isa::NeonDot) => {
             // SAFETY: as above.
             unsafe { super::neon::bf16_to_f32(src, dst) }
         }
@@ -140,14 +140,14 @@ fn fused_matvec(
             DenseKind::I8Row => (&w.data[(w.rows * 4).next_multiple_of(64)..], 1, 2),
             DenseKind::Float(FloatKind::F32) | DenseKind::Q4B32 => return false,
         };
-        match path {
-            // SAFETY: the path is only chosen when the CPU has AVX-512 F; `data` holds all `w.rows`
+        match path.isa() {
+            // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F; `data` holds all `w.rows`
             // rows of `w.cols` elements and `out` has one slot per row.
-            KernelPath::Avx512 => unsafe {
+            Isa::Avx512 => unsafe {
                 super::avx512::dense_rows_dot(data, bytes, kind, rows.clone(), x, out)
             },
             // SAFETY: as above, for AVX2/FMA/F16C.
-            KernelPath::Avx2 => unsafe {
+            Isa::Avx2 => unsafe {
                 super::avx2::dense_rows_dot(data, bytes, kind, rows.clone(), x, out)
             },
             _ => return false,
@@ -180,18 +180,16 @@ pub(super) fn dense_element(kind: u8, row: &[u8], k: usize) -> f32 {
 /// Widen signed bytes times `scale` into `dst` (the value of an `i8_row` row).
 pub fn decode_i8(path: KernelPath, src: &[u8], scale: f32, dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len());
-    match path {
+    match path.isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is only chosen when the CPU has AVX-512 F.
-        KernelPath::Avx512 => unsafe { super::avx512::i8_to_f32(src, scale, dst) },
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F.
+        Isa::Avx512 => unsafe { super::avx512::i8_to_f32(src, scale, dst) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is only chosen when the CPU has AVX2.
-        KernelPath::Avx2 => unsafe { super::avx2::i8_to_f32(src, scale, dst) },
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX2.
+        Isa::Avx2 => unsafe { super::avx2::i8_to_f32(src, scale, dst) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
-        KernelPath::Neon | KernelPath::NeonDot => unsafe {
-            super::neon::i8_to_f32(src, scale, dst)
-        },
+        // SAFETY: NEON is part of every AArch64 CPU.
+        Isa::Neon | Isa::NeonDot => unsafe { super::neon::i8_to_f32(src, scale, dst) },
         _ => {
             for (d, &q) in dst.iter_mut().zip(src) {
                 *d = q as i8 as f32 * scale;
@@ -203,17 +201,17 @@ pub fn decode_i8(path: KernelPath, src: &[u8], scale: f32, dst: &mut [f32]) {
 /// `Σ a[i] · b[i]`.
 pub fn dot(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    match path {
-        KernelPath::Scalar => a.iter().zip(b).map(|(x, y)| x * y).sum(),
+    match path.isa() {
+        Isa::Scalar => a.iter().zip(b).map(|(x, y)| x * y).sum(),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is only chosen when the CPU has AVX-512 F.
-        KernelPath::Avx512 => unsafe { super::avx512::dot(a, b) },
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F.
+        Isa::Avx512 => unsafe { super::avx512::dot(a, b) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is only chosen when the CPU has AVX2 and FMA.
-        KernelPath::Avx2 => unsafe { super::avx2::dot(a, b) },
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { super::avx2::dot(a, b) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is part of every AArch64 CPU (and the paths are only chosen when present).
-        KernelPath::Neon | KernelPath::NeonDot => unsafe { super::neon::dot(a, b) },
+        // SAFETY: NEON is part of every AArch64 CPU.
+        Isa::Neon | Isa::NeonDot => unsafe { super::neon::dot(a, b) },
         _ => unreachable!("{} kernel path on another architecture", path.name()),
     }
 }

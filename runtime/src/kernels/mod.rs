@@ -1,8 +1,10 @@
 //! Compute kernels: a scalar reference for everything, and SIMD paths chosen once at start-up.
 //!
-//! Every SIMD ternary kernel returns exactly the scalar reference's i32 accumulators, so logits are
-//! identical whichever path runs. A new instruction set is one more module beside `avx2`/`avx512`/
-//! `neon` and one more [`KernelPath`] variant.
+//! Every SIMD ternary kernel returns exactly the scalar reference's i32 accumulators; the float
+//! parts (activation scales, norms, attention, the output matrix) may differ between paths by float
+//! reordering, within the bound README.md states and `runtime/tests/model_consistency.rs` tests. A
+//! new instruction set is one more module beside `avx2`/`avx512`/`neon` and one more [`Isa`]
+//! variant. Kernels take a [`KernelPath`], which proves the CPU has the instructions.
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
@@ -21,9 +23,10 @@ pub use ternary::{TernaryMatrix, ternary_matmul};
 
 use bitnet_format::TernaryLayout;
 
-/// An instruction-set path for the kernels.
+/// An instruction set the kernels are written for. Only a name: whether this CPU has it is
+/// checked when a [`KernelPath`] is made from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KernelPath {
+pub enum Isa {
     /// Portable Rust; the reference every other path is tested against.
     Scalar,
     /// x86-64 AVX2 (`vpmaddubsw`/`vpmaddwd`).
@@ -36,105 +39,131 @@ pub enum KernelPath {
     NeonDot,
 }
 
+/// A kernel path this CPU can run. It can only be obtained from detection
+/// ([`KernelPath::detect`], [`KernelPath::available`]) or a checked constructor
+/// ([`KernelPath::new`], [`KernelPath::parse`]), so no safe function taking one can reach an
+/// instruction the CPU lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelPath(Isa);
+
 /// Why a requested kernel path cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("unknown kernel {0:?} (expected one of: scalar, avx2, avx512, neon, neon-dot)")]
     Unknown(String),
     #[error("kernel {0} was requested but this CPU lacks {1}")]
-    Unsupported(&'static str, &'static str),
+    Unsupported(&'static str, String),
 }
 
-impl KernelPath {
-    pub const ALL: [KernelPath; 5] = [
-        KernelPath::Scalar,
-        KernelPath::Avx2,
-        KernelPath::Avx512,
-        KernelPath::Neon,
-        KernelPath::NeonDot,
-    ];
+impl Isa {
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDot];
 
     pub fn name(self) -> &'static str {
         match self {
-            KernelPath::Scalar => "scalar",
-            KernelPath::Avx2 => "avx2",
-            KernelPath::Avx512 => "avx512",
-            KernelPath::Neon => "neon",
-            KernelPath::NeonDot => "neon-dot",
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dot",
         }
     }
 
-    /// The CPU features this path needs, as the CPU reports them.
-    fn features(self) -> &'static str {
-        match self {
-            KernelPath::Scalar => "",
-            KernelPath::Avx2 => "avx2, fma, f16c",
-            KernelPath::Avx512 => "avx512f, avx512bw, avx512vnni, fma, f16c",
-            KernelPath::Neon => "neon (an AArch64 CPU)",
-            KernelPath::NeonDot => "neon, dotprod (an AArch64 CPU)",
-        }
+    /// The CPU features this instruction set needs that this CPU lacks (empty: it can run it).
+    pub fn missing_features(self) -> Vec<&'static str> {
+        let needed: &[&'static str] = match self {
+            Isa::Scalar => &[],
+            Isa::Avx2 => &["avx2", "fma", "f16c"],
+            Isa::Avx512 => &["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni"],
+            Isa::Neon => &["neon"],
+            Isa::NeonDot => &["neon", "dotprod"],
+        };
+        needed.iter().copied().filter(|f| !cpu_has(f)).collect()
     }
 
-    /// Whether this CPU can run the path.
+    /// Whether this CPU can run the instruction set.
     pub fn is_available(self) -> bool {
-        match self {
-            KernelPath::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512 => {
-                KernelPath::Avx2.is_available()
-                    && is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(target_arch = "aarch64")]
-            KernelPath::Neon => std::arch::is_aarch64_feature_detected!("neon"),
-            #[cfg(target_arch = "aarch64")]
-            KernelPath::NeonDot => {
-                KernelPath::Neon.is_available()
-                    && std::arch::is_aarch64_feature_detected!("dotprod")
-            }
-            // Paths of another architecture.
+        self.missing_features().is_empty()
+    }
+}
+
+/// Whether this CPU reports `feature` (named as `is_*_feature_detected!` names it); features of
+/// another architecture are absent.
+fn cpu_has(feature: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match feature {
+            "avx2" => is_x86_feature_detected!("avx2"),
+            "fma" => is_x86_feature_detected!("fma"),
+            "f16c" => is_x86_feature_detected!("f16c"),
+            "avx512f" => is_x86_feature_detected!("avx512f"),
+            "avx512bw" => is_x86_feature_detected!("avx512bw"),
+            "avx512vnni" => is_x86_feature_detected!("avx512vnni"),
             _ => false,
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        match feature {
+            "neon" => std::arch::is_aarch64_feature_detected!("neon"),
+            "dotprod" => std::arch::is_aarch64_feature_detected!("dotprod"),
+            _ => false,
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = feature;
+        false
+    }
+}
 
-    /// Every path this CPU supports, in [`KernelPath::ALL`] order (tests and benchmarks cover each).
+impl KernelPath {
+    /// The portable path, which every CPU runs.
+    pub const SCALAR: KernelPath = KernelPath(Isa::Scalar);
+
+    /// The path for `isa`, if this CPU can run it; the error names the features it lacks.
+    pub fn new(isa: Isa) -> Result<Self, KernelError> {
+        let missing = isa.missing_features();
+        if missing.is_empty() {
+            Ok(KernelPath(isa))
+        } else {
+            Err(KernelError::Unsupported(
+                isa.name(),
+                architecture_note(isa, &missing.join(", ")),
+            ))
+        }
+    }
+
+    pub fn isa(self) -> Isa {
+        self.0
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// Every path this CPU supports, in [`Isa::ALL`] order (tests and benchmarks cover each).
     pub fn available() -> Vec<KernelPath> {
-        KernelPath::ALL
+        Isa::ALL
             .into_iter()
-            .filter(|p| p.is_available())
+            .filter_map(|isa| KernelPath::new(isa).ok())
             .collect()
     }
 
     /// The fastest path this CPU supports.
     pub fn detect() -> Self {
-        [
-            KernelPath::Avx512,
-            KernelPath::Avx2,
-            KernelPath::NeonDot,
-            KernelPath::Neon,
-        ]
-        .into_iter()
-        .find(|p| p.is_available())
-        .unwrap_or(KernelPath::Scalar)
+        [Isa::Avx512, Isa::Avx2, Isa::NeonDot, Isa::Neon]
+            .into_iter()
+            .find_map(|isa| KernelPath::new(isa).ok())
+            .unwrap_or(KernelPath::SCALAR)
     }
 
     /// Parse a path name and check that this CPU can run it.
     pub fn parse(name: &str) -> Result<Self, KernelError> {
-        let path = KernelPath::ALL
+        let isa = Isa::ALL
             .into_iter()
             .find(|p| p.name() == name)
             .ok_or_else(|| KernelError::Unknown(name.to_string()))?;
-        if !path.is_available() {
-            return Err(KernelError::Unsupported(path.name(), path.features()));
-        }
-        Ok(path)
+        KernelPath::new(isa)
     }
 
     /// `BITNET_KERNEL` if set, else the fastest available path.
@@ -147,13 +176,11 @@ impl KernelPath {
 
     /// Whether the ternary kernels of this path read `layout` directly (otherwise it is repacked at load).
     pub fn reads_layout(self, layout: TernaryLayout) -> bool {
-        match (self, layout) {
-            (KernelPath::Scalar, TernaryLayout::Tiled { .. }) => true,
-            (KernelPath::Avx2 | KernelPath::Avx512, TernaryLayout::Tiled { tile_rows }) => {
-                tile_rows == 16
-            }
+        match (self.0, layout) {
+            (Isa::Scalar, TernaryLayout::Tiled { .. }) => true,
+            (Isa::Avx2 | Isa::Avx512, TernaryLayout::Tiled { tile_rows }) => tile_rows == 16,
             // One q-register per 4 rows of a block: every tile height of the spec.
-            (KernelPath::Neon | KernelPath::NeonDot, TernaryLayout::Tiled { tile_rows }) => {
+            (Isa::Neon | Isa::NeonDot, TernaryLayout::Tiled { tile_rows }) => {
                 matches!(tile_rows, 4 | 8 | 16 | 32)
             }
             (_, TernaryLayout::I2s { .. }) => false,
@@ -162,9 +189,28 @@ impl KernelPath {
 
     /// The layout a tensor is repacked into when this path cannot read its own.
     pub fn preferred_layout(self) -> TernaryLayout {
-        match self {
-            KernelPath::Neon | KernelPath::NeonDot => TernaryLayout::Tiled { tile_rows: 4 },
+        match self.0 {
+            Isa::Neon | Isa::NeonDot => TernaryLayout::Tiled { tile_rows: 4 },
             _ => TernaryLayout::Tiled { tile_rows: 16 },
         }
+    }
+}
+
+/// The missing features, and the architecture too when the instruction set is another one's.
+fn architecture_note(isa: Isa, missing: &str) -> String {
+    let arch = match isa {
+        Isa::Scalar => return missing.to_string(),
+        Isa::Avx2 | Isa::Avx512 => "x86_64",
+        Isa::Neon | Isa::NeonDot => "aarch64",
+    };
+    if cfg!(target_arch = "x86_64") && arch == "x86_64"
+        || cfg!(target_arch = "aarch64") && arch == "aarch64"
+    {
+        missing.to_string()
+    } else {
+        format!(
+            "{missing} (an {arch} instruction set; this is {})",
+            std::env::consts::ARCH
+        )
     }
 }

@@ -512,7 +512,7 @@ pub fn sum_words(data: &[u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::KernelPath;
+    use crate::kernels::Isa;
 
     /// Both kernels against the scalar reference, on hand-made activations (the quantizer never
     /// emits -128, the kernels must still be exact for it).
@@ -541,7 +541,7 @@ mod tests {
                 // SAFETY: lengths as ternary_matmul asserts; NEON is baseline on aarch64.
                 unsafe { ternary_tiles_neon(&w, &x, 0..tiles, &mut got) };
                 assert_eq!(got, want, "neon, tile_rows {tile_rows}, {tokens} tokens");
-                if KernelPath::NeonDot.is_available() {
+                if Isa::NeonDot.is_available() {
                     let mut got = vec![i32::MIN; want.len()];
                     // SAFETY: as above, and the CPU has dotprod.
                     unsafe { ternary_tiles_dot(&w, &x, 0..tiles, &mut got) };

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use bitnet_format::q4::{self, Q4Geometry};
 
-use super::KernelPath;
+use super::{Isa, KernelPath};
 
 /// Columns per block.
 pub const BLOCK: usize = 32;
@@ -158,20 +158,20 @@ pub fn matmul(
     assert_eq!(acts.cols, g.cols);
     assert_eq!(out.len(), rows.len() * acts.tokens);
     assert!(rows.end <= g.rows && data.len() >= g.byte_len());
-    match path {
+    match path.isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is only chosen when the CPU has AVX-512 F/BW/VNNI; the lengths were
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F/BW/VNNI; the lengths were
         // asserted above.
-        KernelPath::Avx512 => unsafe { super::avx512::q4_rows(g, data, acts, rows, out) },
+        Isa::Avx512 => unsafe { super::avx512::q4_rows(g, data, acts, rows, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is only chosen when the CPU has AVX2, FMA and F16C; lengths as above.
-        KernelPath::Avx2 => unsafe { super::avx2::q4_rows(g, data, acts, rows, out) },
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX2, FMA and F16C; lengths as above.
+        Isa::Avx2 => unsafe { super::avx2::q4_rows(g, data, acts, rows, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of every AArch64 CPU; lengths as above.
-        KernelPath::Neon => unsafe { super::neon::q4_rows::<false>(g, data, acts, rows, out) },
+        Isa::Neon => unsafe { super::neon::q4_rows::<false>(g, data, acts, rows, out) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: the path is only chosen when the CPU has `dotprod`; lengths as above.
-        KernelPath::NeonDot => unsafe { super::neon::q4_rows::<true>(g, data, acts, rows, out) },
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has `dotprod`; lengths as above.
+        Isa::NeonDot => unsafe { super::neon::q4_rows::<true>(g, data, acts, rows, out) },
         _ => {
             let tokens = acts.tokens;
             for (i, r) in rows.enumerate() {

@@ -2,8 +2,8 @@
 
 use std::ops::Range;
 
-use super::KernelPath;
 use super::activation::QuantizedActs;
+use super::{Isa, KernelPath};
 
 /// A ternary matrix in the `tiled` layout (SPEC.md §6.3), borrowed from a file or a repacked buffer.
 #[derive(Debug, Clone, Copy)]
@@ -58,37 +58,37 @@ pub fn ternary_matmul(
     assert!(tiles.end <= w.tiles());
     assert_eq!(out.len(), tiles.len() * x.tokens * w.tile_rows);
     assert_eq!(w.codes.len(), w.tiles() * w.tile_bytes());
-    match path {
-        KernelPath::Scalar => super::scalar::ternary_tiles(w, x, tiles, out),
+    match path.isa() {
+        Isa::Scalar => super::scalar::ternary_tiles(w, x, tiles, out),
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2 => {
+        Isa::Avx2 => {
             assert_eq!(w.tile_rows, 16);
-            assert!(path.is_available());
-            // SAFETY: the CPU has AVX2 (checked above, and when the path was chosen); every
-            // length the kernel relies on was asserted above.
+            // SAFETY: the CPU has AVX2 (a `KernelPath` proves it); every length the kernel relies
+            // on was asserted above.
             unsafe { super::avx2::ternary_tiles(w, x, tiles, out) }
         }
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx512 => {
+        Isa::Avx512 => {
             assert_eq!(w.tile_rows, 16);
-            assert!(path.is_available());
-            // SAFETY: the CPU has AVX-512 F/BW/VNNI (checked above); lengths asserted above.
+            // SAFETY: the CPU has AVX-512 F/BW/VNNI (a `KernelPath` proves it); lengths asserted
+            // above.
             unsafe { super::avx512::ternary_tiles(w, x, tiles, out) }
         }
         #[cfg(target_arch = "aarch64")]
-        KernelPath::Neon => {
+        Isa::Neon => {
             assert!(matches!(w.tile_rows, 4 | 8 | 16 | 32));
             // SAFETY: NEON is part of every AArch64 CPU; the tile height and every length the
             // kernel relies on were asserted above.
             unsafe { super::neon::ternary_tiles_neon(w, x, tiles, out) }
         }
         #[cfg(target_arch = "aarch64")]
-        KernelPath::NeonDot => {
+        Isa::NeonDot => {
             assert!(matches!(w.tile_rows, 4 | 8 | 16 | 32));
-            assert!(path.is_available());
-            // SAFETY: the CPU has `dotprod` (checked above); tile height and lengths asserted above.
+            // SAFETY: the CPU has `dotprod` (a `KernelPath` proves it); tile height and lengths
+            // asserted above.
             unsafe { super::neon::ternary_tiles_dot(w, x, tiles, out) }
         }
+        // A `KernelPath` of another architecture cannot be made.
         _ => unreachable!("{} kernel path on another architecture", path.name()),
     }
 }

@@ -12,7 +12,7 @@ pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
 use bitnet_format::{BitnetFile, FormatError, ModelConfig};
 
 use crate::kernels::KernelPath;
-use crate::threads::{Pool, PoolKind};
+use bitnet_pool::{Pool, PoolKind};
 
 /// Why a model cannot be loaded or run.
 #[derive(Debug, thiserror::Error)]
