@@ -1,4 +1,5 @@
-//! Per-token int8 activation quantization (checkpoints.md "reference numerics", steps 1–2).
+//! Per-token int8 activation quantization, as BitNet b1.58's reference implementation does it
+//! (the formula is at [`quantize_row`]).
 //! The SIMD paths give exactly the scalar result: `cvtps2dq` rounds half to even (the default
 //! MXCSR mode) and saturating packs clamp to [-128, 127]; on AArch64 `fcvtns` rounds half to even
 //! and `sqxtn` saturates.
