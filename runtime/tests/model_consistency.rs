@@ -192,3 +192,132 @@ fn tensors_that_do_not_fit_the_configuration_are_named() {
     );
     assert!(err.to_string().contains("[80, 40]"), "{err}");
 }
+
+/// Continuous batching's step: several sequences, each with its own cache, run as one batch (one
+/// pass over every weight matrix), joining and leaving between steps, give each sequence the logits
+/// it gets alone. Everything before the output matrix is exact; the output matrix sums a batch of
+/// rows in a different float order than one row (the fused matrix-vector kernel), hence the bound.
+#[test]
+fn a_batch_of_sequences_gives_each_the_logits_it_gets_alone() {
+    use bitnet_run::model::{KvCache, Runner, SeqStep};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.bitnet");
+    write_model(
+        &path,
+        &config(Activation::Relu2, true, true),
+        TernaryLayout::Tiled { tile_rows: 16 },
+        Encoding::F16,
+        21,
+    );
+    let prompts: [&[u32]; 4] = [&[3, 17, 42], &[5], &[9, 9, 8, 7, 6, 1, 2], &[30, 31]];
+    // Sequence i joins at step `join[i]` (its prompt is that step's chunk) and then decodes the
+    // given next tokens, one per step.
+    let join = [0, 0, 1, 3];
+    let decode: [u32; 4] = [11, 12, 13, 14];
+    for kernel in KernelPath::available() {
+        let model = Model::load(open(&path), kernel, 2).unwrap();
+        let vocab = model.config.vocab_size as usize;
+        let alone: Vec<Vec<Vec<f32>>> = prompts
+            .iter()
+            .map(|p| {
+                let mut s = Session::new(&model, 32);
+                let mut out = vec![s.forward(p, Logits::All).unwrap()];
+                for &id in &decode {
+                    out.push(s.forward(&[id], Logits::Last).unwrap());
+                }
+                out
+            })
+            .collect();
+        let mut runner = Runner::new(&model);
+        let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(&model, 32)).collect();
+        let mut checked = 0;
+        for step in 0..8 {
+            // (sequence, its step number): 0 is the prompt, then one decode token per step.
+            let active: Vec<(usize, usize)> = (0..4)
+                .filter(|&i| step >= join[i] && step - join[i] <= decode.len())
+                .map(|i| (i, step - join[i]))
+                .collect();
+            let mut seqs: Vec<SeqStep> = caches
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, cache)| {
+                    let &(_, n) = active.iter().find(|(a, _)| *a == i)?;
+                    Some(SeqStep {
+                        cache,
+                        tokens: if n == 0 {
+                            prompts[i]
+                        } else {
+                            &decode[n - 1..n]
+                        },
+                        logits: if n == 0 { Logits::All } else { Logits::Last },
+                    })
+                })
+                .collect();
+            let got = runner.step(&mut seqs).unwrap();
+            for ((i, n), got) in active.into_iter().zip(got) {
+                let want = &alone[i][n];
+                assert_eq!(got.len(), want.len());
+                for (r, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
+                    let max = g
+                        .iter()
+                        .zip(w)
+                        .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                        .fold(0.0, f32::max);
+                    assert!(max <= 1e-5, "{kernel:?} step {step} seq {i} row {r}: {max}");
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(
+            checked,
+            4 * (1 + decode.len()),
+            "every step of every sequence"
+        );
+    }
+}
+
+#[test]
+fn a_batch_is_refused_whole_when_one_sequence_is_bad() {
+    use bitnet_run::model::{KvCache, Runner, SeqStep};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.bitnet");
+    let cfg = config(Activation::Silu, false, false);
+    write_model(
+        &path,
+        &cfg,
+        TernaryLayout::Tiled { tile_rows: 16 },
+        Encoding::F32,
+        3,
+    );
+    let model = Model::load(open(&path), KernelPath::SCALAR, 1).unwrap();
+    let mut runner = Runner::new(&model);
+    let (mut a, mut b) = (KvCache::new(&model, 8), KvCache::new(&model, 2));
+    let err = runner
+        .step(&mut [
+            SeqStep {
+                cache: &mut a,
+                tokens: &[1, 2],
+                logits: Logits::Last,
+            },
+            SeqStep {
+                cache: &mut b,
+                tokens: &[1, 2, 3],
+                logits: Logits::Last,
+            },
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(err, ModelError::ContextFull { needed: 3, ctx: 2 }),
+        "{err}"
+    );
+    assert_eq!((a.position(), b.position()), (0, 0), "nothing ran");
+    let bad = cfg.vocab_size;
+    let err = runner
+        .step(&mut [SeqStep {
+            cache: &mut a,
+            tokens: &[bad],
+            logits: Logits::Last,
+        }])
+        .unwrap_err();
+    assert!(matches!(err, ModelError::TokenOutOfRange { .. }), "{err}");
+}

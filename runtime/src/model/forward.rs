@@ -1,5 +1,7 @@
 //! The forward pass: a batch of tokens through every block (matrix-matrix kernels), one token at a
-//! time when generating (the same code with one row), with a KV cache for the whole context.
+//! time when generating (the same code with one row). A batch may hold several sequences, each with
+//! its own KV cache: every weight matrix is then streamed once for all of them, and only attention
+//! runs per sequence (continuous batching's step).
 
 use crate::kernels::activation::QuantizedActs;
 use crate::kernels::float;
@@ -18,15 +20,59 @@ pub enum Logits {
     All,
 }
 
-/// One sequence being run: its KV cache and position. Cheap to create; the model is shared.
-pub struct Session<'m> {
-    model: &'m Model,
-    rope: Rope,
+/// One sequence's keys and values for up to `ctx` positions.
+#[derive(Debug, Clone)]
+pub struct KvCache {
     ctx: usize,
     pos: usize,
+    kv_dim: usize,
     /// Per layer, `pos × kv_dim` keys and values.
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    /// An empty cache for `model` holding up to `ctx` positions.
+    pub fn new(model: &Model, ctx: usize) -> Self {
+        let c = &model.config;
+        KvCache {
+            ctx,
+            pos: 0,
+            kv_dim: (c.num_kv_heads * c.head_dim) as usize,
+            keys: vec![Vec::new(); c.num_layers as usize],
+            values: vec![Vec::new(); c.num_layers as usize],
+        }
+    }
+
+    /// Positions already in the cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn context(&self) -> usize {
+        self.ctx
+    }
+
+    /// Forget positions from `pos` on (`0` starts over).
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+        for cache in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            cache.truncate(self.pos * self.kv_dim);
+        }
+    }
+}
+
+/// One sequence's part of a batched step: `tokens` to run at the next positions of `cache`.
+pub struct SeqStep<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+/// Runs forward passes of one model, keeping the RoPE tables and scratch buffers between steps.
+pub struct Runner<'m> {
+    model: &'m Model,
+    rope: Rope,
     acts: QuantizedActs,
     scratch: Scratch,
 }
@@ -46,85 +92,101 @@ struct Scratch {
     down: Vec<f32>,
 }
 
-impl<'m> Session<'m> {
-    /// A session holding up to `ctx` positions.
-    pub fn new(model: &'m Model, ctx: usize) -> Self {
+/// Where a sequence's rows sit in a step: `rows` rows from `start`, at cache positions `pos..`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    seq: usize,
+    start: usize,
+    rows: usize,
+    pos: usize,
+}
+
+impl<'m> Runner<'m> {
+    pub fn new(model: &'m Model) -> Self {
         let c = &model.config;
-        Session {
+        Runner {
             model,
             rope: Rope::new(c.head_dim as usize, c.rope_theta, c.rope_scaling.as_ref()),
-            ctx,
-            pos: 0,
-            keys: vec![Vec::new(); c.num_layers as usize],
-            values: vec![Vec::new(); c.num_layers as usize],
             acts: QuantizedActs::default(),
             scratch: Scratch::default(),
         }
     }
 
-    /// Positions already in the cache.
-    pub fn position(&self) -> usize {
-        self.pos
+    pub fn model(&self) -> &'m Model {
+        self.model
     }
 
-    pub fn context(&self) -> usize {
-        self.ctx
-    }
-
-    /// Forget positions from `pos` on (`0` starts over).
-    pub fn truncate(&mut self, pos: usize) {
-        let kv_dim = (self.model.config.num_kv_heads * self.model.config.head_dim) as usize;
-        self.pos = self.pos.min(pos);
-        for cache in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            cache.truncate(self.pos * kv_dim);
-        }
-    }
-
-    /// Run `tokens` at the next positions and return logits: `vocab` values for [`Logits::Last`],
-    /// `tokens.len() × vocab` for [`Logits::All`].
-    pub fn forward(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, ModelError> {
+    /// Run every sequence's tokens as one batch and return each one's logits, in order: `vocab`
+    /// values for [`Logits::Last`], `tokens × vocab` for [`Logits::All`], none for no tokens.
+    /// Nothing runs if any sequence's tokens are out of range or overflow its context.
+    pub fn step(&mut self, seqs: &mut [SeqStep]) -> Result<Vec<Vec<f32>>, ModelError> {
         let model = self.model;
         let vocab = model.config.vocab_size;
-        if let Some(&id) = tokens.iter().find(|&&id| id >= vocab) {
-            return Err(ModelError::TokenOutOfRange { id, vocab });
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut rows = 0;
+        for (i, seq) in seqs.iter().enumerate() {
+            if let Some(&id) = seq.tokens.iter().find(|&&id| id >= vocab) {
+                return Err(ModelError::TokenOutOfRange { id, vocab });
+            }
+            let needed = seq.cache.pos + seq.tokens.len();
+            if needed > seq.cache.ctx {
+                return Err(ModelError::ContextFull {
+                    needed,
+                    ctx: seq.cache.ctx,
+                });
+            }
+            if !seq.tokens.is_empty() {
+                spans.push(Span {
+                    seq: i,
+                    start: rows,
+                    rows: seq.tokens.len(),
+                    pos: seq.cache.pos,
+                });
+                rows += seq.tokens.len();
+            }
         }
-        let needed = self.pos + tokens.len();
-        if needed > self.ctx {
-            return Err(ModelError::ContextFull {
-                needed,
-                ctx: self.ctx,
-            });
+        let mut out = vec![Vec::new(); seqs.len()];
+        if rows == 0 {
+            return Ok(out);
         }
-        if tokens.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(self.run(tokens, which))
-    }
-
-    fn run(&mut self, tokens: &[u32], which: Logits) -> Vec<f32> {
-        let model = self.model;
         let c = &model.config;
-        let (h, t_count) = (c.hidden_size as usize, tokens.len());
+        let h = c.hidden_size as usize;
         let eps = c.rms_norm_eps as f32;
         let embd = model.weights.token_embd.matrix(model.bytes());
-        let mut x = vec![0.0f32; t_count * h];
-        for (row, &id) in x.chunks_exact_mut(h).zip(tokens) {
+        let mut x = vec![0.0f32; rows * h];
+        let ids = spans.iter().flat_map(|sp| seqs[sp.seq].tokens);
+        for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
             embd.row_into(model.path, id as usize, row);
         }
         for l in 0..model.weights.layers.len() {
-            self.block(l, &mut x, t_count, eps);
+            self.block(l, &mut x, seqs, &spans, eps);
         }
-        self.pos += t_count;
-        let rows: &[f32] = match which {
-            Logits::Last => &x[(t_count - 1) * h..],
-            Logits::All => &x,
-        };
-        let mut normed = rows.to_vec();
+        // The rows whose logits are wanted, gathered for one pass over the output matrix.
+        let mut wanted = Vec::with_capacity(spans.len());
+        let mut normed = Vec::new();
+        for sp in &spans {
+            let seq = &mut seqs[sp.seq];
+            seq.cache.pos += sp.rows;
+            let first = match seq.logits {
+                Logits::Last => sp.start + sp.rows - 1,
+                Logits::All => sp.start,
+            };
+            let end = sp.start + sp.rows;
+            normed.extend_from_slice(&x[first * h..end * h]);
+            wanted.push((sp.seq, end - first));
+        }
         rms_norm_rows(&mut normed, &model.weights.output_norm, eps);
-        self.output(&normed)
+        let logits = self.output(&normed);
+        let vocab = vocab as usize;
+        let mut at = 0;
+        for (seq, n) in wanted {
+            out[seq] = logits[at * vocab..(at + n) * vocab].to_vec();
+            at += n;
+        }
+        Ok(out)
     }
 
-    fn block(&mut self, l: usize, x: &mut [f32], t_count: usize, eps: f32) {
+    fn block(&mut self, l: usize, x: &mut [f32], seqs: &mut [SeqStep], spans: &[Span], eps: f32) {
         let model = self.model;
         let c = &model.config;
         let w = &model.weights.layers[l];
@@ -141,17 +203,28 @@ impl<'m> Session<'m> {
             &self.acts,
             &mut [(&w.q, &mut s.q), (&w.k, &mut s.k), (&w.v, &mut s.v)],
         );
-        for t in 0..t_count {
-            self.rope
-                .apply(&mut s.q[t * q_dim..(t + 1) * q_dim], self.pos + t);
-            self.rope
-                .apply(&mut s.k[t * kv_dim..(t + 1) * kv_dim], self.pos + t);
+        for sp in spans {
+            for t in 0..sp.rows {
+                let (row, pos) = (sp.start + t, sp.pos + t);
+                self.rope
+                    .apply(&mut s.q[row * q_dim..(row + 1) * q_dim], pos);
+                self.rope
+                    .apply(&mut s.k[row * kv_dim..(row + 1) * kv_dim], pos);
+            }
+            let rows = sp.start * kv_dim..(sp.start + sp.rows) * kv_dim;
+            let cache = &mut *seqs[sp.seq].cache;
+            cache.keys[l].extend_from_slice(&s.k[rows.clone()]);
+            cache.values[l].extend_from_slice(&s.v[rows]);
         }
-        self.keys[l].extend_from_slice(&s.k);
-        self.values[l].extend_from_slice(&s.v);
 
-        let cache = (&self.keys[l][..], &self.values[l][..]);
-        attention(model, cache, self.pos, &s.q, t_count, head_dim, &mut s.attn);
+        let caches: Vec<(&[f32], &[f32])> = spans
+            .iter()
+            .map(|sp| {
+                let cache = &*seqs[sp.seq].cache;
+                (&cache.keys[l][..], &cache.values[l][..])
+            })
+            .collect();
+        attention(model, &caches, spans, &s.q, head_dim, &mut s.attn);
         if let Some(norm) = &w.attn_sub_norm {
             rms_norm_rows(&mut s.attn, norm, eps);
         }
@@ -206,15 +279,56 @@ impl<'m> Session<'m> {
     }
 }
 
-/// Causal multi-head attention of `t_count` new queries (at positions `start..`) against the
-/// `(keys, values)` cache, which already holds their own; heads split across threads. Writes
-/// `t_count × q_dim` into `out`.
+/// One sequence being run: a [`Runner`] and a [`KvCache`]. Cheap to create; the model is shared.
+pub struct Session<'m> {
+    runner: Runner<'m>,
+    cache: KvCache,
+}
+
+impl<'m> Session<'m> {
+    /// A session holding up to `ctx` positions.
+    pub fn new(model: &'m Model, ctx: usize) -> Self {
+        Session {
+            runner: Runner::new(model),
+            cache: KvCache::new(model, ctx),
+        }
+    }
+
+    /// Positions already in the cache.
+    pub fn position(&self) -> usize {
+        self.cache.position()
+    }
+
+    pub fn context(&self) -> usize {
+        self.cache.context()
+    }
+
+    /// Forget positions from `pos` on (`0` starts over).
+    pub fn truncate(&mut self, pos: usize) {
+        self.cache.truncate(pos);
+    }
+
+    /// Run `tokens` at the next positions and return logits: `vocab` values for [`Logits::Last`],
+    /// `tokens.len() × vocab` for [`Logits::All`].
+    pub fn forward(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>, ModelError> {
+        let mut seqs = [SeqStep {
+            cache: &mut self.cache,
+            tokens,
+            logits: which,
+        }];
+        let mut out = self.runner.step(&mut seqs)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+}
+
+/// Causal multi-head attention of each span's queries (at positions `pos..`) against its own
+/// `(keys, values)` cache, which already holds their keys and values; (sequence, head) pairs split
+/// across threads. Writes `rows × q_dim` into `out`.
 fn attention(
     model: &Model,
-    (keys, values): (&[f32], &[f32]),
-    start: usize,
+    caches: &[(&[f32], &[f32])],
+    spans: &[Span],
     q: &[f32],
-    t_count: usize,
     head_dim: usize,
     out: &mut Vec<f32>,
 ) {
@@ -224,22 +338,26 @@ fn attention(
     let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
     let scale = (head_dim as f64).powf(-0.5) as f32;
     let path = model.path;
+    let rows: usize = spans.iter().map(|sp| sp.rows).sum();
     out.clear();
-    out.resize(t_count * q_dim, 0.0);
+    out.resize(rows * q_dim, 0.0);
     let dst = SharedOut(out.as_mut_ptr());
-    model.pool.for_each(heads, &|hd| {
+    model.pool.for_each(spans.len() * heads, &|task| {
+        let (sp, hd) = (&spans[task / heads], task % heads);
+        let (keys, values) = caches[task / heads];
         let kv = hd / group;
-        let mut scores = Vec::with_capacity(start + t_count);
-        for t in 0..t_count {
-            let qh = &q[t * q_dim + hd * head_dim..][..head_dim];
+        let mut scores = Vec::with_capacity(sp.pos + sp.rows);
+        for t in 0..sp.rows {
+            let row = sp.start + t;
+            let qh = &q[row * q_dim + hd * head_dim..][..head_dim];
             scores.clear();
-            for j in 0..=start + t {
+            for j in 0..=sp.pos + t {
                 let kj = &keys[j * kv_dim + kv * head_dim..][..head_dim];
                 scores.push(float::dot(path, qh, kj) * scale);
             }
             softmax(&mut scores);
-            // SAFETY: head `hd` of token `t` is written by this task only, and lies within `out`.
-            let o = unsafe { dst.slice(t * q_dim + hd * head_dim, head_dim) };
+            // SAFETY: head `hd` of row `row` is written by this task only, and lies within `out`.
+            let o = unsafe { dst.slice(row * q_dim + hd * head_dim, head_dim) };
             o.fill(0.0);
             for (j, &p) in scores.iter().enumerate() {
                 let vj = &values[j * kv_dim + kv * head_dim..][..head_dim];

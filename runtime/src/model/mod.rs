@@ -5,7 +5,7 @@ pub mod ops;
 mod perplexity;
 mod weights;
 
-pub use forward::{Logits, Session};
+pub use forward::{KvCache, Logits, Runner, SeqStep, Session};
 pub use perplexity::negative_log_likelihood;
 pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
 
