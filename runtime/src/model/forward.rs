@@ -18,6 +18,8 @@ pub enum Logits {
     Last,
     /// Every token's (perplexity, logits dumps).
     All,
+    /// None (a prompt chunk that is not the prompt's last).
+    None,
 }
 
 /// One sequence's keys and values for up to `ctx` positions.
@@ -117,7 +119,8 @@ impl<'m> Runner<'m> {
     }
 
     /// Run every sequence's tokens as one batch and return each one's logits, in order: `vocab`
-    /// values for [`Logits::Last`], `tokens × vocab` for [`Logits::All`], none for no tokens.
+    /// values for [`Logits::Last`], `tokens × vocab` for [`Logits::All`], none for [`Logits::None`]
+    /// or no tokens.
     /// Nothing runs if any sequence's tokens are out of range or overflow its context.
     pub fn step(&mut self, seqs: &mut [SeqStep]) -> Result<Vec<Vec<f32>>, ModelError> {
         let model = self.model;
@@ -167,13 +170,17 @@ impl<'m> Runner<'m> {
         for sp in &spans {
             let seq = &mut seqs[sp.seq];
             seq.cache.pos += sp.rows;
-            let first = match seq.logits {
-                Logits::Last => sp.start + sp.rows - 1,
-                Logits::All => sp.start,
-            };
             let end = sp.start + sp.rows;
+            let first = match seq.logits {
+                Logits::Last => end - 1,
+                Logits::All => sp.start,
+                Logits::None => continue,
+            };
             normed.extend_from_slice(&x[first * h..end * h]);
             wanted.push((sp.seq, end - first));
+        }
+        if normed.is_empty() {
+            return Ok(out);
         }
         rms_norm_rows(&mut normed, &model.weights.output_norm, eps);
         let logits = self.output(&normed);
