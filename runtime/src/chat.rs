@@ -41,6 +41,24 @@ impl ChatTemplate {
         })
     }
 
+    /// The template of a model file's tokenizer section, with its BOS and EOS token texts; `None`
+    /// when the file has no chat template.
+    pub fn for_model(
+        info: Option<&bitnet_format::TokenizerInfo>,
+        tok: &crate::tokenizer::Tokenizer,
+    ) -> Result<Option<Self>, Error> {
+        let Some(template) = info.and_then(|i| i.chat_template.as_deref()) else {
+            return Ok(None);
+        };
+        let text_of = |id: Option<u32>| id.and_then(|id| tok.token_text(id)).unwrap_or_default();
+        ChatTemplate::new(
+            template,
+            &text_of(tok.bos()),
+            &text_of(tok.eos().first().copied()),
+        )
+        .map(Some)
+    }
+
     /// The prompt text for `messages`, ending with the assistant's cue if `add_generation_prompt`.
     pub fn render(
         &self,

@@ -1,6 +1,7 @@
 //! `bitnet-run`: load `.bitnet` models and run them on CPUs.
 
 pub mod chat;
+pub mod demo;
 pub mod engine;
 pub mod kernels;
 pub mod model;

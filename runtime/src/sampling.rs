@@ -32,6 +32,19 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// The defaults for a model: its file's generation settings where it has them, else these.
+    pub fn for_file(g: &bitnet_format::GenerationDefaults) -> Self {
+        let d = SamplerConfig::default();
+        SamplerConfig {
+            temperature: g.temperature.map_or(d.temperature, |v| v as f32),
+            top_k: g.top_k.map_or(d.top_k, |v| v as usize),
+            top_p: g.top_p.map_or(d.top_p, |v| v as f32),
+            min_p: g.min_p.map_or(d.min_p, |v| v as f32),
+            repeat_penalty: g.repetition_penalty.map_or(d.repeat_penalty, |v| v as f32),
+            ..d
+        }
+    }
+
     /// `Err` names the option and the allowed range.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {

@@ -16,16 +16,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let header = model.file().header();
     let info = header.tokenizer.as_ref();
     let tok = Tokenizer::from_info(info)?;
-    let Some(template) = info.and_then(|i| i.chat_template.as_deref()) else {
+    let Some(template) = ChatTemplate::for_model(info, &tok)
+        .context("the model's chat template does not compile")?
+    else {
         bail!("this model has no chat template; use -p PROMPT instead of --chat");
     };
-    let text_of = |id: Option<u32>| id.and_then(|id| tok.token_text(id)).unwrap_or_default();
-    let template = ChatTemplate::new(
-        template,
-        &text_of(tok.bos()),
-        &text_of(tok.eos().first().copied()),
-    )
-    .context("the model's chat template does not compile")?;
     let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
     let mut sampler = Sampler::new(args.sampling.config(&model)?);
     let mut session = Session::new(&model, ctx);

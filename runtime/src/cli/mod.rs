@@ -112,9 +112,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The demo model (testdata/demo, converted by bitnet-convert), run when no `-m` is given.
-const DEMO_MODEL: &[u8] = include_bytes!("../../../testdata/demo/demo.bitnet");
-
 /// Open, validate and bind the model the arguments name.
 fn load_model(args: &ModelArgs) -> Result<Model> {
     let path = match &args.kernel {
@@ -134,12 +131,9 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
             (file, name)
         }
         None => {
-            eprintln!(
-                "note: no -m given: running the bundled demo model (3.8M parameters, trained on \
-                 Shakespeare); make real models with bitnet-convert"
-            );
+            eprintln!("note: {}", bitnet_run::demo::NOTE);
             (
-                BitnetFile::from_static(DEMO_MODEL)?,
+                bitnet_run::demo::open()?,
                 "the bundled demo model".to_string(),
             )
         }
@@ -173,8 +167,7 @@ fn context_size(args: &ModelArgs, model: &Model, min: usize, default: usize) -> 
 impl SamplingArgs {
     /// The sampler options: flags, else the model's generation defaults, else llama.cpp's defaults.
     fn config(&self, model: &Model) -> Result<SamplerConfig> {
-        let g = &model.file().header().generation;
-        let d = SamplerConfig::default();
+        let d = SamplerConfig::for_file(&model.file().header().generation);
         let seed = self.seed.unwrap_or_else(|| {
             use std::hash::{BuildHasher, Hasher};
             std::collections::hash_map::RandomState::new()
@@ -182,20 +175,11 @@ impl SamplingArgs {
                 .finish()
         });
         let config = SamplerConfig {
-            temperature: self
-                .temperature
-                .or(g.temperature.map(|v| v as f32))
-                .unwrap_or(d.temperature),
-            top_k: self
-                .top_k
-                .or(g.top_k.map(|v| v as usize))
-                .unwrap_or(d.top_k),
-            top_p: self.top_p.or(g.top_p.map(|v| v as f32)).unwrap_or(d.top_p),
-            min_p: self.min_p.or(g.min_p.map(|v| v as f32)).unwrap_or(d.min_p),
-            repeat_penalty: self
-                .repeat_penalty
-                .or(g.repetition_penalty.map(|v| v as f32))
-                .unwrap_or(d.repeat_penalty),
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
             repeat_last_n: self.repeat_last_n,
             seed,
         };

@@ -71,6 +71,43 @@ pub struct Request {
     /// Ids that end generation when sampled (not emitted); empty: only `max_tokens` and the
     /// context end it.
     pub stop_ids: Vec<u32>,
+    pub penalties: Penalties,
+}
+
+/// OpenAI's logit adjustments, applied before sampling: each token's logit is lowered by
+/// `frequency · count + presence · (count > 0)`, `count` being how often it was generated so
+/// far (the prompt does not count), and raised by its `logit_bias`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Penalties {
+    pub presence: f32,
+    pub frequency: f32,
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+impl Penalties {
+    fn is_none(&self) -> bool {
+        self.presence == 0.0 && self.frequency == 0.0 && self.logit_bias.is_empty()
+    }
+
+    /// `logits` adjusted for the tokens `generated` so far.
+    fn apply(&self, logits: &[f32], generated: &[u32]) -> Vec<f32> {
+        let mut out = logits.to_vec();
+        let mut counts = std::collections::HashMap::<u32, usize>::new();
+        for &id in generated {
+            *counts.entry(id).or_default() += 1;
+        }
+        for (id, n) in counts {
+            if let Some(l) = out.get_mut(id as usize) {
+                *l -= self.frequency * n as f32 + self.presence;
+            }
+        }
+        for &(id, bias) in &self.logit_bias {
+            if let Some(l) = out.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        out
+    }
 }
 
 impl Request {
@@ -84,6 +121,7 @@ impl Request {
                 ..SamplerConfig::default()
             },
             stop_ids: Vec::new(),
+            penalties: Penalties::default(),
         }
     }
 }
@@ -136,7 +174,7 @@ pub enum SubmitError {
     TokenOutOfRange { id: u32, vocab: u32 },
     #[error("{0}")]
     Sampling(String),
-    #[error("{waiting} requests are already waiting for a slot")]
+    #[error("{waiting} requests are already waiting for a slot; try again shortly")]
     QueueFull { waiting: usize },
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -188,6 +226,8 @@ enum Message {
 /// A running engine: a thread that owns the slots and runs the steps.
 pub struct Engine {
     tx: mpsc::Sender<Message>,
+    /// Set once shutting down: submissions are refused.
+    closed: AtomicBool,
     stats: Arc<EngineStats>,
     config: EngineConfig,
     vocab: u32,
@@ -244,6 +284,7 @@ impl Engine {
         };
         Ok(Engine {
             tx,
+            closed: AtomicBool::new(false),
             stats,
             config,
             vocab,
@@ -255,7 +296,7 @@ impl Engine {
         &self.config
     }
 
-    pub fn stats(&self) -> &EngineStats {
+    pub fn stats(&self) -> &Arc<EngineStats> {
         &self.stats
     }
 
@@ -280,6 +321,9 @@ impl Engine {
             });
         }
         request.sampling.validate().map_err(SubmitError::Sampling)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
         let waiting = self.stats.waiting.fetch_add(1, Ordering::AcqRel);
         if waiting >= self.config.max_waiting {
             self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -315,8 +359,15 @@ impl Engine {
         self.stop(deadline);
     }
 
-    fn stop(&mut self, deadline: Instant) {
+    /// As [`Engine::shutdown`], without waiting: the engine refuses new requests from now on
+    /// ([`SubmitError::ShuttingDown`]) and its thread ends by `deadline`.
+    pub fn drain(&self, deadline: Instant) {
+        self.closed.store(true, Ordering::Release);
         let _ = self.tx.send(Message::Shutdown { deadline });
+    }
+
+    fn stop(&mut self, deadline: Instant) {
+        self.drain(deadline);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -552,7 +603,14 @@ impl<'m> Scheduler<'m> {
         let ctx = slot.cache.context();
         let position = slot.cache.position();
         let r = slot.running.as_mut().expect("a running slot");
-        let id = r.sampler.sample(logits, &r.history);
+        let penalties = &r.job.request.penalties;
+        let id = if penalties.is_none() {
+            r.sampler.sample(logits, &r.history)
+        } else {
+            let generated = &r.history[r.job.request.prompt.len()..];
+            r.sampler
+                .sample(&penalties.apply(logits, generated), &r.history)
+        };
         if r.job.request.stop_ids.contains(&id) {
             return self.finish(i, FinishReason::Stop);
         }
@@ -594,4 +652,22 @@ impl<'m> Scheduler<'m> {
 
 fn finish_job(mut job: Job, reason: FinishReason, usage: Usage) {
     (job.sink)(Event::Finished { reason, usage });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Penalties;
+
+    #[test]
+    fn penalties_follow_openais_formula() {
+        let p = Penalties {
+            presence: 0.5,
+            frequency: 0.25,
+            logit_bias: vec![(3, 2.0), (9, 1.0)],
+        };
+        let out = p.apply(&[1.0, 1.0, 1.0, 1.0], &[1, 1, 2, 1]);
+        // id 1: 3 times → 1 − 0.75 − 0.5; id 2: once → 1 − 0.25 − 0.5; id 3: bias; id 9: absent.
+        assert_eq!(out, [1.0, -0.25, 0.25, 3.0]);
+        assert!(Penalties::default().is_none() && !p.is_none());
+    }
 }
