@@ -493,9 +493,9 @@ fn not_full_precision(path: &Path, t: &TensorInfo) -> GgufError {
 const NOT_TERNARY: &str =
     "a projection must be I2_S, TQ1_0, TQ2_0, F32, F16 or BF16 holding ternary values";
 
-/// Check a parsed GGUF file and plan its import: model, tokenizer, and every tensor's encoding,
-/// so that nothing is written for a file that cannot be imported. `hash` gives the source file's
-/// provenance entry.
+/// Check a GGUF file and plan its import: model, tokenizer, and every tensor's presence, shape,
+/// type and encoding, so that a file wrong in these is refused before anything is written (faults
+/// in tensor data are found while converting). `hash` gives the source file's provenance entry.
 fn plan<'a>(
     path: &'a Path,
     bytes: &'a [u8],
@@ -743,8 +743,8 @@ impl Tensors<'_> {
         tensor_error(self.path, &t.name, t.ggml_type, detail)
     }
 
-    /// Convert tensor `p`, handing its bytes to `out` in pieces of at most a few MB, except a
-    /// ternary tensor's, which are packed whole.
+    /// Convert tensor `p`, handing its bytes to `out` in order: a full-precision tensor in pieces,
+    /// a ternary tensor whole.
     fn convert(&self, p: &Planned, out: &mut Sink<'_>) -> Result<(), GgufError> {
         match p.make {
             Make::Ternary {
