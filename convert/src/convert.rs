@@ -126,10 +126,10 @@ pub fn remove_partial_files() {
 }
 
 /// A finished but not yet verified file beside the output; removed unless [`Staged::persist`]ed.
-struct Staged(PathBuf);
+pub(crate) struct Staged(PathBuf);
 
 impl Staged {
-    fn new(output: &Path) -> Self {
+    pub(crate) fn new(output: &Path) -> Self {
         let name = output
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -142,11 +142,13 @@ impl Staged {
         Staged(path)
     }
 
-    fn persist(self, output: &Path) -> Result<(), ConvertError> {
-        std::fs::rename(&self.0, output).map_err(|source| ConvertError::Io {
-            path: output.to_path_buf(),
-            source,
-        })?;
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Move the file to `output`.
+    pub(crate) fn persist(self, output: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.0, output)?;
         if let Some(dir) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
@@ -292,7 +294,12 @@ fn run(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     if options.verify {
         verify::check_written(&staged.0, &plan.tensors)?;
     }
-    staged.persist(&options.output)?;
+    staged
+        .persist(&options.output)
+        .map_err(|source| ConvertError::Io {
+            path: options.output.clone(),
+            source,
+        })?;
 
     let mut report = ConvertReport {
         output: options.output.clone(),

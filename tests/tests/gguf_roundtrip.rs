@@ -549,3 +549,149 @@ fn the_parser_survives_truncation_and_corruption() {
         let _ = gguf::import_bytes(&g, &b, &options);
     }
 }
+
+/// A llama GGUF (no tokenizer) whose `token_embd` and `output` have 4100 rows of 256: more than
+/// the import's 2^20-element pieces, so they are converted in two. `token_embd` holds `embd`
+/// (ggml type `ty`), `output` the f32 values `out`. Written as `dir/name`.
+fn large_embeddings_gguf(
+    dir: &Path,
+    name: &str,
+    ty: u32,
+    embd: Vec<u8>,
+    out: &[f32],
+) -> std::path::PathBuf {
+    let small = dir.join("small.gguf");
+    if !small.exists() {
+        let src = dir.join("small.bitnet");
+        tq_model_with(&src, true, None, |_| 0.5);
+        export(&src, &small, ExportType::I2s);
+    }
+    let g = dir.join(name);
+    let out: Vec<u8> = out.iter().flat_map(|x| x.to_le_bytes()).collect();
+    edited(&small, &g, |_, tensors| {
+        for (t, data) in tensors.iter_mut() {
+            if t.name == "token_embd.weight" {
+                (t.dims, t.ggml_type, *data) = (vec![256, 4100], ty, embd.clone());
+            } else if t.name == "output.weight" {
+                (t.dims, t.ggml_type, *data) = (vec![256, 4100], 0, out.clone());
+            }
+        }
+    });
+    g
+}
+
+#[test]
+fn embeddings_larger_than_one_piece_import_as_whole_tensor_encoders_give() {
+    use bitnet_convert::floats::{FloatKind, Floats};
+    use bitnet_convert::quantize::{i8_row, q4_b32};
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, cols) = (4100usize, 256usize);
+    let mut rng = xorshift(11);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|_| (rng() % 20001) as f32 / 10000.0 - 1.0)
+        .collect();
+    let raw: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let whole = Floats::new(FloatKind::F32, &raw);
+    // Q4_0 blocks with small finite scales for token_embd.
+    let q4_0: Vec<u8> = (0..rows * cols / 32)
+        .flat_map(|_| {
+            let mut b = half::f16::from_f32((rng() % 100) as f32 / 1000.0)
+                .to_le_bytes()
+                .to_vec();
+            b.extend((0..16).map(|_| rng() as u8));
+            b
+        })
+        .collect();
+    let g = large_embeddings_gguf(
+        dir.path(),
+        "q4_0.gguf",
+        GGML_TYPE_Q4_0,
+        q4_0.clone(),
+        &values,
+    );
+
+    let i8_expected = {
+        let scales = i8_row::row_scales(whole, rows, cols).unwrap();
+        let mut out: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        out.resize(
+            bitnet_format::align_up(4 * rows as u64).unwrap() as usize,
+            0,
+        );
+        for (r, &s) in scales.iter().enumerate() {
+            i8_row::quantize_row(whole.slice(r * cols, (r + 1) * cols), s, &mut out);
+        }
+        out
+    };
+    let q4_expected = {
+        let scales = q4_b32::scales(whole, rows, cols).unwrap();
+        let mut out = q4_b32::scale_bytes(&scales);
+        let head = out.len();
+        out.resize(head + rows * cols / 2, 0);
+        q4_b32::pack_rows(whole, &scales, cols, 0..rows, &mut out[head..]);
+        out
+    };
+    let narrow = |bf: bool| -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|&x| {
+                if bf {
+                    half::bf16::from_f32(x).to_le_bytes()
+                } else {
+                    half::f16::from_f32(x).to_le_bytes()
+                }
+            })
+            .collect()
+    };
+    for (choice, encoding, expected) in [
+        (EmbeddingsChoice::Source, Encoding::F32, raw.clone()),
+        (EmbeddingsChoice::F16, Encoding::F16, narrow(false)),
+        (EmbeddingsChoice::Bf16, Encoding::Bf16, narrow(true)),
+        (EmbeddingsChoice::I8, Encoding::I8Row, i8_expected),
+        (EmbeddingsChoice::Q4, Encoding::Q4B32, q4_expected),
+    ] {
+        let back = dir.path().join(format!("{choice:?}.bitnet"));
+        let mut io = ImportOptions::new(&g, &back);
+        io.embeddings = choice;
+        gguf::import_gguf(&io).unwrap();
+        let file = BitnetFile::open(&back).unwrap();
+        let output = file.tensor("output").unwrap();
+        assert_eq!(output.info.encoding, encoding, "{choice:?}");
+        assert!(
+            output.data == expected.as_slice(),
+            "{choice:?}: bytes differ"
+        );
+        if choice == EmbeddingsChoice::Source {
+            // Q4_0 comes back as q4_b32 holding the same blocks.
+            let embd = file.tensor("token_embd").unwrap();
+            assert_eq!(embd.info.encoding, Encoding::Q4B32);
+            assert!(gguf::blocks::q4_b32_to_q4_0(embd.data, rows, cols) == q4_0);
+        }
+    }
+
+    // Errors name the element by its index in the whole tensor, and a NaN anywhere is reported
+    // before an overflow in an earlier piece.
+    let mut bad = values.clone();
+    bad[3] = 1e10;
+    bad[4096 * cols + 5] = f32::NAN;
+    let embd: Vec<u8> = bad.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let g = large_embeddings_gguf(dir.path(), "nan.gguf", 0, embd, &values);
+    for choice in [EmbeddingsChoice::F16, EmbeddingsChoice::Q4] {
+        let out = dir.path().join("never.bitnet");
+        let mut io = ImportOptions::new(&g, &out);
+        io.embeddings = choice;
+        let err = gguf::import_gguf(&io).unwrap_err().to_string();
+        let nan_at = format!(
+            "token_embd.weight (F32): element {} is NaN",
+            4096 * cols + 5
+        );
+        assert!(err.contains(&nan_at), "{choice:?}: {err}");
+        assert!(!out.exists());
+    }
+    bad[4096 * cols + 5] = 0.0;
+    let embd: Vec<u8> = bad.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let g = large_embeddings_gguf(dir.path(), "overflow.gguf", 0, embd, &values);
+    let mut io = ImportOptions::new(&g, dir.path().join("never.bitnet"));
+    io.embeddings = EmbeddingsChoice::F16;
+    let err = gguf::import_gguf(&io).unwrap_err().to_string();
+    assert!(err.contains("element 3 overflows f16"), "{err}");
+}

@@ -365,24 +365,23 @@ pub fn dequantize(ggml_type: u32, data: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
-/// A Q4_0 tensor of `rows × cols` re-arranged, without loss, as `.bitnet`'s `q4_b32` (the same
-/// arithmetic and in-block nibble order; SPEC.md §5.1): every block's `d` in row-major block order,
-/// zero padding to the codes' alignment, then every block's 16 code bytes in the same order.
-pub fn q4_0_to_q4_b32(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    let blocks = rows * cols / QK;
-    let codes_at = bitnet_format::q4_codes_offset((rows * cols) as u64) as usize;
-    let mut out = Vec::with_capacity(codes_at + blocks * (QK / 2));
-    for b in data.chunks_exact(BlockQ4_0::BYTES).take(blocks) {
-        out.extend_from_slice(&b[..2]);
-    }
-    out.resize(codes_at, 0);
-    for b in data.chunks_exact(BlockQ4_0::BYTES).take(blocks) {
-        out.extend_from_slice(&b[2..]);
-    }
-    out
+/// The `d` of every Q4_0 block of `data`, in order. A Q4_0 tensor is, without loss, `.bitnet`'s
+/// `q4_b32` (the same arithmetic and in-block nibble order; SPEC.md §5.1): these scales, zero
+/// padding to the codes' alignment, then [`q4_0_codes`].
+pub fn q4_0_scales(data: &[u8]) -> Vec<u8> {
+    data.chunks_exact(BlockQ4_0::BYTES)
+        .flat_map(|b| [b[0], b[1]])
+        .collect()
 }
 
-/// The inverse of [`q4_0_to_q4_b32`]: a `q4_b32` tensor as GGML Q4_0 blocks.
+/// The 16 code bytes of every Q4_0 block of `data`, in order.
+pub fn q4_0_codes(data: &[u8]) -> Vec<u8> {
+    data.chunks_exact(BlockQ4_0::BYTES)
+        .flat_map(|b| b[2..].iter().copied())
+        .collect()
+}
+
+/// A `q4_b32` tensor of `rows × cols` as GGML Q4_0 blocks.
 pub fn q4_b32_to_q4_0(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     let blocks = rows * cols / QK;
     let codes_at = bitnet_format::q4_codes_offset((rows * cols) as u64) as usize;
@@ -445,7 +444,12 @@ mod tests {
     fn q4_b32_rearrangement_round_trips() {
         let (rows, cols) = (3, 64);
         let data: Vec<u8> = (0..rows * cols / 32 * 18).map(|i| (i * 37) as u8).collect();
-        let b32 = q4_0_to_q4_b32(&data, rows, cols);
+        let mut b32 = q4_0_scales(&data);
+        b32.resize(
+            bitnet_format::q4_codes_offset((rows * cols) as u64) as usize,
+            0,
+        );
+        b32.extend(q4_0_codes(&data));
         assert_eq!(
             b32.len() as u64,
             bitnet_format::Encoding::Q4B32

@@ -418,8 +418,13 @@ impl<'a> GgufFile<'a> {
 
     /// The bytes of a tensor of this file (checked in [`GgufFile::parse`]).
     pub fn data(&self, t: &TensorInfo) -> &'a [u8] {
+        &self.bytes[self.range(t)]
+    }
+
+    /// Where the bytes of a tensor of this file lie in it.
+    pub fn range(&self, t: &TensorInfo) -> std::ops::Range<usize> {
         let start = (self.data_start + t.offset) as usize;
-        &self.bytes[start..start + t.size as usize]
+        start..start + t.size as usize
     }
 }
 

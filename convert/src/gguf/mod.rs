@@ -24,6 +24,8 @@ pub mod fuzz;
 pub mod vocab;
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bitnet_format::names::{self, LayerTensor};
@@ -37,10 +39,13 @@ use half::{bf16, f16};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::convert::Staged;
+use crate::floats::{FloatKind, Floats};
 use crate::plan::{EmbeddingsChoice, expected_tensors};
+use crate::quantize::{i8_row, q4_b32};
 use container::{
     ContainerError, GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_I2_S, GGML_TYPE_TQ1_0,
-    GGML_TYPE_TQ2_0, GgufFile, OutTensor, string, type_name,
+    GGML_TYPE_TQ2_0, GgufFile, OutTensor, TensorInfo, string, type_name,
 };
 
 /// Why an import or export failed. Every variant names the file, tensor, key or type at fault.
@@ -326,18 +331,33 @@ impl std::fmt::Display for ImportReport {
     }
 }
 
-fn sha256_file(path: &Path, bytes: &[u8]) -> SourceFile {
-    SourceFile {
+/// Size and SHA-256 of the source file, read in pieces.
+fn sha256_file(path: &Path, mut reader: impl Read) -> std::io::Result<SourceFile> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    Ok(SourceFile {
         name: path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        bytes: bytes.len() as u64,
-        sha256: Sha256::digest(bytes)
+        bytes,
+        sha256: hasher
+            .finalize()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),
-    }
+    })
 }
 
 fn is_projection(canonical: &str) -> Option<LayerTensor> {
@@ -366,20 +386,122 @@ fn floats(ty: u32, data: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
-/// Decode a GGUF file in memory: the header (without tensors) and each canonical tensor's
-/// encoding, shape and bytes in the requested layout.
-pub struct Imported {
-    pub header: Header,
-    pub tensors: Vec<(TensorSpec, Vec<u8>)>,
-    pub report: ImportReport,
+/// The floats of a full-precision tensor of any type the import reads: F32, F16, BF16 or a block
+/// type of [`blocks`].
+fn float_values(ty: u32, data: &[u8]) -> Option<Vec<f32>> {
+    floats(ty, data).or_else(|| blocks::dequantize(ty, data))
 }
 
-/// Import a parsed GGUF file (`path` is for messages and provenance).
-pub fn import_bytes(
-    path: &Path,
-    bytes: &[u8],
-    options: &ImportOptions,
-) -> Result<Imported, GgufError> {
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Elements converted per piece when streaming a full-precision tensor.
+const CHUNK: usize = 1 << 20;
+
+/// How a tensor of the output is made from its GGUF tensor.
+#[derive(Debug, Clone, Copy)]
+enum Make {
+    /// Ternary values and scale decoded, the scale multiplied by the `.scale` tensor if any.
+    Ternary {
+        projection: LayerTensor,
+        multiplier: Option<f32>,
+    },
+    Float(FloatMake),
+}
+
+/// How a full-precision tensor is re-encoded.
+#[derive(Debug, Clone, Copy)]
+enum FloatMake {
+    /// F16 or BF16 kept as they are.
+    Copy(Encoding),
+    F32,
+    /// Narrowed to F16 (`bf16: false`) or BF16.
+    Narrow {
+        bf16: bool,
+    },
+    I8Row,
+    /// Q4_0 blocks re-arranged as `q4_b32`, without loss.
+    Q4FromQ4_0,
+    /// Quantized to `q4_b32`.
+    Q4,
+}
+
+impl FloatMake {
+    fn encoding(self) -> Encoding {
+        match self {
+            FloatMake::Copy(encoding) => encoding,
+            FloatMake::F32 => Encoding::F32,
+            FloatMake::Narrow { bf16: false } => Encoding::F16,
+            FloatMake::Narrow { bf16: true } => Encoding::Bf16,
+            FloatMake::I8Row => Encoding::I8Row,
+            FloatMake::Q4FromQ4_0 | FloatMake::Q4 => Encoding::Q4B32,
+        }
+    }
+}
+
+/// One tensor of the output and the GGUF tensor it is made from.
+struct Planned {
+    spec: TensorSpec,
+    source: TensorInfo,
+    make: Make,
+}
+
+/// A GGUF file checked and planned for import: the `.bitnet` header, and the tensors, to be
+/// converted one at a time.
+struct Import<'a> {
+    header: Header,
+    report: ImportReport,
+    tensors: Tensors<'a>,
+}
+
+/// The planned tensors of an import and what converting them needs.
+struct Tensors<'a> {
+    path: &'a Path,
+    file: GgufFile<'a>,
+    options: &'a ImportOptions,
+    /// `attn_q`/`attn_k` rows are in llama.cpp's interleaved RoPE order.
+    interleaved: bool,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    planned: Vec<Planned>,
+}
+
+fn tensor_error(path: &Path, name: &str, ty: u32, detail: String) -> GgufError {
+    GgufError::Tensor {
+        path: path.into(),
+        tensor: name.to_string(),
+        ty: type_name(ty),
+        detail,
+    }
+}
+
+fn not_full_precision(path: &Path, t: &TensorInfo) -> GgufError {
+    let block_types: Vec<String> = blocks::TYPES.iter().map(|&ty| type_name(ty)).collect();
+    tensor_error(
+        path,
+        &t.name,
+        t.ggml_type,
+        format!(
+            "full-precision tensors must be F32, F16, BF16 or {}",
+            block_types.join(", ")
+        ),
+    )
+}
+
+const NOT_TERNARY: &str =
+    "a projection must be I2_S, TQ1_0, TQ2_0, F32, F16 or BF16 holding ternary values";
+
+/// Check a GGUF file and plan its import: model, tokenizer, and every tensor's presence, shape,
+/// type and encoding, so that a file wrong in these is refused before anything is written (faults
+/// in tensor data are found while converting). `hash` gives the source file's provenance entry.
+fn plan<'a>(
+    path: &'a Path,
+    bytes: &'a [u8],
+    options: &'a ImportOptions,
+    hash: impl FnOnce() -> Result<SourceFile, GgufError>,
+) -> Result<Import<'a>, GgufError> {
     let file = GgufFile::parse(bytes).map_err(|source| GgufError::Container {
         path: path.into(),
         source,
@@ -389,12 +511,7 @@ pub fn import_bytes(
         path: path.into(),
         detail,
     })?;
-    let tensor_err = |name: &str, ty: u32, detail: String| GgufError::Tensor {
-        path: path.into(),
-        tensor: name.to_string(),
-        ty: type_name(ty),
-        detail,
-    };
+    let tensor_err = |name: &str, ty: u32, detail: String| tensor_error(path, name, ty, detail);
     // The list of expected tensors grows with block_count: refuse a count that the tensor
     // directory (itself bounded by the file's length) cannot back before building it.
     if config.num_layers as usize > file.tensors.len() {
@@ -433,11 +550,8 @@ pub fn import_bytes(
             ),
         });
     }
-    let mut tensors = Vec::with_capacity(expected.len());
+    let mut planned = Vec::with_capacity(expected.len());
     let mut ternary_types: BTreeMap<String, usize> = BTreeMap::new();
-    let heads = config.num_heads as usize;
-    let kv_heads = config.num_kv_heads as usize;
-    let head_dim = config.head_dim as usize;
     for (canonical, shape) in &expected {
         let gname = format!("{canonical}.weight");
         let t = file.tensor(&gname).ok_or_else(|| GgufError::Model {
@@ -451,164 +565,90 @@ pub fn import_bytes(
                 format!("shape {:?}, but the metadata implies {shape:?}", t.shape()),
             ));
         }
-        let data = file.data(t);
-        if let Some(lt) = is_projection(canonical) {
-            let (rows, cols) = (shape[0] as usize, shape[1] as usize);
-            let n = rows * cols;
-            let (mut values, mut scale) = match t.ggml_type {
-                GGML_TYPE_I2_S => codec::decode_i2s(data, n, options.i2s_block as usize),
-                GGML_TYPE_TQ1_0 | GGML_TYPE_TQ2_0 => {
-                    let kind = if t.ggml_type == GGML_TYPE_TQ1_0 {
-                        codec::Tq::Tq1_0
-                    } else {
-                        codec::Tq::Tq2_0
-                    };
-                    codec::decode_tq(kind, data).and_then(|(mut v, d)| {
-                        let s = codec::tensor_scale(&mut v, &d)?;
-                        Ok((v, s))
-                    })
+        let (encoding, make) = if let Some(projection) = is_projection(canonical) {
+            if !matches!(
+                t.ggml_type,
+                GGML_TYPE_I2_S
+                    | GGML_TYPE_TQ1_0
+                    | GGML_TYPE_TQ2_0
+                    | GGML_TYPE_F32
+                    | GGML_TYPE_F16
+                    | GGML_TYPE_BF16
+            ) {
+                return Err(tensor_err(&gname, t.ggml_type, NOT_TERNARY.into()));
+            }
+            let multiplier = match file.tensor(&format!("{canonical}.scale")) {
+                None => None,
+                Some(st) => {
+                    let s = floats(st.ggml_type, file.data(st))
+                        .filter(|v| v.len() == 1 && v[0].is_finite())
+                        .ok_or_else(|| {
+                            tensor_err(
+                                &st.name,
+                                st.ggml_type,
+                                "a scale must be one finite F32, F16 or BF16".into(),
+                            )
+                        })?;
+                    notes.push(format!("{canonical}: multiplied by its .scale tensor"));
+                    Some(s[0])
                 }
-                ty => match floats(ty, data) {
-                    Some(v) => codec::float_ternary(v.into_iter()),
-                    None => Err("a projection must be I2_S, TQ1_0, TQ2_0, F32, F16 or BF16 holding ternary values".to_string()),
-                },
-            }
-            .map_err(|d| tensor_err(&gname, t.ggml_type, d))?;
-            if let Some(st) = file.tensor(&format!("{canonical}.scale")) {
-                let s = floats(st.ggml_type, file.data(st))
-                    .filter(|v| v.len() == 1 && v[0].is_finite())
-                    .ok_or_else(|| {
-                        tensor_err(
-                            &st.name,
-                            st.ggml_type,
-                            "a scale must be one finite F32, F16 or BF16".into(),
-                        )
-                    })?;
-                scale *= s[0];
-                notes.push(format!("{}: multiplied by its .scale tensor", canonical));
-            }
-            if interleaved_rope(&arch) {
-                match lt {
-                    LayerTensor::AttnQ => {
-                        values = permute_rope_rows(&values, heads, head_dim, cols, false)
-                    }
-                    LayerTensor::AttnK => {
-                        values = permute_rope_rows(&values, kv_heads, head_dim, cols, false)
-                    }
-                    _ => {}
-                }
-            }
+            };
             *ternary_types.entry(type_name(t.ggml_type)).or_default() += 1;
-            let layout = options.layout;
-            let packed = bitnet_format::parallel::pack(layout, rows, cols, &values, scale);
-            if options.verify {
-                crate::verify::check_ternary(
-                    canonical, layout, rows, cols, &packed, &values, scale,
-                )
-                .map_err(|e| GgufError::Write(e.to_string()))?;
-            }
-            tensors.push((
-                TensorSpec::new(canonical, Encoding::Ternary(layout), shape),
-                packed,
-            ));
+            (
+                Encoding::Ternary(options.layout),
+                Make::Ternary {
+                    projection,
+                    multiplier,
+                },
+            )
         } else {
-            let v = floats(t.ggml_type, data)
-                .or_else(|| blocks::dequantize(t.ggml_type, data))
-                .ok_or_else(|| {
-                    let block_types: Vec<String> =
-                        blocks::TYPES.iter().map(|&ty| type_name(ty)).collect();
-                    tensor_err(
-                        &gname,
-                        t.ggml_type,
-                        format!(
-                            "full-precision tensors must be F32, F16, BF16 or {}",
-                            block_types.join(", ")
-                        ),
-                    )
-                })?;
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(tensor_err(
-                    &gname,
-                    t.ggml_type,
-                    format!("element {i} is {}", v[i]),
-                ));
+            let ty = t.ggml_type;
+            if !matches!(ty, GGML_TYPE_F32 | GGML_TYPE_F16 | GGML_TYPE_BF16)
+                && !blocks::TYPES.contains(&ty)
+            {
+                return Err(not_full_precision(path, t));
             }
             let is_embedding = canonical == names::TOKEN_EMBD || canonical == names::OUTPUT;
-            let encoding = match (is_embedding, options.embeddings) {
-                (false, _) => Encoding::F32,
-                (true, EmbeddingsChoice::F16) => Encoding::F16,
-                (true, EmbeddingsChoice::Bf16) => Encoding::Bf16,
-                (true, EmbeddingsChoice::F32) => Encoding::F32,
-                (true, EmbeddingsChoice::I8) => Encoding::I8Row,
-                (true, EmbeddingsChoice::Q4) => Encoding::Q4B32,
-                (true, EmbeddingsChoice::Source) => match t.ggml_type {
-                    GGML_TYPE_F16 => Encoding::F16,
-                    GGML_TYPE_BF16 => Encoding::Bf16,
-                    // q4_b32 is Q4_0 with its scales stored apart: the same values, no loss.
-                    blocks::GGML_TYPE_Q4_0 => Encoding::Q4B32,
-                    // Other block types become their exact dequantized values.
-                    _ => Encoding::F32,
-                },
-            };
-            let bytes = match encoding {
-                Encoding::F16 if t.ggml_type == GGML_TYPE_F16 => data.to_vec(),
-                Encoding::Bf16 if t.ggml_type == GGML_TYPE_BF16 => data.to_vec(),
-                Encoding::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                Encoding::F16 => v
-                    .iter()
-                    .flat_map(|x| f16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                Encoding::Bf16 => v
-                    .iter()
-                    .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                Encoding::I8Row => {
-                    let (rows, cols) = (shape[0] as usize, shape[1] as usize);
-                    let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    let fl = crate::floats::Floats::new(crate::floats::FloatKind::F32, &raw);
-                    let scales =
-                        crate::quantize::i8_row::row_scales(fl, rows, cols).map_err(|i| {
-                            tensor_err(&gname, t.ggml_type, format!("element {i} is not finite"))
-                        })?;
-                    let mut out: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
-                    out.resize(
-                        bitnet_format::align_up(4 * rows as u64).unwrap_or(0) as usize,
-                        0,
-                    );
-                    let mut q = Vec::new();
-                    for (r, &s) in scales.iter().enumerate() {
-                        crate::quantize::i8_row::quantize_row(
-                            fl.slice(r * cols, (r + 1) * cols),
-                            s,
-                            &mut q,
-                        );
+            let make = match (is_embedding, options.embeddings, ty) {
+                (false, _, _) | (true, EmbeddingsChoice::F32, _) => FloatMake::F32,
+                (true, EmbeddingsChoice::F16 | EmbeddingsChoice::Source, GGML_TYPE_F16) => {
+                    FloatMake::Copy(Encoding::F16)
+                }
+                (true, EmbeddingsChoice::Bf16 | EmbeddingsChoice::Source, GGML_TYPE_BF16) => {
+                    FloatMake::Copy(Encoding::Bf16)
+                }
+                (true, EmbeddingsChoice::F16, _) => FloatMake::Narrow { bf16: false },
+                (true, EmbeddingsChoice::Bf16, _) => FloatMake::Narrow { bf16: true },
+                (true, EmbeddingsChoice::I8, _) => FloatMake::I8Row,
+                // q4_b32 is Q4_0 with its scales stored apart: the same values, no loss.
+                (true, EmbeddingsChoice::Q4 | EmbeddingsChoice::Source, blocks::GGML_TYPE_Q4_0) => {
+                    FloatMake::Q4FromQ4_0
+                }
+                (true, EmbeddingsChoice::Q4, _) => {
+                    // Embeddings are matrices (`expected_tensors`).
+                    let cols = shape[1];
+                    if !cols.is_multiple_of(bitnet_format::Q4_BLOCK) {
+                        return Err(tensor_err(
+                            &gname,
+                            ty,
+                            format!(
+                                "--embeddings q4 needs a column count that is a multiple of {}, not {cols}",
+                                bitnet_format::Q4_BLOCK
+                            ),
+                        ));
                     }
-                    out.extend(q);
-                    out
+                    FloatMake::Q4
                 }
-                Encoding::Q4B32 if t.ggml_type == blocks::GGML_TYPE_Q4_0 => {
-                    blocks::q4_0_to_q4_b32(data, shape[0] as usize, shape[1] as usize)
-                }
-                Encoding::Q4B32 => {
-                    crate::quantize::q4_b32::encode_f32(&v, shape[0] as usize, shape[1] as usize)
-                        .map_err(|d| tensor_err(&gname, t.ggml_type, d))?
-                }
-                Encoding::Ternary(_) => unreachable!("ternary only for projections"),
+                // Other block types become their exact dequantized values.
+                (true, EmbeddingsChoice::Source, _) => FloatMake::F32,
             };
-            let narrowed = match encoding {
-                Encoding::F16 => floats(GGML_TYPE_F16, &bytes),
-                Encoding::Bf16 => floats(GGML_TYPE_BF16, &bytes),
-                _ => None,
-            };
-            if let Some(i) = narrowed.and_then(|b| b.iter().position(|x| !x.is_finite())) {
-                return Err(tensor_err(
-                    &gname,
-                    t.ggml_type,
-                    format!("element {i} overflows {}", encoding.label()),
-                ));
-            }
-            tensors.push((TensorSpec::new(canonical, encoding, shape), bytes));
-        }
+            (make.encoding(), Make::Float(make))
+        };
+        planned.push(Planned {
+            spec: TensorSpec::new(canonical, encoding, shape),
+            source: t.clone(),
+            make,
+        });
     }
     let tokenizer_info = match tokenizer {
         None => {
@@ -642,44 +682,325 @@ pub fn import_bytes(
     let mut provenance_options = BTreeMap::new();
     provenance_options.insert("layout".into(), options.layout.label().into());
     provenance_options.insert("embeddings".into(), options.embeddings.label().into());
+    let generation = match file.get(GENERATION_KEY) {
+        Some(MetadataValue::String(g)) => {
+            serde_json::from_str(g).map_err(|e| GgufError::Metadata {
+                path: path.into(),
+                key: GENERATION_KEY.into(),
+                detail: e.to_string(),
+            })?
+        }
+        _ => GenerationDefaults::default(),
+    };
+    let (heads, kv_heads, head_dim) = (
+        config.num_heads as usize,
+        config.num_kv_heads as usize,
+        config.head_dim as usize,
+    );
     let header = Header {
         model: config,
         tokenizer: tokenizer_info,
-        generation: match file.get(GENERATION_KEY) {
-            Some(MetadataValue::String(g)) => {
-                serde_json::from_str(g).map_err(|e| GgufError::Metadata {
-                    path: path.into(),
-                    key: GENERATION_KEY.into(),
-                    detail: e.to_string(),
-                })?
-            }
-            _ => GenerationDefaults::default(),
-        },
+        generation,
         provenance: Provenance {
             source: Source::Gguf {
                 path: path.display().to_string(),
             },
-            files: vec![sha256_file(path, bytes)],
+            files: vec![hash()?],
             converter: crate::CONVERTER.to_string(),
             options: provenance_options,
         },
         tensors: Vec::new(),
     };
+    let interleaved = interleaved_rope(&arch);
     let report = ImportReport {
         output: options.output.clone(),
         architecture: arch,
-        tensors: tensors.len(),
+        tensors: planned.len(),
         ternary_types,
         notes,
     };
-    Ok(Imported {
+    Ok(Import {
         header,
-        tensors,
+        tensors: Tensors {
+            path,
+            file,
+            options,
+            interleaved,
+            heads,
+            kv_heads,
+            head_dim,
+            planned,
+        },
         report,
     })
 }
 
-/// `bitnet-convert FILE.gguf -o OUT.bitnet`.
+/// Where a converted tensor's bytes go, in order.
+type Sink<'s> = dyn FnMut(&[u8]) -> Result<(), GgufError> + 's;
+
+impl Tensors<'_> {
+    fn error(&self, t: &TensorInfo, detail: String) -> GgufError {
+        tensor_error(self.path, &t.name, t.ggml_type, detail)
+    }
+
+    /// Convert tensor `p`, handing its bytes to `out` in order: a full-precision tensor in pieces,
+    /// a ternary tensor whole.
+    fn convert(&self, p: &Planned, out: &mut Sink<'_>) -> Result<(), GgufError> {
+        match p.make {
+            Make::Ternary {
+                projection,
+                multiplier,
+            } => out(&self.ternary(p, projection, multiplier)?),
+            Make::Float(make) => self.float(p, make, out),
+        }
+    }
+
+    fn ternary(
+        &self,
+        p: &Planned,
+        projection: LayerTensor,
+        multiplier: Option<f32>,
+    ) -> Result<Vec<u8>, GgufError> {
+        let t = &p.source;
+        let data = self.file.data(t);
+        let (rows, cols) = (p.spec.shape[0] as usize, p.spec.shape[1] as usize);
+        let (mut values, mut scale) = match t.ggml_type {
+            GGML_TYPE_I2_S => codec::decode_i2s(data, rows * cols, self.options.i2s_block as usize),
+            GGML_TYPE_TQ1_0 | GGML_TYPE_TQ2_0 => {
+                let kind = if t.ggml_type == GGML_TYPE_TQ1_0 {
+                    codec::Tq::Tq1_0
+                } else {
+                    codec::Tq::Tq2_0
+                };
+                codec::decode_tq(kind, data).and_then(|(mut v, d)| {
+                    let s = codec::tensor_scale(&mut v, &d)?;
+                    Ok((v, s))
+                })
+            }
+            ty => match floats(ty, data) {
+                Some(v) => codec::float_ternary(v.into_iter()),
+                None => Err(NOT_TERNARY.to_string()),
+            },
+        }
+        .map_err(|d| self.error(t, d))?;
+        if let Some(m) = multiplier {
+            scale *= m;
+        }
+        if self.interleaved {
+            match projection {
+                LayerTensor::AttnQ => {
+                    values = permute_rope_rows(&values, self.heads, self.head_dim, cols, false)
+                }
+                LayerTensor::AttnK => {
+                    values = permute_rope_rows(&values, self.kv_heads, self.head_dim, cols, false)
+                }
+                _ => {}
+            }
+        }
+        let layout = self.options.layout;
+        let packed = bitnet_format::parallel::pack(layout, rows, cols, &values, scale);
+        if self.options.verify {
+            crate::verify::check_ternary(&p.spec.name, layout, rows, cols, &packed, &values, scale)
+                .map_err(|e| GgufError::Write(e.to_string()))?;
+        }
+        Ok(packed)
+    }
+
+    /// A full-precision tensor, decoded and encoded in chunks of rows. Tensors whose encoding puts
+    /// scales first (`i8_row`, `q4_b32`) take two passes: the scales, then the codes.
+    fn float(&self, p: &Planned, make: FloatMake, out: &mut Sink<'_>) -> Result<(), GgufError> {
+        let t = &p.source;
+        let data = self.file.data(t);
+        let (rows, cols) = match p.spec.shape[..] {
+            [rows, cols] => (rows as usize, cols as usize),
+            _ => (1, p.spec.shape.iter().product::<u64>() as usize),
+        };
+        // Every row is whole blocks (the container checks the first dimension).
+        let row_bytes = data.len() / rows.max(1);
+        let rows_per_chunk = (CHUNK / cols.max(1)).max(1);
+        let chunks = || {
+            (0..rows)
+                .step_by(rows_per_chunk)
+                .map(move |r| r..(r + rows_per_chunk).min(rows))
+        };
+        let bytes = |r: &Range<usize>| &data[r.start * row_bytes..r.end * row_bytes];
+        // The values of rows `r`, refused if one is NaN or infinite.
+        let values = |r: &Range<usize>| -> Result<Vec<f32>, GgufError> {
+            let v = float_values(t.ggml_type, bytes(r))
+                .ok_or_else(|| not_full_precision(self.path, t))?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(self.error(t, format!("element {} is {}", r.start * cols + i, v[i])));
+            }
+            Ok(v)
+        };
+        match make {
+            FloatMake::F32 => {
+                for r in chunks() {
+                    out(&le_bytes(&values(&r)?))?;
+                }
+            }
+            FloatMake::Copy(_) => {
+                for r in chunks() {
+                    values(&r)?;
+                    out(bytes(&r))?;
+                }
+            }
+            FloatMake::Narrow { bf16 } => {
+                // An element that overflows is reported only if none is NaN or infinite.
+                let mut overflow = None;
+                let mut buffer = Vec::new();
+                for r in chunks() {
+                    buffer.clear();
+                    for (i, &x) in values(&r)?.iter().enumerate() {
+                        let (b, finite) = if bf16 {
+                            let b = half::bf16::from_f32(x);
+                            (b.to_le_bytes(), b.is_finite())
+                        } else {
+                            let h = f16::from_f32(x);
+                            (h.to_le_bytes(), h.is_finite())
+                        };
+                        if !finite && overflow.is_none() {
+                            overflow = Some(r.start * cols + i);
+                        }
+                        buffer.extend_from_slice(&b);
+                    }
+                    out(&buffer)?;
+                }
+                if let Some(i) = overflow {
+                    return Err(self.error(
+                        t,
+                        format!("element {i} overflows {}", p.spec.encoding.label()),
+                    ));
+                }
+            }
+            FloatMake::I8Row => {
+                let mut scales = Vec::with_capacity(rows);
+                for r in chunks() {
+                    let raw = le_bytes(&values(&r)?);
+                    let w = Floats::new(FloatKind::F32, &raw);
+                    let s = i8_row::row_scales(w, r.len(), cols).map_err(|i| {
+                        self.error(t, format!("element {} is not finite", r.start * cols + i))
+                    })?;
+                    scales.extend(s);
+                }
+                let mut head: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+                head.resize(
+                    bitnet_format::align_up(4 * rows as u64).unwrap_or(0) as usize,
+                    0,
+                );
+                out(&head)?;
+                let mut codes = Vec::new();
+                for r in chunks() {
+                    let raw = le_bytes(&values(&r)?);
+                    let w = Floats::new(FloatKind::F32, &raw);
+                    codes.clear();
+                    for (k, &s) in scales[r.clone()].iter().enumerate() {
+                        i8_row::quantize_row(w.slice(k * cols, (k + 1) * cols), s, &mut codes);
+                    }
+                    out(&codes)?;
+                }
+            }
+            FloatMake::Q4FromQ4_0 => {
+                let mut head = Vec::new();
+                for r in chunks() {
+                    values(&r)?;
+                    head.extend(blocks::q4_0_scales(bytes(&r)));
+                }
+                head.resize(
+                    bitnet_format::q4_codes_offset((rows * cols) as u64) as usize,
+                    0,
+                );
+                out(&head)?;
+                for r in chunks() {
+                    out(&blocks::q4_0_codes(bytes(&r)))?;
+                }
+            }
+            FloatMake::Q4 => {
+                let per_row = cols / q4_b32::BLOCK;
+                let mut scales = Vec::with_capacity(rows * per_row);
+                // A block whose scale overflows is reported only if no element is NaN or infinite.
+                let mut refused = None;
+                for r in chunks() {
+                    let v = values(&r)?;
+                    if refused.is_some() {
+                        continue;
+                    }
+                    let raw = le_bytes(&v);
+                    match q4_b32::scales(Floats::new(FloatKind::F32, &raw), r.len(), cols) {
+                        Ok(s) => scales.extend(s),
+                        Err(q4_b32::Refused::NonFinite(i)) => {
+                            refused = Some(format!("element {} is {}", r.start * cols + i, v[i]))
+                        }
+                        Err(q4_b32::Refused::TooLarge(i)) => {
+                            refused = Some(format!(
+                                "element {} ({}) does not fit in q4_b32: its block scale overflows f16",
+                                r.start * cols + i,
+                                v[i]
+                            ))
+                        }
+                    }
+                }
+                if let Some(detail) = refused {
+                    return Err(self.error(t, detail));
+                }
+                out(&q4_b32::scale_bytes(&scales))?;
+                let mut codes = Vec::new();
+                for r in chunks() {
+                    let raw = le_bytes(&values(&r)?);
+                    codes.resize(r.len() * cols / 2, 0);
+                    q4_b32::pack_rows(
+                        Floats::new(FloatKind::F32, &raw),
+                        &scales[r.start * per_row..r.end * per_row],
+                        cols,
+                        0..r.len(),
+                        &mut codes,
+                    );
+                    out(&codes)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A GGUF file decoded in memory: the header (without tensors) and each canonical tensor's
+/// encoding, shape and bytes in the requested layout. For small inputs (fuzzing, tests);
+/// [`import_gguf`] streams each tensor to the output instead.
+pub struct Imported {
+    pub header: Header,
+    pub tensors: Vec<(TensorSpec, Vec<u8>)>,
+    pub report: ImportReport,
+}
+
+/// Import a GGUF file held in memory (`path` is for messages and provenance).
+pub fn import_bytes(
+    path: &Path,
+    bytes: &[u8],
+    options: &ImportOptions,
+) -> Result<Imported, GgufError> {
+    let Import {
+        header,
+        report,
+        tensors,
+    } = plan(path, bytes, options, || Ok(sha256_file(path, bytes)?))?;
+    let mut converted = Vec::with_capacity(tensors.planned.len());
+    for p in &tensors.planned {
+        let mut data = Vec::new();
+        tensors.convert(p, &mut |b| {
+            data.extend_from_slice(b);
+            Ok(())
+        })?;
+        converted.push((p.spec.clone(), data));
+    }
+    Ok(Imported {
+        header,
+        tensors: converted,
+        report,
+    })
+}
+
+/// `bitnet-convert FILE.gguf -o OUT.bitnet`: the GGUF file is mapped, and each tensor converted,
+/// written and dropped before the next, so memory stays near one tensor's, not the model's.
 pub fn import_gguf(options: &ImportOptions) -> Result<ImportReport, GgufError> {
     let out = &options.output;
     if out.exists() && !options.force {
@@ -694,23 +1015,44 @@ pub fn import_gguf(options: &ImportOptions) -> Result<ImportReport, GgufError> {
     // can give wrong values, which every checksum of the output would then carry, not UB in safe
     // code paths that copy out of it.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-    let imported = import_bytes(&options.input, &map, options)?;
+    // The file is hashed through reads, not the map, so that it does not all become resident.
+    let hash = || sha256_file(&options.input, &file).map_err(io);
+    let Import {
+        header,
+        report,
+        tensors,
+    } = plan(&options.input, &map, options, hash)?;
     let fmt = |source| GgufError::Format {
         path: out.clone(),
         source,
     };
-    let specs: Vec<TensorSpec> = imported.tensors.iter().map(|(s, _)| s.clone()).collect();
-    let writer = FileWriter::create(out, imported.header, &specs).map_err(fmt)?;
-    for (spec, bytes) in &imported.tensors {
-        writer.write_tensor(&spec.name, bytes).map_err(fmt)?;
+    let specs: Vec<TensorSpec> = tensors.planned.iter().map(|p| p.spec.clone()).collect();
+    let staged = Staged::new(out);
+    let writer = FileWriter::create(staged.path(), header, &specs).map_err(fmt)?;
+    for p in &tensors.planned {
+        let mut w = writer.begin_tensor(&p.spec.name).map_err(fmt)?;
+        tensors.convert(p, &mut |b| w.write(b).map_err(fmt))?;
+        w.finish().map_err(fmt)?;
+        let range = tensors.file.range(&p.source);
+        // SAFETY: the map is a private read-only file mapping that is never written, so
+        // MADV_DONTNEED only drops this process's pages of the tensor just converted; a later
+        // read (a neighbour sharing a boundary page) faults them in from the file unchanged.
+        // Failure only means the pages stay resident.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
+        };
     }
     writer.finish().map_err(fmt)?;
     if options.verify {
-        BitnetFile::open(out)
+        BitnetFile::open(staged.path())
             .and_then(|f| f.verify())
             .map_err(fmt)?;
     }
-    Ok(imported.report)
+    staged.persist(out).map_err(|source| GgufError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    Ok(report)
 }
 
 /// `--type` of `export-gguf`.

@@ -22,7 +22,7 @@ use bitnet_format::{Q4_BLOCK, q4_codes_offset};
 use half::f16;
 use rayon::prelude::*;
 
-use crate::floats::{FloatKind, Floats};
+use crate::floats::Floats;
 
 /// Elements per block.
 pub const BLOCK: usize = Q4_BLOCK as usize;
@@ -206,38 +206,22 @@ pub fn scale_bytes(scales: &[f16]) -> Vec<u8> {
     head
 }
 
-/// A whole `rows × cols` tensor's bytes (`cols` a multiple of [`BLOCK`]).
-fn encode(w: Floats<'_>, rows: usize, cols: usize) -> Result<Vec<u8>, Refused> {
-    let s = scales(w, rows, cols)?;
-    let mut out = scale_bytes(&s);
-    let head = out.len();
-    out.resize(head + rows * cols / 2, 0);
-    pack_rows(w, &s, cols, 0..rows, &mut out[head..]);
-    Ok(out)
-}
-
-/// A whole tensor's bytes from values already in memory (GGUF import), or what is wrong with them.
-pub fn encode_f32(values: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>, String> {
-    if !cols.is_multiple_of(BLOCK) {
-        return Err(format!(
-            "--embeddings q4 needs a column count that is a multiple of {BLOCK}, not {cols}"
-        ));
-    }
-    let raw: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-    encode(Floats::new(FloatKind::F32, &raw), rows, cols).map_err(|e| match e {
-        Refused::NonFinite(i) => format!("element {i} is {}", values[i]),
-        Refused::TooLarge(i) => format!(
-            "element {i} ({}) does not fit in q4_b32: its block scale overflows f16",
-            values[i]
-        ),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::floats::FloatKind;
     use bitnet_format::q4::{Q4Geometry, decode};
     use proptest::prelude::*;
+
+    /// A whole `rows × cols` tensor's bytes (`cols` a multiple of [`BLOCK`]).
+    fn encode(w: Floats<'_>, rows: usize, cols: usize) -> Result<Vec<u8>, Refused> {
+        let s = scales(w, rows, cols)?;
+        let mut out = scale_bytes(&s);
+        let head = out.len();
+        out.resize(head + rows * cols / 2, 0);
+        pack_rows(w, &s, cols, 0..rows, &mut out[head..]);
+        Ok(out)
+    }
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
