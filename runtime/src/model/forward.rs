@@ -73,7 +73,8 @@ impl<'m> Session<'m> {
 
     /// Forget positions from `pos` on (`0` starts over).
     pub fn truncate(&mut self, pos: usize) {
-        let kv_dim = (self.model.config.num_kv_heads * self.model.config.head_dim) as usize;
+        let c = &self.model.config;
+        let kv_dim = c.num_kv_heads as usize * c.head_dim as usize;
         self.pos = self.pos.min(pos);
         for cache in self.keys.iter_mut().chain(self.values.iter_mut()) {
             cache.truncate(self.pos * kv_dim);
