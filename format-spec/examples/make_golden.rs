@@ -1,5 +1,6 @@
 //! Writes the golden file `testdata/format/golden.bitnet` with the values it must decode to
-//! (`golden.json`), and the per-layout test vectors in `format-spec/vectors/`.
+//! (`golden.json`), the per-layout test vectors in `format-spec/vectors/`, and the files every reader
+//! must reject in `testdata/format/reject/` (listed, with why, in `reject.json`).
 //!
 //! Run from the workspace root: `cargo run -p bitnet-format --example make_golden`.
 //! The committed outputs are the compatibility reference: regenerate them only for a new format version.
@@ -7,8 +8,9 @@
 use std::path::Path;
 
 use bitnet_format::{
-    Activation, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig, Provenance, Source,
-    TensorSpec, TernaryLayout, TokenizerInfo, align_up, q4, ternary,
+    Activation, Encoding, FileWriter, GenerationDefaults, Header, MAJOR, MINOR, ModelConfig,
+    PREAMBLE_LEN, Preamble, Provenance, Source, TensorSpec, TernaryLayout, TokenizerInfo, align_up,
+    header_checksum, q4, ternary,
 };
 use serde_json::json;
 
@@ -208,5 +210,80 @@ fn main() {
         .collect();
     let doc = format!("{{\"tensors\": [\n  {}\n]}}\n", lines.join(",\n  "));
     std::fs::write(root.join("testdata/format/golden.json"), doc).unwrap();
-    println!("wrote testdata/format/golden.bitnet, golden.json and format-spec/vectors/");
+    write_rejects(&root);
+    println!("wrote testdata/format/golden.bitnet, golden.json, reject/ and format-spec/vectors/");
+}
+
+/// Files that break exactly one rule of the spec: the golden file with its header edited (the edit
+/// must match once) and the preamble and data section rebuilt around it.
+/// `(file, text to find, replacement, rule, duplicated key, JSON Pointer of its object)`.
+const REJECTS: [(&str, &str, &str, &str, &str, &str); 4] = [
+    (
+        "duplicate_top_level",
+        r#"{"model":{"family""#,
+        r#"{"note":"a","note":"b","model":{"family""#,
+        "§3 duplicate member name",
+        "note",
+        "",
+    ),
+    (
+        "duplicate_in_model",
+        r#""family":"golden","#,
+        r#""family":"golden","family":"golden","#,
+        "§3 duplicate member name",
+        "family",
+        "/model",
+    ),
+    (
+        "duplicate_in_options",
+        r#""options":{}"#,
+        r#""options":{"layout":"tiled16","layout":"i2s"}"#,
+        "§3 duplicate member name",
+        "layout",
+        "/provenance/options",
+    ),
+    (
+        "duplicate_in_tokenizer_json",
+        r#""vocab":{"#,
+        r#""vocab":{"be":4,"#,
+        "§3 duplicate member name",
+        "be",
+        "/tokenizer/tokenizer_json/model/vocab",
+    ),
+];
+
+fn write_rejects(root: &Path) {
+    let golden = std::fs::read(root.join("testdata/format/golden.bitnet")).unwrap();
+    let preamble = Preamble::parse(&golden).unwrap();
+    let header_end = (PREAMBLE_LEN + preamble.header_len) as usize;
+    let header = std::str::from_utf8(&golden[PREAMBLE_LEN as usize..header_end]).unwrap();
+    let data = &golden[align_up(header_end as u64).unwrap() as usize..];
+    let dir = root.join("testdata/format/reject");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut listed = Vec::new();
+    for (name, find, replace, rule, key, path) in REJECTS {
+        assert_eq!(header.matches(find).count(), 1, "{name}: {find}");
+        let edited = header.replacen(find, replace, 1);
+        let mut preamble = Preamble {
+            major: MAJOR,
+            minor: MINOR,
+            header_crc32: 0,
+            header_len: edited.len() as u64,
+        }
+        .to_bytes();
+        let crc = header_checksum(&preamble, edited.as_bytes());
+        preamble[12..16].copy_from_slice(&crc.to_le_bytes());
+        let mut bytes = preamble.to_vec();
+        bytes.extend_from_slice(edited.as_bytes());
+        bytes.resize(align_up(bytes.len() as u64).unwrap() as usize, 0);
+        bytes.extend_from_slice(data);
+        let file = format!("{name}.bitnet");
+        std::fs::write(dir.join(&file), bytes).unwrap();
+        listed.push(
+            serde_json::to_string(&json!({"file": file, "rule": rule, "key": key, "path": path}))
+                .unwrap(),
+        );
+    }
+    let doc = format!("{{\"files\": [\n  {}\n]}}\n", listed.join(",\n  "));
+    std::fs::write(dir.join("reject.json"), doc).unwrap();
 }

@@ -31,6 +31,9 @@ pub enum FormatError {
     HeaderChecksum { expected: u32, actual: u32 },
     #[error("header is not valid JSON for this format: {0}")]
     HeaderJson(#[from] serde_json::Error),
+    /// `path` is a JSON Pointer (RFC 6901) to the object, empty for the header itself.
+    #[error("header: member name {key:?} appears twice in {}", object_at(.path))]
+    DuplicateMember { key: String, path: String },
     #[error("invalid model configuration: {0}")]
     InvalidModel(String),
     #[error("tensor name {name:?} appears more than once")]
@@ -81,6 +84,14 @@ pub enum FormatError {
 }
 
 pub type Result<T, E = FormatError> = std::result::Result<T, E>;
+
+fn object_at(path: &str) -> String {
+    if path.is_empty() {
+        "the top-level object".into()
+    } else {
+        format!("the object at {path}")
+    }
+}
 
 impl FormatError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -14,6 +14,7 @@ mod preamble;
 pub mod q4;
 mod reader;
 pub mod ternary;
+mod unique_members;
 mod writer;
 
 pub use encoding::{

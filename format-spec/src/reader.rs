@@ -11,7 +11,7 @@ use crate::encoding::{ALIGN, Encoding, TernaryLayout, align_up};
 use crate::error::{FormatError, Result};
 use crate::header::Header;
 use crate::preamble::{PREAMBLE_LEN, Preamble, header_checksum};
-use crate::{q4, ternary};
+use crate::{q4, ternary, unique_members};
 
 /// A checked entry of the tensor directory.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +60,7 @@ impl FileIndex {
                 actual,
             });
         }
+        unique_members::check(header_bytes)?;
         let header: Header = serde_json::from_slice(header_bytes)?;
         header.model.validate().map_err(FormatError::InvalidModel)?;
         let data_start = align_up(header_end as u64).expect("bounded by MAX_HEADER_LEN");

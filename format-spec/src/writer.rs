@@ -14,6 +14,7 @@ use crate::encoding::{Encoding, align_up};
 use crate::error::{FormatError, Result};
 use crate::header::{Header, TensorEntry};
 use crate::preamble::{MAJOR, MINOR, PREAMBLE_LEN, Preamble, header_checksum};
+use crate::unique_members;
 
 /// A tensor to be written: its canonical name, encoding and logical shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +99,10 @@ impl FileWriter {
             offset = align_up(offset + length).ok_or_else(|| too_large(&spec.name))?;
         }
         header.tensors = entries;
-        let header_len = serde_json::to_vec(&header)?.len() as u64;
+        // The embedded tokenizer JSON is copied verbatim: refuse what a reader would.
+        let header_json = serde_json::to_vec(&header)?;
+        unique_members::check(&header_json)?;
+        let header_len = header_json.len() as u64;
         let data_start = align_up(PREAMBLE_LEN + header_len).expect("header fits in memory");
         let file_len = data_start + offset;
 

@@ -150,6 +150,101 @@ fn duplicate_tensor_names() {
     ));
 }
 
+/// The valid file's header text with `find` (which must occur once) replaced by `replace`.
+fn with_header_text(find: &str, replace: &str) -> Vec<u8> {
+    let (_, json, data) = valid();
+    assert_eq!(json.matches(find).count(), 1, "{find} in {json}");
+    assemble(&json.replacen(find, replace, 1), &data)
+}
+
+fn duplicate_member(bytes: Vec<u8>) -> (String, String) {
+    match open(bytes) {
+        FormatError::DuplicateMember { key, path } => (key, path),
+        other => panic!("expected a duplicate member, got {other}"),
+    }
+}
+
+#[test]
+fn duplicate_member_names_are_found_at_any_depth_and_located() {
+    let cases = [
+        // Inside an array element, and in a member the format does not know (ignored otherwise).
+        (
+            r#""tensors":[{"#,
+            r#""tensors":[{"x":{"y":[0,{"k":1,"k":1}]},"#,
+            ("k", "/tensors/0/x/y/1"),
+        ),
+        // Keys are compared after unescaping: `\u0061` is `a`.
+        (
+            r#""options":{}"#,
+            r#""options":{"a":1,"\u0061":2}"#,
+            ("a", "/provenance/options"),
+        ),
+        // The pointer escapes `~` and `/` (RFC 6901).
+        (
+            r#""options":{}"#,
+            r#""options":{"a/b~c":{"z":1,"z":null}}"#,
+            ("z", "/provenance/options/a~1b~0c"),
+        ),
+        // A member the typed parse knows, repeated.
+        (
+            r#""converter":"tests""#,
+            r#""converter":"tests","converter":"tests""#,
+            ("converter", "/provenance"),
+        ),
+    ];
+    for (find, replace, (key, path)) in cases {
+        assert_eq!(
+            duplicate_member(with_header_text(find, replace)),
+            (key.to_string(), path.to_string()),
+            "{replace}"
+        );
+    }
+    let err = open(with_header_text(
+        r#""options":{}"#,
+        r#""options":{"n":1,"n":2}"#,
+    ));
+    assert_eq!(
+        err.to_string(),
+        r#"header: member name "n" appears twice in the object at /provenance/options"#
+    );
+    // Equal values at different places, or different keys, are not duplicates.
+    let same_key_elsewhere =
+        with_header_text(r#""options":{}"#, r#""options":{"a":{"a":{"a":1}}}"#);
+    BitnetFile::from_vec(same_key_elsewhere).unwrap();
+    // Syntax errors stay JSON errors.
+    let err = open(with_header_text(r#""options":{}"#, r#""options":{"a":1,}"#));
+    assert!(matches!(err, FormatError::HeaderJson(_)), "{err}");
+}
+
+#[test]
+fn writer_refuses_an_embedded_tokenizer_with_duplicate_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("m.bitnet");
+    let mut h = header();
+    h.tokenizer = Some(bitnet_format::TokenizerInfo {
+        tokenizer_json: serde_json::value::RawValue::from_string(
+            r#"{"model":{"vocab":{"a":0,"a":1}}}"#.into(),
+        )
+        .unwrap(),
+        chat_template: None,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+        pad_token_id: None,
+        add_bos_token: false,
+    });
+    let specs = [TensorSpec::new("a", Encoding::F32, &[2])];
+    match FileWriter::create(&dest, h, &specs) {
+        Err(FormatError::DuplicateMember { key, path }) => {
+            assert_eq!(
+                (key.as_str(), path.as_str()),
+                ("a", "/tokenizer/tokenizer_json/model/vocab")
+            );
+        }
+        other => panic!("expected a duplicate member, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 fn with_entry_edit(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     let (_, json, data) = valid();
     let mut h: serde_json::Value = serde_json::from_str(&json).unwrap();

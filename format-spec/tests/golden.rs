@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bitnet_format::{BitnetFile, LayoutParams, TernaryLayout, ternary};
+use bitnet_format::{BitnetFile, FormatError, LayoutParams, TernaryLayout, ternary};
 use serde::Deserialize;
 
 fn root() -> PathBuf {
@@ -79,4 +79,50 @@ fn test_vectors_pack_and_unpack_exactly() {
         count += 1;
     }
     assert_eq!(count, 6);
+}
+
+#[derive(Deserialize)]
+struct Reject {
+    file: String,
+    key: String,
+    path: String,
+}
+
+/// The files every reader must reject (`testdata/format/reject/reject.json`; the Python reader runs
+/// the same list in `tests/tests/spec_check.rs`): each is refused for its duplicated member.
+#[test]
+fn every_reject_file_is_refused_for_its_duplicate_member() {
+    let dir = root().join("testdata/format/reject");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reject.json")).unwrap()).unwrap();
+    let rejects: Vec<Reject> = serde_json::from_value(doc["files"].clone()).unwrap();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != "reject.json")
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = rejects.iter().map(|r| r.file.clone()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "every file in reject/ is listed");
+    let paths: Vec<&str> = rejects.iter().map(|r| r.path.as_str()).collect();
+    for needed in [
+        "",
+        "/provenance/options",
+        "/tokenizer/tokenizer_json/model/vocab",
+    ] {
+        assert!(
+            paths.contains(&needed),
+            "a duplicate at {needed:?} is covered"
+        );
+    }
+    for r in &rejects {
+        match BitnetFile::open(dir.join(&r.file)) {
+            Err(FormatError::DuplicateMember { key, path }) => {
+                assert_eq!((&key, &path), (&r.key, &r.path), "{}", r.file);
+            }
+            Err(other) => panic!("{}: rejected for another reason: {other}", r.file),
+            Ok(_) => panic!("{}: accepted", r.file),
+        }
+    }
 }

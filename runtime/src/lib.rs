@@ -3,6 +3,8 @@
 pub mod chat;
 pub mod demo;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod kernels;
 pub mod model;
 pub mod sampling;

@@ -193,3 +193,36 @@ fn a_forced_kernel_path_the_cpu_lacks_is_an_error() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("lacks"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_chat_template_that_renders_to_nothing_is_an_error() {
+    let demo = std::fs::read(root().join("testdata/demo/demo.bitnet")).unwrap();
+    let mut header: serde_json::Value =
+        serde_json::from_str(bitnet_run::fuzz::header_text(&demo).unwrap()).unwrap();
+    header["tokenizer"]["chat_template"] = "{# nothing #}".into();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("silent.bitnet");
+    std::fs::write(
+        &model,
+        bitnet_run::fuzz::with_header(&demo, &header.to_string()).unwrap(),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
+        .arg("-m")
+        .arg(&model)
+        .args(["--chat", "-n", "4", "--temp", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("renders this conversation to no tokens"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

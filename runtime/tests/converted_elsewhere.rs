@@ -3,8 +3,11 @@
 //! native `bitnet-convert`, in several layouts, into a directory named by `BITNET_CONVERTED_DIR`
 //! (files `<fixture>.<layout>.bitnet`), then runs this test on AArch64 under emulation: every file,
 //! on every kernel path the CPU has, must give transformers' logits (the same bounds as
-//! `tests/tests/runtime_fixtures.rs`). Without `BITNET_CONVERTED_DIR` there is nothing to read and
-//! the test says so; with it, every expected file must be there.
+//! `tests/tests/runtime_fixtures.rs`). With `BITNET_CONVERTED_DIR`, every expected file must be
+//! there. Without it, off AArch64 the test converts the fixtures itself into a temporary directory
+//! and checks those; on AArch64 (where the converter is not built for these tests) it cannot run.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +81,44 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// Every fixture in every layout, converted here into a temporary directory with the converter
+/// library, as CI converts them for the AArch64 run.
+#[cfg(not(target_arch = "aarch64"))]
+fn convert_fixtures() -> Option<tempfile::TempDir> {
+    use bitnet_convert::{ConvertOptions, HubOptions, SourceSpec, convert};
+    use bitnet_format::TernaryLayout;
+
+    let dir = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        for layout in LAYOUTS {
+            let out = dir.path().join(format!("{name}.{layout}.bitnet"));
+            let source = SourceSpec::Directory {
+                path: fixture(name),
+            };
+            let mut options = ConvertOptions::new(source, &out);
+            options.layout = TernaryLayout::from_label(layout).unwrap();
+            // A local directory needs no hub: cut it off entirely.
+            options.hub = HubOptions {
+                endpoint: "http://127.0.0.1:9".into(),
+                cache_dir: dir.path().join("no-hub-cache"),
+                token: None,
+                offline: true,
+                progress: false,
+                retries: 0,
+            };
+            convert(&options).unwrap_or_else(|e| panic!("{name} {layout}: {e}"));
+        }
+    }
+    Some(dir)
+}
+
+/// On AArch64 the files must come from elsewhere (`BITNET_CONVERTED_DIR`).
+#[cfg(target_arch = "aarch64")]
+fn convert_fixtures() -> Option<tempfile::TempDir> {
+    common::cannot_run("BITNET_CONVERTED_DIR is not set");
+    None
+}
+
 /// `BITNET_EXPECT_KERNELS=scalar,neon,neon-dot` (set by CI, from /proc/cpuinfo on x86-64 and by
 /// the emulated CPU on AArch64) makes sure the paths meant to be covered really are available, and
 /// that detection picks the last one.
@@ -95,20 +136,25 @@ fn the_expected_kernel_paths_are_available() {
             assert_eq!(names.join(","), expect);
             assert_eq!(Some(&KernelPath::detect().name()), names.last());
         }
-        Err(_) => assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must say which kernel paths this CPU has to test (BITNET_EXPECT_KERNELS)"
+        Err(_) => common::cannot_run(
+            "BITNET_EXPECT_KERNELS (which kernel paths this CPU must test) is not set",
         ),
     }
 }
 
 #[test]
 fn files_converted_elsewhere_match_transformers_on_every_path() {
-    let Some(dir) = std::env::var_os("BITNET_CONVERTED_DIR") else {
-        eprintln!("BITNET_CONVERTED_DIR not set: no files converted elsewhere to check");
-        return;
+    let converted_here;
+    let dir = match std::env::var_os("BITNET_CONVERTED_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let Some(dir) = convert_fixtures() else {
+                return;
+            };
+            converted_here = dir;
+            converted_here.path().to_path_buf()
+        }
     };
-    let dir = PathBuf::from(dir);
     let paths = KernelPath::available();
     eprintln!(
         "{} on {}: kernel paths {:?}",

@@ -652,12 +652,7 @@ fn a_bad_shard_index_is_named() {
 
 #[test]
 fn the_independent_spec_reader_accepts_every_converted_file() {
-    if std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("python3 not found: the independent reader check is skipped");
+    if bitnet_e2e::python3().is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -675,7 +670,8 @@ fn the_independent_spec_reader_accepts_every_converted_file() {
             o.embeddings = EmbeddingsChoice::Q4;
         }
         convert(&o).unwrap();
-        let run = std::process::Command::new("python3")
+        let run = bitnet_e2e::python3()
+            .unwrap()
             .current_dir(&root)
             .arg("tools/spec-check/read_bitnet.py")
             .arg(&out)

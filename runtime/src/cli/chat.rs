@@ -51,6 +51,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             .render(&messages, true)
             .context("cannot render the chat template")?;
         let ids = tok.encode(&prompt, false)?;
+        if ids.is_empty() {
+            bail!("the model's chat template renders this conversation to no tokens");
+        }
         if ids.len() >= ctx {
             bail!(
                 "the conversation is {} tokens, more than the context of {ctx} (-c)",

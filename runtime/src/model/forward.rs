@@ -40,7 +40,7 @@ impl KvCache {
         KvCache {
             ctx,
             pos: 0,
-            kv_dim: (c.num_kv_heads * c.head_dim) as usize,
+            kv_dim: c.num_kv_heads as usize * c.head_dim as usize,
             keys: vec![Vec::new(); c.num_layers as usize],
             values: vec![Vec::new(); c.num_layers as usize],
         }

@@ -35,6 +35,8 @@ pub enum ModelError {
         encoding: String,
         allowed: String,
     },
+    #[error("invalid model configuration: {field}: {detail}")]
+    Config { field: &'static str, detail: String },
     #[error("tensor {0}: cannot repack: {1}")]
     Repack(String, String),
     #[error("token id {id} is outside the vocabulary of {vocab}")]

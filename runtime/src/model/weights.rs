@@ -5,7 +5,10 @@
 use std::ops::Range;
 
 use bitnet_format::names::{self, LayerTensor};
-use bitnet_format::{BitnetFile, Encoding, ModelConfig, TensorInfo, TernaryLayout, parallel};
+use bitnet_format::{
+    BitnetFile, Encoding, MAX_ELEMENTS, ModelConfig, TensorInfo, TernaryLayout, element_count,
+    parallel,
+};
 
 use crate::kernels::KernelPath;
 use crate::kernels::TernaryMatrix;
@@ -227,6 +230,58 @@ impl Binder<'_> {
     }
 }
 
+/// The sizes a configuration implies, computed without overflow.
+struct Dims {
+    h: usize,
+    i_size: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    vocab: usize,
+}
+
+impl Dims {
+    /// Refuse, naming the field, any size whose matrices no file can hold (more than
+    /// [`MAX_ELEMENTS`] elements) and more layers than a file of `tensors` tensors has, before
+    /// anything is allocated for them.
+    fn of(c: &ModelConfig, tensors: usize) -> Result<Self, ModelError> {
+        let product = |field: &'static str, factors: &[u32]| {
+            let n = element_count(&factors.iter().map(|&f| f as u64).collect::<Vec<_>>())
+                .ok_or_else(|| ModelError::Config {
+                    field,
+                    detail: format!("{factors:?} multiply to more than {MAX_ELEMENTS} elements"),
+                })?;
+            usize::try_from(n).map_err(|_| ModelError::Config {
+                field,
+                detail: format!("{n} does not fit this machine's address space"),
+            })
+        };
+        // Each layer has at least its two norms and seven projections.
+        if c.num_layers as usize > tensors / 9 {
+            return Err(ModelError::Config {
+                field: "num_layers",
+                detail: format!(
+                    "{} layers, but the file has only {tensors} tensors",
+                    c.num_layers
+                ),
+            });
+        }
+        let q_dim = product("num_heads × head_dim", &[c.num_heads, c.head_dim])?;
+        let kv_dim = product("num_kv_heads × head_dim", &[c.num_kv_heads, c.head_dim])?;
+        product("vocab_size × hidden_size", &[c.vocab_size, c.hidden_size])?;
+        product(
+            "intermediate_size × hidden_size",
+            &[c.intermediate_size, c.hidden_size],
+        )?;
+        Ok(Dims {
+            h: c.hidden_size as usize,
+            i_size: c.intermediate_size as usize,
+            q_dim,
+            kv_dim,
+            vocab: c.vocab_size as usize,
+        })
+    }
+}
+
 impl Weights {
     /// Bind every tensor the configuration requires, checking shapes and encodings.
     pub fn load(
@@ -234,16 +289,18 @@ impl Weights {
         config: &ModelConfig,
         path: KernelPath,
     ) -> Result<Self, ModelError> {
+        let Dims {
+            h,
+            i_size,
+            q_dim,
+            kv_dim,
+            vocab,
+        } = Dims::of(config, file.tensors().len())?;
         let mut b = Binder {
             file,
             path,
             repacked: Vec::new(),
         };
-        let h = config.hidden_size as usize;
-        let i_size = config.intermediate_size as usize;
-        let q_dim = (config.num_heads * config.head_dim) as usize;
-        let kv_dim = (config.num_kv_heads * config.head_dim) as usize;
-        let vocab = config.vocab_size as usize;
         let token_embd = b.dense(names::TOKEN_EMBD, vocab, h)?;
         let output = if config.tied_embeddings {
             if file.index().get(names::OUTPUT).is_some() {

@@ -160,6 +160,14 @@ pub fn write_model_described(
     w.finish().unwrap();
 }
 
+/// A check cannot run here because `why`: under CI (`CI=true`) that is a failure (this panics);
+/// elsewhere it is reported on stderr and the caller skips the check.
+pub fn cannot_run(why: &str) {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(!in_ci, "{why}: required when CI=true");
+    eprintln!("skipped: {why} (with CI=true this fails)");
+}
+
 pub fn open(path: &std::path::Path) -> BitnetFile {
     BitnetFile::open(path).unwrap()
 }
