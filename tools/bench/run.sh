@@ -23,7 +23,5 @@ done
 for shape in llama3-8b-1.58 falcon3-10b; do
   $run bench -m "$models/$shape.bitnet" -p 128 -n 32 -t 2 -r 3 --bandwidth --json > "$results/$shape.jsonl"
 done
-for pool in rayon spin; do
-  BITNET_POOL=$pool $run bench -m "$models/2b4t-f16.bitnet" -p 128 -n 64 -t 2 -r 5 --json > "$results/pool-$pool.jsonl"
-done
+tools/bench/pool_rounds.sh "$models/2b4t-f16.bitnet" > "$results/pool-rounds.jsonl"
 python3 tools/bench/plot.py "$results" tools/bench/tokens-per-second.svg
