@@ -69,17 +69,23 @@ fn every_kernel_path_and_thread_count_gives_identical_logits() {
     }
 }
 
-#[test]
-fn batch_prefill_equals_one_token_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.bitnet");
+/// A tiny 2B-4T-like model (ReLU², sub-norms, tied f16 embeddings) with weights from `seed`.
+fn relu2_f16_model(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
+    let path = dir.join("m.bitnet");
     write_model(
         &path,
         &config(Activation::Relu2, true, true),
         TernaryLayout::Tiled { tile_rows: 16 },
         Encoding::F16,
-        5,
+        seed,
     );
+    path
+}
+
+#[test]
+fn batch_prefill_equals_one_token_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = relu2_f16_model(dir.path(), 5);
     for kernel in KernelPath::available() {
         let model = Model::load(open(&path), kernel, 2).unwrap();
         let batch = Session::new(&model, 64)
@@ -201,14 +207,7 @@ fn tensors_that_do_not_fit_the_configuration_are_named() {
 fn a_batch_of_sequences_gives_each_the_logits_it_gets_alone() {
     use bitnet_run::model::{KvCache, Runner, SeqStep};
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.bitnet");
-    write_model(
-        &path,
-        &config(Activation::Relu2, true, true),
-        TernaryLayout::Tiled { tile_rows: 16 },
-        Encoding::F16,
-        21,
-    );
+    let path = relu2_f16_model(dir.path(), 21);
     let prompts: [&[u32]; 4] = [&[3, 17, 42], &[5], &[9, 9, 8, 7, 6, 1, 2], &[30, 31]];
     // Sequence i joins at step `join[i]` (its prompt is that step's chunk) and then decodes the
     // given next tokens, one per step.
