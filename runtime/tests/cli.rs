@@ -226,3 +226,81 @@ fn a_chat_template_that_renders_to_nothing_is_an_error() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// llama.cpp's order, `-m MODEL` (and -t, -c, --kernel) before the subcommand, works as well as
+/// after it; `bench` runs the demo model when no -m is given.
+#[test]
+fn model_options_go_before_or_after_the_subcommand() {
+    let demo = "testdata/demo/demo.bitnet";
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("l.npy");
+    let npy = npy.to_str().unwrap();
+    for args in [
+        vec![
+            "-m",
+            demo,
+            "-t",
+            "1",
+            "perplexity",
+            "-f",
+            "testdata/demo/heldout.txt",
+            "-c",
+            "64",
+            "--json",
+        ],
+        vec![
+            "perplexity",
+            "-m",
+            demo,
+            "-t",
+            "1",
+            "-f",
+            "testdata/demo/heldout.txt",
+            "-c",
+            "64",
+            "--json",
+        ],
+    ] {
+        let o = run(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+    }
+    let o = run(&[
+        "-m",
+        demo,
+        "--kernel",
+        "scalar",
+        "logits",
+        "--token-ids",
+        "1,2,3",
+        "-o",
+        npy,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::metadata(npy).unwrap().len() > 0);
+    for args in [
+        vec!["bench", "-p", "8", "-n", "2", "-r", "1", "-t", "1"],
+        vec![
+            "-m", demo, "bench", "-p", "8", "-n", "2", "-r", "1", "-t", "1",
+        ],
+    ] {
+        let o = run(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("tg2"),
+            "{args:?}"
+        );
+    }
+    // A prompt that happens to be a subcommand's name stays a prompt.
+    let o = run(&["-p", "bench", "-n", "2", "--seed", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("bench"));
+}
+
+#[test]
+fn system_without_chat_is_an_error_naming_chat() {
+    let o = run(&["-p", "ROMEO:", "--system", "Be brief.", "-n", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--chat"), "{}", stderr(&o));
+}

@@ -12,9 +12,9 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The .bitnet model file.
+    /// The .bitnet model file (default: the bundled demo model).
     #[arg(short = 'm', long = "model")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Prompt lengths to process (comma-separated; 0 skips).
     #[arg(
         short = 'p',
@@ -119,16 +119,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if threads.contains(&0) {
         bail!("-t/--threads values must be at least 1");
     }
-    let name = args
-        .model
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = match &args.model {
+        Some(p) => p
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        None => {
+            eprintln!("note: {}", bitnet_run::demo::NOTE);
+            "demo".to_string()
+        }
+    };
     let mut rows = Vec::new();
     let mut bytes_per_token = 0;
     let mut file_bytes = 0;
     for &t in &threads {
-        let file = BitnetFile::open(&args.model)
-            .with_context(|| format!("cannot open {}", args.model.display()))?;
+        let file = match &args.model {
+            Some(p) => {
+                BitnetFile::open(p).with_context(|| format!("cannot open {}", p.display()))?
+            }
+            None => bitnet_run::demo::open()?,
+        };
         file_bytes = file.bytes().len();
         let model = Model::load(file, path, t)?;
         bytes_per_token = model.weights.bytes_per_token();

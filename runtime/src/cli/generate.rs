@@ -11,6 +11,9 @@ use bitnet_run::tokenizer::{StreamDecoder, Tokenizer};
 use super::{GenerateArgs, context_size, load_model};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
+    if args.system.is_some() {
+        bail!("--system is the system message of --chat: add --chat, or put the text in -p");
+    }
     let Some(prompt) = &args.prompt else {
         bail!("no prompt given: use -p PROMPT (or --chat)");
     };

@@ -102,6 +102,46 @@ struct SamplingArgs {
     seed: Option<u64>,
 }
 
+/// llama.cpp's tools take `-m MODEL` before the subcommand (`bitnet-run -m x.bitnet perplexity
+/// ...`); clap wants a subcommand's options after it. Model options (`-m`, `-t`, `-c`, `--kernel`,
+/// with their values) that come before a subcommand's name are moved after it; anything else is
+/// left for clap to judge.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    const SUBCOMMANDS: [&str; 3] = ["logits", "perplexity", "bench"];
+    const WITH_VALUE: [&str; 7] = [
+        "-m",
+        "--model",
+        "-t",
+        "--threads",
+        "-c",
+        "--ctx-size",
+        "--kernel",
+    ];
+    let args: Vec<String> = args.into_iter().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if SUBCOMMANDS.contains(&a) {
+            if i == 1 {
+                break;
+            }
+            let mut out = vec![args[0].clone(), args[i].clone()];
+            out.extend_from_slice(&args[1..i]);
+            out.extend_from_slice(&args[i + 1..]);
+            return out;
+        }
+        let is_model_option = WITH_VALUE.contains(&a)
+            || WITH_VALUE
+                .iter()
+                .any(|o| o.starts_with("--") && a.starts_with(&format!("{o}=")));
+        if !is_model_option {
+            break;
+        }
+        i += if a.contains('=') { 1 } else { 2 };
+    }
+    args
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Logits(args)) => logits::run(args),
