@@ -66,6 +66,14 @@ impl SamplerConfig {
     }
 }
 
+/// A fresh seed for a run that gave none (from the OS-seeded hasher keys std already draws).
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 /// A seeded sampler (xoshiro256** seeded through SplitMix64: small, fast, reproducible everywhere).
 #[derive(Debug, Clone)]
 pub struct Sampler {

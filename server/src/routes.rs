@@ -293,12 +293,7 @@ fn settings(l: &Loaded, p: &Params, prompt: Vec<u32>) -> Result<Settings, ApiErr
         range("logit_bias", Some(bias), -100.0, 100.0)?;
         logit_bias.push((id, bias));
     }
-    let seed = p.seed.unwrap_or_else(|| {
-        use std::hash::{BuildHasher, Hasher};
-        std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-    });
+    let seed = p.seed.unwrap_or_else(bitnet_run::sampling::random_seed);
     let stop_ids = match (&l.tokenizer, p.ignore_eos) {
         (Some(tok), false) => tok.eos().to_vec(),
         _ => Vec::new(),

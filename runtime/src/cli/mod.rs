@@ -208,12 +208,7 @@ impl SamplingArgs {
     /// The sampler options: flags, else the model's generation defaults, else llama.cpp's defaults.
     fn config(&self, model: &Model) -> Result<SamplerConfig> {
         let d = SamplerConfig::for_file(&model.file().header().generation);
-        let seed = self.seed.unwrap_or_else(|| {
-            use std::hash::{BuildHasher, Hasher};
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish()
-        });
+        let seed = self.seed.unwrap_or_else(bitnet_run::sampling::random_seed);
         let config = SamplerConfig {
             temperature: self.temperature.unwrap_or(d.temperature),
             top_k: self.top_k.unwrap_or(d.top_k),
