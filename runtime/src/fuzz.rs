@@ -3,7 +3,7 @@
 use bitnet_format::{BitnetFile, PREAMBLE_LEN, Preamble, align_up, header_checksum};
 
 use crate::kernels::KernelPath;
-use crate::model::{Logits, Model, Session};
+use crate::model::{KvTypes, Logits, Model, Session};
 
 /// Open `data` as a model (its header checksum repaired first, so that mutations reach the model
 /// configuration and tensor directory), bind it for every kernel path this CPU has and run one
@@ -21,7 +21,7 @@ pub fn exercise_model(data: &[u8]) {
         };
         let vocab = model.config.vocab_size;
         let ctx = (model.config.context_length as usize).min(4);
-        let _ = Session::new(&model, ctx).forward(&[0, vocab - 1], Logits::All);
+        let _ = Session::new(&model, ctx, KvTypes::default()).forward(&[0, vocab - 1], Logits::All);
     }
 }
 

@@ -13,9 +13,15 @@ use std::path::{Path, PathBuf};
 
 use bitnet_format::{BitnetFile, Encoding};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::{Logits, Model, Session};
+use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use bitnet_run::sampling::argmax;
 use serde_json::Value;
+
+/// Transformers keeps its cache in f32: the comparison with it uses the f32 cache.
+const F32_CACHE: KvTypes = KvTypes {
+    keys: KvType::F32,
+    values: KvType::F32,
+};
 
 const FIXTURES: [&str; 5] = [
     "bitnet-2b4t",
@@ -192,7 +198,7 @@ fn files_converted_elsewhere_match_transformers_on_every_path() {
                     let (shape, want) =
                         read_npy_f32(&fixture(name).join(seq["logits_file"].as_str().unwrap()));
                     assert_eq!(shape, [tokens.len(), vocab]);
-                    let got = Session::new(&model, tokens.len())
+                    let got = Session::new(&model, tokens.len(), F32_CACHE)
                         .forward(&tokens, Logits::All)
                         .unwrap();
                     let diffs: Vec<f64> = got

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bitnet_format::BitnetFile;
 use bitnet_run::engine::{Engine, EngineConfig, Event, FinishReason, Request, SubmitError, Usage};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::{Logits, Model, Session};
+use bitnet_run::model::{KvTypes, Logits, Model, Session};
 use bitnet_run::sampling::argmax;
 use bitnet_run::tokenizer::Tokenizer;
 
@@ -38,7 +38,7 @@ fn prompts(model: &Model) -> Vec<Vec<u32>> {
 
 /// Greedy generation one sequence at a time, as `bitnet-run --temp 0` does it.
 fn greedy_alone(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut session = Session::new(model, 4096);
+    let mut session = Session::new(model, 4096, KvTypes::default());
     let mut logits = session.forward(prompt, Logits::Last).unwrap();
     let mut out = Vec::new();
     while out.len() < n {
@@ -76,6 +76,7 @@ fn config(slots: usize) -> EngineConfig {
         ctx: 4096,
         step_tokens: 64,
         max_waiting: 16,
+        cache: KvTypes::default(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use bitnet_format::BitnetFile;
 use bitnet_run::fuzz::{exercise_model, header_text, with_header};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::{Logits, Model, Session};
+use bitnet_run::model::{KvTypes, Logits, Model, Session};
 use common::Rng;
 use serde_json::Value;
 
@@ -59,7 +59,7 @@ fn the_corpus_seeds_load_and_run_on_every_path() {
             let model = Model::load(BitnetFile::open(seed).unwrap(), path, 1)
                 .unwrap_or_else(|e| panic!("{}: {e}", seed.display()));
             let vocab = model.config.vocab_size;
-            let logits = Session::new(&model, 2)
+            let logits = Session::new(&model, 2, KvTypes::default())
                 .forward(&[0, vocab - 1], Logits::All)
                 .unwrap();
             assert_eq!(logits.len(), 2 * vocab as usize);

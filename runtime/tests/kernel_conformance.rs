@@ -343,3 +343,143 @@ fn forcing_an_unknown_or_missing_path_is_a_clear_error() {
         "every instruction set is either available or refused"
     );
 }
+
+/// Cache rows of `kind` (`n` rows of `dim`, `stride` values apart) and their exact values.
+fn cache_rows(
+    kind: FloatKind,
+    n: usize,
+    dim: usize,
+    stride: usize,
+    seed: usize,
+) -> (Vec<u8>, Vec<f64>) {
+    let mut bytes = Vec::new();
+    let mut exact = Vec::new();
+    for j in 0..n {
+        for c in 0..stride {
+            let v = (((j * 31 + c * 17 + seed) % 97) as f32 - 48.0) / 24.0;
+            match kind {
+                FloatKind::F16 => {
+                    let h = half::f16::from_f32(v);
+                    bytes.extend(h.to_le_bytes());
+                    if c < dim {
+                        exact.push(h.to_f32() as f64);
+                    }
+                }
+                _ => {
+                    bytes.extend(v.to_le_bytes());
+                    if c < dim {
+                        exact.push(v as f64);
+                    }
+                }
+            }
+        }
+    }
+    (bytes, exact)
+}
+
+#[test]
+fn attention_kernels_equal_the_reference_bit_for_bit_and_f64_closely() {
+    use bitnet_run::kernels::attention::{self, CacheRows};
+    // Head sizes on and off the SIMD kernels' 16-value step, groups on both sides of their four
+    // heads at a time, and strides wider than a head (other KV heads in between).
+    for kind in [FloatKind::F16, FloatKind::F32] {
+        for (dim, groups, n, stride) in [
+            (16, 1, 1, 16),
+            (16, 4, 33, 48),
+            (64, 3, 7, 128),
+            (128, 5, 100, 640),
+            (128, 8, 20, 256),
+            (12, 2, 9, 24),
+        ] {
+            let (data, exact) = cache_rows(kind, n, dim, stride, dim + groups);
+            let rows = CacheRows {
+                data: &data,
+                kind,
+                stride: stride * kind.bytes(),
+                dim,
+                rows: n,
+            };
+            let q: Vec<f32> = (0..groups * dim)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 16.0)
+                .collect();
+            let p: Vec<f32> = (0..groups * n).map(|i| (i % 5) as f32 / 8.0).collect();
+            let init: Vec<f32> = (0..groups * dim).map(|i| (i % 3) as f32).collect();
+            let run = |path| {
+                let mut scores = vec![0.0f32; groups * n];
+                attention::scores(path, &q, rows, 0.5, &mut scores);
+                let mut out = init.clone();
+                attention::accumulate(path, &p, rows, &mut out);
+                (scores, out)
+            };
+            let reference = run(KernelPath::SCALAR);
+            for path in available_paths() {
+                let (scores, out) = run(path);
+                // The paths promise the reference's exact float operations, not just its accuracy.
+                assert_eq!(
+                    (&scores, &out),
+                    (&reference.0, &reference.1),
+                    "{path:?} {kind:?} d{dim} g{groups}"
+                );
+                for g in 0..groups {
+                    for j in 0..n {
+                        let want: f64 = (0..dim)
+                            .map(|c| q[g * dim + c] as f64 * exact[j * dim + c])
+                            .sum::<f64>()
+                            * 0.5;
+                        let got = scores[g * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{path:?} {kind:?} d{dim} g{groups} score ({g}, {j}): {got} vs {want}"
+                        );
+                    }
+                    for c in 0..dim {
+                        let want = init[g * dim + c] as f64
+                            + (0..n)
+                                .map(|j| p[g * n + j] as f64 * exact[j * dim + c])
+                                .sum::<f64>();
+                        let got = out[g * dim + c] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{path:?} {kind:?} d{dim} g{groups} out ({g}, {c}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_encoding_rounds_like_the_half_crate_on_every_path() {
+    // Ties, subnormals, overflow to infinity, signed zeros and NaN, then a sweep of ordinary values;
+    // 37 values, so the SIMD paths' 8-value steps leave a tail.
+    let mut src = vec![
+        1.0 + f32::EPSILON * 4096.0, // exactly halfway between two f16 values
+        1.0 + f32::EPSILON * 12288.0,
+        5.960_464_5e-8,
+        2.980_232_2e-8,
+        6.0e-5,
+        65504.0,
+        65520.0,
+        1.0e6,
+        -1.0e6,
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+    ];
+    src.extend((0..24).map(|i| (i as f32 - 12.0) * 0.123_456_79));
+    for path in available_paths() {
+        let mut got = vec![0u8; 2 * src.len()];
+        float::encode_f16(path, &src, &mut got);
+        for (i, (v, g)) in src.iter().zip(got.chunks_exact(2)).enumerate() {
+            let want = half::f16::from_f32(*v);
+            let got = half::f16::from_le_bytes([g[0], g[1]]);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{path:?} value {i}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{path:?} value {i}: {v}");
+            }
+        }
+    }
+}

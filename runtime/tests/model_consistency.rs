@@ -7,16 +7,26 @@ mod common;
 
 use bitnet_format::{Activation, Encoding, TernaryLayout};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::{Logits, Model, ModelError, Session};
+use bitnet_run::model::{KvTypes, Logits, Model, ModelError, Session};
 use common::*;
 
 const TOKENS: [u32; 9] = [3, 17, 42, 0, 49, 8, 8, 23, 11];
 
 fn logits_all(path: &std::path::Path, kernel: KernelPath, threads: usize) -> Vec<f32> {
     let model = Model::load(open(path), kernel, threads).unwrap();
-    Session::new(&model, 64)
+    Session::new(&model, 64, KvTypes::default())
         .forward(&TOKENS, Logits::All)
         .unwrap()
+}
+
+/// `cfg` with heads of 16 values, four query heads sharing each KV head: the shape the SIMD
+/// attention kernels take (the default 12-value heads take the reference path).
+fn gqa_config(mut cfg: bitnet_format::ModelConfig) -> bitnet_format::ModelConfig {
+    cfg.hidden_size = 64;
+    cfg.num_heads = 4;
+    cfg.num_kv_heads = 1;
+    cfg.head_dim = 16;
+    cfg
 }
 
 #[test]
@@ -26,6 +36,7 @@ fn every_kernel_path_and_thread_count_gives_identical_logits() {
         (Activation::Relu2, true, true, Encoding::F32),
         (Activation::Silu, false, false, Encoding::F32),
         (Activation::Relu2, true, true, Encoding::Q4B32),
+        (Activation::Silu, true, false, Encoding::F16),
     ]
     .into_iter()
     .enumerate()
@@ -35,6 +46,9 @@ fn every_kernel_path_and_thread_count_gives_identical_logits() {
         if embd == Encoding::Q4B32 {
             // Whole blocks of 32: one 128-column SIMD group and a one-block tail.
             cfg.hidden_size = 160;
+        }
+        if embd == Encoding::F16 {
+            cfg = gqa_config(cfg);
         }
         write_model(
             &path,
@@ -69,12 +83,13 @@ fn every_kernel_path_and_thread_count_gives_identical_logits() {
     }
 }
 
-/// A tiny 2B-4T-like model (ReLU², sub-norms, tied f16 embeddings) with weights from `seed`.
+/// A tiny 2B-4T-like model (ReLU², sub-norms, tied f16 embeddings, four query heads per KV head
+/// of 16 values, the SIMD attention kernels' shape) with weights from `seed`.
 fn relu2_f16_model(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
     let path = dir.join("m.bitnet");
     write_model(
         &path,
-        &config(Activation::Relu2, true, true),
+        &gqa_config(config(Activation::Relu2, true, true)),
         TernaryLayout::Tiled { tile_rows: 16 },
         Encoding::F16,
         seed,
@@ -88,10 +103,10 @@ fn batch_prefill_equals_one_token_at_a_time() {
     let path = relu2_f16_model(dir.path(), 5);
     for kernel in KernelPath::available() {
         let model = Model::load(open(&path), kernel, 2).unwrap();
-        let batch = Session::new(&model, 64)
+        let batch = Session::new(&model, 64, KvTypes::default())
             .forward(&TOKENS, Logits::All)
             .unwrap();
-        let mut session = Session::new(&model, 64);
+        let mut session = Session::new(&model, 64, KvTypes::default());
         let vocab = model.config.vocab_size as usize;
         // Everything up to the output matrix is exact; a single token's output row takes the fused
         // matrix-vector kernel, whose float summation order differs from the batched one.
@@ -141,7 +156,7 @@ fn every_layout_gives_the_same_logits() {
                 model.weights.repacked.is_empty(),
                 kernel.reads_layout(layout)
             );
-            let got = Session::new(&model, 64)
+            let got = Session::new(&model, 64, KvTypes::default())
                 .forward(&TOKENS, Logits::All)
                 .unwrap();
             assert_eq!(got, reference, "{kernel:?} reading {layout:?}");
@@ -161,7 +176,7 @@ fn context_and_vocabulary_limits_are_errors() {
         1,
     );
     let model = Model::load(open(&path), KernelPath::SCALAR, 1).unwrap();
-    let mut s = Session::new(&model, 8);
+    let mut s = Session::new(&model, 8, KvTypes::default());
     assert!(matches!(
         s.forward(&[1; 9], Logits::Last),
         Err(ModelError::ContextFull { needed: 9, ctx: 8 })
@@ -219,7 +234,7 @@ fn a_batch_of_sequences_gives_each_the_logits_it_gets_alone() {
         let alone: Vec<Vec<Vec<f32>>> = prompts
             .iter()
             .map(|p| {
-                let mut s = Session::new(&model, 32);
+                let mut s = Session::new(&model, 32, KvTypes::default());
                 let mut out = vec![s.forward(p, Logits::All).unwrap()];
                 for &id in &decode {
                     out.push(s.forward(&[id], Logits::Last).unwrap());
@@ -228,7 +243,10 @@ fn a_batch_of_sequences_gives_each_the_logits_it_gets_alone() {
             })
             .collect();
         let mut runner = Runner::new(&model);
-        let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(&model, 32)).collect();
+        let mut caches: Vec<KvCache> = prompts
+            .iter()
+            .map(|_| KvCache::new(&model, 32, KvTypes::default()))
+            .collect();
         let mut checked = 0;
         for step in 0..8 {
             // (sequence, its step number): 0 is the prompt, then one decode token per step.
@@ -290,7 +308,10 @@ fn a_batch_is_refused_whole_when_one_sequence_is_bad() {
     );
     let model = Model::load(open(&path), KernelPath::SCALAR, 1).unwrap();
     let mut runner = Runner::new(&model);
-    let (mut a, mut b) = (KvCache::new(&model, 8), KvCache::new(&model, 2));
+    let (mut a, mut b) = (
+        KvCache::new(&model, 8, KvTypes::default()),
+        KvCache::new(&model, 2, KvTypes::default()),
+    );
     let err = runner
         .step(&mut [
             SeqStep {
@@ -319,4 +340,43 @@ fn a_batch_is_refused_whole_when_one_sequence_is_bad() {
         }])
         .unwrap_err();
     assert!(matches!(err, ModelError::TokenOutOfRange { .. }), "{err}");
+}
+
+/// The f16 cache rounds each key and value once. On the bundled demo model (trained weights; the
+/// random test models amplify any rounding through their activation quantization) its logits stay
+/// close to the f32 cache's on every path, and its greedy choices are the same.
+#[test]
+fn an_f16_cache_stays_close_to_the_f32_cache() {
+    use bitnet_run::model::KvType;
+    use bitnet_run::sampling::argmax;
+    let text = "Once upon a time, there was a little girl named Lily. She loved to play outside \
+                in the park with her friends. One day, she saw a big red ball.";
+    for kernel in KernelPath::available() {
+        let model = Model::load(bitnet_run::demo::open().unwrap(), kernel, 2).unwrap();
+        let tok =
+            bitnet_run::tokenizer::Tokenizer::from_info(model.file().header().tokenizer.as_ref())
+                .unwrap();
+        let ids = tok.encode_prompt(text).unwrap();
+        let vocab = model.config.vocab_size as usize;
+        let run = |t| {
+            Session::new(&model, 256, KvTypes::uniform(t))
+                .forward(&ids, Logits::All)
+                .unwrap()
+        };
+        let (half, full) = (run(KvType::F16), run(KvType::F32));
+        assert_ne!(half, full, "{kernel:?}: the f16 cache must round something");
+        // Measured: at most 0.22 on logits up to 9.
+        for (t, (a, b)) in half.chunks(vocab).zip(full.chunks(vocab)).enumerate() {
+            let max = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                max < 0.5,
+                "{kernel:?} position {t}: f16 cache differs by {max}"
+            );
+            assert_eq!(argmax(a), argmax(b), "{kernel:?} position {t}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use bitnet_run::model::KvType;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -32,6 +33,12 @@ pub struct Args {
     /// Kernel path (default: BITNET_KERNEL, else the fastest this CPU has)
     #[arg(long)]
     pub kernel: Option<String>,
+    /// KV cache type of keys, f16 or f32; also `-ctk`
+    #[arg(long = "cache-type-k", default_value = "f16")]
+    pub cache_type_k: KvType,
+    /// KV cache type of values, f16 or f32; also `-ctv`
+    #[arg(long = "cache-type-v", default_value = "f16")]
+    pub cache_type_v: KvType,
     /// Tokens per batched step: every generating sequence's one, then prompt chunks up to this
     #[arg(short = 'b', long = "batch-size", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub batch_tokens: u64,
@@ -52,12 +59,14 @@ pub struct Args {
     pub alias: Option<String>,
 }
 
-/// llama.cpp spells some options with one dash and several letters (`-np 4`); clap reads one
+/// llama.cpp spells some options with one dash and several letters (`-np 4`, `-ctk f16`); clap reads one
 /// letter per dash, so those are rewritten to their long names first.
 pub fn normalize(args: impl IntoIterator<Item = String>) -> Vec<String> {
     args.into_iter()
         .map(|a| match a.as_str() {
             "-np" => "--parallel".to_string(),
+            "-ctk" => "--cache-type-k".to_string(),
+            "-ctv" => "--cache-type-v".to_string(),
             _ => a,
         })
         .collect()

@@ -16,7 +16,7 @@ use bitnet_format::BitnetFile;
 use bitnet_run::chat::ChatTemplate;
 use bitnet_run::engine::{Engine, EngineConfig};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::Model;
+use bitnet_run::model::{KvTypes, Model};
 use bitnet_run::sampling::SamplerConfig;
 use bitnet_run::tokenizer::{Tokenizer, TokenizerError};
 use clap::Parser;
@@ -181,6 +181,10 @@ fn load(args: &Args) -> Result<Loaded> {
             ctx,
             step_tokens: args.batch_tokens as usize,
             max_waiting: args.queue,
+            cache: KvTypes {
+                keys: args.cache_type_k,
+                values: args.cache_type_v,
+            },
         },
     )?;
     let metrics = Metrics::new(Arc::clone(engine.stats()), slots);

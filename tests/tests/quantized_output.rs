@@ -9,7 +9,7 @@ use std::path::Path;
 use bitnet_convert::EmbeddingsChoice;
 use bitnet_format::{BitnetFile, Encoding, names};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::{Model, negative_log_likelihood};
+use bitnet_run::model::{KvTypes, Model, negative_log_likelihood};
 use bitnet_run::tokenizer::Tokenizer;
 use convert_support::*;
 
@@ -23,7 +23,8 @@ fn perplexity(file: &Path, path: KernelPath) -> f64 {
     let tok = Tokenizer::from_info(model.file().header().tokenizer.as_ref()).unwrap();
     let text = std::fs::read_to_string(demo().join("heldout.txt")).unwrap();
     let ids = tok.encode_prompt(&text).unwrap();
-    let (nll, count) = negative_log_likelihood(&model, &ids[..2048], 128).unwrap();
+    let (nll, count) =
+        negative_log_likelihood(&model, &ids[..2048], 128, KvTypes::default()).unwrap();
     (nll / count as f64).exp()
 }
 

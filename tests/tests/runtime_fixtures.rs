@@ -8,11 +8,17 @@ use std::path::Path;
 use bitnet_format::BitnetFile;
 use bitnet_run::chat::{ChatTemplate, Message};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::{Logits, Model, Session};
+use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use bitnet_run::sampling::argmax;
 use bitnet_run::tokenizer::Tokenizer;
 use convert_support::*;
 use serde_json::Value;
+
+/// Transformers keeps its cache in f32: the comparison with it uses the f32 cache.
+const F32_CACHE: KvTypes = KvTypes {
+    keys: KvType::F32,
+    values: KvType::F32,
+};
 
 fn converted(dir: &Path, name: &str) -> std::path::PathBuf {
     let out = dir.join(format!("{name}.bitnet"));
@@ -57,7 +63,7 @@ fn logits_match_transformers_for_every_family_and_kernel_path() {
                 let (shape, want) =
                     read_npy(&fixture(name).join(seq["logits_file"].as_str().unwrap()));
                 assert_eq!(shape, [tokens.len(), vocab]);
-                let got = Session::new(&model, tokens.len())
+                let got = Session::new(&model, tokens.len(), F32_CACHE)
                     .forward(&tokens, Logits::All)
                     .unwrap();
                 let diffs: Vec<f64> = got
@@ -92,7 +98,7 @@ fn greedy_generation_matches_transformers() {
     let expected = ids(&greedy["generated_token_ids"]);
     for path in KernelPath::available() {
         let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
-        let mut session = Session::new(&model, 64);
+        let mut session = Session::new(&model, 64, F32_CACHE);
         let mut logits = session.forward(&prompt, Logits::Last).unwrap();
         let mut generated = Vec::new();
         while generated.len() < expected.len() {
@@ -182,7 +188,7 @@ fn demo_model_logits_match_transformers_on_held_out_text() {
         let model = Model::load(BitnetFile::open(&file).unwrap(), path, 2).unwrap();
         let vocab = model.config.vocab_size as usize;
         assert_eq!(shape, [tokens.len(), vocab]);
-        let got = Session::new(&model, tokens.len())
+        let got = Session::new(&model, tokens.len(), F32_CACHE)
             .forward(&tokens, Logits::All)
             .unwrap();
         // Transformers and the integer-exact numerics agree to ~1e-5 until an activation code

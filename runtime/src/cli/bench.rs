@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bitnet_format::BitnetFile;
 use bitnet_run::kernels::{KernelPath, bandwidth};
-use bitnet_run::model::{Logits, Model, Session};
+use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -31,6 +31,14 @@ pub struct BenchArgs {
         default_value = "64"
     )]
     gen_tokens: Vec<usize>,
+    /// Depths: tokens already in the KV cache when each test starts (comma-separated).
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    depth: Vec<usize>,
     /// Thread counts (comma-separated; default: all cores).
     #[arg(short = 't', long = "threads", value_delimiter = ',')]
     threads: Vec<usize>,
@@ -43,6 +51,12 @@ pub struct BenchArgs {
     /// Kernel path (default: BITNET_KERNEL, else the fastest this CPU has).
     #[arg(long)]
     kernel: Option<String>,
+    /// KV cache type of keys: f16 or f32 (llama.cpp's -ctk).
+    #[arg(long = "cache-type-k", default_value = "f16")]
+    cache_type_k: KvType,
+    /// KV cache type of values: f16 or f32 (llama.cpp's -ctv).
+    #[arg(long = "cache-type-v", default_value = "f16")]
+    cache_type_v: KvType,
     /// Also measure the machine's read bandwidth and report generation against it.
     #[arg(long)]
     bandwidth: bool,
@@ -53,7 +67,7 @@ struct Row {
     threads: usize,
     mean: f64,
     stddev: f64,
-    /// Weight bytes read per second (generation only).
+    /// Bytes of weights and KV cache read per second (generation only).
     gbs: Option<f64>,
     /// Fraction of the measured read bandwidth (generation with --bandwidth).
     roofline: Option<f64>,
@@ -88,15 +102,15 @@ fn tokens(n: usize, vocab: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Seconds for one run of test `pp` (prompt of `n`) or `tg` (`n` tokens one at a time).
-fn run_once(model: &Model, prompt: bool, n: usize) -> Result<f64> {
-    let ids = tokens(n, model.config.vocab_size);
-    let mut session = Session::new(model, n);
+/// Seconds for one run of test `pp` (prompt of `n`) or `tg` (`n` tokens one at a time) on
+/// `session`, whose first `depth` positions are kept and the rest forgotten first.
+fn run_once(session: &mut Session, depth: usize, prompt: bool, ids: &[u32]) -> Result<f64> {
+    session.truncate(depth);
     let start = Instant::now();
     if prompt {
-        session.forward(&ids, Logits::Last)?;
+        session.forward(ids, Logits::Last)?;
     } else {
-        for &id in &ids {
+        for &id in ids {
             session.forward(&[id], Logits::Last)?;
         }
     }
@@ -128,6 +142,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "demo".to_string()
         }
     };
+    let cache = KvTypes {
+        keys: args.cache_type_k,
+        values: args.cache_type_v,
+    };
     let mut rows = Vec::new();
     let mut bytes_per_token = 0;
     let mut file_bytes = 0;
@@ -141,6 +159,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         file_bytes = file.bytes().len();
         let model = Model::load(file, path, t)?;
         bytes_per_token = model.weights.bytes_per_token();
+        let kv_bytes = cache.bytes_per_position(&model.config);
         let ctx = model.config.context_length as usize;
         let bw = args.bandwidth.then(|| {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -157,48 +176,72 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .iter()
             .map(|&n| (true, n))
             .chain(args.gen_tokens.iter().map(|&n| (false, n)));
-        for (prompt, n) in tests.filter(|&(_, n)| n > 0) {
-            if n > ctx {
-                bail!("test of {n} tokens exceeds the model's context of {ctx}");
+        let tests: Vec<(bool, usize)> = tests.filter(|&(_, n)| n > 0).collect();
+        for &depth in &args.depth {
+            for &(_, n) in &tests {
+                if depth + n > ctx {
+                    bail!(
+                        "test of {n} tokens at depth {depth} exceeds the model's context of {ctx}"
+                    );
+                }
             }
-            run_once(&model, prompt, n)?;
-            let samples: Vec<f64> = (0..args.reps)
-                .map(|_| run_once(&model, prompt, n).map(|s| n as f64 / s))
-                .collect::<Result<_>>()?;
-            let (mean, stddev) = mean_std(&samples);
-            let gbs = (!prompt).then(|| mean * bytes_per_token as f64 / 1e9);
-            let row = Row {
-                test: format!("{}{n}", if prompt { "pp" } else { "tg" }),
-                threads: t,
-                mean,
-                stddev,
-                gbs,
-                roofline: gbs.zip(bw).map(|(g, b)| g * 1e9 / b),
-            };
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "model": name,
-                        "test": row.test,
-                        "threads": t,
-                        "kernel": path.name(),
-                        "tokens_per_second": mean,
-                        "stddev": stddev,
-                        "samples": samples,
-                        "bytes_per_token": bytes_per_token,
-                        "weights_gb_per_second": row.gbs,
-                        "read_bandwidth_gb_per_second": bw.map(|b| b / 1e9),
-                        "fraction_of_bandwidth": row.roofline,
-                    })
-                );
+            // The depth is filled once per thread count; each run forgets what it added.
+            let longest = tests.iter().map(|&(_, n)| n).max().unwrap_or(0);
+            let mut session = Session::new(&model, depth + longest, cache);
+            let vocab = model.config.vocab_size;
+            session.forward(&tokens(depth, vocab), Logits::None)?;
+            for &(prompt, n) in &tests {
+                let ids = tokens(n, vocab);
+                run_once(&mut session, depth, prompt, &ids)?;
+                let samples: Vec<f64> = (0..args.reps)
+                    .map(|_| run_once(&mut session, depth, prompt, &ids).map(|s| n as f64 / s))
+                    .collect::<Result<_>>()?;
+                let (mean, stddev) = mean_std(&samples);
+                // Generation reads the weights and, on average, depth + n/2 cached positions.
+                let read = bytes_per_token + (depth + n / 2) * kv_bytes;
+                let gbs = (!prompt).then(|| mean * read as f64 / 1e9);
+                let test = format!("{}{n}", if prompt { "pp" } else { "tg" });
+                let test = if depth > 0 {
+                    format!("{test} @ d{depth}")
+                } else {
+                    test
+                };
+                let row = Row {
+                    test,
+                    threads: t,
+                    mean,
+                    stddev,
+                    gbs,
+                    roofline: gbs.zip(bw).map(|(g, b)| g * 1e9 / b),
+                };
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "model": name,
+                            "test": row.test,
+                        "depth": depth,
+                        "cache_type_k": cache.keys.name(),
+                        "cache_type_v": cache.values.name(),
+                            "threads": t,
+                            "kernel": path.name(),
+                            "tokens_per_second": mean,
+                            "stddev": stddev,
+                            "samples": samples,
+                            "bytes_per_token": bytes_per_token,
+                            "gb_per_second_read": row.gbs,
+                            "read_bandwidth_gb_per_second": bw.map(|b| b / 1e9),
+                            "fraction_of_bandwidth": row.roofline,
+                        })
+                    );
+                }
+                rows.push(row);
             }
-            rows.push(row);
         }
     }
     if !args.json {
         println!(
-            "| model | file size | weights read/token | kernel | threads | test | t/s | weights GB/s | of bandwidth |"
+            "| model | file size | weights read/token | kernel | threads | test | t/s | GB/s read | of bandwidth |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
         for r in rows {

@@ -23,7 +23,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
     let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
     let mut sampler = Sampler::new(args.sampling.config(&model)?);
-    let mut session = Session::new(&model, ctx);
+    let mut session = Session::new(&model, ctx, args.model.cache_types());
     let mut cached: Vec<u32> = Vec::new();
     let mut messages: Vec<Message> = args
         .system

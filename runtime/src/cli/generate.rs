@@ -31,7 +31,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         );
     }
     let mut sampler = Sampler::new(args.sampling.config(&model)?);
-    let mut session = Session::new(&model, ctx);
+    let mut session = Session::new(&model, ctx, args.model.cache_types());
     let mut out = std::io::stdout().lock();
     write!(out, "{prompt}")?;
     out.flush()?;

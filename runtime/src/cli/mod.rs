@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use bitnet_format::BitnetFile;
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::Model;
+use bitnet_run::model::{KvType, KvTypes, Model};
 use bitnet_run::sampling::SamplerConfig;
 use clap::{Args, Parser, Subcommand};
 
@@ -56,6 +56,21 @@ pub struct ModelArgs {
     /// this CPU has).
     #[arg(long)]
     kernel: Option<String>,
+    /// KV cache type of keys: f16 or f32 (llama.cpp's -ctk).
+    #[arg(long = "cache-type-k", default_value = "f16")]
+    cache_type_k: KvType,
+    /// KV cache type of values: f16 or f32 (llama.cpp's -ctv).
+    #[arg(long = "cache-type-v", default_value = "f16")]
+    cache_type_v: KvType,
+}
+
+impl ModelArgs {
+    fn cache_types(&self) -> KvTypes {
+        KvTypes {
+            keys: self.cache_type_k,
+            values: self.cache_type_v,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -105,10 +120,10 @@ struct SamplingArgs {
 /// llama.cpp's tools take `-m MODEL` before the subcommand (`bitnet-run -m x.bitnet perplexity
 /// ...`); clap wants a subcommand's options after it. Model options (`-m`, `-t`, `-c`, `--kernel`,
 /// with their values) that come before a subcommand's name are moved after it; anything else is
-/// left for clap to judge.
+/// left for clap to judge. llama.cpp's two-letter flags `-ctk`/`-ctv` become their long names.
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
     const SUBCOMMANDS: [&str; 3] = ["logits", "perplexity", "bench"];
-    const WITH_VALUE: [&str; 7] = [
+    const WITH_VALUE: [&str; 9] = [
         "-m",
         "--model",
         "-t",
@@ -116,8 +131,17 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         "-c",
         "--ctx-size",
         "--kernel",
+        "--cache-type-k",
+        "--cache-type-v",
     ];
-    let args: Vec<String> = args.into_iter().collect();
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "-ctk" => "--cache-type-k".to_string(),
+            "-ctv" => "--cache-type-v".to_string(),
+            _ => a,
+        })
+        .collect();
     let mut i = 1;
     while i < args.len() {
         let a = args[i].as_str();

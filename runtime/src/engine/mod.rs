@@ -32,7 +32,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::model::{KvCache, Logits, Model, ModelError, Runner, SeqStep};
+use crate::model::{KvCache, KvTypes, Logits, Model, ModelError, Runner, SeqStep};
 use crate::sampling::{Sampler, SamplerConfig};
 
 use plan::{Work, choose_slot, plan_step};
@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub step_tokens: usize,
     /// Requests that may wait for a slot; more are refused ([`SubmitError::QueueFull`]).
     pub max_waiting: usize,
+    /// Each slot's KV cache element types.
+    pub cache: KvTypes,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             ctx: 4096,
             step_tokens: 256,
             max_waiting: 64,
+            cache: KvTypes::default(),
         }
     }
 }
@@ -415,7 +418,7 @@ impl<'m> Scheduler<'m> {
             runner: Runner::new(model),
             slots: (0..config.slots)
                 .map(|_| Slot {
-                    cache: KvCache::new(model, config.ctx),
+                    cache: KvCache::new(model, config.ctx, config.cache),
                     tokens: Vec::new(),
                     running: None,
                 })

@@ -7,6 +7,8 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::activation::QuantizedActs;
+use super::attention::CacheRows;
+use super::float::FloatKind;
 use super::ternary::TernaryMatrix;
 
 /// See [`super::ternary_matmul`]; `w.tile_rows` must be 16.
@@ -383,5 +385,201 @@ pub unsafe fn q4_rows(
             let total = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
             out[i * tokens + t] = total + tail;
         }
+    }
+}
+
+/// Horizontal sum of 8 lanes.
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
+}
+
+/// 8 cache values at `p` (f16 when `F16`, else f32) widened to f32.
+///
+/// # Safety
+/// 8 values must be readable at `p`.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn load_cache<const F16: bool>(p: *const u8) -> __m256 {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if F16 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_ps(p.cast())
+        }
+    }
+}
+
+/// See [`super::attention::scores`], whose reference this matches bit for bit (lanes 0–7 and 8–15
+/// of each 16 values in two registers, multiply then add); `keys.dim` must be a multiple of 16.
+/// Each key row is widened once and multiplied into up to four query heads.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C; lengths as `scores` checks.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn attention_scores(q: &[f32], keys: CacheRows, scale: f32, out: &mut [f32]) {
+    let d = keys.dim;
+    let f16 = keys.kind == FloatKind::F16;
+    let mut g = 0;
+    while g < q.len() / d {
+        let (q, out) = (&q[g * d..], &mut out[g * keys.rows..]);
+        // SAFETY: the CPU features are this function's; `q` holds `take` heads and `out` `take` rows.
+        let take = unsafe {
+            match ((q.len() / d).min(4), f16) {
+                (4, true) => scores_heads::<4, true>(q, keys, scale, out),
+                (4, false) => scores_heads::<4, false>(q, keys, scale, out),
+                (3, true) => scores_heads::<3, true>(q, keys, scale, out),
+                (3, false) => scores_heads::<3, false>(q, keys, scale, out),
+                (2, true) => scores_heads::<2, true>(q, keys, scale, out),
+                (2, false) => scores_heads::<2, false>(q, keys, scale, out),
+                (_, true) => scores_heads::<1, true>(q, keys, scale, out),
+                (_, false) => scores_heads::<1, false>(q, keys, scale, out),
+            }
+        };
+        g += take;
+    }
+}
+
+/// Scores of the first `G` heads of `q` into the first `G` rows of `out`; returns `G`.
+///
+/// # Safety
+/// As [`attention_scores`]; `q` holds at least `G` heads and `out` `G · keys.rows` values.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn scores_heads<const G: usize, const F16: bool>(
+    q: &[f32],
+    keys: CacheRows,
+    scale: f32,
+    out: &mut [f32],
+) -> usize {
+    let (d, n, width) = (keys.dim, keys.rows, keys.kind.bytes());
+    debug_assert!(q.len() >= G * d && out.len() >= G * n && d % 16 == 0);
+    for j in 0..n {
+        let row = keys.data[j * keys.stride..].as_ptr();
+        // Two accumulators per head: two independent add chains, and the reference's lane order.
+        let mut acc = [[_mm256_setzero_ps(); 2]; G];
+        for c in (0..d).step_by(16) {
+            // SAFETY: c + 16 <= d values of row j lie within `keys.data` (checked by the caller).
+            let (k0, k1) = unsafe {
+                (
+                    load_cache::<F16>(row.add(c * width)),
+                    load_cache::<F16>(row.add((c + 8) * width)),
+                )
+            };
+            for (h, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: head h < G has d values in `q`, and c + 16 <= d.
+                let (q0, q1) = unsafe {
+                    let p = q.as_ptr().add(h * d + c);
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                };
+                acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(q0, k0));
+                acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(q1, k1));
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            out[h * n + j] = hsum(_mm256_add_ps(acc[0], acc[1])) * scale;
+        }
+    }
+    G
+}
+
+/// See [`super::attention::accumulate`], whose reference this matches bit for bit (multiply then
+/// add, rows in order); `values.dim` must be a multiple of 16. Sixteen output columns of up to four
+/// heads stay in registers while every value row is streamed past them.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C; lengths as `accumulate` checks.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn attention_accumulate(p: &[f32], values: CacheRows, out: &mut [f32]) {
+    let (d, n) = (values.dim, values.rows);
+    let f16 = values.kind == FloatKind::F16;
+    let mut g = 0;
+    while g < out.len() / d {
+        let (p, out) = (&p[g * n..], &mut out[g * d..]);
+        // SAFETY: the CPU features are this function's; `p` holds `take` rows and `out` `take` heads.
+        let take = unsafe {
+            match ((out.len() / d).min(4), f16) {
+                (4, true) => accumulate_heads::<4, true>(p, values, out),
+                (4, false) => accumulate_heads::<4, false>(p, values, out),
+                (3, true) => accumulate_heads::<3, true>(p, values, out),
+                (3, false) => accumulate_heads::<3, false>(p, values, out),
+                (2, true) => accumulate_heads::<2, true>(p, values, out),
+                (2, false) => accumulate_heads::<2, false>(p, values, out),
+                (_, true) => accumulate_heads::<1, true>(p, values, out),
+                (_, false) => accumulate_heads::<1, false>(p, values, out),
+            }
+        };
+        g += take;
+    }
+}
+
+/// Accumulation into the first `G` heads of `out`; returns `G`.
+///
+/// # Safety
+/// As [`attention_accumulate`]; `p` holds at least `G · values.rows` and `out` `G · dim` values.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn accumulate_heads<const G: usize, const F16: bool>(
+    p: &[f32],
+    values: CacheRows,
+    out: &mut [f32],
+) -> usize {
+    let (d, n, width) = (values.dim, values.rows, values.kind.bytes());
+    debug_assert!(p.len() >= G * n && out.len() >= G * d && d % 16 == 0);
+    for c in (0..d).step_by(16) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; G];
+        for (h, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: head h < G has d values in `out`, and c + 16 <= d.
+            unsafe {
+                let o = out.as_ptr().add(h * d + c);
+                *acc = [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))];
+            }
+        }
+        for j in 0..n {
+            // SAFETY: c + 16 <= d values of row j lie within `values.data` (checked by the caller).
+            let (v0, v1) = unsafe {
+                let row = values.data.as_ptr().add(j * values.stride + c * width);
+                (
+                    load_cache::<F16>(row),
+                    load_cache::<F16>(row.add(8 * width)),
+                )
+            };
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let w = _mm256_set1_ps(p[h * n + j]);
+                acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w, v0));
+                acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(w, v1));
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            // SAFETY: as for the loads above.
+            unsafe {
+                let o = out.as_mut_ptr().add(h * d + c);
+                _mm256_storeu_ps(o, acc[0]);
+                _mm256_storeu_ps(o.add(8), acc[1]);
+            }
+        }
+    }
+    G
+}
+
+/// Narrow f32 values to f16, rounding to nearest even (as `half::f16::from_f32`).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [u8]) {
+    let n = src.len().min(dst.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: 8 floats at i and 8 halves at 2i are in bounds.
+        unsafe {
+            let h =
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm_storeu_si128(dst.as_mut_ptr().add(2 * i).cast(), h);
+        }
+        i += 8;
+    }
+    for k in i..n {
+        dst[2 * k..2 * k + 2].copy_from_slice(&half::f16::from_f32(src[k]).to_le_bytes());
     }
 }

@@ -123,6 +123,24 @@ pub fn decode(path: KernelPath, kind: FloatKind, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Narrow `src` to little-endian f16 in `dst` (2 bytes per value), rounding to nearest even on
+/// every path.
+pub fn encode_f16(path: KernelPath, src: &[f32], dst: &mut [u8]) {
+    assert_eq!(dst.len(), src.len() * 2);
+    match path.isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => {
+            // SAFETY: both paths require AVX2 and F16C.
+            unsafe { super::avx2::f32_to_f16(src, dst) }
+        }
+        _ => {
+            for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&half::f16::from_f32(s).to_le_bytes());
+            }
+        }
+    }
+}
+
 /// One token on an x86 SIMD path: rows widened in registers, four at a time (generation's case, where
 /// the output matrix is streamed once per token). Returns false where there is no such kernel.
 fn fused_matvec(

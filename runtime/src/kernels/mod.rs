@@ -7,6 +7,7 @@
 //! variant. Kernels take a [`KernelPath`], which proves the CPU has the instructions.
 
 pub mod activation;
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -4,9 +4,9 @@
 //! runs per sequence (continuous batching's step).
 
 use crate::kernels::activation::QuantizedActs;
-use crate::kernels::float;
-use crate::kernels::{TernaryMatrix, ternary_matmul};
+use crate::kernels::{TernaryMatrix, attention as attn, float, ternary_matmul};
 
+use super::kv_cache::{KvCache, KvTypes};
 use super::ops::{Rope, gated_activation, rms_norm_rows, softmax};
 use super::weights::TernaryWeight;
 use super::{Model, ModelError};
@@ -20,48 +20,6 @@ pub enum Logits {
     All,
     /// None (a prompt chunk that is not the prompt's last).
     None,
-}
-
-/// One sequence's keys and values for up to `ctx` positions.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    ctx: usize,
-    pos: usize,
-    kv_dim: usize,
-    /// Per layer, `pos × kv_dim` keys and values.
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
-}
-
-impl KvCache {
-    /// An empty cache for `model` holding up to `ctx` positions.
-    pub fn new(model: &Model, ctx: usize) -> Self {
-        let c = &model.config;
-        KvCache {
-            ctx,
-            pos: 0,
-            kv_dim: c.num_kv_heads as usize * c.head_dim as usize,
-            keys: vec![Vec::new(); c.num_layers as usize],
-            values: vec![Vec::new(); c.num_layers as usize],
-        }
-    }
-
-    /// Positions already in the cache.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
-    pub fn context(&self) -> usize {
-        self.ctx
-    }
-
-    /// Forget positions from `pos` on (`0` starts over).
-    pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
-        for cache in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            cache.truncate(self.pos * self.kv_dim);
-        }
-    }
 }
 
 /// One sequence's part of a batched step: `tokens` to run at the next positions of `cache`.
@@ -132,10 +90,10 @@ impl<'m> Runner<'m> {
                 return Err(ModelError::TokenOutOfRange { id, vocab });
             }
             let needed = seq.cache.pos + seq.tokens.len();
-            if needed > seq.cache.ctx {
+            if needed > seq.cache.context() {
                 return Err(ModelError::ContextFull {
                     needed,
-                    ctx: seq.cache.ctx,
+                    ctx: seq.cache.context(),
                 });
             }
             if !seq.tokens.is_empty() {
@@ -197,7 +155,7 @@ impl<'m> Runner<'m> {
         let model = self.model;
         let c = &model.config;
         let w = &model.weights.layers[l];
-        let (h, head_dim) = (c.hidden_size as usize, c.head_dim as usize);
+        let h = c.hidden_size as usize;
         let (q_dim, kv_dim) = (w.q.rows, w.k.rows);
         let s = &mut self.scratch;
 
@@ -219,19 +177,12 @@ impl<'m> Runner<'m> {
                     .apply(&mut s.k[row * kv_dim..(row + 1) * kv_dim], pos);
             }
             let rows = sp.start * kv_dim..(sp.start + sp.rows) * kv_dim;
-            let cache = &mut *seqs[sp.seq].cache;
-            cache.keys[l].extend_from_slice(&s.k[rows.clone()]);
-            cache.values[l].extend_from_slice(&s.v[rows]);
+            let (k, v) = (&s.k[rows.clone()], &s.v[rows]);
+            seqs[sp.seq].cache.append(model.path, l, k, v);
         }
 
-        let caches: Vec<(&[f32], &[f32])> = spans
-            .iter()
-            .map(|sp| {
-                let cache = &*seqs[sp.seq].cache;
-                (&cache.keys[l][..], &cache.values[l][..])
-            })
-            .collect();
-        attention(model, &caches, spans, &s.q, head_dim, &mut s.attn);
+        let caches: Vec<&KvCache> = spans.iter().map(|sp| &*seqs[sp.seq].cache).collect();
+        attention(model, l, &caches, spans, &s.q, &mut s.attn);
         if let Some(norm) = &w.attn_sub_norm {
             rms_norm_rows(&mut s.attn, norm, eps);
         }
@@ -293,11 +244,11 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
-    /// A session holding up to `ctx` positions.
-    pub fn new(model: &'m Model, ctx: usize) -> Self {
+    /// A session holding up to `ctx` positions in a cache of `types`.
+    pub fn new(model: &'m Model, ctx: usize, types: KvTypes) -> Self {
         Session {
             runner: Runner::new(model),
-            cache: KvCache::new(model, ctx),
+            cache: KvCache::new(model, ctx, types),
         }
     }
 
@@ -328,48 +279,60 @@ impl<'m> Session<'m> {
     }
 }
 
-/// Causal multi-head attention of each span's queries (at positions `pos..`) against its own
-/// `(keys, values)` cache, which already holds their keys and values; (sequence, head) pairs split
-/// across threads. Writes `rows × q_dim` into `out`.
+/// Causal grouped-query attention of each span's queries (at positions `pos..`) against its own
+/// cache, which already holds their keys and values. Tasks are (sequence, KV head, run of rows):
+/// each reads the head's cached rows once for all the query heads sharing it. Writes
+/// `rows × q_dim` into `out`.
 fn attention(
     model: &Model,
-    caches: &[(&[f32], &[f32])],
+    layer: usize,
+    caches: &[&KvCache],
     spans: &[Span],
     q: &[f32],
-    head_dim: usize,
     out: &mut Vec<f32>,
 ) {
     let c = &model.config;
-    let (heads, kv_heads) = (c.num_heads as usize, c.num_kv_heads as usize);
+    let (heads, kv_heads, d) = (
+        c.num_heads as usize,
+        c.num_kv_heads as usize,
+        c.head_dim as usize,
+    );
     let group = heads / kv_heads;
-    let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
-    let scale = (head_dim as f64).powf(-0.5) as f32;
+    let q_dim = heads * d;
+    let scale = (d as f64).powf(-0.5) as f32;
     let path = model.path;
     let rows: usize = spans.iter().map(|sp| sp.rows).sum();
     out.clear();
     out.resize(rows * q_dim, 0.0);
+    // Enough tasks to keep every thread busy on one long prompt, but no row split for generation.
+    let per_span = (4 * model.threads()).div_ceil(spans.len() * kv_heads);
+    let mut tasks = Vec::new();
+    for (i, sp) in spans.iter().enumerate() {
+        let chunk = sp.rows.div_ceil(per_span).max(1);
+        for kv in 0..kv_heads {
+            tasks.extend(
+                (0..sp.rows)
+                    .step_by(chunk)
+                    .map(|t| (i, kv, t..(t + chunk).min(sp.rows))),
+            );
+        }
+    }
     let dst = SharedOut(out.as_mut_ptr());
-    model.pool.for_each(spans.len() * heads, &|task| {
-        let (sp, hd) = (&spans[task / heads], task % heads);
-        let (keys, values) = caches[task / heads];
-        let kv = hd / group;
-        let mut scores = Vec::with_capacity(sp.pos + sp.rows);
-        for t in 0..sp.rows {
-            let row = sp.start + t;
-            let qh = &q[row * q_dim + hd * head_dim..][..head_dim];
-            scores.clear();
-            for j in 0..=sp.pos + t {
-                let kj = &keys[j * kv_dim + kv * head_dim..][..head_dim];
-                scores.push(float::dot(path, qh, kj) * scale);
-            }
-            softmax(&mut scores);
-            // SAFETY: head `hd` of row `row` is written by this task only, and lies within `out`.
-            let o = unsafe { dst.slice(row * q_dim + hd * head_dim, head_dim) };
-            o.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let vj = &values[j * kv_dim + kv * head_dim..][..head_dim];
-                o.iter_mut().zip(vj).for_each(|(a, &b)| *a += p * b);
-            }
+    model.pool.for_each(tasks.len(), &|task| {
+        let (i, kv, ref run) = tasks[task];
+        let sp = &spans[i];
+        let mut scores = vec![0.0f32; group * (sp.pos + run.end)];
+        for t in run.clone() {
+            let (row, n) = (sp.start + t, sp.pos + t + 1);
+            let (keys, values) = caches[i].head(layer, kv, n);
+            let qg = &q[row * q_dim + kv * group * d..][..group * d];
+            let s = &mut scores[..group * n];
+            attn::scores(path, qg, keys, scale, s);
+            s.chunks_exact_mut(n).for_each(softmax);
+            // SAFETY: the query heads of KV head `kv` in row `row` are written by this task only,
+            // and lie within `out`.
+            let o = unsafe { dst.slice(row * q_dim + kv * group * d, group * d) };
+            attn::accumulate(path, s, values, o);
         }
     });
 }

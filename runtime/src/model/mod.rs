@@ -1,11 +1,13 @@
 //! The model: configuration, weights bound to a mapped `.bitnet` file, and the forward pass.
 
 mod forward;
+mod kv_cache;
 pub mod ops;
 mod perplexity;
 mod weights;
 
-pub use forward::{KvCache, Logits, Runner, SeqStep, Session};
+pub use forward::{Logits, Runner, SeqStep, Session};
+pub use kv_cache::{KvCache, KvType, KvTypes, UnknownKvType};
 pub use perplexity::negative_log_likelihood;
 pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
 

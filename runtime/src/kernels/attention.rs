@@ -1,0 +1,126 @@
+//! Attention over a KV cache of f16 or f32 rows: one KV head's keys and values against the group
+//! of query heads that share it (grouped-query attention), so each cached row is read once per
+//! group.
+//!
+//! Every path gives bit-identical results: the reference fixes the order of every float operation
+//! (a dot product is 16 lane sums, lane `l` taking the products at `c ≡ l mod 16` in order, then
+//! folded as an 8-lane register is; no fused multiply-adds), and the SIMD kernels perform the same
+//! operations. A model's hidden state therefore does not depend on the CPU: attention feeds the
+//! int8 activation quantization, which turns a last-bit difference into a whole quantization step.
+
+use super::float::FloatKind;
+use super::{Isa, KernelPath};
+
+/// One KV head's rows in a cache: row `j` starts at byte `j · stride` of `data` and holds `dim`
+/// values of `kind`.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheRows<'a> {
+    pub data: &'a [u8],
+    pub kind: FloatKind,
+    pub stride: usize,
+    pub dim: usize,
+    pub rows: usize,
+}
+
+impl CacheRows<'_> {
+    fn check(&self) {
+        assert!(matches!(self.kind, FloatKind::F16 | FloatKind::F32));
+        let width = self.dim * self.kind.bytes();
+        assert!(self.stride >= width);
+        if self.rows > 0 {
+            assert!(self.data.len() >= (self.rows - 1) * self.stride + width);
+        }
+    }
+
+    /// Whether the x86 kernels take these rows (they work in 16-value steps).
+    #[cfg(target_arch = "x86_64")]
+    fn simd_shape(&self) -> bool {
+        self.dim.is_multiple_of(16)
+    }
+}
+
+/// Rows decoded per block by the reference path: small enough to stay in L1.
+const BLOCK: usize = 32;
+
+/// `out[g · n + j] = scale · q_g · k_j` for the `g = q.len() / dim` query heads in `q` (one after
+/// another) and every cached row `j < n = keys.rows`.
+pub fn scores(path: KernelPath, q: &[f32], keys: CacheRows, scale: f32, out: &mut [f32]) {
+    keys.check();
+    let (d, n) = (keys.dim, keys.rows);
+    assert!(d > 0 && q.len().is_multiple_of(d));
+    assert_eq!(out.len(), q.len() / d * n);
+    match path.isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 if keys.simd_shape() => {
+            // SAFETY: both paths need AVX2 and F16C, which a `KernelPath` for them proves;
+            // the lengths the kernel reads were checked above.
+            unsafe { super::avx2::attention_scores(q, keys, scale, out) }
+        }
+        _ => {
+            let groups = q.len() / d;
+            let mut block = vec![0.0f32; BLOCK * d];
+            for start in (0..n).step_by(BLOCK) {
+                let len = BLOCK.min(n - start);
+                decode_rows(path, keys, start, len, &mut block);
+                for g in 0..groups {
+                    let qg = &q[g * d..(g + 1) * d];
+                    for (j, k) in block.chunks_exact(d).take(len).enumerate() {
+                        out[g * n + start + j] = lane_dot(qg, k) * scale;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out[g · dim ..][..dim] += Σ_j p[g · n + j] · v_j` for each query head `g` of the group and
+/// every cached row `j < n = values.rows`.
+pub fn accumulate(path: KernelPath, p: &[f32], values: CacheRows, out: &mut [f32]) {
+    values.check();
+    let (d, n) = (values.dim, values.rows);
+    assert!(d > 0 && out.len().is_multiple_of(d));
+    assert_eq!(p.len(), out.len() / d * n);
+    match path.isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 if values.simd_shape() => {
+            // SAFETY: as in `scores`.
+            unsafe { super::avx2::attention_accumulate(p, values, out) }
+        }
+        _ => {
+            let groups = out.len() / d;
+            let mut block = vec![0.0f32; BLOCK * d];
+            for start in (0..n).step_by(BLOCK) {
+                let len = BLOCK.min(n - start);
+                decode_rows(path, values, start, len, &mut block);
+                for g in 0..groups {
+                    let og = &mut out[g * d..(g + 1) * d];
+                    for (j, v) in block.chunks_exact(d).take(len).enumerate() {
+                        let pj = p[g * n + start + j];
+                        og.iter_mut().zip(v).for_each(|(o, &x)| *o += pj * x);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Σ a[c] · b[c]` in the order the SIMD kernels sum: 16 lane sums, then lanes `l` and `l + 8`
+/// added, then the 8 results folded in halves.
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    for (c, (x, y)) in a.iter().zip(b).enumerate() {
+        lanes[c % 16] += x * y;
+    }
+    let v: [f32; 8] = std::array::from_fn(|l| lanes[l] + lanes[l + 8]);
+    let quad: [f32; 4] = std::array::from_fn(|l| v[l] + v[l + 4]);
+    (quad[0] + quad[2]) + (quad[1] + quad[3])
+}
+
+/// Rows `start..start + len` widened into `out` (`len × dim`).
+fn decode_rows(path: KernelPath, rows: CacheRows, start: usize, len: usize, out: &mut [f32]) {
+    let width = rows.dim * rows.kind.bytes();
+    for (j, dst) in out.chunks_exact_mut(rows.dim).take(len).enumerate() {
+        let at = (start + j) * rows.stride;
+        super::float::decode(path, rows.kind, &rows.data[at..at + width], dst);
+    }
+}
