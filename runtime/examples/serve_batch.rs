@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     for (prompt, handle) in prompts.iter().zip(handles) {
         let ids: Vec<u32> = handle
             .filter_map(|e| match e {
-                Event::Token(id) => Some(id),
+                Event::Token { id, .. } => Some(id),
                 _ => None,
             })
             .collect();

@@ -172,6 +172,44 @@ impl Sampler {
     }
 }
 
+/// A generated token's log-probability and the most likely alternatives at its position
+/// (OpenAI's `logprobs`), from the model's logits before any penalty or temperature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprobs {
+    pub logprob: f32,
+    /// Up to the requested number of `(id, logprob)`, most likely first (lower id first on ties).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// `id`'s log-softmax under `logits`, and the `top` most likely tokens' (found by selection, not
+/// by sorting the vocabulary).
+pub fn logprobs(logits: &[f32], id: u32, top: usize) -> Logprobs {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let log_sum = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    let of = |i: u32| (logits[i as usize] as f64 - log_sum) as f32;
+    let order = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(ids.len());
+    if top > 0 && top < ids.len() {
+        ids.select_nth_unstable_by(top - 1, order);
+    }
+    ids.truncate(top);
+    ids.sort_unstable_by(order);
+    Logprobs {
+        logprob: of(id),
+        top: ids.into_iter().map(|i| (i, of(i))).collect(),
+    }
+}
+
 /// Index of the largest logit (the first, on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -197,6 +235,35 @@ fn softmax_of(cand: &[(u32, f32)], temp: f32) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_and_the_top_ones_come_in_order() {
+        let logits: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 1009) as f32 / 50.0)
+            .collect();
+        // Ties: ids 1 and 2 get the largest logit, so the lower id comes first.
+        let mut logits = logits;
+        logits[1] = 30.0;
+        logits[2] = 30.0;
+        let lp = logprobs(&logits, 5, 4);
+        let total: f64 = (0..1000)
+            .map(|i| (logprobs(&logits, i, 0).logprob as f64).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-4, "probabilities sum to {total}");
+        let mut sorted: Vec<u32> = (0..1000).collect();
+        sorted.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, sorted[..4]);
+        assert_eq!(ids[..2], [1, 2]);
+        // Differences of log-probabilities are differences of logits.
+        let (a, b) = (lp.top[0].1, lp.logprob);
+        assert!(((a - b) - (logits[1] - logits[5])).abs() < 1e-4);
+        assert!(logprobs(&logits, 0, 5000).top.len() == 1000);
+    }
 
     fn config(temperature: f32) -> SamplerConfig {
         SamplerConfig {

@@ -304,3 +304,35 @@ fn system_without_chat_is_an_error_naming_chat() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--chat"), "{}", stderr(&o));
 }
+
+/// llama.cpp's KV cache flags: `-ctk`/`-ctv` before or after the subcommand, `bench -d` filling the
+/// cache first; an unknown type is refused naming it.
+#[test]
+fn cache_types_and_bench_depth() {
+    let o = run(&[
+        "-ctk", "f32", "bench", "-p", "4", "-n", "2", "-d", "0,8", "-r", "1", "-t", "1", "--json",
+        "-ctv", "f32",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tests: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        tests,
+        [("pp4", 0), ("tg2", 0), ("pp4 @ d8", 8), ("tg2 @ d8", 8)]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["cache_type_k"] == "f32" && r["cache_type_v"] == "f32")
+    );
+    let o = run(&["-p", "x", "-n", "1", "-ctk", "q8_0"]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("q8_0") && err.contains("f16 or f32"), "{err}");
+}

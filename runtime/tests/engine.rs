@@ -58,7 +58,7 @@ fn collect(events: impl Iterator<Item = Event>) -> (Vec<u32>, FinishReason, Usag
     for e in events {
         match e {
             Event::Started { cached_tokens } => cached = Some(cached_tokens),
-            Event::Token(id) => {
+            Event::Token { id, .. } => {
                 assert!(cached.is_some(), "Started comes first");
                 tokens.push(id)
             }
@@ -168,7 +168,7 @@ fn a_dropped_request_is_cancelled_and_frees_its_slot() {
     let engine = Engine::start(Arc::clone(&model), config(1)).unwrap();
     let mut handle = engine.submit(Request::greedy(vec![1, 2, 3], LONG)).unwrap();
     assert!(matches!(handle.next(), Some(Event::Started { .. })));
-    assert!(matches!(handle.next(), Some(Event::Token(_))));
+    assert!(matches!(handle.next(), Some(Event::Token { .. })));
     assert_eq!(engine.stats().running.load(Relaxed), 1);
     drop(handle);
     wait_until("the slot is freed", || {
@@ -255,4 +255,29 @@ fn shutdown_cancels_what_is_still_running_at_the_deadline() {
     engine.shutdown(Instant::now() + Duration::from_millis(50));
     assert_eq!(collect(handle).1, FinishReason::Cancelled);
     assert_eq!(collect(queued).1, FinishReason::Cancelled);
+}
+
+#[test]
+fn logprobs_of_a_greedy_request_name_its_tokens_as_the_most_likely() {
+    let model = demo();
+    let engine = Engine::start(Arc::clone(&model), config(1)).unwrap();
+    let prompt = prompts(&model).remove(0);
+    let mut request = Request::greedy(prompt.clone(), 6);
+    request.logprobs = Some(3);
+    let mut tokens = Vec::new();
+    for event in engine.submit(request).unwrap() {
+        if let Event::Token { id, logprobs } = event {
+            let lp = logprobs.expect("asked for");
+            assert_eq!(lp.top.len(), 3);
+            assert_eq!(
+                lp.top[0],
+                (id, lp.logprob),
+                "greedy takes the most likely token"
+            );
+            assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+            assert!(lp.logprob <= 0.0);
+            tokens.push(id);
+        }
+    }
+    assert_eq!(tokens, greedy_alone(&model, &prompt, 6));
 }

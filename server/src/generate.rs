@@ -13,7 +13,7 @@ use bitnet_run::tokenizer::StreamDecoder;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::openai::Usage;
+use crate::openai::{TokenLogprob, Usage};
 use crate::state::AppState;
 
 /// What a choice produced since the last call.
@@ -24,6 +24,8 @@ pub enum Output {
         index: usize,
         text: String,
         ids: Vec<u32>,
+        /// One per id, when the request asked for log-probabilities.
+        logprobs: Vec<TokenLogprob>,
     },
     /// The choice ended.
     Done {
@@ -38,8 +40,11 @@ struct Choice {
     decoder: StreamDecoder,
     /// Decoded text not yet released: it may be the start of a stop string.
     held: String,
-    /// Ids generated since the last delta.
+    /// Ids generated since the last delta, and their log-probabilities if asked for.
     ids: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    /// Characters of the tokens' texts so far (completions' `text_offset`).
+    offset: usize,
     /// A stop string ended the choice; the engine's own `Finished` is still awaited for usage.
     stopped: bool,
     finished: bool,
@@ -102,6 +107,8 @@ impl Generation {
                 decoder: StreamDecoder::default(),
                 held: String::new(),
                 ids: Vec::new(),
+                logprobs: Vec::new(),
+                offset: 0,
                 stopped: false,
                 finished: false,
                 last_token: None,
@@ -142,8 +149,8 @@ impl Generation {
         let choice = &mut self.choices[index];
         match event {
             Event::Started { .. } => None,
-            Event::Token(_) if choice.stopped => None,
-            Event::Token(id) => {
+            Event::Token { .. } if choice.stopped => None,
+            Event::Token { id, logprobs } => {
                 let now = Instant::now();
                 match choice.last_token.replace(now) {
                     None => metrics
@@ -152,6 +159,18 @@ impl Generation {
                     Some(prev) => metrics.inter_token.observe((now - prev).as_secs_f64()),
                 }
                 choice.ids.push(id);
+                if let Some(lp) = logprobs {
+                    let text = |id| token_text(tok, id);
+                    let token = text(id);
+                    let offset = choice.offset;
+                    choice.offset += token.chars().count();
+                    choice.logprobs.push(TokenLogprob {
+                        token,
+                        logprob: lp.logprob,
+                        top: lp.top.iter().map(|&(id, l)| (text(id), l)).collect(),
+                        offset,
+                    });
+                }
                 let piece = match tok.map(|t| choice.decoder.push(t, id)) {
                     Some(Ok(p)) => p.unwrap_or_default(),
                     Some(Err(e)) => return Some(Output::Failed(ApiError::internal(e.to_string()))),
@@ -169,8 +188,12 @@ impl Generation {
                 if text.is_empty() && tok.is_some() && !choice.stopped {
                     return None;
                 }
-                let ids = std::mem::take(&mut choice.ids);
-                Some(Output::Delta { index, text, ids })
+                Some(Output::Delta {
+                    index,
+                    text,
+                    ids: std::mem::take(&mut choice.ids),
+                    logprobs: std::mem::take(&mut choice.logprobs),
+                })
             }
             Event::Finished { reason, usage } => {
                 choice.finished = true;
@@ -202,7 +225,12 @@ impl Generation {
                 };
                 let ids = std::mem::take(&mut choice.ids);
                 if !(text.is_empty() && ids.is_empty()) {
-                    self.pending.push_back(Output::Delta { index, text, ids });
+                    self.pending.push_back(Output::Delta {
+                        index,
+                        text,
+                        ids,
+                        logprobs: std::mem::take(&mut choice.logprobs),
+                    });
                 }
                 self.pending.push_back(Output::Done {
                     index,
@@ -211,6 +239,14 @@ impl Generation {
                 self.pending.pop_front()
             }
         }
+    }
+}
+
+/// A token's text decoded alone; its id in decimal for models without a tokenizer.
+fn token_text(tok: Option<&bitnet_run::tokenizer::Tokenizer>, id: u32) -> String {
+    match tok {
+        Some(t) => t.decode(&[id]).unwrap_or_default(),
+        None => id.to_string(),
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Params {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Chat: `true`/`false`; completions: how many alternatives to report (0–5).
+    pub logprobs: Option<serde_json::Value>,
+    /// Chat: how many alternatives to report with `logprobs: true` (0–20).
+    pub top_logprobs: Option<i64>,
     /// llama-server's: generate exactly `max_tokens`, ignoring end-of-sequence.
     #[serde(default)]
     pub ignore_eos: bool,
@@ -121,6 +125,91 @@ impl Usage {
     }
 }
 
+/// One generated token's log-probability, as both endpoints report it.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    /// The token's text, decoded alone (its id in decimal for models without a tokenizer).
+    pub token: String,
+    pub logprob: f32,
+    /// The most likely tokens at its position: text and log-probability.
+    pub top: Vec<(String, f32)>,
+    /// Characters of the choice's text before this token (completions' `text_offset`).
+    pub offset: usize,
+}
+
+/// A chat choice's `logprobs`.
+#[derive(Debug, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatTopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl ChatLogprobs {
+    pub fn new(tokens: &[TokenLogprob]) -> Self {
+        ChatLogprobs {
+            content: tokens
+                .iter()
+                .map(|t| ChatTokenLogprob {
+                    token: t.token.clone(),
+                    logprob: t.logprob,
+                    bytes: t.token.as_bytes().to_vec(),
+                    top_logprobs: t
+                        .top
+                        .iter()
+                        .map(|(token, logprob)| ChatTopLogprob {
+                            token: token.clone(),
+                            logprob: *logprob,
+                            bytes: token.as_bytes().to_vec(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A completion choice's `logprobs` (the legacy shape: parallel arrays).
+#[derive(Debug, Serialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub text_offset: Vec<usize>,
+}
+
+impl CompletionLogprobs {
+    pub fn new(tokens: &[TokenLogprob]) -> Self {
+        CompletionLogprobs {
+            tokens: tokens.iter().map(|t| t.token.clone()).collect(),
+            token_logprobs: tokens.iter().map(|t| t.logprob).collect(),
+            top_logprobs: tokens
+                .iter()
+                .map(|t| {
+                    t.top
+                        .iter()
+                        .map(|(token, lp)| (token.clone(), serde_json::json!(lp)))
+                        .collect()
+                })
+                .collect(),
+            text_offset: tokens.iter().map(|t| t.offset).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
@@ -132,7 +221,7 @@ pub struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,7 +247,7 @@ pub struct ChatChunkChoice {
     pub index: usize,
     pub delta: Delta,
     pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,7 +266,7 @@ pub struct CompletionChoice {
     pub index: usize,
     pub text: String,
     pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<CompletionLogprobs>,
     /// The generated token ids (always for models without a tokenizer, whose `text` is empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<u32>>,

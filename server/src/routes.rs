@@ -200,7 +200,44 @@ struct Settings {
     include_usage: bool,
 }
 
-fn settings(l: &Loaded, p: &Params, prompt: Vec<u32>) -> Result<Settings, ApiError> {
+/// `logprobs` (and chat's `top_logprobs`): how many alternatives to report with each token, or
+/// `None` for no log-probabilities.
+fn logprobs(p: &Params, kind: Kind) -> Result<Option<usize>, ApiError> {
+    use serde_json::Value;
+    let count = |param: &'static str, v: i64, max: i64| match usize::try_from(v) {
+        Ok(n) if v <= max => Ok(n),
+        _ => Err(ApiError::invalid(
+            param,
+            format!("{param} is {v}; it must be between 0 and {max}"),
+        )),
+    };
+    match (kind, &p.logprobs) {
+        (Kind::Chat, None | Some(Value::Null) | Some(Value::Bool(false))) => match p.top_logprobs {
+            Some(_) => Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            )),
+            None => Ok(None),
+        },
+        (Kind::Chat, Some(Value::Bool(true))) => {
+            count("top_logprobs", p.top_logprobs.unwrap_or(0), 20).map(Some)
+        }
+        (Kind::Chat, Some(_)) => Err(ApiError::invalid(
+            "logprobs",
+            "logprobs must be true or false",
+        )),
+        (Kind::Completion, None | Some(Value::Null)) => Ok(None),
+        (Kind::Completion, Some(v)) => match v.as_i64() {
+            Some(n) => count("logprobs", n, 5).map(Some),
+            None => Err(ApiError::invalid(
+                "logprobs",
+                "logprobs must be an integer between 0 and 5",
+            )),
+        },
+    }
+}
+
+fn settings(l: &Loaded, p: &Params, kind: Kind, prompt: Vec<u32>) -> Result<Settings, ApiError> {
     let ctx = l.engine.config().ctx;
     let room = ctx.saturating_sub(prompt.len());
     if prompt.is_empty() {
@@ -316,6 +353,7 @@ fn settings(l: &Loaded, p: &Params, prompt: Vec<u32>) -> Result<Settings, ApiErr
                 frequency,
                 logit_bias,
             },
+            logprobs: logprobs(p, kind)?,
         },
         n,
         stop,
@@ -380,7 +418,7 @@ async fn chat(
     let prompt = tok
         .encode(&text, false)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let s = settings(l, &req.params, prompt)?;
+    let s = settings(l, &req.params, Kind::Chat, prompt)?;
     let model = req.model.unwrap_or_else(|| l.model_id.clone());
     respond(Arc::clone(&state), s, Kind::Chat, model).await
 }
@@ -412,7 +450,7 @@ async fn completions(
             }
         },
     };
-    let s = settings(l, &req.params, prompt)?;
+    let s = settings(l, &req.params, Kind::Completion, prompt)?;
     let model = req.model.unwrap_or_else(|| l.model_id.clone());
     respond(Arc::clone(&state), s, Kind::Completion, model).await
 }
@@ -431,6 +469,7 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let deadline = Instant::now() + state.timeout;
     let with_ids = state.loaded.get().is_some_and(|l| l.tokenizer.is_none());
+    let with_logprobs = s.request.logprobs.is_some();
     let mut generation = Generation::start(Arc::clone(&state), s.request, s.n, s.stop)?;
     let id = response_id(if kind == Kind::Chat {
         "chatcmpl"
@@ -446,6 +485,7 @@ async fn respond(
             model,
             kind,
             with_ids,
+            with_logprobs,
         };
         let timeout = (deadline, timeout_error(&state));
         tokio::spawn(async move {
@@ -455,6 +495,7 @@ async fn respond(
     }
     let mut texts = vec![String::new(); s.n];
     let mut ids = vec![Vec::new(); s.n];
+    let mut logprobs = vec![Vec::new(); s.n];
     let mut finish = vec!["length"; s.n];
     loop {
         let out = tokio::time::timeout_at(deadline.into(), generation.next())
@@ -466,9 +507,11 @@ async fn respond(
                 index,
                 text,
                 ids: i,
+                logprobs: lp,
             }) => {
                 texts[index] += &text;
                 ids[index].extend(i);
+                logprobs[index].extend(lp);
             }
             Some(Output::Done {
                 index,
@@ -487,15 +530,16 @@ async fn respond(
             choices: texts
                 .into_iter()
                 .zip(finish)
+                .zip(logprobs)
                 .enumerate()
-                .map(|(index, (content, finish_reason))| ChatChoice {
+                .map(|(index, ((content, finish_reason), lp))| ChatChoice {
                     index,
                     message: AssistantMessage {
                         role: "assistant",
                         content,
                     },
                     finish_reason,
-                    logprobs: None,
+                    logprobs: with_logprobs.then(|| ChatLogprobs::new(&lp)),
                 })
                 .collect(),
             usage,
@@ -510,14 +554,17 @@ async fn respond(
                 .into_iter()
                 .zip(finish)
                 .zip(ids)
+                .zip(logprobs)
                 .enumerate()
-                .map(|(index, ((text, finish_reason), ids))| CompletionChoice {
-                    index,
-                    text,
-                    finish_reason: Some(finish_reason),
-                    logprobs: None,
-                    tokens: with_ids.then_some(ids),
-                })
+                .map(
+                    |(index, (((text, finish_reason), ids), lp))| CompletionChoice {
+                        index,
+                        text,
+                        finish_reason: Some(finish_reason),
+                        logprobs: with_logprobs.then(|| CompletionLogprobs::new(&lp)),
+                        tokens: with_ids.then_some(ids),
+                    },
+                )
                 .collect(),
             usage: Some(usage),
         })
@@ -539,6 +586,7 @@ struct Chunks {
     model: String,
     kind: Kind,
     with_ids: bool,
+    with_logprobs: bool,
 }
 
 impl Chunks {
@@ -548,9 +596,13 @@ impl Chunks {
         index: usize,
         text: Option<String>,
         ids: Vec<u32>,
+        logprobs: &[TokenLogprob],
         role: bool,
         finish_reason: Option<&'static str>,
     ) -> String {
+        // Content chunks carry their tokens' log-probabilities when asked; role and finish
+        // chunks carry none.
+        let with_logprobs = self.with_logprobs && !role && finish_reason.is_none();
         match self.kind {
             Kind::Chat => serde_json::to_string(&ChatChunk {
                 id: self.id.clone(),
@@ -564,7 +616,7 @@ impl Chunks {
                         content: text,
                     },
                     finish_reason,
-                    logprobs: None,
+                    logprobs: with_logprobs.then(|| ChatLogprobs::new(logprobs)),
                 }],
                 usage: None,
             }),
@@ -577,7 +629,7 @@ impl Chunks {
                     index,
                     text: text.unwrap_or_default(),
                     finish_reason,
-                    logprobs: None,
+                    logprobs: with_logprobs.then(|| CompletionLogprobs::new(logprobs)),
                     tokens: self.with_ids.then_some(ids),
                 }],
                 usage: None,
@@ -613,7 +665,8 @@ async fn stream(
         |data: String| async move { tx.send(Ok(SseEvent::default().data(data))).await.is_ok() };
     if chunks.kind == Kind::Chat {
         for index in 0..n {
-            if !send(chunks.chunk(index, Some(String::new()), Vec::new(), true, None)).await {
+            let role = chunks.chunk(index, Some(String::new()), Vec::new(), &[], true, None);
+            if !send(role).await {
                 return;
             }
         }
@@ -629,9 +682,12 @@ async fn stream(
         };
         let data = match out {
             None => break,
-            Some(Output::Delta { index, text, ids }) => {
-                chunks.chunk(index, Some(text), ids, false, None)
-            }
+            Some(Output::Delta {
+                index,
+                text,
+                ids,
+                logprobs,
+            }) => chunks.chunk(index, Some(text), ids, &logprobs, false, None),
             Some(Output::Done {
                 index,
                 finish_reason,
@@ -640,7 +696,7 @@ async fn stream(
                     Kind::Chat => None,
                     Kind::Completion => Some(String::new()),
                 };
-                chunks.chunk(index, empty, Vec::new(), false, Some(finish_reason))
+                chunks.chunk(index, empty, Vec::new(), &[], false, Some(finish_reason))
             }
             Some(Output::Failed(e)) => {
                 let _ = send(e.body()).await;

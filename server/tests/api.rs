@@ -530,3 +530,122 @@ fn sigterm_stops_the_server_with_exit_status_0() {
     };
     assert_eq!(exit.code(), Some(0));
 }
+
+#[test]
+fn logprobs_come_with_each_token_in_both_shapes() {
+    let s = Server::start(&["-np", "2"]);
+    let msgs = json!([{"role": "user", "content": "Hello"}]);
+    // Chat, not streamed: one entry per generated token, the greedy token the most likely one.
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 2}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    for t in content {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0]["token"], t["token"]);
+        assert_eq!(top[0]["logprob"], t["logprob"]);
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+        let bytes: Vec<u8> = t["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(bytes, t["token"].as_str().unwrap().as_bytes());
+    }
+    // Without the flag, `logprobs` is null.
+    let (_, plain) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 2}),
+    );
+    assert!(plain["choices"][0]["logprobs"].is_null());
+
+    // Chat, streamed: content chunks carry their tokens' entries; together one per token.
+    let events = s.stream(
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 6, "temperature": 0, "stream": true,
+                "logprobs": true, "stream_options": {"include_usage": true}}),
+    );
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .collect();
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(
+        streamed.len() as u64,
+        usage["completion_tokens"].as_u64().unwrap()
+    );
+    let tokens: Vec<&Value> = content.iter().map(|t| &t["token"]).collect();
+    let again: Vec<&Value> = streamed.iter().map(|t| &t["token"]).collect();
+    assert_eq!(tokens, again, "streamed and whole responses agree");
+
+    // Completions: the legacy parallel arrays, offsets counting the tokens' characters.
+    let (code, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0, "logprobs": 3}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let toks: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(toks.len(), 5);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 5);
+    let mut offset = 0;
+    for (i, t) in toks.iter().enumerate() {
+        assert_eq!(lp["text_offset"][i].as_u64().unwrap(), offset);
+        offset += t.chars().count() as u64;
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(top.len() <= 3 && !top.is_empty());
+        assert!(top.contains_key(*t), "the greedy token is among the top 3");
+    }
+
+    // Out of range or inconsistent requests name the field.
+    for (path, body, param) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "top_logprobs": 2}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "logprobs": 3}),
+            "logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logprobs": 6}),
+            "logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logprobs": true}),
+            "logprobs",
+        ),
+    ] {
+        let (code, v) = s.post(path, &body);
+        assert_eq!(code, 400, "{body}: {v}");
+        assert_eq!(error_of(&v).1, Some(param), "{body}");
+    }
+}

@@ -128,15 +128,15 @@ cat "$OUT/tokenizer.txt"
 
 step "logits: bitnet-run and llama.cpp ($N_TOKENS tokens)"
 IDS=$(cat "$OUT/ids.txt")
-"$RUN" logits -m "$DEMO/demo.bitnet" -t "$THREADS" --token-ids "$IDS" -o "$OUT/bitnet_run.npy"
-"$RUN" logits -m "$OUT/demo-silu.bitnet" -t "$THREADS" --token-ids "$IDS" -o "$OUT/bitnet_run_silu.npy"
+"$RUN" logits -m "$DEMO/demo.bitnet" -t "$THREADS" -ctk f32 -ctv f32 --token-ids "$IDS" -o "$OUT/bitnet_run.npy"
+"$RUN" logits -m "$OUT/demo-silu.bitnet" -t "$THREADS" -ctk f32 -ctv f32 --token-ids "$IDS" -o "$OUT/bitnet_run_silu.npy"
 for ty in tq2_0 tq1_0; do
     "$W/llama_logits" -m "$OUT/demo-$ty.gguf" -t "$THREADS" -i "$OUT/ids.txt" -o "$OUT/llama_cpp_$ty.npy"
     # greedy: 16 prompt tokens + 48 generated, then bitnet-run on the whole sequence
     gen=$("$W/llama_logits" -m "$OUT/demo-$ty.gguf" -t "$THREADS" -i "$OUT/prompt_ids.txt" -n 48)
     echo "$(cat "$OUT/prompt_ids.txt"),$gen" >"$OUT/greedy_$ty.txt"
     for m in demo:"$DEMO/demo.bitnet" silu:"$OUT/demo-silu.bitnet"; do
-        "$RUN" logits -m "${m#*:}" -t "$THREADS" --token-ids "$(cat "$OUT/greedy_$ty.txt")" \
+        "$RUN" logits -m "${m#*:}" -t "$THREADS" -ctk f32 -ctv f32 --token-ids "$(cat "$OUT/greedy_$ty.txt")" \
             -o "$OUT/greedy_${ty}_bitnet_run_${m%%:*}.npy"
     done
 done

@@ -15,7 +15,7 @@
 //! let engine = Engine::start(Arc::new(model), EngineConfig::default())?;
 //! let request = Request::greedy(vec![1, 15043, 29892], 16);
 //! for event in engine.submit(request)? {
-//!     if let Event::Token(id) = event {
+//!     if let Event::Token { id, .. } = event {
 //!         println!("{id}");
 //!     }
 //! }
@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::model::{KvCache, KvTypes, Logits, Model, ModelError, Runner, SeqStep};
-use crate::sampling::{Sampler, SamplerConfig};
+use crate::sampling::{self, Logprobs, Sampler, SamplerConfig};
 
 use plan::{Work, choose_slot, plan_step};
 
@@ -75,6 +75,9 @@ pub struct Request {
     /// context end it.
     pub stop_ids: Vec<u32>,
     pub penalties: Penalties,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// ([`Logprobs`]); `None` reports none.
+    pub logprobs: Option<usize>,
 }
 
 /// OpenAI's logit adjustments, applied before sampling: each token's logit is lowered by
@@ -125,6 +128,7 @@ impl Request {
             },
             stop_ids: Vec::new(),
             penalties: Penalties::default(),
+            logprobs: None,
         }
     }
 }
@@ -136,7 +140,11 @@ pub enum Event {
     Started {
         cached_tokens: usize,
     },
-    Token(u32),
+    Token {
+        id: u32,
+        /// When the request asked for them.
+        logprobs: Option<Logprobs>,
+    },
     Finished {
         reason: FinishReason,
         usage: Usage,
@@ -623,7 +631,12 @@ impl<'m> Scheduler<'m> {
         self.stats
             .generated_tokens_total
             .fetch_add(1, Ordering::Relaxed);
-        if !(r.job.sink)(Event::Token(id)) {
+        let logprobs = r
+            .job
+            .request
+            .logprobs
+            .map(|top| sampling::logprobs(logits, id, top));
+        if !(r.job.sink)(Event::Token { id, logprobs }) {
             return self.finish(i, FinishReason::Cancelled);
         }
         // The sampled token needs a position to run at before the next one can be sampled.

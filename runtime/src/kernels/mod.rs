@@ -1,8 +1,9 @@
 //! Compute kernels: a scalar reference for everything, and SIMD paths chosen once at start-up.
 //!
-//! Every SIMD ternary kernel returns exactly the scalar reference's i32 accumulators; the float
-//! parts (activation scales, norms, attention, the output matrix) may differ between paths by float
-//! reordering, within the bound README.md states and `runtime/tests/model_consistency.rs` tests. A
+//! Every SIMD ternary kernel returns exactly the scalar reference's i32 accumulators, and the
+//! attention kernels its exact floats; the other float parts (activation scales, the output
+//! matrix) may differ between paths by float reordering, within the bound README.md states and
+//! `runtime/tests/model_consistency.rs` tests. A
 //! new instruction set is one more module beside `avx2`/`avx512`/`neon` and one more [`Isa`]
 //! variant. Kernels take a [`KernelPath`], which proves the CPU has the instructions.
 
