@@ -138,10 +138,14 @@ impl Sampler {
             .enumerate()
             .map(|(i, &l)| (i as u32, l))
             .collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if c.top_k > 0 {
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // With top-k, select the k best first (linear) and sort only those: the same candidates
+        // in the same order as sorting the whole vocabulary.
+        if c.top_k > 0 && c.top_k < cand.len() {
+            cand.select_nth_unstable_by(c.top_k - 1, order);
             cand.truncate(c.top_k);
         }
+        cand.sort_by(order);
         let probs = softmax_of(&cand, 1.0);
         if c.top_p < 1.0 {
             let mut total = 0.0;
@@ -235,6 +239,36 @@ fn softmax_of(cand: &[(u32, f32)], temp: f32) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Top-k by selection draws what sorting the whole vocabulary would: the same seed picks the
+    /// same token as top-k 0 on logits where everything outside the k best is impossible.
+    #[test]
+    fn top_k_by_selection_samples_as_a_full_sort_would() {
+        let logits: Vec<f32> = (0..5000u32)
+            .map(|i| ((i.wrapping_mul(2654435761) >> 7) % 1000) as f32 / 90.0)
+            .collect();
+        for k in [1, 3, 40, 4999] {
+            let mut ids: Vec<usize> = (0..logits.len()).collect();
+            ids.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let mut masked = vec![f32::NEG_INFINITY; logits.len()];
+            for &i in &ids[..k] {
+                masked[i] = logits[i];
+            }
+            for seed in 0..50 {
+                let cfg = |top_k| SamplerConfig {
+                    temperature: 0.9,
+                    top_k,
+                    top_p: 0.9,
+                    min_p: 0.01,
+                    seed,
+                    ..SamplerConfig::default()
+                };
+                let got = Sampler::new(cfg(k)).sample(&logits, &[]);
+                let want = Sampler::new(cfg(0)).sample(&masked, &[]);
+                assert_eq!(got, want, "k {k} seed {seed}");
+            }
+        }
+    }
 
     #[test]
     fn logprobs_are_a_log_softmax_and_the_top_ones_come_in_order() {
