@@ -110,6 +110,8 @@ impl<'m> Runner<'m> {
         if rows == 0 {
             return Ok(out);
         }
+        let end = spans.iter().map(|sp| sp.pos + sp.rows).max().unwrap_or(0);
+        self.rope.extend(end);
         let c = &model.config;
         let h = c.hidden_size as usize;
         let eps = c.rms_norm_eps as f32;

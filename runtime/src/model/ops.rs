@@ -52,9 +52,14 @@ pub fn softmax(x: &mut [f32]) {
 
 /// Rotary position embedding, rotate-half style, with the inverse frequencies computed as Hugging Face
 /// does (in f32), including its `linear` and `llama3` scalings.
+///
+/// The cosines and sines of every position used so far are kept in a table ([`Rope::extend`]), so
+/// a forward pass evaluates no trigonometric function for positions it has seen.
 #[derive(Debug, Clone)]
 pub struct Rope {
     inv_freq: Vec<f32>,
+    /// Per position, `inv_freq.len()` cosines then as many sines.
+    table: Vec<f32>,
 }
 
 impl Rope {
@@ -94,20 +99,27 @@ impl Rope {
                 }
             }
         }
-        Rope { inv_freq }
+        Rope {
+            inv_freq,
+            table: Vec::new(),
+        }
     }
 
-    /// Rotate every `head_dim`-wide head of `x` for position `pos`.
+    /// Make [`Rope::apply`] ready for every position below `positions`.
+    pub fn extend(&mut self, positions: usize) {
+        let half = self.inv_freq.len();
+        for pos in self.table.len() / (2 * half).max(1)..positions {
+            let angles = self.inv_freq.iter().map(|&f| pos as f32 * f);
+            self.table.extend(angles.clone().map(f32::cos));
+            self.table.extend(angles.map(f32::sin));
+        }
+    }
+
+    /// Rotate every `head_dim`-wide head of `x` for position `pos`, which [`Rope::extend`] must
+    /// have covered.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let half = self.inv_freq.len();
-        let (cos, sin): (Vec<f32>, Vec<f32>) = self
-            .inv_freq
-            .iter()
-            .map(|&f| {
-                let angle = pos as f32 * f;
-                (angle.cos(), angle.sin())
-            })
-            .unzip();
+        let (cos, sin) = self.table[2 * half * pos..2 * half * (pos + 1)].split_at(half);
         for head in x.chunks_exact_mut(2 * half) {
             for i in 0..half {
                 let (a, b) = (head[i], head[i + half]);
@@ -139,7 +151,8 @@ mod tests {
 
     #[test]
     fn rope_at_position_zero_is_identity_and_preserves_norm() {
-        let rope = Rope::new(8, 10000.0, None);
+        let mut rope = Rope::new(8, 10000.0, None);
+        rope.extend(18);
         let orig: Vec<f32> = (0..16).map(|i| i as f32 - 7.5).collect();
         let mut x = orig.clone();
         rope.apply(&mut x, 0);
