@@ -561,7 +561,10 @@ function describe(error, gotResponse) {
       : `The server stopped the reply: ${error.message}`;
   }
   if (error instanceof LostConnection || gotResponse) {
-    return "The connection to the server was lost before the reply was complete; the text so far is kept.";
+    return (
+      "The connection to the server was lost before the reply was complete; " +
+      "the text so far is kept."
+    );
   }
   return `Cannot reach the server (${error.message}). Is bitnet-serve running?`;
 }
