@@ -7,6 +7,7 @@ mod metrics;
 mod openai;
 mod routes;
 mod state;
+mod ui;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

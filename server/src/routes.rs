@@ -31,7 +31,7 @@ use crate::state::{AppState, Loaded};
 pub const BODY_LIMIT: usize = 4 << 20;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    crate::ui::routes(Router::new())
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
@@ -45,12 +45,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Every route but these needs the API key, when the server has one.
+/// Every route but these and the chat page's needs the API key, when the server has one.
 const PUBLIC: [&str; 2] = ["/health", "/v1/models"];
 
 async fn auth(State(state): State<Arc<AppState>>, request: HttpRequest, next: Next) -> Response {
     if let Some(key) = &state.api_key
         && !PUBLIC.contains(&request.uri().path())
+        && !crate::ui::is_asset(request.uri().path())
     {
         let sent = request
             .headers()

@@ -649,3 +649,73 @@ fn logprobs_come_with_each_token_in_both_shapes() {
         assert_eq!(error_of(&v).1, Some(param), "{body}");
     }
 }
+
+/// The chat page: public even when the server has a key (its API calls are not), served with
+/// its type and a CSP that allows only this server's own files, and every file it links to
+/// loads, byte for byte the one in server/ui/.
+#[test]
+fn the_chat_page_and_its_files_are_public_with_a_strict_csp() {
+    let s = Server::start(&["--api-key", "sesame"]);
+    let get = |path: &str| {
+        let r = ureq::get(&format!("{}{path}", s.base))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let header = |name| r.header(name).unwrap_or_default().to_string();
+        let (ty, csp) = (header("content-type"), header("content-security-policy"));
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        (ty, csp, r.into_string().unwrap())
+    };
+    let (ty, csp, html) = get("/");
+    assert_eq!(ty, "text/html; charset=utf-8");
+    let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+    assert!(directives.contains(&"default-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-"), "{csp}");
+    // Nothing the CSP would block: no inline script or style.
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=").count()
+    );
+    assert!(!html.contains("<style") && !html.contains(" style="));
+
+    let mut linked: Vec<&str> = ["src=\"", "href=\""]
+        .iter()
+        .flat_map(|attr| html.split(attr).skip(1))
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
+    linked.sort_unstable();
+    assert_eq!(linked, ["app.js", "favicon.svg", "style.css"]);
+    for (file, want) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("favicon.svg", "image/svg+xml"),
+        ("style.css", "text/css; charset=utf-8"),
+    ] {
+        let (ty, csp, body) = get(&format!("/{file}"));
+        assert_eq!(ty, want, "{file}");
+        assert!(csp.contains("default-src 'self'"), "{file}");
+        let path = format!("{}/ui/{file}", env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(body, std::fs::read_to_string(&path).unwrap(), "{file}");
+        // The script puts model output and user input into the page as text only: no HTML sink.
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+        ] {
+            assert!(!body.contains(sink), "{file} uses {sink}");
+        }
+    }
+
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1});
+    let body = body.to_string();
+    let chat = |key| {
+        s.request("POST", "/v1/chat/completions", Some(&body), key)
+            .0
+    };
+    assert_eq!(chat(None), 401);
+    assert_eq!(chat(Some("sesame")), 200);
+}
