@@ -438,9 +438,15 @@ fn a_client_that_disconnects_frees_its_slot() {
         body.len()
     )
     .unwrap();
-    let mut buf = [0u8; 256];
-    let n = conn.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    // The headers go out once the request is queued; its first token shows it has the slot.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let mut buf = [0u8; 256];
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("200 OK"));
     assert_eq!(s.metric("bitnet_slots_busy"), 1.0);
     drop(conn);
     let start = Instant::now();
