@@ -122,6 +122,43 @@ fn chat_reads_turns_from_stdin() {
     );
 }
 
+/// A conversation that outgrows the context drops its oldest turns (with a note) and goes on.
+#[test]
+fn chat_drops_the_oldest_turns_when_the_context_fills() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
+        .args([
+            "--chat",
+            "-c",
+            "96",
+            "-n",
+            "16",
+            "--temp",
+            "0",
+            "--system",
+            "Be brief.",
+        ])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let turns = "Who art thou?\nWhat news from Verona?\nWhere is Romeo?\nWhat says the Prince?\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(turns.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("dropped the oldest"), "{err}");
+    // A prompt for each turn and one more, answered by the end of input.
+    assert_eq!(err.matches("> ").count(), 5, "{err}");
+    assert!(!o.stdout.is_empty());
+}
+
 #[test]
 fn user_errors_are_clear_and_never_panic() {
     let dir = tempfile::tempdir().unwrap();
@@ -335,4 +372,63 @@ fn cache_types_and_bench_depth() {
     let err = stderr(&o);
     assert!(!o.status.success());
     assert!(err.contains("q8_0") && err.contains("f16 or f32"), "{err}");
+}
+
+/// A full context shifts (llama.cpp's default) instead of stopping silently; `--no-context-shift`
+/// and `-n -2` stop at it, the first with a note; llama.cpp's negative values are accepted and
+/// others name their option.
+#[test]
+fn generation_shifts_a_full_context_or_says_why_it_stopped() {
+    let generated = |o: &std::process::Output| -> usize {
+        let err = stderr(o);
+        let after = err.split("generation: ").nth(1).expect(&err);
+        after.split(' ').next().unwrap().parse().unwrap()
+    };
+    // The demo model's context is 256 tokens.
+    let o = run(&[
+        "-p", "ROMEO:", "-n", "400", "--temp", "0", "--top-k", "-1", "--seed", "-1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(generated(&o), 400);
+    assert_eq!(
+        stderr(&o).matches("is full: dropping the oldest").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "-p",
+        "ROMEO:",
+        "-n",
+        "400",
+        "--temp",
+        "0",
+        "--no-context-shift",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is full (--no-context-shift)"),
+        "{}",
+        stderr(&o)
+    );
+    let stopped = generated(&o);
+    assert!(stopped < 256, "{stopped}");
+    let o = run(&["-p", "ROMEO:", "-n", "-2", "--temp", "0"]);
+    assert_eq!(
+        generated(&o),
+        stopped,
+        "-n -2 runs until the context is full"
+    );
+    assert!(!stderr(&o).contains("note: stopped"), "{}", stderr(&o));
+    let o = run(&["-p", "ROMEO:", "-n", "100", "-c", "64", "--temp", "0"]);
+    assert_eq!(generated(&o), 100);
+    for (flag, value) in [("-n", "-3"), ("--seed", "-3"), ("--top-k", "-2")] {
+        let o = run(&["-p", "x", flag, value]);
+        let err = stderr(&o);
+        assert!(!o.status.success());
+        assert!(
+            err.contains(&format!("'{value}'")) && err.contains(flag.trim_start_matches('-')),
+            "{err}"
+        );
+    }
 }

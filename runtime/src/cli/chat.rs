@@ -47,17 +47,41 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                 text => messages.push(Message::new("user", text)),
             }
         }
-        let prompt = template
-            .render(&messages, true)
-            .context("cannot render the chat template")?;
-        let ids = tok.encode(&prompt, false)?;
+        let render = |messages: &[Message]| -> Result<Vec<u32>> {
+            let prompt = template
+                .render(messages, true)
+                .context("cannot render the chat template")?;
+            Ok(tok.encode(&prompt, false)?)
+        };
+        let mut ids = render(&messages)?;
         if ids.is_empty() {
             bail!("the model's chat template renders this conversation to no tokens");
         }
-        if ids.len() >= ctx {
-            bail!(
-                "the conversation is {} tokens, more than the context of {ctx} (-c)",
-                ids.len()
+        // Too long: drop the oldest turns (a user message and the reply to it), never the system
+        // message or the new user message.
+        let mut dropped = 0;
+        while ids.len() >= ctx {
+            let first = messages.iter().position(|m| m.role != "system");
+            match first {
+                Some(i) if i + 1 < messages.len() => {
+                    let n = if messages[i + 1].role == "assistant" && i + 2 < messages.len() {
+                        2
+                    } else {
+                        1
+                    };
+                    messages.drain(i..i + n);
+                    dropped += n;
+                    ids = render(&messages)?;
+                }
+                _ => bail!(
+                    "the message is {} tokens with the system message, more than the context of {ctx} (-c)",
+                    ids.len()
+                ),
+            }
+        }
+        if dropped > 0 {
+            eprintln!(
+                "note: the conversation outgrew the context of {ctx} tokens (-c): dropped the oldest {dropped} messages"
             );
         }
         // Reuse the cached prefix; run only what is new.
@@ -73,7 +97,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         cached.extend_from_slice(&ids[common..]);
         let mut decoder = StreamDecoder::default();
         let mut reply = Vec::new();
-        while reply.len() < args.n_predict && session.position() < ctx {
+        while args.n_predict.wants(reply.len()) && session.position() < ctx {
             let id = sampler.sample(&logits, &cached);
             if tok.is_eos(id) {
                 break;

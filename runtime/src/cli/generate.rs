@@ -8,7 +8,7 @@ use bitnet_run::model::{Logits, Session};
 use bitnet_run::sampling::Sampler;
 use bitnet_run::tokenizer::{StreamDecoder, Tokenizer};
 
-use super::{GenerateArgs, context_size, load_model};
+use super::{GenerateArgs, Limit, context_size, load_model};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     if args.system.is_some() {
@@ -40,10 +40,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut logits = session.forward(&ids, Logits::Last)?;
     let prompt_secs = start.elapsed().as_secs_f64();
     let mut history = ids.clone();
+    // The tokens in the cache (they differ from `history` once the context has shifted).
+    let mut cached = ids.clone();
     let mut decoder = StreamDecoder::default();
     let gen_start = Instant::now();
     let mut generated = 0;
-    while generated < args.n_predict && session.position() < ctx {
+    let mut shifts = 0;
+    let limit = args.n_predict;
+    while limit.wants(generated) {
         let id = sampler.sample(&logits, &history);
         if tok.is_eos(id) {
             break;
@@ -55,9 +59,43 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         {
             return Ok(()); // stdout closed (e.g. piped into `head`): stop quietly
         }
-        if generated < args.n_predict && session.position() < ctx {
-            logits = session.forward(&[id], Logits::Last)?;
+        if !limit.wants(generated) {
+            break;
         }
+        if session.position() < ctx {
+            logits = session.forward(&[id], Logits::Last)?;
+            cached.push(id);
+            continue;
+        }
+        // The context is full: stop, or keep the start and the newer half of the rest and
+        // continue from them (llama.cpp's context shift), re-running what is kept.
+        if limit == Limit::ContextFull {
+            break;
+        }
+        let bos = usize::from(tok.bos().is_some_and(|b| cached.first() == Some(&b)));
+        let keep = (bos + args.keep).min(cached.len());
+        let discard = (cached.len() - keep) / 2;
+        if args.no_context_shift || discard == 0 {
+            eprintln!(
+                "\nnote: stopped after {generated} tokens: the context of {ctx} tokens (-c) is full{}",
+                if args.no_context_shift {
+                    " (--no-context-shift)"
+                } else {
+                    "; --keep leaves nothing to drop"
+                }
+            );
+            break;
+        }
+        if shifts == 0 {
+            eprintln!(
+                "\nnote: the context of {ctx} tokens (-c) is full: dropping the oldest {discard} tokens after the first {keep} and continuing (--no-context-shift stops instead)"
+            );
+        }
+        shifts += 1;
+        cached.drain(keep..keep + discard);
+        cached.push(id);
+        session.truncate(keep);
+        logits = session.forward(&cached[keep..], Logits::Last)?;
     }
     if let Some(piece) = decoder.flush(&tok)? {
         write!(out, "{piece}")?;

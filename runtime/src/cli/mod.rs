@@ -80,9 +80,16 @@ struct GenerateArgs {
     /// The prompt.
     #[arg(short = 'p', long = "prompt")]
     prompt: Option<String>,
-    /// Tokens to generate at most.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
-    n_predict: usize,
+    /// Tokens to generate at most; -1: no limit, -2: until the context is full.
+    #[arg(short = 'n', long = "n-predict", default_value = "256", allow_negative_numbers = true, value_parser = parse_n_predict)]
+    n_predict: Limit,
+    /// When the context is full, stop instead of dropping the oldest half (after --keep) and
+    /// continuing.
+    #[arg(long)]
+    no_context_shift: bool,
+    /// Prompt tokens a context shift keeps at the start (besides a leading BOS token).
+    #[arg(long, default_value_t = 0)]
+    keep: usize,
     /// Interactive multi-turn chat with the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -98,8 +105,8 @@ struct SamplingArgs {
     /// Temperature; 0 is greedy (default: the model's, else 0.8).
     #[arg(long = "temp", allow_negative_numbers = true)]
     temperature: Option<f32>,
-    /// Keep the K most likely tokens; 0 keeps all (default: the model's, else 40).
-    #[arg(long)]
+    /// Keep the K most likely tokens; 0 or -1 keeps all (default: the model's, else 40).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_top_k)]
     top_k: Option<usize>,
     /// Keep the most likely tokens up to this total probability (default: the model's, else 0.95).
     #[arg(long, allow_negative_numbers = true)]
@@ -110,11 +117,70 @@ struct SamplingArgs {
     /// Penalty for tokens among the last --repeat-last-n (default: the model's, else 1.0 = none).
     #[arg(long, allow_negative_numbers = true)]
     repeat_penalty: Option<f32>,
+    /// Recent tokens the repeat penalty looks at.
     #[arg(long, default_value_t = 64)]
     repeat_last_n: usize,
-    /// Random seed (default: a new one each run).
-    #[arg(long)]
-    seed: Option<u64>,
+    /// Random seed; -1 (the default) picks a new one each run.
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
+    seed: Option<Seed>,
+}
+
+/// How many tokens to generate (`-n`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Tokens(usize),
+    /// `-n -1`: until an end token (shifting the context as it fills).
+    Unlimited,
+    /// `-n -2`: until the context is full.
+    ContextFull,
+}
+
+impl Limit {
+    /// Whether `generated` tokens are not yet enough.
+    fn wants(self, generated: usize) -> bool {
+        match self {
+            Limit::Tokens(n) => generated < n,
+            Limit::Unlimited | Limit::ContextFull => true,
+        }
+    }
+}
+
+/// llama.cpp's `-n`: a count, -1 (no limit) or -2 (until the context is full).
+fn parse_n_predict(s: &str) -> Result<Limit, String> {
+    match s.parse::<i64>() {
+        Ok(-1) => Ok(Limit::Unlimited),
+        Ok(-2) => Ok(Limit::ContextFull),
+        Ok(n) if n >= 0 => Ok(Limit::Tokens(n as usize)),
+        _ => Err(format!(
+            "{s:?} is not a token count (a number, -1 for no limit, -2 for until the context is full)"
+        )),
+    }
+}
+
+/// llama.cpp's `--top-k`: a count; 0 or -1 keeps every token.
+fn parse_top_k(s: &str) -> Result<usize, String> {
+    match s.parse::<i64>() {
+        Ok(-1) => Ok(0),
+        Ok(k) if k >= 0 => Ok(k as usize),
+        _ => Err(format!(
+            "{s:?} is not a count (a number; 0 or -1 keeps every token)"
+        )),
+    }
+}
+
+/// `--seed`: a number, or none for a random one.
+#[derive(Debug, Clone, Copy)]
+pub struct Seed(Option<u64>);
+
+/// llama.cpp's `--seed`: a number, or -1 for a random seed.
+fn parse_seed(s: &str) -> Result<Seed, String> {
+    match s {
+        "-1" => Ok(Seed(None)),
+        _ => s
+            .parse::<u64>()
+            .map(|n| Seed(Some(n)))
+            .map_err(|_| format!("{s:?} is not a seed (a number from 0, or -1 for a random one)")),
+    }
 }
 
 /// llama.cpp's tools take `-m MODEL` before the subcommand (`bitnet-run -m x.bitnet perplexity
@@ -232,7 +298,10 @@ impl SamplingArgs {
     /// The sampler options: flags, else the model's generation defaults, else llama.cpp's defaults.
     fn config(&self, model: &Model) -> Result<SamplerConfig> {
         let d = SamplerConfig::for_file(&model.file().header().generation);
-        let seed = self.seed.unwrap_or_else(bitnet_run::sampling::random_seed);
+        let seed = self
+            .seed
+            .and_then(|s| s.0)
+            .unwrap_or_else(bitnet_run::sampling::random_seed);
         let config = SamplerConfig {
             temperature: self.temperature.unwrap_or(d.temperature),
             top_k: self.top_k.unwrap_or(d.top_k),
