@@ -155,7 +155,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", bitnet_format::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

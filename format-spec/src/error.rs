@@ -15,6 +15,13 @@ pub enum FormatError {
     TooShort { len: u64, min: u64 },
     #[error("not a .bitnet file (bad magic bytes {found:02x?})")]
     BadMagic { found: [u8; 8] },
+    #[error("this is a {format} file, not a .bitnet file: {hint}")]
+    ForeignFormat {
+        format: &'static str,
+        hint: &'static str,
+    },
+    #[error("{path} is a directory, not a .bitnet file")]
+    IsDirectory { path: PathBuf },
     #[error(
         "format version {major}.{minor} is not supported (this reader knows major version {known})"
     )]
@@ -99,5 +106,53 @@ impl FormatError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// `error` and its causes as one line, `outer: cause: ...`, leaving out a cause whose text the
+/// line already holds (many errors name their cause in their own message), and a cause's leading
+/// `subject: ` when the line already ends with that subject (`cannot open X` then `X: not found`).
+/// The binaries print errors with it, so each clause appears once.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            let rest = match text.split_once(": ") {
+                Some((subject, rest))
+                    if line.ends_with(subject) || line.contains(&format!("{subject}: ")) =>
+                {
+                    rest
+                }
+                _ => &text,
+            };
+            line.push_str(": ");
+            line.push_str(rest);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = FormatError::io("m.bitnet", io());
+        assert_eq!(error_chain(&e), "m.bitnet: No such file");
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open model")]
+        struct Outer(#[source] FormatError);
+        let e = Outer(FormatError::io("m.bitnet", io()));
+        assert_eq!(error_chain(&e), "cannot open model: m.bitnet: No such file");
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open model m.bitnet")]
+        struct Named(#[source] FormatError);
+        let e = Named(FormatError::io("m.bitnet", io()));
+        assert_eq!(error_chain(&e), "cannot open model m.bitnet: No such file");
     }
 }

@@ -22,6 +22,26 @@ pub struct Preamble {
     pub header_len: u64,
 }
 
+/// What a file that is not a `.bitnet` file is, when its first bytes tell: the model files users
+/// most often pass by mistake.
+fn foreign_format(bytes: &[u8]) -> Option<FormatError> {
+    if bytes.starts_with(b"GGUF") {
+        return Some(FormatError::ForeignFormat {
+            format: "GGUF",
+            hint: "convert it with `bitnet-convert FILE.gguf -o MODEL.bitnet`",
+        });
+    }
+    // safetensors: a little-endian u64 header length, then the JSON header.
+    let header_len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    if header_len >= 2 && header_len < bytes.len() as u64 && bytes.get(8) == Some(&b'{') {
+        return Some(FormatError::ForeignFormat {
+            format: "safetensors",
+            hint: "convert the checkpoint's directory (config.json, tokenizer, *.safetensors) with `bitnet-convert DIR -o MODEL.bitnet`",
+        });
+    }
+    None
+}
+
 impl Preamble {
     /// Decode and check the preamble at the start of `bytes` (magic, version, reserved bytes, header size).
     pub fn parse(bytes: &[u8]) -> Result<Self> {
@@ -34,7 +54,7 @@ impl Preamble {
         }
         let magic: [u8; 8] = bytes[0..8].try_into().expect("8 bytes");
         if magic != MAGIC {
-            return Err(FormatError::BadMagic { found: magic });
+            return Err(foreign_format(bytes).unwrap_or(FormatError::BadMagic { found: magic }));
         }
         let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
         let (major, minor) = (u16_at(8), u16_at(10));

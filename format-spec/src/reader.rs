@@ -202,6 +202,11 @@ impl BitnetFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(FormatError::IsDirectory {
+                path: path.to_path_buf(),
+            });
+        }
         // SAFETY: the map is read-only and private to this process; the format's users must not
         // truncate or rewrite a model file while it is open (as with every mmap-based loader).
         // Every offset is checked against the length seen here before it is read.

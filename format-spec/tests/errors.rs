@@ -58,6 +58,34 @@ fn bad_magic() {
 }
 
 #[test]
+fn gguf_and_safetensors_files_are_named() {
+    let mut gguf = b"GGUF\x03\0\0\0".to_vec();
+    gguf.resize(256, 0);
+    assert!(matches!(
+        open(gguf),
+        FormatError::ForeignFormat { format: "GGUF", .. }
+    ));
+    let header = br#"{"__metadata__":{}}"#;
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    st.extend_from_slice(header);
+    st.resize(256, 0);
+    assert!(matches!(
+        open(st),
+        FormatError::ForeignFormat {
+            format: "safetensors",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_directory_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = BitnetFile::open(dir.path()).unwrap_err();
+    assert!(matches!(err, FormatError::IsDirectory { .. }), "{err}");
+}
+
+#[test]
 fn unknown_major_version_is_refused() {
     let (_, json, data) = valid();
     let err = open(assemble_with(&json, &data, 2, 0));

@@ -432,3 +432,40 @@ fn generation_shifts_a_full_context_or_says_why_it_stopped() {
         );
     }
 }
+
+/// Files that are not .bitnet models are named for what they are, and every cause is printed once.
+#[test]
+fn wrong_files_say_what_they_are_and_no_clause_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("t.bitnet");
+    let bytes = std::fs::read(root().join("testdata/demo/demo.bitnet")).unwrap();
+    std::fs::write(&truncated, &bytes[..1000]).unwrap();
+    let truncated = truncated.to_str().unwrap().to_string();
+    let cases = [
+        ("nosuch.bitnet", "No such file"),
+        (truncated.as_str(), "runs past the end"),
+        ("testdata/gguf", "is a directory, not a .bitnet file"),
+        ("testdata/gguf/bitnet_tq.gguf", "this is a GGUF file"),
+        (
+            "testdata/fixtures/bitnet-2b4t/model.safetensors",
+            "this is a safetensors file",
+        ),
+    ];
+    for (model, needle) in cases {
+        let o = run(&["-m", model, "-p", "x"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(needle), "{model}: {err}");
+        let line = err.lines().find_map(|l| l.strip_prefix("error: ")).unwrap();
+        // No clause twice, nor a clause that repeats the end of an earlier one ("open X: X: ...").
+        let clauses: Vec<&str> = line.split(": ").collect();
+        for (i, c) in clauses.iter().enumerate() {
+            for later in &clauses[i + 1..] {
+                assert!(
+                    later != c && !c.ends_with(later),
+                    "{later:?} repeats in {line}"
+                );
+            }
+        }
+    }
+}

@@ -32,7 +32,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 fn main() {
     let args = Args::parse_from(args::normalize(std::env::args()));
     if let Err(e) = run(args) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", bitnet_format::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
