@@ -422,6 +422,9 @@ fn generation_shifts_a_full_context_or_says_why_it_stopped() {
     assert!(!stderr(&o).contains("note: stopped"), "{}", stderr(&o));
     let o = run(&["-p", "ROMEO:", "-n", "100", "-c", "64", "--temp", "0"]);
     assert_eq!(generated(&o), 100);
+    let o = run(&["-p", "x", "-n", "2", "-t", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("-t 1000 is more than the"), "{}", stderr(&o));
     for (flag, value) in [("-n", "-3"), ("--seed", "-3"), ("--top-k", "-2")] {
         let o = run(&["-p", "x", flag, value]);
         let err = stderr(&o);

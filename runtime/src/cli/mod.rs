@@ -248,10 +248,17 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
         Some(name) => KernelPath::parse(name)?,
         None => KernelPath::from_env()?,
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match args.threads {
         Some(0) => bail!("-t/--threads must be at least 1"),
+        Some(n) if n > cores => {
+            eprintln!(
+                "note: -t {n} is more than the {cores} cores this process may use; running {cores} threads"
+            );
+            cores
+        }
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => cores,
     };
     let (file, name) = match &args.model {
         Some(file_path) => {
