@@ -374,8 +374,9 @@ fn fixed_acts(
 fn i16_runs_hold_the_extreme_products_on_every_path() {
     // The AVX2 kernel adds 16 blocks in i16 before widening: with every weight +1 (code 2) and
     // every activation -128, a run reaches exactly -32768, the i16 minimum (and 32512 at +127);
-    // one block more would wrap. 35 blocks: two whole runs and a partial one; 1–5 tokens: a
-    // whole register block and each tail. Weights -1 (code 0) and alternating signs too.
+    // one block more would wrap. 35 blocks: two whole runs and a partial one; the token counts
+    // take every register block size (8, 4, 2, 1) and mix them. Weights -1 (code 0) and
+    // alternating signs too.
     let (rows, cols) = (24, 16 * 35);
     let paths = available_paths();
     let layout = TernaryLayout::Tiled { tile_rows: 16 };
@@ -395,7 +396,7 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
             |t, k| if (t + k) % 2 == 0 { 127 } else { -128 },
         ];
         for pattern in patterns {
-            for tokens in 1..=5 {
+            for tokens in [1, 2, 3, 4, 5, 8, 15] {
                 let x = fixed_acts(tokens, cols, w.kpad(), pattern);
                 let expected = oracle(&values, rows, cols, 16, &x);
                 for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
@@ -410,8 +411,9 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
 
 #[test]
 fn every_token_count_and_tile_range_matches_on_every_path() {
-    // The x86 kernels take tokens four at a time: 1–9 and 13 tokens cover each register block
-    // with each tail; 45 rows end in a partial tile, 343 columns in a partial block.
+    // The 256-bit x86 kernels take tokens 8 at a time, then 4, 2 and 1: 1–9 and 13 tokens cover
+    // each register block and each mix of tails; 45 rows end in a partial tile, 343 columns in a
+    // partial block.
     let (rows, cols) = (45usize, 343usize);
     let paths = available_paths();
     let mut seed = 3u64;

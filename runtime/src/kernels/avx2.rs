@@ -5,8 +5,8 @@
 //! splits a half into four planes of unsigned codes `t + 1`, plane `p` holding in 32-bit lane `r`
 //! row `r`'s codes at columns `4p .. 4p+3`; each plane is multiplied by one broadcast activation
 //! quad, and `Σ q` is subtracted at the end to undo the `+ 1`. Tokens are taken [`TOKEN_BLOCK`] at a
-//! time, so each half is unpacked once and used by every token of the block (matrix-matrix); one
-//! token is the matrix-vector case.
+//! time (the rest 4, 2 and 1 at a time), so each half is unpacked once and used by every token of
+//! the block (matrix-matrix); one token is the matrix-vector case.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -14,9 +14,10 @@ use std::ops::Range;
 use super::activation::QuantizedActs;
 use super::ternary::TernaryMatrix;
 
-/// Tokens per register block: four tokens' accumulators (two halves each), the four planes of a
-/// half and a few temporaries fill the 16 ymm registers.
-pub(super) const TOKEN_BLOCK: usize = 4;
+/// Tokens per register block: eight accumulators (one per token, for the half being read), the
+/// half's four planes and a few temporaries fill the 16 ymm registers. It ran faster than four
+/// tokens with both halves at once, which spilled registers.
+pub(super) const TOKEN_BLOCK: usize = 8;
 
 /// One instruction set's multiply-accumulate for [`ternary_kernel!`].
 ///
@@ -104,15 +105,20 @@ macro_rules! ternary_kernel {
                 let out_tile = &mut out[i * tokens * 16..(i + 1) * tokens * 16];
                 let mut t = 0;
                 while t < tokens {
-                    let m = (tokens - t).min(TOKEN_BLOCK);
+                    let m = match tokens - t {
+                        r if r >= TOKEN_BLOCK => TOKEN_BLOCK,
+                        r if r >= 4 => 4,
+                        r if r >= 2 => 2,
+                        _ => 1,
+                    };
                     let o = &mut out_tile[t * 16..(t + m) * 16];
                     // SAFETY: same CPU features as this function; `codes` holds `k_blocks` blocks
                     // of 64 bytes, each token row `16 · k_blocks` codes, tokens `t .. t + m` exist
                     // and `o` holds their `m · 16` accumulators.
                     unsafe {
                         match m {
+                            TOKEN_BLOCK => token_block::<TOKEN_BLOCK>(codes, k_blocks, x, t, o),
                             4 => token_block::<4>(codes, k_blocks, x, t, o),
-                            3 => token_block::<3>(codes, k_blocks, x, t, o),
                             2 => token_block::<2>(codes, k_blocks, x, t, o),
                             _ => token_block::<1>(codes, k_blocks, x, t, o),
                         }
@@ -138,48 +144,46 @@ macro_rules! ternary_kernel {
                 codes.len() >= k_blocks * 64 && out.len() >= M * 16 && t0 + M <= x.tokens
             );
             let rows: [*const i8; M] = std::array::from_fn(|m| x.row(t0 + m).as_ptr());
-            let mut total = [[_mm256_setzero_si256(); 2]; M];
-            let mut run = 0;
-            while run < k_blocks {
-                let end = k_blocks.min(run.saturating_add(K::RUN));
-                let mut acc = [[_mm256_setzero_si256(); 2]; M];
-                for kb in run..end {
-                    for h in 0..2 {
+            let sums: [__m256i; M] = std::array::from_fn(|m| _mm256_set1_epi32(x.sum[t0 + m]));
+            // The halves one after the other: a block's activation broadcasts then serve one
+            // half, so only its four planes, the M accumulators and a few temporaries are live.
+            for h in 0..2 {
+                let mut total = [_mm256_setzero_si256(); M];
+                let mut run = 0;
+                while run < k_blocks {
+                    let end = k_blocks.min(run.saturating_add(K::RUN));
+                    let mut acc = [_mm256_setzero_si256(); M];
+                    for kb in run..end {
                         // SAFETY: `kb < k_blocks`, so bytes `kb · 64 + 32h ..+ 32` are in `codes`.
                         let v = unsafe {
                             _mm256_loadu_si256(codes.as_ptr().add(kb * 64 + 32 * h).cast())
                         };
                         let c = planes(v);
-                        for m in 0..M {
+                        for (row, acc) in rows.iter().zip(&mut acc) {
                             let a: [__m256i; 4] = std::array::from_fn(|p| {
                                 // SAFETY: token rows hold `16 · k_blocks` codes; this reads quad
                                 // `p < 4` of block `kb`.
                                 let quad = unsafe {
-                                    rows[m].add(kb * 16 + 4 * p).cast::<i32>().read_unaligned()
+                                    row.add(kb * 16 + 4 * p).cast::<i32>().read_unaligned()
                                 };
                                 _mm256_set1_epi32(quad)
                             });
                             // SAFETY: this function has the features `K` is compiled for.
-                            unsafe { K::step(&mut acc[m][h], &c, &a) };
+                            unsafe { K::step(acc, &c, &a) };
                         }
                     }
-                }
-                for (total, acc) in total.iter_mut().zip(&acc) {
-                    for h in 0..2 {
+                    for (total, acc) in total.iter_mut().zip(acc) {
                         // SAFETY: as above.
-                        total[h] = _mm256_add_epi32(total[h], unsafe { K::widen(acc[h]) });
+                        *total = _mm256_add_epi32(*total, unsafe { K::widen(acc) });
                     }
+                    run = end;
                 }
-                run = end;
-            }
-            for (m, total) in total.iter().enumerate() {
-                let s = _mm256_set1_epi32(x.sum[t0 + m]);
-                for h in 0..2 {
+                for (m, (total, sum)) in total.iter().zip(&sums).enumerate() {
                     // SAFETY: `out` holds `M · 16` accumulators.
                     unsafe {
                         _mm256_storeu_si256(
                             out.as_mut_ptr().add(16 * m + 8 * h).cast(),
-                            _mm256_sub_epi32(total[h], s),
+                            _mm256_sub_epi32(*total, *sum),
                         )
                     };
                 }

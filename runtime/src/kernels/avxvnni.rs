@@ -82,8 +82,8 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             (seed >> 33) as i64
         };
-        // 1–9 tokens: every register block and tail; 40 rows: a partial last tile; 343 columns:
-        // a partial last block. The last case puts every activation at -128.
+        // 1–9 tokens: every register block size and mix of tails; 40 rows: a partial last tile;
+        // 343 columns: a partial last block. The last case puts every activation at -128.
         for (tokens, extreme) in (1..=9).map(|t| (t, false)).chain([(5, true)]) {
             let (rows, cols) = (40usize, 343usize);
             let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3 - 1) as i8).collect();
