@@ -128,8 +128,10 @@ macro_rules! ternary_kernel {
             }
         }
 
-        /// Tokens `t0 .. t0 + M` against one tile: each half is unpacked once per block and used
-        /// by all `M` tokens, accumulating runs of [`Mac::RUN`] blocks before widening.
+        /// Tokens `t0 .. t0 + M` against one tile. Several tokens: the halves one after the
+        /// other, so that only one half's four planes, the `M` accumulators and a few temporaries
+        /// are live. One token: both halves of each block together, reading the codes once, in
+        /// order (measured 5–12% faster than half by half).
         #[target_feature(enable = $features)]
         unsafe fn token_block<const M: usize>(
             codes: &[u8],
@@ -138,25 +140,51 @@ macro_rules! ternary_kernel {
             t0: usize,
             out: &mut [i32],
         ) {
+            // SAFETY (all three): same features; the caller's bounds, and `first + H <= 2`.
+            unsafe {
+                if M == 1 {
+                    halves::<M, 2>(codes, k_blocks, x, t0, 0, out);
+                } else {
+                    halves::<M, 1>(codes, k_blocks, x, t0, 0, out);
+                    halves::<M, 1>(codes, k_blocks, x, t0, 1, out);
+                }
+            }
+        }
+
+        /// Halves `first .. first + H` of tokens `t0 .. t0 + M` against one tile: each half is
+        /// unpacked once per block and used by all `M` tokens, accumulating runs of [`Mac::RUN`]
+        /// blocks before widening.
+        #[target_feature(enable = $features)]
+        unsafe fn halves<const M: usize, const H: usize>(
+            codes: &[u8],
+            k_blocks: usize,
+            x: &QuantizedActs,
+            t0: usize,
+            first: usize,
+            out: &mut [i32],
+        ) {
             use $crate::kernels::avx2::{Mac, planes};
             type K = $mac;
             debug_assert!(
-                codes.len() >= k_blocks * 64 && out.len() >= M * 16 && t0 + M <= x.tokens
+                codes.len() >= k_blocks * 64
+                    && out.len() >= M * 16
+                    && t0 + M <= x.tokens
+                    && first + H <= 2
             );
             let rows: [*const i8; M] = std::array::from_fn(|m| x.row(t0 + m).as_ptr());
-            let sums: [__m256i; M] = std::array::from_fn(|m| _mm256_set1_epi32(x.sum[t0 + m]));
-            // The halves one after the other: a block's activation broadcasts then serve one
-            // half, so only its four planes, the M accumulators and a few temporaries are live.
-            for h in 0..2 {
-                let mut total = [_mm256_setzero_si256(); M];
-                let mut run = 0;
-                while run < k_blocks {
-                    let end = k_blocks.min(run.saturating_add(K::RUN));
-                    let mut acc = [_mm256_setzero_si256(); M];
-                    for kb in run..end {
-                        // SAFETY: `kb < k_blocks`, so bytes `kb · 64 + 32h ..+ 32` are in `codes`.
+            let mut total = [[_mm256_setzero_si256(); H]; M];
+            let mut run = 0;
+            while run < k_blocks {
+                let end = k_blocks.min(run.saturating_add(K::RUN));
+                let mut acc = [[_mm256_setzero_si256(); H]; M];
+                for kb in run..end {
+                    for j in 0..H {
+                        // SAFETY: `kb < k_blocks` and `first + j < 2`, so the 32 bytes of this
+                        // half of block `kb` are in `codes`.
                         let v = unsafe {
-                            _mm256_loadu_si256(codes.as_ptr().add(kb * 64 + 32 * h).cast())
+                            _mm256_loadu_si256(
+                                codes.as_ptr().add(kb * 64 + 32 * (first + j)).cast(),
+                            )
                         };
                         let c = planes(v);
                         for (row, acc) in rows.iter().zip(&mut acc) {
@@ -169,21 +197,26 @@ macro_rules! ternary_kernel {
                                 _mm256_set1_epi32(quad)
                             });
                             // SAFETY: this function has the features `K` is compiled for.
-                            unsafe { K::step(acc, &c, &a) };
+                            unsafe { K::step(&mut acc[j], &c, &a) };
                         }
                     }
-                    for (total, acc) in total.iter_mut().zip(acc) {
-                        // SAFETY: as above.
-                        *total = _mm256_add_epi32(*total, unsafe { K::widen(acc) });
-                    }
-                    run = end;
                 }
-                for (m, (total, sum)) in total.iter().zip(&sums).enumerate() {
-                    // SAFETY: `out` holds `M · 16` accumulators.
+                for (total, acc) in total.iter_mut().zip(acc) {
+                    for j in 0..H {
+                        // SAFETY: as above.
+                        total[j] = _mm256_add_epi32(total[j], unsafe { K::widen(acc[j]) });
+                    }
+                }
+                run = end;
+            }
+            for (m, total) in total.iter().enumerate() {
+                let sum = _mm256_set1_epi32(x.sum[t0 + m]);
+                for j in 0..H {
+                    // SAFETY: `out` holds `M · 16` accumulators; `first + j < 2`.
                     unsafe {
                         _mm256_storeu_si256(
-                            out.as_mut_ptr().add(16 * m + 8 * h).cast(),
-                            _mm256_sub_epi32(*total, *sum),
+                            out.as_mut_ptr().add(16 * m + 8 * (first + j)).cast(),
+                            _mm256_sub_epi32(total[j], sum),
                         )
                     };
                 }
