@@ -131,7 +131,7 @@ macro_rules! ternary_kernel {
         /// Tokens `t0 .. t0 + M` against one tile. Several tokens: the halves one after the
         /// other, so that only one half's four planes, the `M` accumulators and a few temporaries
         /// are live. One token: both halves of each block together, reading the codes once, in
-        /// order (measured 5–12% faster than half by half).
+        /// order (5–12% faster than half by half in a one-thread micro-benchmark).
         #[target_feature(enable = $features)]
         unsafe fn token_block<const M: usize>(
             codes: &[u8],

@@ -47,7 +47,7 @@ super::avx2::ternary_kernel!("avx2,avxvnni", Dpbusd);
 
 /// The AVX-VNNI kernel's code run with the AVX-512 VL form of `vpdpbusd`, which computes the same:
 /// CPUs with AVX-512 VNNI but without AVX-VNNI (this project's CI machine, AMD Zen 4, Intel Ice
-/// Lake) cannot run the path itself, and no emulator in Debian implements AVX-VNNI.
+/// Lake) cannot run the path itself, and Debian's qemu-user does not implement AVX-VNNI.
 #[cfg(test)]
 mod tests {
     use bitnet_format::{TernaryLayout, ternary};
