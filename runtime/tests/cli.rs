@@ -424,7 +424,11 @@ fn generation_shifts_a_full_context_or_says_why_it_stopped() {
     assert_eq!(generated(&o), 100);
     let o = run(&["-p", "x", "-n", "2", "-t", "1000"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("-t 1000 is more than the"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("-t 1000 is more than the"),
+        "{}",
+        stderr(&o)
+    );
     for (flag, value) in [("-n", "-3"), ("--seed", "-3"), ("--top-k", "-2")] {
         let o = run(&["-p", "x", flag, value]);
         let err = stderr(&o);

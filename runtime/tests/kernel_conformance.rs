@@ -483,3 +483,98 @@ fn f16_encoding_rounds_like_the_half_crate_on_every_path() {
         }
     }
 }
+
+/// Token rows of fixed codes (not quantized from floats: quantization never yields -128).
+fn fixed_acts(
+    tokens: usize,
+    cols: usize,
+    kpad: usize,
+    code: impl Fn(usize, usize) -> i8,
+) -> QuantizedActs {
+    let mut q = vec![0i8; tokens * kpad];
+    for (t, row) in q.chunks_exact_mut(kpad).enumerate() {
+        for (k, v) in row[..cols].iter_mut().enumerate() {
+            *v = code(t, k);
+        }
+    }
+    let sum = q
+        .chunks_exact(kpad)
+        .map(|r| r.iter().map(|&v| v as i32).sum())
+        .collect();
+    QuantizedActs {
+        q,
+        scale: vec![1.0; tokens],
+        sum,
+        tokens,
+        kpad,
+    }
+}
+
+#[test]
+fn i16_runs_hold_the_extreme_products_on_every_path() {
+    // The AVX2 kernel adds 16 blocks in i16 before widening: with every weight +1 (code 2) and
+    // every activation -128, a run reaches exactly -32768, the i16 minimum (and 32512 at +127);
+    // one block more would wrap. 35 blocks: two whole runs and a partial one; the token counts
+    // take every register block size (8, 4, 2, 1) and mix them. Weights -1 (code 0) and
+    // alternating signs too.
+    let (rows, cols) = (24, 16 * 35);
+    let paths = available_paths();
+    let layout = TernaryLayout::Tiled { tile_rows: 16 };
+    for weight in [1i8, -1] {
+        let values = vec![weight; rows * cols];
+        let packed = ternary::pack(layout, rows as u64, cols as u64, &values, 1.0).unwrap();
+        let w = TernaryMatrix {
+            codes: &packed[64..],
+            rows,
+            cols,
+            tile_rows: 16,
+            scale: 1.0,
+        };
+        let patterns: [fn(usize, usize) -> i8; 3] = [
+            |_, _| -128,
+            |_, _| 127,
+            |t, k| if (t + k) % 2 == 0 { 127 } else { -128 },
+        ];
+        for pattern in patterns {
+            for tokens in [1, 2, 3, 4, 5, 8, 15] {
+                let x = fixed_acts(tokens, cols, w.kpad(), pattern);
+                let expected = oracle(&values, rows, cols, 16, &x);
+                for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
+                    let mut out = vec![i32::MIN; expected.len()];
+                    ternary_matmul(path, &w, &x, 0..w.tiles(), &mut out);
+                    assert_eq!(out, expected, "{path:?} weight {weight}, {tokens} tokens");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_token_count_and_tile_range_matches_on_every_path() {
+    // The 256-bit x86 kernels take tokens 8 at a time, then 4, 2 and 1: 1–9 and 13 tokens cover
+    // each register block and each mix of tails; 45 rows end in a partial tile, 343 columns in a
+    // partial block.
+    let (rows, cols) = (45usize, 343usize);
+    let paths = available_paths();
+    let mut seed = 3u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (seed >> 33) as u32
+    };
+    let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+    for tokens in (1..=9).chain([13]) {
+        let acts: Vec<f32> = (0..tokens * cols)
+            .map(|_| (next() % 2001) as f32 / 100.0 - 10.0)
+            .collect();
+        for tile_rows in [4, 8, 16, 32] {
+            check(
+                TernaryLayout::Tiled { tile_rows },
+                rows,
+                cols,
+                &values,
+                &acts,
+                &paths,
+            );
+        }
+    }
+}

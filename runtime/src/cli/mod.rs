@@ -52,8 +52,8 @@ pub struct ModelArgs {
     /// Context size in tokens (default: the model's).
     #[arg(short = 'c', long = "ctx-size")]
     ctx: Option<usize>,
-    /// Kernel path: scalar, avx2, avx512, neon or neon-dot (default: BITNET_KERNEL, else the fastest
-    /// this CPU has).
+    /// Kernel path: scalar, avx2, avxvnni, avx512, neon or neon-dot (default: BITNET_KERNEL, else
+    /// the fastest this CPU has).
     #[arg(long)]
     kernel: Option<String>,
     /// KV cache type of keys: f16 or f32 (llama.cpp's -ctk).

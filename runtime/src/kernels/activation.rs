@@ -52,8 +52,8 @@ pub fn quantize_row(path: KernelPath, x: &[f32], out: &mut [i8]) -> (f32, i32) {
         // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F/BW.
         Isa::Avx512 => unsafe { super::avx512::quantize_row(x, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX2.
-        Isa::Avx2 => unsafe { super::avx2::quantize_row(x, out) },
+        // SAFETY: a `KernelPath` for these instruction sets exists only when the CPU has AVX2.
+        Isa::Avx2 | Isa::AvxVnni => unsafe { super::avx2::quantize_row(x, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of every AArch64 CPU.
         Isa::Neon | Isa::NeonDot => unsafe { super::neon::quantize_row(x, out) },

@@ -51,8 +51,8 @@ pub fn scores(path: KernelPath, q: &[f32], keys: CacheRows, scale: f32, out: &mu
     assert_eq!(out.len(), q.len() / d * n);
     match path.isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 if keys.simd_shape() => {
-            // SAFETY: both paths need AVX2 and F16C, which a `KernelPath` for them proves;
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 if keys.simd_shape() => {
+            // SAFETY: these paths all need AVX2 and F16C, which a `KernelPath` for them proves;
             // the lengths the kernel reads were checked above.
             unsafe { super::avx2::attention_scores(q, keys, scale, out) }
         }
@@ -82,7 +82,7 @@ pub fn accumulate(path: KernelPath, p: &[f32], values: CacheRows, out: &mut [f32
     assert_eq!(p.len(), out.len() / d * n);
     match path.isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 if values.simd_shape() => {
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 if values.simd_shape() => {
             // SAFETY: as in `scores`.
             unsafe { super::avx2::attention_accumulate(p, values, out) }
         }

@@ -91,12 +91,12 @@ pub fn decode(path: KernelPath, kind: FloatKind, src: &[u8], dst: &mut [f32]) {
             unsafe { super::avx512::bf16_to_f32(src, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (FloatKind::F16, Isa::Avx2) => {
-            // SAFETY: the AVX2 path requires AVX2 and F16C.
+        (FloatKind::F16, Isa::Avx2 | Isa::AvxVnni) => {
+            // SAFETY: the AVX2 and AVX-VNNI paths require AVX2 and F16C.
             unsafe { super::avx2::f16_to_f32(src, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (FloatKind::Bf16, Isa::Avx2) => {
+        (FloatKind::Bf16, Isa::Avx2 | Isa::AvxVnni) => {
             // SAFETY: as above.
             unsafe { super::avx2::bf16_to_f32(src, dst) }
         }
@@ -129,8 +129,8 @@ pub fn encode_f16(path: KernelPath, src: &[f32], dst: &mut [u8]) {
     assert_eq!(dst.len(), src.len() * 2);
     match path.isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => {
-            // SAFETY: both paths require AVX2 and F16C.
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 => {
+            // SAFETY: these paths all require AVX2 and F16C.
             unsafe { super::avx2::f32_to_f16(src, dst) }
         }
         _ => {
@@ -165,7 +165,7 @@ fn fused_matvec(
                 super::avx512::dense_rows_dot(data, bytes, kind, rows.clone(), x, out)
             },
             // SAFETY: as above, for AVX2/FMA/F16C.
-            Isa::Avx2 => unsafe {
+            Isa::Avx2 | Isa::AvxVnni => unsafe {
                 super::avx2::dense_rows_dot(data, bytes, kind, rows.clone(), x, out)
             },
             _ => return false,
@@ -203,8 +203,8 @@ pub fn decode_i8(path: KernelPath, src: &[u8], scale: f32, dst: &mut [f32]) {
         // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F.
         Isa::Avx512 => unsafe { super::avx512::i8_to_f32(src, scale, dst) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX2.
-        Isa::Avx2 => unsafe { super::avx2::i8_to_f32(src, scale, dst) },
+        // SAFETY: a `KernelPath` for these instruction sets exists only when the CPU has AVX2.
+        Isa::Avx2 | Isa::AvxVnni => unsafe { super::avx2::i8_to_f32(src, scale, dst) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of every AArch64 CPU.
         Isa::Neon | Isa::NeonDot => unsafe { super::neon::i8_to_f32(src, scale, dst) },
@@ -225,8 +225,8 @@ pub fn dot(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F.
         Isa::Avx512 => unsafe { super::avx512::dot(a, b) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX2 and FMA.
-        Isa::Avx2 => unsafe { super::avx2::dot(a, b) },
+        // SAFETY: a `KernelPath` for these instruction sets exists only when the CPU has AVX2 and FMA.
+        Isa::Avx2 | Isa::AvxVnni => unsafe { super::avx2::dot(a, b) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of every AArch64 CPU.
         Isa::Neon | Isa::NeonDot => unsafe { super::neon::dot(a, b) },

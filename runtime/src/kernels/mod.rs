@@ -3,9 +3,9 @@
 //! Every SIMD ternary kernel returns exactly the scalar reference's i32 accumulators, and the
 //! attention kernels its exact floats; the other float parts (activation scales, the output
 //! matrix) may differ between paths by float reordering, within the bound README.md states and
-//! `runtime/tests/model_consistency.rs` tests. A
-//! new instruction set is one more module beside `avx2`/`avx512`/`neon` and one more [`Isa`]
-//! variant. Kernels take a [`KernelPath`], which proves the CPU has the instructions.
+//! `runtime/tests/model_consistency.rs` tests. A new instruction set is one more module beside
+//! `avx2`/`avxvnni`/`avx512`/`neon` and one more [`Isa`] variant. Kernels take a [`KernelPath`],
+//! which proves the CPU has the instructions.
 
 pub mod activation;
 pub mod attention;
@@ -13,6 +13,8 @@ pub mod attention;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
 pub mod bandwidth;
 pub mod float;
 #[cfg(target_arch = "aarch64")]
@@ -33,6 +35,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 (`vpmaddubsw`/`vpmaddwd`).
     Avx2,
+    /// x86-64 AVX2 with AVX-VNNI (256-bit VEX `vpdpbusd`: Intel Alder Lake and later, AMD Zen 5).
+    AvxVnni,
     /// x86-64 AVX-512 F/BW with VNNI (`vpdpbusd`).
     Avx512,
     /// AArch64 NEON (`smlal`/`sadalp`), on every AArch64 CPU.
@@ -51,19 +55,29 @@ pub struct KernelPath(Isa);
 /// Why a requested kernel path cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("unknown kernel {0:?} (expected one of: scalar, avx2, avx512, neon, neon-dot)")]
+    #[error(
+        "unknown kernel {0:?} (expected one of: scalar, avx2, avxvnni, avx512, neon, neon-dot)"
+    )]
     Unknown(String),
     #[error("kernel {0} was requested but this CPU lacks {1}")]
     Unsupported(&'static str, String),
 }
 
 impl Isa {
-    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDot];
+    pub const ALL: [Isa; 6] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512,
+        Isa::Neon,
+        Isa::NeonDot,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
             Isa::NeonDot => "neon-dot",
@@ -75,6 +89,7 @@ impl Isa {
         let needed: &[&'static str] = match self {
             Isa::Scalar => &[],
             Isa::Avx2 => &["avx2", "fma", "f16c"],
+            Isa::AvxVnni => &["avx2", "fma", "f16c", "avxvnni"],
             Isa::Avx512 => &["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni"],
             Isa::Neon => &["neon"],
             Isa::NeonDot => &["neon", "dotprod"],
@@ -100,6 +115,7 @@ fn cpu_has(feature: &str) -> bool {
             "avx512f" => is_x86_feature_detected!("avx512f"),
             "avx512bw" => is_x86_feature_detected!("avx512bw"),
             "avx512vnni" => is_x86_feature_detected!("avx512vnni"),
+            "avxvnni" => is_x86_feature_detected!("avxvnni"),
             _ => false,
         }
     }
@@ -153,10 +169,16 @@ impl KernelPath {
 
     /// The fastest path this CPU supports.
     pub fn detect() -> Self {
-        [Isa::Avx512, Isa::Avx2, Isa::NeonDot, Isa::Neon]
-            .into_iter()
-            .find_map(|isa| KernelPath::new(isa).ok())
-            .unwrap_or(KernelPath::SCALAR)
+        [
+            Isa::Avx512,
+            Isa::AvxVnni,
+            Isa::Avx2,
+            Isa::NeonDot,
+            Isa::Neon,
+        ]
+        .into_iter()
+        .find_map(|isa| KernelPath::new(isa).ok())
+        .unwrap_or(KernelPath::SCALAR)
     }
 
     /// Parse a path name and check that this CPU can run it.
@@ -180,7 +202,9 @@ impl KernelPath {
     pub fn reads_layout(self, layout: TernaryLayout) -> bool {
         match (self.0, layout) {
             (Isa::Scalar, TernaryLayout::Tiled { .. }) => true,
-            (Isa::Avx2 | Isa::Avx512, TernaryLayout::Tiled { tile_rows }) => tile_rows == 16,
+            (Isa::Avx2 | Isa::AvxVnni | Isa::Avx512, TernaryLayout::Tiled { tile_rows }) => {
+                tile_rows == 16
+            }
             // One q-register per 4 rows of a block: every tile height of the spec.
             (Isa::Neon | Isa::NeonDot, TernaryLayout::Tiled { tile_rows }) => {
                 matches!(tile_rows, 4 | 8 | 16 | 32)
@@ -202,7 +226,7 @@ impl KernelPath {
 fn architecture_note(isa: Isa, missing: &str) -> String {
     let arch = match isa {
         Isa::Scalar => return missing.to_string(),
-        Isa::Avx2 | Isa::Avx512 => "x86_64",
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 => "x86_64",
         Isa::Neon | Isa::NeonDot => "aarch64",
     };
     if cfg!(target_arch = "x86_64") && arch == "x86_64"

@@ -164,8 +164,8 @@ pub fn matmul(
         // asserted above.
         Isa::Avx512 => unsafe { super::avx512::q4_rows(g, data, acts, rows, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX2, FMA and F16C; lengths as above.
-        Isa::Avx2 => unsafe { super::avx2::q4_rows(g, data, acts, rows, out) },
+        // SAFETY: a `KernelPath` for these instruction sets exists only when the CPU has AVX2, FMA and F16C; lengths as above.
+        Isa::Avx2 | Isa::AvxVnni => unsafe { super::avx2::q4_rows(g, data, acts, rows, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of every AArch64 CPU; lengths as above.
         Isa::Neon => unsafe { super::neon::q4_rows::<false>(g, data, acts, rows, out) },

@@ -68,6 +68,13 @@ pub fn ternary_matmul(
             unsafe { super::avx2::ternary_tiles(w, x, tiles, out) }
         }
         #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => {
+            assert_eq!(w.tile_rows, 16);
+            // SAFETY: the CPU has AVX2 and AVX-VNNI (a `KernelPath` proves it); lengths asserted
+            // above.
+            unsafe { super::avxvnni::ternary_tiles(w, x, tiles, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             assert_eq!(w.tile_rows, 16);
             // SAFETY: the CPU has AVX-512 F/BW/VNNI (a `KernelPath` proves it); lengths asserted

@@ -1,0 +1,130 @@
+//! AVX-VNNI kernels (the VEX-encoded `vpdpbusd` of Alder Lake and later Intel cores, and of AMD
+//! Zen 5): the AVX2 ternary kernel ([`super::avx2::ternary_kernel!`]) with `vpdpbusd` as its
+//! multiply-accumulate. Everything else on this path runs the AVX2 kernels.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::activation::QuantizedActs;
+use super::avx2::Mac;
+use super::ternary::TernaryMatrix;
+
+/// Defines a [`Mac`] on a `vpdpbusd` form: the AVX-VNNI one here, and in the tests the AVX-512 VL
+/// one, which computes the same and runs on CPUs that have AVX-512 but not AVX-VNNI.
+macro_rules! dpbusd_mac {
+    ($name:ident, $features:literal, $dpbusd:ident) => {
+        /// `vpdpbusd` adds, in each row's i32 lane, the four products of unsigned codes `t + 1`
+        /// with a broadcast activation quad, exactly (at most 4 · 2 · 128 per instruction, so no
+        /// run limit). A block's four planes chain from zero and are added to the accumulator once,
+        /// so the accumulator's dependency chain is one add per block, not four `vpdpbusd`s.
+        pub(super) struct $name;
+
+        impl Mac for $name {
+            const RUN: usize = usize::MAX;
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn step(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]) {
+                let mut block = _mm256_setzero_si256();
+                for p in 0..4 {
+                    block = $dpbusd(block, c[p], a[p]);
+                }
+                *acc = _mm256_add_epi32(*acc, block);
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn widen(acc: __m256i) -> __m256i {
+                acc
+            }
+        }
+    };
+}
+
+dpbusd_mac!(Dpbusd, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
+
+super::avx2::ternary_kernel!("avx2,avxvnni", Dpbusd);
+
+/// The AVX-VNNI kernel's code run with the AVX-512 VL form of `vpdpbusd`, which computes the same:
+/// CPUs with AVX-512 VNNI but without AVX-VNNI (this project's CI machine, AMD Zen 4, Intel Ice
+/// Lake) cannot run the path itself, and Debian's qemu-user does not implement AVX-VNNI.
+#[cfg(test)]
+mod tests {
+    use bitnet_format::{TernaryLayout, ternary};
+
+    use super::*;
+    use crate::kernels::scalar;
+
+    dpbusd_mac!(DpbusdEvex, "avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
+
+    mod evex {
+        use std::arch::x86_64::*;
+        use std::ops::Range;
+
+        use crate::kernels::activation::QuantizedActs;
+        use crate::kernels::ternary::TernaryMatrix;
+
+        crate::kernels::avx2::ternary_kernel!("avx2,avx512vnni,avx512vl", super::DpbusdEvex);
+    }
+
+    #[test]
+    fn the_kernel_with_the_evex_dpbusd_equals_the_scalar_reference() {
+        if !(is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")) {
+            // Such a CPU may still have AVX-VNNI; kernel_conformance covers that path wherever
+            // the CPU has it.
+            let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            assert!(!in_ci, "AVX-512 VNNI/VL are required when CI=true");
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VL (with CI=true this fails)");
+            return;
+        }
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (seed >> 33) as i64
+        };
+        // 1–9 tokens: every register block size and mix of tails; 40 rows: a partial last tile;
+        // 343 columns: a partial last block. The last case puts every activation at -128.
+        for (tokens, extreme) in (1..=9).map(|t| (t, false)).chain([(5, true)]) {
+            let (rows, cols) = (40usize, 343usize);
+            let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3 - 1) as i8).collect();
+            let layout = TernaryLayout::Tiled { tile_rows: 16 };
+            let packed = ternary::pack(layout, rows as u64, cols as u64, &values, 1.0).unwrap();
+            let w = TernaryMatrix {
+                codes: &packed[64..],
+                rows,
+                cols,
+                tile_rows: 16,
+                scale: 1.0,
+            };
+            let kpad = w.kpad();
+            let mut q = vec![0i8; tokens * kpad];
+            for row in q.chunks_exact_mut(kpad) {
+                for v in &mut row[..cols] {
+                    *v = if extreme {
+                        -128
+                    } else {
+                        (next() % 256 - 128) as i8
+                    };
+                }
+            }
+            let sum = q
+                .chunks_exact(kpad)
+                .map(|r| r.iter().map(|&v| v as i32).sum())
+                .collect();
+            let x = QuantizedActs {
+                q,
+                scale: vec![1.0; tokens],
+                sum,
+                tokens,
+                kpad,
+            };
+            let mut expected = vec![0i32; w.tiles() * tokens * 16];
+            scalar::ternary_tiles(&w, &x, 0..w.tiles(), &mut expected);
+            let mut got = vec![i32::MIN; expected.len()];
+            // SAFETY: the CPU has AVX-512 VNNI and VL (checked above) and AVX2 (every AVX-512
+            // CPU has it); the lengths are those `ternary_matmul` asserts.
+            unsafe { evex::ternary_tiles(&w, &x, 0..w.tiles(), &mut got) };
+            assert_eq!(got, expected, "{tokens} tokens, extreme {extreme}");
+        }
+    }
+}
