@@ -641,7 +641,7 @@ unsafe fn scores_heads<const G: usize, const F16: bool>(
 
 /// See [`super::attention::accumulate`], whose reference this matches bit for bit (multiply then
 /// add, rows in order); `values.dim` must be a multiple of 16. Sixteen output columns of up to four
-/// heads stay in registers while every value row is streamed past them.
+/// heads stay in registers while a block of value rows is streamed past them.
 ///
 /// # Safety
 /// The CPU must support AVX2 and F16C; lengths as `accumulate` checks.
@@ -679,9 +679,35 @@ unsafe fn accumulate_heads<const G: usize, const F16: bool>(
     values: CacheRows,
     out: &mut [f32],
 ) -> usize {
-    let (d, n, width) = (values.dim, values.rows, values.kind.bytes());
+    let (d, n) = (values.dim, values.rows);
     debug_assert!(p.len() >= G * n && out.len() >= G * d && d % 16 == 0);
-    for c in (0..d).step_by(16) {
+    // Rows in blocks that stay in L1 while every 16 columns pass over them; each output value
+    // still takes its rows in order, as the reference does.
+    for start in (0..n).step_by(64) {
+        let rows = start..(start + 64).min(n);
+        for c in (0..d).step_by(16) {
+            // SAFETY: as described for the block.
+            unsafe { accumulate_block::<G, F16>(p, values, rows.clone(), c, out) };
+        }
+    }
+    G
+}
+
+/// Rows `rows` of the values times their weights, added to columns `c..c + 16` of the first `G`
+/// heads of `out`.
+///
+/// # Safety
+/// As [`accumulate_heads`]; `rows.end <= values.rows` and `c + 16 <= values.dim`.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn accumulate_block<const G: usize, const F16: bool>(
+    p: &[f32],
+    values: CacheRows,
+    rows: Range<usize>,
+    c: usize,
+    out: &mut [f32],
+) {
+    let (d, n, width) = (values.dim, values.rows, values.kind.bytes());
+    {
         let mut acc = [[_mm256_setzero_ps(); 2]; G];
         for (h, acc) in acc.iter_mut().enumerate() {
             // SAFETY: head h < G has d values in `out`, and c + 16 <= d.
@@ -690,7 +716,7 @@ unsafe fn accumulate_heads<const G: usize, const F16: bool>(
                 *acc = [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))];
             }
         }
-        for j in 0..n {
+        for j in rows {
             // SAFETY: c + 16 <= d values of row j lie within `values.data` (checked by the caller).
             let (v0, v1) = unsafe {
                 let row = values.data.as_ptr().add(j * values.stride + c * width);
@@ -714,7 +740,6 @@ unsafe fn accumulate_heads<const G: usize, const F16: bool>(
             }
         }
     }
-    G
 }
 
 /// Narrow f32 values to f16, rounding to nearest even (as `half::f16::from_f32`).

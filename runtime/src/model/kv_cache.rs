@@ -75,14 +75,18 @@ impl KvType {
 }
 
 /// One sequence's keys and values for up to `ctx` positions.
+///
+/// Each KV head of each layer has its own buffer, `pos × head_dim` values: attention streams one
+/// head's rows at a time, and contiguous rows are what the hardware prefetchers follow (rows
+/// interleaved with the other heads' made attention at depth several times slower).
 #[derive(Debug, Clone)]
 pub struct KvCache {
     ctx: usize,
     pub(super) pos: usize,
     types: KvTypes,
-    kv_dim: usize,
+    kv_heads: usize,
     head_dim: usize,
-    /// Per layer, `pos × kv_dim` keys and values, little-endian values of their type.
+    /// Per layer and KV head (`layer · kv_heads + head`), little-endian values of their type.
     keys: Vec<Vec<u8>>,
     values: Vec<Vec<u8>>,
 }
@@ -91,15 +95,15 @@ impl KvCache {
     /// An empty cache of `types` for `model`, holding up to `ctx` positions.
     pub fn new(model: &Model, ctx: usize, types: KvTypes) -> Self {
         let config = &model.config;
-        let layers = config.num_layers as usize;
+        let heads = config.num_layers as usize * config.num_kv_heads as usize;
         KvCache {
             ctx,
             pos: 0,
             types,
-            kv_dim: config.num_kv_heads as usize * config.head_dim as usize,
+            kv_heads: config.num_kv_heads as usize,
             head_dim: config.head_dim as usize,
-            keys: vec![Vec::new(); layers],
-            values: vec![Vec::new(); layers],
+            keys: vec![Vec::new(); heads],
+            values: vec![Vec::new(); heads],
         }
     }
 
@@ -119,50 +123,52 @@ impl KvCache {
     /// Forget positions from `pos` on (`0` starts over).
     pub fn truncate(&mut self, pos: usize) {
         self.pos = self.pos.min(pos);
-        let per_row = |t: KvType| self.pos * self.kv_dim * t.kind().bytes();
-        let (k, v) = (per_row(self.types.keys), per_row(self.types.values));
+        let bytes = |t: KvType| self.pos * self.head_dim * t.kind().bytes();
+        let (k, v) = (bytes(self.types.keys), bytes(self.types.values));
         self.keys.iter_mut().for_each(|c| c.truncate(k));
         self.values.iter_mut().for_each(|c| c.truncate(v));
     }
 
-    /// Append rows of keys and values (`rows × kv_dim` each) to layer `layer`.
+    /// Append rows of keys and values (`rows × kv_heads · head_dim` each) to layer `layer`.
     pub(super) fn append(&mut self, path: KernelPath, layer: usize, keys: &[f32], values: &[f32]) {
+        let (d, heads) = (self.head_dim, self.kv_heads);
         let t = self.types;
-        for (cache, src, kind) in [
-            (&mut self.keys[layer], keys, t.keys),
-            (&mut self.values[layer], values, t.values),
+        for (caches, src, kind) in [
+            (&mut self.keys, keys, t.keys),
+            (&mut self.values, values, t.values),
         ] {
-            match kind {
-                KvType::F32 => cache.extend(src.iter().flat_map(|v| v.to_le_bytes())),
-                KvType::F16 => {
-                    let at = cache.len();
-                    cache.resize(at + 2 * src.len(), 0);
-                    float::encode_f16(path, src, &mut cache[at..]);
+            for (i, row) in src.chunks_exact(d).enumerate() {
+                let cache = &mut caches[layer * heads + i % heads];
+                match kind {
+                    KvType::F32 => cache.extend(row.iter().flat_map(|v| v.to_le_bytes())),
+                    KvType::F16 => {
+                        let at = cache.len();
+                        cache.resize(at + 2 * d, 0);
+                        float::encode_f16(path, row, &mut cache[at..]);
+                    }
                 }
             }
         }
     }
 
     /// KV head `head`'s first `rows` keys and values in layer `layer`.
-    pub(super) fn head<'a>(
-        &'a self,
+    pub(super) fn head(
+        &self,
         layer: usize,
         head: usize,
         rows: usize,
-    ) -> (CacheRows<'a>, CacheRows<'a>) {
-        let view = |data: &'a [u8], t: KvType| {
-            let width = t.kind().bytes();
-            CacheRows {
-                data: &data[head * self.head_dim * width..],
-                kind: t.kind(),
-                stride: self.kv_dim * width,
-                dim: self.head_dim,
-                rows,
-            }
+    ) -> (CacheRows<'_>, CacheRows<'_>) {
+        let i = layer * self.kv_heads + head;
+        let view = |data, t: KvType| CacheRows {
+            data,
+            kind: t.kind(),
+            stride: self.head_dim * t.kind().bytes(),
+            dim: self.head_dim,
+            rows,
         };
         (
-            view(&self.keys[layer], self.types.keys),
-            view(&self.values[layer], self.types.values),
+            view(&self.keys[i], self.types.keys),
+            view(&self.values[i], self.types.values),
         )
     }
 }
