@@ -106,7 +106,7 @@ fn main() {
             std::process::exit(1);
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", bitnet_format::error_chain(e.as_ref()));
             std::process::exit(2);
         }
     }
@@ -115,11 +115,16 @@ fn main() {
 /// Run every level; the number of failed requests.
 #[tokio::main(flavor = "current_thread")]
 async fn run(args: &Args) -> Result<u64> {
-    if let Some(d) = args.duration
-        && !(d.is_finite() && d > 0.0)
-    {
-        bail!("--duration must be a positive number of seconds");
-    }
+    let duration = match args.duration {
+        None => None,
+        Some(d) => match Duration::try_from_secs_f64(d) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => bail!(
+                "--duration {d}: must be a positive number of seconds, at most {}",
+                u64::MAX
+            ),
+        },
+    };
     let base = Url::parse(&args.url).with_context(|| format!("--url {:?}", args.url))?;
     if !matches!(base.scheme(), "http") {
         bail!("--url {}: only http:// is supported", args.url);
@@ -183,7 +188,8 @@ async fn run(args: &Args) -> Result<u64> {
             .map(|_| (0..args.requests_per_user).map(|_| prompt_seed()).collect())
             .collect();
         let start = Instant::now();
-        let stop_at = args.duration.map(|d| start + Duration::from_secs_f64(d));
+        // A duration too long to add to a clock reading is no bound.
+        let stop_at = duration.and_then(|d| start.checked_add(d));
         let users = seeds.into_iter().map(|seeds| {
             let (target, body) = (&target, &body);
             async move {

@@ -122,7 +122,12 @@ pub async fn check_models(target: &Target, url: Url) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the server at {url}: {}", chain(&e)))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the server at {url}: {}",
+                bitnet_format::error_chain(&e)
+            )
+        })?;
     let status = r.status();
     let text = r.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -134,17 +139,6 @@ pub async fn check_models(target: &Target, url: Url) -> anyhow::Result<()> {
         anyhow::bail!("GET {url}: no model list (`data`) in {v}");
     }
     Ok(())
-}
-
-/// An error and its sources on one line ("error sending request: connection refused").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s += &format!(": {inner}");
-        source = inner.source();
-    }
-    s
 }
 
 /// Send one request with the prompt of `seed` and follow its stream to the end.
@@ -165,7 +159,7 @@ async fn stream(target: &Target, body: &Body, seed: u64) -> Result<Done, Failure
         .json(&body.json(seed))
         .send()
         .await
-        .map_err(|e| fail("connection", chain(&e)))?;
+        .map_err(|e| fail("connection", bitnet_format::error_chain(&e)))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -178,7 +172,7 @@ async fn stream(target: &Target, body: &Body, seed: u64) -> Result<Done, Failure
     let mut done = false;
     while let Some(event) = events.next().await {
         let now = Instant::now();
-        let event = event.map_err(|e| fail("stream broken", chain(&e)))?;
+        let event = event.map_err(|e| fail("stream broken", bitnet_format::error_chain(&e)))?;
         // Read on to the end of the body: the response ends as the server sends it, before the
         // user's next request.
         if event.data == "[DONE]" {
