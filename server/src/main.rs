@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use axum::serve::ListenerExt;
 use bitnet_format::BitnetFile;
 use bitnet_run::chat::ChatTemplate;
 use bitnet_run::engine::{Engine, EngineConfig};
@@ -98,6 +99,12 @@ async fn run(args: Args) -> Result<()> {
             }
         }
     };
+    // Each streamed token is a small write: with Nagle's algorithm on, the kernel holds it until
+    // the client acknowledges the previous one, which a client delaying its ACKs does after up to
+    // 40 ms. A socket left without TCP_NODELAY still works, only slower.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, routes::router(Arc::clone(&state)))
         .with_graceful_shutdown(stop)
         .await

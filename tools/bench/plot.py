@@ -12,7 +12,7 @@ import sys
 def load(results):
     rows = []
     for path in sorted(pathlib.Path(results).glob("*.jsonl")):
-        if path.stem.startswith("pool-"):
+        if path.stem.startswith(("pool-", "serve-")):  # pool: tables only; serve: plot_serve.py
             continue
         for line in path.read_text().splitlines():
             if line.strip():

@@ -33,39 +33,13 @@ W=$(cd "$1" && pwd)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 N_TOKENS=${N_TOKENS:-128}
 THREADS=${THREADS:-2}
-LCP_VERSION=0.3.36
-LCP_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-SDIST=$W/sdist/llama_cpp_python-$LCP_VERSION.tar.gz
-LLAMA=$W/src/llama_cpp_python-$LCP_VERSION/vendor/llama.cpp
 BUILD=$W/llama.cpp-build
 OUT=$W/check
 T0=$(date +%s)
 step() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
 
-step "python tools"
-if [ ! -x "$W/venv/bin/cmake" ]; then
-    python3 -m venv "$W/venv"
-    "$W/venv/bin/pip" install -q cmake==4.4.4 ninja==1.13.2 numpy==2.4.6 \
-        scikit-build-core==1.1.2 tokenizers==0.23.3
-fi
-PY=$W/venv/bin/python
-export PATH=$W/venv/bin:$PATH
-
-step "llama-cpp-python $LCP_VERSION sdist"
-if [ ! -f "$SDIST" ]; then
-    # --no-build-isolation: pip only reads the sdist's metadata with the scikit-build-core
-    # installed above, instead of building cmake from source for an isolated build environment.
-    "$W/venv/bin/pip" download -q --no-deps --no-build-isolation --no-binary llama-cpp-python \
-        "llama-cpp-python==$LCP_VERSION" -d "$W/sdist"
-fi
-echo "$LCP_SHA256  $SDIST" | sha256sum -c --quiet
-if [ ! -f "$LLAMA/CMakeLists.txt" ]; then
-    mkdir -p "$W/src"
-    tar -xzf "$SDIST" -C "$W/src"
-fi
-# The sdist has no git history; llama-cpp-python's CHANGELOG names the vendored commit.
-LLAMA_COMMIT=$(grep -m1 -o 'ggml-org/llama.cpp@[0-9a-f]*' \
-    "$W/src/llama_cpp_python-$LCP_VERSION/CHANGELOG.md" | cut -d@ -f2)
+# shellcheck source=llama_cpp_source.sh
+source "$ROOT/tools/gguf/llama_cpp_source.sh"
 
 step "build llama.cpp $LLAMA_COMMIT (libllama, llama-bench)"
 if ! {
