@@ -39,8 +39,9 @@ pub struct Args {
     /// KV cache type of values, f16 or f32; also `-ctv`
     #[arg(long = "cache-type-v", default_value = "f16")]
     pub cache_type_v: KvType,
-    /// Tokens per batched step: every generating sequence's one, then prompt chunks up to this
-    #[arg(short = 'b', long = "batch-size", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    /// Tokens per batched step: every generating sequence's one, then prompt chunks up to this;
+    /// small, so a new prompt delays the running streams by little (see BENCHMARKS.md)
+    #[arg(short = 'b', long = "batch-size", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub batch_tokens: u64,
     /// Requests that may wait for a free slot; more get 429
     #[arg(long = "queue", default_value_t = 64)]

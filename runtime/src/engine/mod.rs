@@ -57,7 +57,7 @@ impl Default for EngineConfig {
         EngineConfig {
             slots: 4,
             ctx: 4096,
-            step_tokens: 256,
+            step_tokens: 32,
             max_waiting: 64,
             cache: KvTypes::default(),
         }

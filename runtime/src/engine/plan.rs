@@ -34,13 +34,15 @@ pub enum Work {
 
 /// Plan a step under a budget of `budget` tokens: every decoding sequence runs one token, then
 /// prompts take what is left in admission order (a long prompt is cut into chunks over several
-/// steps, so decoding sequences are never starved by a newcomer's prompt). `pending[i]` is
-/// `None` for a decoding sequence, `Some(n)` for one with `n` prompt tokens still to run.
-/// At least one token always runs if any sequence has work, whatever the budget.
+/// steps, so decoding sequences are never starved by a newcomer's prompt), but at least a
+/// quarter of the budget, so prompts are not starved by more decoders than the budget either.
+/// `pending[i]` is `None` for a decoding sequence, `Some(n)` for one with `n` prompt tokens
+/// still to run. At least one token always runs if any sequence has work, whatever the budget.
 pub fn plan_step(pending: &[Option<usize>], budget: usize) -> Vec<Option<Work>> {
     let decoding = pending.iter().filter(|p| p.is_none()).count();
     let mut left = budget
         .saturating_sub(decoding)
+        .max(budget / 4)
         .max(usize::from(decoding == 0));
     pending
         .iter()
@@ -107,7 +109,16 @@ mod tests {
                 }),
             ]
         );
-        // More decoders than budget: all decode, no prompt runs.
+        // More decoders than budget: all decode, and prompts still get a quarter of the budget.
+        let mut crowded = vec![None; 40];
+        crowded.push(Some(50));
+        assert_eq!(
+            plan_step(&crowded, 32)[40],
+            Some(Work::Prompt {
+                len: 8,
+                last: false
+            })
+        );
         assert_eq!(plan_step(&[None, None, Some(5)], 1)[2], None);
         // A budget of 0 still makes progress.
         assert_eq!(
