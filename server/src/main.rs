@@ -142,17 +142,10 @@ fn load(args: &Args) -> Result<Loaded> {
         Some(name) => KernelPath::parse(name)?,
         None => KernelPath::from_env()?,
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = match args.threads.map(|t| t as usize) {
-        Some(n) if n > cores => {
-            eprintln!(
-                "note: -t {n} is more than the {cores} cores this process may use; running {cores} threads"
-            );
-            cores
-        }
-        Some(n) => n,
-        None => cores,
-    };
+    let (threads, note) = bitnet_run::model::thread_count(args.threads.map(|t| t as usize));
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
     let (file, model_id) = match &args.model {
         Some(p) => (
             BitnetFile::open(p).with_context(|| format!("cannot open model {}", p.display()))?,

@@ -248,18 +248,13 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
         Some(name) => KernelPath::parse(name)?,
         None => KernelPath::from_env()?,
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = match args.threads {
-        Some(0) => bail!("-t/--threads must be at least 1"),
-        Some(n) if n > cores => {
-            eprintln!(
-                "note: -t {n} is more than the {cores} cores this process may use; running {cores} threads"
-            );
-            cores
-        }
-        Some(n) => n,
-        None => cores,
-    };
+    if args.threads == Some(0) {
+        bail!("-t/--threads must be at least 1");
+    }
+    let (threads, note) = bitnet_run::model::thread_count(args.threads);
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
     let (file, name) = match &args.model {
         Some(file_path) => {
             let name = file_path.display().to_string();

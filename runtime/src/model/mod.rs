@@ -49,6 +49,22 @@ pub enum ModelError {
     Threads(usize, String),
 }
 
+/// The threads to run for a `-t` request: the request, capped at the cores this process may use
+/// (with a note saying so), or all of them when nothing was asked.
+pub fn thread_count(requested: Option<usize>) -> (usize, Option<String>) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match requested {
+        Some(n) if n > cores => (
+            cores,
+            Some(format!(
+                "-t {n} is more than the {cores} cores this process may use; running {cores} threads"
+            )),
+        ),
+        Some(n) => (n, None),
+        None => (cores, None),
+    }
+}
+
 /// A loaded model: the mapped file, its configuration and its weights, and the kernel path and
 /// thread pool it runs with.
 pub struct Model {
