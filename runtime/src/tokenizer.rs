@@ -6,7 +6,7 @@ use bitnet_format::TokenizerInfo;
 /// Why text could not be turned into tokens or back.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("this model file has no tokenizer; give token ids instead")]
+    #[error("this model file has no tokenizer")]
     Missing,
     #[error("the embedded tokenizer.json cannot be loaded: {0}")]
     Load(String),

@@ -233,17 +233,10 @@ fn a_forced_kernel_path_the_cpu_lacks_is_an_error() {
 
 #[test]
 fn a_chat_template_that_renders_to_nothing_is_an_error() {
-    let demo = std::fs::read(root().join("testdata/demo/demo.bitnet")).unwrap();
-    let mut header: serde_json::Value =
-        serde_json::from_str(bitnet_run::fuzz::header_text(&demo).unwrap()).unwrap();
-    header["tokenizer"]["chat_template"] = "{# nothing #}".into();
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("silent.bitnet");
-    std::fs::write(
-        &model,
-        bitnet_run::fuzz::with_header(&demo, &header.to_string()).unwrap(),
-    )
-    .unwrap();
+    let model = demo_with_header(dir.path(), "silent.bitnet", |h| {
+        h["tokenizer"]["chat_template"] = "{# nothing #}".into();
+    });
     let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
         .arg("-m")
         .arg(&model)
@@ -475,4 +468,110 @@ fn wrong_files_say_what_they_are_and_no_clause_repeats() {
             }
         }
     }
+}
+
+/// The demo model with its header changed by `edit`, written to `dir/name`.
+fn demo_with_header(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let demo = std::fs::read(root().join("testdata/demo/demo.bitnet")).unwrap();
+    let mut header: serde_json::Value =
+        serde_json::from_str(bitnet_run::fuzz::header_text(&demo).unwrap()).unwrap();
+    edit(&mut header);
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        bitnet_run::fuzz::with_header(&demo, &header.to_string()).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+/// `--token-ids` runs a prompt given as ids; a model without a tokenizer then prints ids, which
+/// decode (with the demo's tokenizer) to the text the same model prints when it has one.
+#[test]
+fn token_ids_prompt_a_model_without_a_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = demo_with_header(dir.path(), "bare.bitnet", |h| {
+        h.as_object_mut().unwrap().remove("tokenizer");
+    });
+    let bare = bare.to_str().unwrap();
+
+    let o = run(&["-m", bare, "-p", "ROMEO:"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--token-ids 1,2,3"), "{}", stderr(&o));
+    let o = run(&["perplexity", "-m", bare, "-f", "testdata/demo/heldout.txt"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`logits --token-ids` takes ids")
+            && stderr(&o).contains("no tokenizer"),
+        "{}",
+        stderr(&o)
+    );
+
+    let info = bitnet_format::BitnetFile::open(root().join("testdata/demo/demo.bitnet"))
+        .unwrap()
+        .header()
+        .tokenizer
+        .clone();
+    let tok = bitnet_run::tokenizer::Tokenizer::from_info(info.as_ref()).unwrap();
+    let prompt = tok.encode_prompt("ROMEO:").unwrap();
+    let ids_arg = prompt
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let greedy = ["-n", "12", "--temp", "0"];
+
+    let o = run(&[&["-m", bare, "--token-ids", &ids_arg][..], &greedy].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("printing token ids"), "{}", stderr(&o));
+    let printed: Vec<u32> = String::from_utf8(o.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(printed.len(), prompt.len() + 12);
+    assert_eq!(printed[..prompt.len()], prompt[..]);
+
+    let o = run(&[&["--token-ids", &ids_arg][..], &greedy].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let decoded = tok.decode(&printed).unwrap();
+    assert!(
+        decoded.starts_with(text.trim_end_matches('\n')),
+        "{decoded:?} vs {text:?}"
+    );
+    let o = run(&["--token-ids", &ids_arg, "-p", "ROMEO:"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// `--verify` checks every tensor's checksum before running: a changed byte the load would not
+/// notice (the low byte of a float) is refused naming the tensor.
+#[test]
+fn verify_finds_a_changed_byte_before_running() {
+    let path = root().join("testdata/demo/demo.bitnet");
+    let file = bitnet_format::BitnetFile::open(&path).unwrap();
+    let norm = file
+        .tensors()
+        .iter()
+        .find(|t| t.name.ends_with("attn_norm"))
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[norm.offset as usize] ^= 1;
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("changed.bitnet");
+    std::fs::write(&changed, bytes).unwrap();
+    let changed = changed.to_str().unwrap();
+    let args = ["-m", changed, "-p", "ROMEO:", "-n", "2"];
+
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[&args[..], &["--verify"]].concat());
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("failed verification") && err.contains(&norm.name) && err.contains("checksum"),
+        "{err}"
+    );
+    let o = run(&["-p", "ROMEO:", "-n", "2", "--verify"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

@@ -15,7 +15,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let header = model.file().header();
     let info = header.tokenizer.as_ref();
-    let tok = Tokenizer::from_info(info)?;
+    let tok = Tokenizer::from_info(info)
+        .context("--chat needs the model's tokenizer (plain generation takes --token-ids)")?;
     let Some(template) = ChatTemplate::for_model(info, &tok)
         .context("the model's chat template does not compile")?
     else {

@@ -62,6 +62,10 @@ pub struct ModelArgs {
     /// KV cache type of values: f16 or f32 (llama.cpp's -ctv).
     #[arg(long = "cache-type-v", default_value = "f16")]
     cache_type_v: KvType,
+    /// Check every tensor's checksum before running (what `bitnet-convert verify` checks, minus
+    /// decoding every tensor); reads the whole file once.
+    #[arg(long)]
+    verify: bool,
 }
 
 impl ModelArgs {
@@ -80,6 +84,10 @@ struct GenerateArgs {
     /// The prompt.
     #[arg(short = 'p', long = "prompt")]
     prompt: Option<String>,
+    /// The prompt as comma-separated token ids instead of text; a model without a tokenizer then
+    /// prints the generated ids.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    token_ids: Option<Vec<u32>>,
     /// Tokens to generate at most; -1: no limit, -2: until the context is full.
     #[arg(short = 'n', long = "n-predict", default_value = "256", allow_negative_numbers = true, value_parser = parse_n_predict)]
     n_predict: Limit,
@@ -270,6 +278,10 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
             )
         }
     };
+    if args.verify {
+        file.verify()
+            .with_context(|| format!("{name} failed verification"))?;
+    }
     let model = Model::load(file, path, threads).with_context(|| format!("cannot load {name}"))?;
     if let Some((name, layout)) = model.weights.repacked.first() {
         eprintln!(
@@ -315,5 +327,35 @@ impl SamplingArgs {
         };
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand, option and argument says what it is in `--help`.
+    #[test]
+    fn everything_in_help_has_a_description() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path}: {id} has no help text");
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {}: no about",
+                    sub.get_name()
+                );
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        check(&cmd, "bitnet-run");
     }
 }

@@ -31,7 +31,9 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let model = load_model(&args.model)?;
-    let tok = Tokenizer::from_info(model.file().header().tokenizer.as_ref())?;
+    let tok = Tokenizer::from_info(model.file().header().tokenizer.as_ref()).context(
+        "perplexity reads text with the model's tokenizer (`logits --token-ids` takes ids)",
+    )?;
     let ids = tok.encode_prompt(&text)?;
     // Windows need at least 2 tokens; by default at most 512, as llama.cpp's perplexity.
     let trained = model.config.context_length as usize;
