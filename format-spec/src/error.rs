@@ -135,6 +135,19 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// The first clause of `line` (its parts between `: `) that repeats an earlier clause or the end
+/// of one (`open X: X: ...`): what the tests of every error message check [`error_chain`]'s lines
+/// for.
+pub fn repeated_clause(line: &str) -> Option<&str> {
+    let clauses: Vec<&str> = line.split(": ").collect();
+    clauses.iter().enumerate().find_map(|(i, c)| {
+        clauses[i + 1..]
+            .iter()
+            .find(|later| c.ends_with(**later))
+            .copied()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +167,19 @@ mod tests {
         struct Named(#[source] FormatError);
         let e = Named(FormatError::io("m.bitnet", io()));
         assert_eq!(error_chain(&e), "cannot open model m.bitnet: No such file");
+    }
+
+    #[test]
+    fn repeated_clauses_are_found() {
+        assert_eq!(repeated_clause("a: b: c"), None);
+        assert_eq!(
+            repeated_clause("x.bitnet: x.bitnet: gone"),
+            Some("x.bitnet")
+        );
+        assert_eq!(
+            repeated_clause("cannot open x.bitnet: x.bitnet: gone"),
+            Some("x.bitnet")
+        );
+        assert_eq!(repeated_clause("a: b: c: b"), Some("b"));
     }
 }

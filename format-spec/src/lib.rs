@@ -22,7 +22,7 @@ pub use encoding::{
     TILED_BLOCK_K, TILED_LANE_K, TernaryLayout, TiledGeometry, align_up, element_count,
     q4_codes_offset,
 };
-pub use error::{FormatError, Result, error_chain};
+pub use error::{FormatError, Result, error_chain, repeated_clause};
 pub use header::{
     Activation, GenerationDefaults, Header, ModelConfig, Provenance, RopeScaling, Source,
     SourceFile, TensorEntry, TokenizerInfo,

@@ -532,3 +532,154 @@ fn dropped_writer_leaves_nothing_and_finished_writer_replaces_atomically() {
     assert_eq!(file.tensor("a").unwrap().to_f32().unwrap(), [1.5, 1.5]);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+/// One value of every variant, and a match that stops compiling when a variant is added, so the
+/// list below cannot fall behind.
+fn every_variant() -> Vec<FormatError> {
+    fn index(e: &FormatError) -> usize {
+        use FormatError::*;
+        match e {
+            Io { .. } => 0,
+            TooShort { .. } => 1,
+            BadMagic { .. } => 2,
+            ForeignFormat { .. } => 3,
+            IsDirectory { .. } => 4,
+            UnsupportedVersion { .. } => 5,
+            ReservedNotZero => 6,
+            HeaderTooLarge { .. } => 7,
+            HeaderTruncated { .. } => 8,
+            HeaderChecksum { .. } => 9,
+            HeaderJson(_) => 10,
+            DuplicateMember { .. } => 11,
+            InvalidModel(_) => 12,
+            DuplicateTensor { .. } => 13,
+            InvalidShape { .. } => 14,
+            UnsupportedLayout { .. } => 15,
+            LengthMismatch { .. } => 16,
+            Misaligned { .. } => 17,
+            OutOfBounds { .. } => 18,
+            Overlap { .. } => 19,
+            BadChecksumField { .. } => 20,
+            FileSizeMismatch { .. } => 21,
+            TensorChecksum { .. } => 22,
+            NonZeroPadding { .. } => 23,
+            InvalidTensorData { .. } => 24,
+            TensorNotFound { .. } => 25,
+            WrongEncoding { .. } => 26,
+            Writer(_) => 27,
+        }
+    }
+    const VARIANTS: usize = 28;
+    let name = || "blk.0.attn_q".to_string();
+    let all = vec![
+        BitnetFile::open("no/such/model.bitnet").unwrap_err(),
+        FormatError::TooShort { len: 3, min: 64 },
+        FormatError::BadMagic {
+            found: *b"GGUF\x03\0\0\0",
+        },
+        BitnetFile::from_vec(b"GGUF\x03\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0".repeat(4))
+            .unwrap_err(),
+        BitnetFile::open(std::env::temp_dir()).unwrap_err(),
+        FormatError::UnsupportedVersion {
+            major: 2,
+            minor: 0,
+            known: 1,
+        },
+        FormatError::ReservedNotZero,
+        FormatError::HeaderTooLarge {
+            len: 1 << 40,
+            max: 1 << 26,
+        },
+        FormatError::HeaderTruncated {
+            len: 900,
+            file_len: 100,
+        },
+        FormatError::HeaderChecksum {
+            expected: 1,
+            actual: 2,
+        },
+        FormatError::HeaderJson(serde_json::from_str::<u32>("{").unwrap_err()),
+        FormatError::DuplicateMember {
+            key: "model".into(),
+            path: "/tokenizer".into(),
+        },
+        FormatError::InvalidModel("hidden_size: must be positive".into()),
+        FormatError::DuplicateTensor { name: name() },
+        FormatError::InvalidShape {
+            name: name(),
+            detail: "a ternary tensor must be a matrix".into(),
+        },
+        FormatError::UnsupportedLayout {
+            name: name(),
+            detail: "tile 7".into(),
+        },
+        FormatError::LengthMismatch {
+            name: name(),
+            expected: 64,
+            actual: 60,
+        },
+        FormatError::Misaligned {
+            name: name(),
+            offset: 3,
+        },
+        FormatError::OutOfBounds {
+            name: name(),
+            begin: 0,
+            end: 99,
+            data_len: 64,
+        },
+        FormatError::Overlap {
+            first: name(),
+            second: "blk.0.attn_k".into(),
+        },
+        FormatError::BadChecksumField {
+            name: name(),
+            field: "XYZ".into(),
+        },
+        FormatError::FileSizeMismatch {
+            expected: 128,
+            actual: 64,
+        },
+        FormatError::TensorChecksum {
+            name: name(),
+            expected: 1,
+            actual: 2,
+        },
+        FormatError::NonZeroPadding {
+            offset: 70,
+            value: 1,
+        },
+        FormatError::InvalidTensorData {
+            name: name(),
+            detail: "code 3 at element 5".into(),
+        },
+        FormatError::TensorNotFound { name: name() },
+        FormatError::WrongEncoding {
+            name: name(),
+            encoding: "f16".into(),
+        },
+        FormatError::Writer("tensor blk.0.attn_q was never written".into()),
+    ];
+    let mut seen: Vec<usize> = all.iter().map(index).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..VARIANTS).collect::<Vec<_>>(),
+        "one value per variant"
+    );
+    all
+}
+
+/// Printed as the binaries print errors, no message names a clause twice (e.g. a path, or a
+/// cause that is both in the message and its source).
+#[test]
+fn every_variant_prints_each_clause_once() {
+    for e in every_variant() {
+        let line = bitnet_format::error_chain(&e);
+        assert_eq!(
+            bitnet_format::repeated_clause(&line),
+            None,
+            "{e:?} prints {line:?}"
+        );
+    }
+}

@@ -457,16 +457,7 @@ fn wrong_files_say_what_they_are_and_no_clause_repeats() {
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.contains(needle), "{model}: {err}");
         let line = err.lines().find_map(|l| l.strip_prefix("error: ")).unwrap();
-        // No clause twice, nor a clause that repeats the end of an earlier one ("open X: X: ...").
-        let clauses: Vec<&str> = line.split(": ").collect();
-        for (i, c) in clauses.iter().enumerate() {
-            for later in &clauses[i + 1..] {
-                assert!(
-                    later != c && !c.ends_with(later),
-                    "{later:?} repeats in {line}"
-                );
-            }
-        }
+        assert_eq!(bitnet_format::repeated_clause(line), None, "{line}");
     }
 }
 
@@ -574,4 +565,36 @@ fn verify_finds_a_changed_byte_before_running() {
     );
     let o = run(&["-p", "ROMEO:", "-n", "2", "--verify"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `tokenize` prints the ids generation runs: for the held-out text, the ids transformers'
+/// tokenizer gave when the reference was made (BOS first, 7855 in all).
+#[test]
+fn tokenize_prints_the_ids_transformers_gives() {
+    let r = reference();
+    let o = run(&["tokenize", "-f", "testdata/demo/heldout.txt"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<u32> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ids.len() as u64, r["num_tokens"].as_u64().unwrap());
+    let expected: Vec<u32> =
+        serde_json::from_value(r["heldout_logits"]["token_ids"].clone()).unwrap();
+    assert_eq!(ids[..expected.len()], expected[..]);
+
+    let o = run(&[
+        "-m",
+        "testdata/demo/demo.bitnet",
+        "tokenize",
+        "-p",
+        "ROMEO:",
+        "--no-bos",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bare: Vec<u32> = serde_json::from_slice(&o.stdout).unwrap();
+    let o = run(&["tokenize", "-p", "ROMEO:"]);
+    let with_bos: Vec<u32> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(with_bos[0], r["bos_token_id"].as_u64().unwrap() as u32);
+    assert_eq!(with_bos[1..], bare[..]);
+    let o = run(&["tokenize"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("-p TEXT or -f FILE"), "{}", stderr(&o));
 }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bitnet_format::BitnetFile;
 use bitnet_run::kernels::{KernelPath, bandwidth};
 use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use clap::Args;
@@ -150,12 +149,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut bytes_per_token = 0;
     let mut file_bytes = 0;
     for &t in &threads {
-        let file = match &args.model {
-            Some(p) => {
-                BitnetFile::open(p).with_context(|| format!("cannot open {}", p.display()))?
-            }
-            None => bitnet_run::demo::open()?,
-        };
+        let (file, _) = super::open_file(args.model.as_deref())?;
         file_bytes = file.bytes().len();
         let model = Model::load(file, path, t)?;
         bytes_per_token = model.weights.bytes_per_token();

@@ -6,8 +6,9 @@ mod generate;
 mod logits;
 mod npy;
 mod perplexity;
+mod tokenize;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bitnet_format::BitnetFile;
@@ -38,6 +39,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt-processing and generation speed, llama-bench style.
     Bench(bench::BenchArgs),
+    /// Print the token ids of a text as one JSON array (llama.cpp's llama-tokenize).
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -196,7 +199,7 @@ fn parse_seed(s: &str) -> Result<Seed, String> {
 /// with their values) that come before a subcommand's name are moved after it; anything else is
 /// left for clap to judge. llama.cpp's two-letter flags `-ctk`/`-ctv` become their long names.
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    const SUBCOMMANDS: [&str; 3] = ["logits", "perplexity", "bench"];
+    const SUBCOMMANDS: [&str; 4] = ["logits", "perplexity", "bench", "tokenize"];
     const WITH_VALUE: [&str; 9] = [
         "-m",
         "--model",
@@ -245,6 +248,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Logits(args)) => logits::run(args),
         Some(Command::Perplexity(args)) => perplexity::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Tokenize(args)) => tokenize::run(args),
         None if cli.generate.chat => chat::run(&cli.generate),
         None => generate::run(&cli.generate),
     }
@@ -263,21 +267,7 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    let (file, name) = match &args.model {
-        Some(file_path) => {
-            let name = file_path.display().to_string();
-            let file =
-                BitnetFile::open(file_path).with_context(|| format!("cannot open model {name}"))?;
-            (file, name)
-        }
-        None => {
-            eprintln!("note: {}", bitnet_run::demo::NOTE);
-            (
-                bitnet_run::demo::open()?,
-                "the bundled demo model".to_string(),
-            )
-        }
-    };
+    let (file, name) = open_file(args.model.as_deref())?;
     if args.verify {
         file.verify()
             .with_context(|| format!("{name} failed verification"))?;
@@ -293,6 +283,25 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
         );
     }
     Ok(model)
+}
+
+/// The model file `-m` names, else the bundled demo model (with a note); and its name for messages.
+fn open_file(model: Option<&Path>) -> Result<(BitnetFile, String)> {
+    match model {
+        Some(path) => {
+            let name = path.display().to_string();
+            let file =
+                BitnetFile::open(path).with_context(|| format!("cannot open model {name}"))?;
+            Ok((file, name))
+        }
+        None => {
+            eprintln!("note: {}", bitnet_run::demo::NOTE);
+            Ok((
+                bitnet_run::demo::open()?,
+                "the bundled demo model".to_string(),
+            ))
+        }
+    }
 }
 
 /// The context size: `-c` if given (at least `min`, at most the model's), else `default`.
