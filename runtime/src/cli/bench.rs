@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bitnet_run::kernels::{KernelPath, bandwidth};
 use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use clap::Args;
