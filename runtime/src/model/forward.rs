@@ -323,19 +323,22 @@ fn attention(
     model.pool.for_each(tasks.len(), &|task| {
         let (i, kv, ref run) = tasks[task];
         let sp = &spans[i];
-        let mut scores = vec![0.0f32; group * (sp.pos + run.end)];
-        for t in run.clone() {
-            let (row, n) = (sp.start + t, sp.pos + t + 1);
-            let (keys, values) = caches[i].head(layer, kv, n);
-            let qg = &q[row * q_dim + kv * group * d..][..group * d];
-            let s = &mut scores[..group * n];
-            attn::scores(path, qg, keys, scale, s);
-            s.chunks_exact_mut(n).for_each(softmax);
-            // SAFETY: the query heads of KV head `kv` in row `row` are written by this task only,
-            // and lie within `out`.
-            let o = unsafe { dst.slice(row * q_dim + kv * group * d, group * d) };
-            attn::accumulate(path, s, values, o);
-        }
+        SCORES.with_borrow_mut(|scores| {
+            // Every score a row uses is written by `attn::scores` first: no need to clear.
+            scores.resize(scores.len().max(group * (sp.pos + run.end)), 0.0);
+            for t in run.clone() {
+                let (row, n) = (sp.start + t, sp.pos + t + 1);
+                let (keys, values) = caches[i].head(layer, kv, n);
+                let qg = &q[row * q_dim + kv * group * d..][..group * d];
+                let s = &mut scores[..group * n];
+                attn::scores(path, qg, keys, scale, s);
+                s.chunks_exact_mut(n).for_each(softmax);
+                // SAFETY: the query heads of KV head `kv` in row `row` are written by this task
+                // only, and lie within `out`.
+                let o = unsafe { dst.slice(row * q_dim + kv * group * d, group * d) };
+                attn::accumulate(path, s, values, o);
+            }
+        });
     });
 }
 
@@ -389,6 +392,8 @@ fn project(model: &Model, acts: &QuantizedActs, jobs: &mut [(&TernaryWeight, &mu
 thread_local! {
     /// Per-thread accumulators for [`project`].
     static ACC: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread attention scores for [`attention`], reused across layers and tokens.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// An output buffer that parallel tasks write disjoint parts of.
