@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bitnet_format::partial::PartialFile;
 use bitnet_format::{
     Encoding, FileWriter, FormatError, Header, Provenance, SourceFile, TensorSpec, TernaryLayout,
 };
@@ -114,55 +114,24 @@ impl From<FormatError> for ConvertError {
     }
 }
 
-/// Finished files waiting for their final verification, so that a Ctrl-C can remove them too.
-static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+pub use bitnet_format::remove_partial_files;
 
-/// Remove every partial or unverified output of conversions in progress. For signal handlers.
-pub fn remove_partial_files() {
-    bitnet_format::remove_partial_files();
-    for path in STAGED.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// A finished but not yet verified file beside the output; removed unless [`Staged::persist`]ed.
-pub(crate) struct Staged(PathBuf);
+/// The finished but not yet verified file, beside the output: the writer renames its own temporary
+/// file onto this registered one, which is renamed to the output after verification (or removed).
+pub(crate) struct Staged(PartialFile);
 
 impl Staged {
-    pub(crate) fn new(output: &Path) -> Self {
-        let name = output
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let path = output.with_file_name(format!(".{name}.{}.unverified", std::process::id()));
-        STAGED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(path.clone());
-        Staged(path)
+    pub(crate) fn new(output: &Path) -> std::io::Result<Self> {
+        PartialFile::create(output).map(|(_, partial)| Staged(partial))
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
     /// Move the file to `output`.
     pub(crate) fn persist(self, output: &Path) -> std::io::Result<()> {
-        std::fs::rename(&self.0, output)?;
-        if let Some(dir) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        STAGED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| p != &self.0);
+        self.0.persist(output)
     }
 }
 
@@ -193,21 +162,42 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> 
             ),
         });
     }
-    let mut builder = rayon::ThreadPoolBuilder::new();
-    if let Some(threads) = options.threads {
-        if threads == 0 {
+    let (pool, note) = thread_pool(options.threads)?;
+    let mut report = pool.install(|| run(options))?;
+    report.notes.splice(0..0, note);
+    Ok(report)
+}
+
+/// The pool of `--threads` threads (`None`: one per core the process may use). A larger request
+/// is capped at that count, with the note returned: more threads than cores only take turns.
+pub fn thread_pool(
+    requested: Option<usize>,
+) -> Result<(rayon::ThreadPool, Option<String>), ConvertError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (threads, note) = match requested {
+        Some(0) => {
             return Err(ConvertError::Threads {
-                threads,
+                threads: 0,
                 detail: "must be at least 1".into(),
             });
         }
-        builder = builder.num_threads(threads);
-    }
-    let pool = builder.build().map_err(|e| ConvertError::Threads {
-        threads: options.threads.unwrap_or(0),
-        detail: e.to_string(),
-    })?;
-    pool.install(|| run(options))
+        Some(n) if n > cores => (
+            cores,
+            Some(format!(
+                "--threads {n} is more than the {cores} cores this process may use; running {cores} threads"
+            )),
+        ),
+        Some(n) => (n, None),
+        None => (cores, None),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| ConvertError::Threads {
+            threads,
+            detail: e.to_string(),
+        })?;
+    Ok((pool, note))
 }
 
 fn run(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
@@ -258,12 +248,15 @@ fn run(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         .map(|t| TensorSpec::new(&t.name, t.encoding, &t.shape))
         .collect();
 
-    let staged = Staged::new(&options.output);
+    let staged = Staged::new(&options.output).map_err(|source| ConvertError::Io {
+        path: options.output.clone(),
+        source,
+    })?;
     let write_error = |source| ConvertError::Write {
         path: options.output.clone(),
         source,
     };
-    let writer = FileWriter::create(&staged.0, header, &specs).map_err(write_error)?;
+    let writer = FileWriter::create(staged.path(), header, &specs).map_err(write_error)?;
     let bytes_out = writer.file_len();
 
     // Tensors in parallel (and in parallel within each); the first failure in file order is the
@@ -292,7 +285,7 @@ fn run(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     }
     writer.finish().map_err(write_error)?;
     if options.verify {
-        verify::check_written(&staged.0, &plan.tensors)?;
+        verify::check_written(staged.path(), &plan.tensors)?;
     }
     staged
         .persist(&options.output)
@@ -314,6 +307,7 @@ fn run(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         elapsed: Duration::ZERO,
         verified: options.verify,
         notes,
+        warnings: Vec::new(),
     };
     for t in &plan.tensors {
         let n: u64 = t.shape.iter().product();

@@ -1,6 +1,7 @@
 //! `bitnet-convert`: convert a BitNet b1.58 checkpoint to `.bitnet`, or inspect or verify one.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -30,9 +31,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show a .bitnet file's header, model configuration, provenance and tensors.
-    Inspect { file: PathBuf },
+    Inspect {
+        /// The .bitnet file to show.
+        file: PathBuf,
+    },
     /// Check every checksum, every padding byte and every tensor's encoding of a .bitnet file.
-    Verify { file: PathBuf },
+    Verify {
+        /// The .bitnet file to check.
+        file: PathBuf,
+    },
     /// Write a random-weight model of a real checkpoint's shape, for benchmarks (nothing is downloaded).
     Synthetic(SyntheticArgs),
     /// Write a .bitnet file as GGUF for llama.cpp (tq2_0, tq1_0) or bitnet.cpp (i2_s).
@@ -95,7 +102,7 @@ struct SyntheticArgs {
 
 #[derive(Args, Debug)]
 struct ConvertArgs {
-    /// A Hugging Face repo id (owner/name), a local checkpoint directory (config.json + *.safetensors), or a .gguf file (bitnet.cpp or llama.cpp).
+    /// A Hugging Face repo id (owner/name), a local checkpoint directory (config.json + *.safetensors), or a GGUF file (bitnet.cpp or llama.cpp; recognised by its content, whatever its name).
     #[arg(required = true)]
     source: Option<String>,
     /// The .bitnet file to write.
@@ -110,12 +117,12 @@ struct ConvertArgs {
     /// Encoding of token_embd and output [default: the checkpoint's dtype].
     #[arg(long, value_enum)]
     embeddings: Option<EmbeddingsArg>,
-    /// Worker threads [default: one per core].
-    #[arg(long, value_name = "N")]
+    /// Worker threads, at most one per core [default: one per core].
+    #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
-    /// GGUF input only: elements per I2_S block, 128 (x86 builds of bitnet.cpp, the files on the Hub) or 64 (ARM builds).
-    #[arg(long, value_name = "N", default_value_t = 128)]
-    gguf_i2s_block: u32,
+    /// GGUF input only: elements per I2_S block, 128 (x86 builds of bitnet.cpp, the files on the Hub) or 64 (ARM builds) [default: as the data shows, else 128 with a warning].
+    #[arg(long, value_name = "N")]
+    gguf_i2s_block: Option<u32>,
     /// Skip checking the packed tensors against the reference unpacker and re-reading the file.
     #[arg(long)]
     no_verify: bool,
@@ -161,6 +168,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// On Ctrl-C or SIGTERM, remove every temporary output (files and directories), say so, and exit
+/// with 130, the status of a command interrupted by Ctrl-C.
+fn exit_cleanly_on_interrupt() -> Result<()> {
+    ctrlc::set_handler(|| {
+        remove_partial_files();
+        eprintln!("\ninterrupted: no output written");
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+/// A `warning:` when `output`'s name does not end in `.EXTENSION`: the file is `extension` whatever
+/// its name, and a later reader going by the name would take it for something else.
+fn warn_extension(output: &Path, extension: &str) {
+    let actual = output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if actual.as_deref() == Some(extension) {
+        return;
+    }
+    let named = match actual {
+        Some(e) => format!("its name ends in .{e}"),
+        None => "its name has no extension".to_string(),
+    };
+    eprintln!(
+        "warning: {}: writing a .{extension} file, but {named}",
+        output.display()
+    );
+}
+
+fn print_remarks(warnings: &[String], notes: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+}
+
+/// Whether `path` is a GGUF file, by its magic bytes (whatever its name).
+fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == b"GGUF")
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Inspect { file }) => {
@@ -192,11 +246,10 @@ fn synthetic_command(args: SyntheticArgs) -> Result<()> {
             args.output.display()
         );
     }
-    ctrlc::set_handler(|| {
-        remove_partial_files();
-        std::process::exit(130);
-    })
-    .context("installing the Ctrl-C handler")?;
+    if !args.hf {
+        warn_extension(&args.output, "bitnet");
+    }
+    exit_cleanly_on_interrupt()?;
     let start = std::time::Instant::now();
     let written = if args.hf {
         synthetic::write_hf(&args.output, shape, args.seed)?
@@ -232,13 +285,13 @@ fn export_gguf_command(args: ExportGgufArgs) -> Result<()> {
         GgufTypeArg::Tq1_0 => gguf::ExportType::Tq1_0,
         GgufTypeArg::I2s => gguf::ExportType::I2s,
     };
+    warn_extension(&args.output, "gguf");
+    exit_cleanly_on_interrupt()?;
     let mut options = gguf::ExportOptions::new(args.input, args.output, ty);
     options.force = args.force;
     options.embed_hf_tokenizer = !args.no_hf_tokenizer;
     let report = gguf::export_gguf(&options)?;
-    for note in &report.notes {
-        eprintln!("note: {note}");
-    }
+    print_remarks(&report.warnings, &report.notes);
     println!("{report}");
     Ok(())
 }
@@ -258,32 +311,33 @@ fn convert_command(args: ConvertArgs) -> Result<()> {
     let (Some(source), Some(output)) = (args.source, args.output) else {
         anyhow::bail!("SOURCE and -o OUT.bitnet are required");
     };
-    ctrlc::set_handler(|| {
-        remove_partial_files();
-        eprintln!("\ninterrupted: no output written");
-        std::process::exit(130);
-    })
-    .context("installing the Ctrl-C handler")?;
-    let source_path = std::path::Path::new(&source);
-    if source_path.is_file() && source.to_ascii_lowercase().ends_with(".gguf") {
+    warn_extension(&output, "bitnet");
+    exit_cleanly_on_interrupt()?;
+    let source_path = Path::new(&source);
+    // By content: a GGUF file keeps its magic whatever it is called; a name ending in .gguf still
+    // goes to the GGUF reader, whose error then says what the file is not.
+    if source_path.is_file()
+        && (is_gguf(source_path) || source.to_ascii_lowercase().ends_with(".gguf"))
+    {
         let mut options = gguf::ImportOptions::new(source_path, output);
         options.layout = match args.layout {
             LayoutArg::Auto => auto_layout(),
             LayoutArg::Fixed(l) => l,
         };
         options.embeddings = embeddings_choice(args.embeddings);
-        if ![64, 128].contains(&args.gguf_i2s_block) {
-            anyhow::bail!("--gguf-i2s-block must be 128 or 64");
-        }
         options.i2s_block = args.gguf_i2s_block;
+        options.threads = args.threads;
         options.verify = !args.no_verify;
         options.force = args.force;
         let report = gguf::import_gguf(&options)?;
-        for note in &report.notes {
-            eprintln!("note: {note}");
-        }
+        print_remarks(&report.summary.warnings, &report.summary.notes);
         println!("{report}");
         return Ok(());
+    }
+    if let Some(block) = args.gguf_i2s_block {
+        anyhow::bail!(
+            "--gguf-i2s-block {block} applies to GGUF input only, and {source} is not a GGUF file"
+        );
     }
     let spec = SourceSpec::parse(&source, args.revision.as_deref())?;
     let mut options = ConvertOptions::new(spec, output);
@@ -297,9 +351,33 @@ fn convert_command(args: ConvertArgs) -> Result<()> {
     options.verify = !args.no_verify;
     options.force = args.force;
     let report = convert(&options)?;
-    for note in &report.notes {
-        eprintln!("note: {note}");
-    }
+    print_remarks(&report.warnings, &report.notes);
     println!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every (sub)command says what it is in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let command = Cli::command();
+        check(&command, "bitnet-convert", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+        assert!(command.get_subcommands().count() >= 4);
+    }
 }

@@ -28,6 +28,8 @@ pub struct ConvertReport {
     pub verified: bool,
     /// One-line remarks (defaults applied, inconsistencies resolved, buffers skipped).
     pub notes: Vec<String>,
+    /// One-line warnings: what may make the output wrong or unusable somewhere.
+    pub warnings: Vec<String>,
 }
 
 impl ConvertReport {

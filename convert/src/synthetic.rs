@@ -6,6 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use bitnet_format::names::{self, LayerTensor};
+use bitnet_format::partial::PartialDir;
 use bitnet_format::{
     Activation, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig, Provenance, Source,
     TensorSpec, TernaryLayout,
@@ -492,16 +493,18 @@ fn hf_pack(values: &[i8], rows: usize, cols: usize) -> Vec<u8> {
 
 /// Write a Hugging Face checkpoint (config.json + one model.safetensors) of `shape` into `dir`:
 /// bf16 latent projections for the BitNet and 1bitLLM shapes, packed u8 with a `weight_scale` for the
-/// Llama-architecture ones, as those repositories publish them.
+/// Llama-architecture ones, as those repositories publish them. The files are written into a
+/// temporary directory beside `dir`, moved into place when complete ([`PartialDir`]).
 pub fn write_hf(dir: &Path, shape: &Shape, seed: u64) -> Result<Written, SyntheticError> {
+    // Errors name the files' final paths, not the temporary directory's.
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SyntheticError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let partial = PartialDir::create(dir).map_err(io(dir))?;
     let config_path = dir.join("config.json");
     let config = serde_json::to_string_pretty(&hf_config(shape)).expect("json");
-    std::fs::write(&config_path, config + "\n").map_err(io(&config_path))?;
+    std::fs::write(partial.path().join("config.json"), config + "\n").map_err(io(&config_path))?;
 
     // Plan every safetensors entry (name, dtype, shape, bytes) so the header can be written first.
     let packed = shape.style == HfStyle::LlamaPacked;
@@ -531,7 +534,8 @@ pub fn write_hf(dir: &Path, shape: &Shape, seed: u64) -> Result<Written, Synthet
     header.resize(header.len().next_multiple_of(8), b' ');
 
     let path = dir.join("model.safetensors");
-    let file = std::fs::File::create(&path).map_err(io(&path))?;
+    let file =
+        std::fs::File::create(partial.path().join("model.safetensors")).map_err(io(&path))?;
     let mut out = BufWriter::with_capacity(1 << 22, file);
     out.write_all(&(header.len() as u64).to_le_bytes())
         .map_err(io(&path))?;
@@ -574,7 +578,11 @@ pub fn write_hf(dir: &Path, shape: &Shape, seed: u64) -> Result<Written, Synthet
             }
         }
     }
-    out.flush().map_err(io(&path))?;
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|file| file.sync_all())
+        .map_err(io(&path))?;
+    partial.persist(dir).map_err(io(dir))?;
     Ok(Written {
         tensors: entries.len(),
         parameters,

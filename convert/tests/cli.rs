@@ -5,8 +5,18 @@
 mod hub;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+use bitnet_convert::gguf::container::{
+    self, GGML_TYPE_F16, GGML_TYPE_F32, GGML_TYPE_I2_S, GgufFile, OutTensor, string,
+};
+use bitnet_convert::plan::expected_tensors;
+use bitnet_format::{
+    Activation, BitnetFile, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig,
+    Provenance, Source, TensorSpec, TernaryLayout, ternary,
+};
+use gguf_rs_lib::format::metadata::MetadataValue;
 use hub::{MockHub, MockRepo};
 
 fn fixture(name: &str) -> PathBuf {
@@ -331,4 +341,653 @@ fn demo_model_with_q4_embeddings_stays_within_the_quantization_bound() {
     assert!(line.contains("q4_b32"), "{line}");
     let o = bin(dir.path()).arg("verify").arg(&out).output().unwrap();
     assert!(o.status.success(), "{}", text(&o).1);
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A model at 2B-4T's width and depth `layers` (a small vocabulary): big enough that writing it
+/// takes a moment, small enough to make in one.
+fn wide_model(layers: u32) -> ModelConfig {
+    ModelConfig {
+        family: "bitnet-2b4t".into(),
+        hidden_size: 2560,
+        intermediate_size: 6912,
+        num_layers: layers,
+        num_heads: 20,
+        num_kv_heads: 5,
+        head_dim: 128,
+        vocab_size: 352,
+        context_length: 4096,
+        rope_theta: 500000.0,
+        rope_scaling: None,
+        rms_norm_eps: 1e-5,
+        activation: Activation::Relu2,
+        sub_norms: true,
+        tied_embeddings: true,
+    }
+}
+
+fn is_projection(name: &str, shape: &[u64]) -> bool {
+    name.starts_with("blk.") && shape.len() == 2
+}
+
+/// A `.bitnet` file of [`wide_model`] whose every byte is zero: valid (i2s128 codes 0 are -1,
+/// with scale 0; zero floats), written in a blink. `bad` gets an invalid code (3) in its data.
+fn zero_bitnet(path: &Path, layers: u32, bad: Option<&str>) {
+    let model = wide_model(layers);
+    let layout = TernaryLayout::I2s { block: 128 };
+    let specs: Vec<TensorSpec> = expected_tensors(&model, true)
+        .iter()
+        .map(|(n, shape)| {
+            let e = if is_projection(n, shape) {
+                Encoding::Ternary(layout)
+            } else if shape.len() == 2 {
+                Encoding::F16
+            } else {
+                Encoding::F32
+            };
+            TensorSpec::new(n, e, shape)
+        })
+        .collect();
+    let header = Header {
+        model,
+        tokenizer: None,
+        generation: GenerationDefaults::default(),
+        provenance: Provenance {
+            source: Source::Synthetic {
+                like: "zero".into(),
+                seed: 0,
+            },
+            files: vec![],
+            converter: "test".into(),
+            options: Default::default(),
+        },
+        tensors: vec![],
+    };
+    let w = FileWriter::create(path, header, &specs).unwrap();
+    for s in &specs {
+        let mut bytes = vec![0u8; s.encoding.byte_len(&s.shape).unwrap() as usize];
+        if bad == Some(s.name.as_str()) {
+            bytes[0] = 0xff;
+        }
+        w.write_tensor(&s.name, &bytes).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// A bitnet.cpp-style GGUF (`bitnet-b1.58`, I2_S projections) of [`wide_model`], all zero bytes
+/// (valid, as for [`zero_bitnet`]); `bad` (a GGUF tensor name) gets an invalid code.
+fn zero_gguf(path: &Path, layers: u32, bad: Option<&str>) {
+    let model = wide_model(layers);
+    let arch = "bitnet-b1.58";
+    let key = |k: &str| format!("{arch}.{k}");
+    let meta = vec![
+        ("general.architecture".to_string(), string(arch)),
+        (
+            key("embedding_length"),
+            MetadataValue::U32(model.hidden_size),
+        ),
+        (
+            key("feed_forward_length"),
+            MetadataValue::U32(model.intermediate_size),
+        ),
+        (key("block_count"), MetadataValue::U32(model.num_layers)),
+        (
+            key("attention.head_count"),
+            MetadataValue::U32(model.num_heads),
+        ),
+        (
+            key("attention.head_count_kv"),
+            MetadataValue::U32(model.num_kv_heads),
+        ),
+        (
+            key("context_length"),
+            MetadataValue::U32(model.context_length),
+        ),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            MetadataValue::F32(1e-5),
+        ),
+        (key("rope.freq_base"), MetadataValue::F32(500000.0)),
+    ];
+    let tensors: Vec<OutTensor> = expected_tensors(&model, true)
+        .iter()
+        .map(|(n, shape)| OutTensor {
+            name: format!("{n}.weight"),
+            dims: shape.iter().rev().copied().collect(),
+            ggml_type: if is_projection(n, shape) {
+                GGML_TYPE_I2_S
+            } else if shape.len() == 2 {
+                GGML_TYPE_F16
+            } else {
+                GGML_TYPE_F32
+            },
+        })
+        .collect();
+    container::write(path, &meta, &tensors, |i| {
+        let t = &tensors[i];
+        let mut bytes = vec![0u8; container::tensor_size(t.ggml_type, &t.dims)? as usize];
+        if bad == Some(t.name.as_str()) {
+            bytes[0] = 0xff;
+        }
+        Ok::<_, bitnet_convert::gguf::GgufError>(bytes)
+    })
+    .unwrap();
+}
+
+/// A Hugging Face checkpoint (the 2B-4T-bf16 fixture's config and tokenizer at [`wide_model`]'s
+/// shape) whose bf16 weights are all zero, in a sparse file; `nan` names a tensor that gets a NaN.
+fn zero_checkpoint(dir: &Path, layers: u32, nan: Option<&str>) {
+    std::fs::create_dir(dir).unwrap();
+    let src = fixture("bitnet-2b4t-bf16");
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let m = wide_model(layers);
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config["hidden_size"] = m.hidden_size.into();
+    config["intermediate_size"] = m.intermediate_size.into();
+    config["num_hidden_layers"] = m.num_layers.into();
+    config["num_attention_heads"] = m.num_heads.into();
+    config["num_key_value_heads"] = m.num_kv_heads.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let (h, i, kv) = (2560u64, 6912u64, 640u64);
+    let mut tensors = vec![("model.embed_tokens.weight".to_string(), vec![352, h])];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("input_layernorm", vec![h]),
+            ("self_attn.q_proj", vec![h, h]),
+            ("self_attn.k_proj", vec![kv, h]),
+            ("self_attn.v_proj", vec![kv, h]),
+            ("self_attn.o_proj", vec![h, h]),
+            ("self_attn.attn_sub_norm", vec![h]),
+            ("post_attention_layernorm", vec![h]),
+            ("mlp.gate_proj", vec![i, h]),
+            ("mlp.up_proj", vec![i, h]),
+            ("mlp.down_proj", vec![h, i]),
+            ("mlp.ffn_sub_norm", vec![i]),
+        ] {
+            tensors.push((format!("{p}.{name}.weight"), shape));
+        }
+    }
+    tensors.push(("model.norm.weight".to_string(), vec![h]));
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    let mut nan_at = None;
+    for (name, shape) in &tensors {
+        let bytes = 2 * shape.iter().product::<u64>();
+        if nan == Some(name.as_str()) {
+            nan_at = Some(offset);
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&header).unwrap();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut file = std::fs::File::create(dir.join("model.safetensors")).unwrap();
+    use std::io::{Seek, SeekFrom, Write};
+    file.write_all(&(header.len() as u64).to_le_bytes())
+        .unwrap();
+    file.write_all(&header).unwrap();
+    let start = 8 + header.len() as u64;
+    file.set_len(start + offset).unwrap();
+    if let Some(at) = nan_at {
+        file.seek(SeekFrom::Start(start + at)).unwrap();
+        file.write_all(&half::bf16::NAN.to_le_bytes()).unwrap();
+    }
+}
+
+/// Run `bitnet-convert ARGS` in `dir`; once a hidden entry (the temporary output) appears there,
+/// and a little later so that the command is writing, send `signal`. Returns its output.
+fn interrupt(dir: &Path, args: &[&str], signal: &str) -> Output {
+    let child = bin(dir)
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !entries(dir).iter().any(|n| n.starts_with('.')) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{args:?}: no temporary output appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait_with_output().unwrap()
+}
+
+/// Interrupt every command that writes, with SIGINT and with SIGTERM, while it writes: it says so,
+/// exits with 130 and leaves nothing new in the directory, hidden or not.
+#[cfg(unix)]
+#[test]
+fn every_writer_interrupted_by_a_signal_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    zero_bitnet(&d.join("in.bitnet"), 6, None);
+    zero_gguf(&d.join("in.gguf"), 6, None);
+    zero_checkpoint(&d.join("ckpt"), 6, None);
+    let inputs = entries(d);
+    let commands: [&[&str]; 5] = [
+        &["ckpt", "-o", "out.bitnet"],
+        &["in.gguf", "-o", "out.bitnet"],
+        &[
+            "export-gguf",
+            "in.bitnet",
+            "-o",
+            "out.gguf",
+            "--type",
+            "i2_s",
+        ],
+        &["synthetic", "--like", "bitnet-2b4t", "-o", "out.bitnet"],
+        &["synthetic", "--like", "bitnet-2b4t", "--hf", "-o", "out"],
+    ];
+    for args in commands {
+        for signal in ["INT", "TERM"] {
+            let o = interrupt(d, args, signal);
+            let (stdout, stderr) = text(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(130),
+                "{args:?} {signal}: {stdout}\n{stderr}"
+            );
+            assert!(
+                stderr.contains("interrupted: no output written"),
+                "{args:?} {signal}: {stderr}"
+            );
+            assert_eq!(entries(d), inputs, "{args:?} {signal}");
+        }
+    }
+}
+
+/// A tensor that fails half-way through the output (a NaN weight, an invalid ternary code) stops
+/// the conversion, the GGUF import and the export naming it, and leaves nothing behind.
+#[test]
+fn a_failure_mid_write_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    zero_checkpoint(
+        &d.join("ckpt"),
+        3,
+        Some("model.layers.1.mlp.down_proj.weight"),
+    );
+    zero_gguf(&d.join("in.gguf"), 3, Some("blk.1.ffn_down.weight"));
+    zero_bitnet(&d.join("in.bitnet"), 3, Some("blk.1.ffn_down"));
+    let inputs = entries(d);
+    for (args, tensor) in [
+        (
+            &["ckpt", "-o", "out.bitnet"][..],
+            "model.layers.1.mlp.down_proj.weight",
+        ),
+        (
+            &["in.gguf", "-o", "out.bitnet"][..],
+            "blk.1.ffn_down.weight",
+        ),
+        (
+            &[
+                "export-gguf",
+                "in.bitnet",
+                "-o",
+                "out.gguf",
+                "--type",
+                "i2_s",
+            ][..],
+            "blk.1.ffn_down",
+        ),
+    ] {
+        let o = bin(d).current_dir(d).args(args).output().unwrap();
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(tensor), "{args:?}: {stderr}");
+        assert_eq!(entries(d), inputs, "{args:?}");
+    }
+}
+
+/// A GGUF file is recognised by its magic bytes, not its name.
+#[test]
+fn a_gguf_file_without_the_extension_is_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.bin");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/gguf/bitnet_tq.gguf"),
+        &src,
+    )
+    .unwrap();
+    let out = dir.path().join("m.bitnet");
+    let o = bin(dir.path())
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("GGUF bitnet"), "{stdout}");
+    BitnetFile::open(&out).unwrap().verify().unwrap();
+}
+
+/// A GGUF import prints the conversion summary: tensors, parameters, bytes, bits per weight,
+/// verification, time, with the GGUF architecture and ternary types in its first line.
+#[test]
+fn a_gguf_import_prints_the_conversion_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.bitnet");
+    let o = bin(dir.path())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/gguf/bitnet_tq.gguf"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let first = stdout.lines().next().unwrap();
+    assert!(
+        first.contains("wrote") && first.contains("GGUF bitnet") && first.contains("4 TQ2_0"),
+        "{stdout}"
+    );
+    for needle in [
+        "  tensors ",
+        "  parameters ",
+        "  bytes in ",
+        "  bytes out ",
+        "  bits per weight ",
+        "  verified        yes",
+        "  time ",
+    ] {
+        assert!(stdout.contains(needle), "{needle}: {stdout}");
+    }
+    let bytes_out = std::fs::metadata(&out).unwrap().len();
+    assert!(stdout.contains(&format!("({bytes_out})")), "{stdout}");
+}
+
+/// `bitnet.cpp`'s I2_S of x86 (blocks of 128) and ARM (64) builds: the block size comes from the
+/// data when it shows it (padding; the feed-forward units of a trained model), a contradicting
+/// `--gguf-i2s-block` is refused naming the tensor, and data that cannot tell gives a warning.
+#[test]
+fn the_i2s_block_size_is_read_from_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = |src: &Path, out: &str, block: Option<&str>| {
+        let mut c = bin(d);
+        c.arg(src).arg("-o").arg(d.join(out));
+        if let Some(b) = block {
+            c.args(["--gguf-i2s-block", b]);
+        }
+        c.output().unwrap()
+    };
+    // The trained demo model, as bitnet.cpp's x86 build stores it.
+    let g128 = d.join("demo-128.gguf");
+    let o = bin(d)
+        .arg("export-gguf")
+        .arg(root.join("testdata/demo/demo.bitnet"))
+        .arg("-o")
+        .arg(&g128)
+        .args(["--type", "i2_s"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    // The same, re-blocked as an ARM build stores it.
+    let g64 = d.join("demo-64.gguf");
+    let mut bytes = std::fs::read(&g128).unwrap();
+    let parsed = GgufFile::parse(&bytes).unwrap();
+    let mut patches = Vec::new();
+    for t in parsed
+        .tensors
+        .iter()
+        .filter(|t| t.ggml_type == GGML_TYPE_I2_S)
+    {
+        let (cols, rows) = (t.dims[0], t.dims[1]);
+        let data = parsed.data(t);
+        let layout = |block| TernaryLayout::I2s { block };
+        let (values, scale) = ternary::unpack(layout(128), rows, cols, data).unwrap();
+        let repacked = ternary::pack(layout(64), rows, cols, &values, scale).unwrap();
+        assert_eq!(repacked.len(), data.len());
+        patches.push((parsed.range(t), repacked));
+    }
+    for (range, data) in patches {
+        bytes[range].copy_from_slice(&data);
+    }
+    std::fs::write(&g64, &bytes).unwrap();
+
+    let reference = BitnetFile::open(root.join("testdata/demo/demo.bitnet")).unwrap();
+    for (src, block, wrong) in [(&g128, "128", "64"), (&g64, "64", "128")] {
+        let out = format!("from-{block}.bitnet");
+        let o = run(src, &out, None);
+        let (_, stderr) = text(&o);
+        assert!(o.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "I2_S read in blocks of {block}, as blk.0.ffn_down.weight shows"
+            )),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("warning:"), "{stderr}");
+        let imported = BitnetFile::open(d.join(&out)).unwrap();
+        let (want, _) = reference
+            .tensor("blk.2.ffn_down")
+            .unwrap()
+            .unpack_ternary()
+            .unwrap();
+        let (got, _) = imported
+            .tensor("blk.2.ffn_down")
+            .unwrap()
+            .unpack_ternary()
+            .unwrap();
+        assert!(want == got, "blocks of {block}: the demo's values");
+        let o = run(src, "wrong.bitnet", Some(wrong));
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("blk.0.ffn_down.weight")
+                && stderr.contains(&format!("--gguf-i2s-block {wrong} contradicts the data")),
+            "{stderr}"
+        );
+        assert!(!d.join("wrong.bitnet").exists());
+    }
+
+    // Random weights (a fixture's): nothing to tell the layouts apart by, so a warning.
+    let fixture_bitnet = d.join("fixture.bitnet");
+    let o = bin(d)
+        .arg(fixture("bitnet-2b4t"))
+        .arg("-o")
+        .arg(&fixture_bitnet)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let random = d.join("random.gguf");
+    let o = bin(d)
+        .arg("export-gguf")
+        .arg(&fixture_bitnet)
+        .arg("-o")
+        .arg(&random)
+        .args(["--type", "i2_s"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = run(&random, "random.bitnet", None);
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("cannot tell")
+            && stderr.contains("--gguf-i2s-block 64"),
+        "{stderr}"
+    );
+
+    // Padding: the 1bitLLM fixture's 120 × 120 attn_q (14400 elements) only fits blocks of 128.
+    let padded_bitnet = d.join("1bitllm.bitnet");
+    let o = bin(d)
+        .arg(fixture("bitnet-1bitllm"))
+        .arg("-o")
+        .arg(&padded_bitnet)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let padded = d.join("1bitllm.gguf");
+    let o = bin(d)
+        .arg("export-gguf")
+        .arg(&padded_bitnet)
+        .arg("-o")
+        .arg(&padded)
+        .args(["--type", "i2_s"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = run(&padded, "padded.bitnet", Some("64"));
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("blk.0.attn_q.weight") && stderr.contains("padding"),
+        "{stderr}"
+    );
+
+    // The flag is for GGUF input only.
+    let o = run(&fixture("bitnet-2b4t"), "x.bitnet", Some("64"));
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--gguf-i2s-block") && stderr.contains("not a GGUF file"),
+        "{stderr}"
+    );
+    assert!(!d.join("x.bitnet").exists());
+}
+
+/// The file written is what the command writes, whatever the name: a name that says otherwise
+/// gets a warning.
+#[test]
+fn an_output_name_with_the_wrong_extension_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bitnet_as_gguf = d.join("x.gguf");
+    let o = bin(d)
+        .arg(fixture("bitnet-2b4t"))
+        .arg("-o")
+        .arg(&bitnet_as_gguf)
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {}: writing a .bitnet file, but its name ends in .gguf",
+            bitnet_as_gguf.display()
+        )),
+        "{stderr}"
+    );
+    BitnetFile::open(&bitnet_as_gguf).unwrap();
+    let gguf_as_bitnet = d.join("x.bitnet");
+    let o = bin(d)
+        .arg("export-gguf")
+        .arg(&bitnet_as_gguf)
+        .arg("-o")
+        .arg(&gguf_as_bitnet)
+        .args(["--type", "i2_s"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {}: writing a .gguf file, but its name ends in .bitnet",
+            gguf_as_bitnet.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(&std::fs::read(&gguf_as_bitnet).unwrap()[..4], b"GGUF");
+    // Matching names: no warning.
+    let o = bin(d)
+        .arg(fixture("bitnet-2b4t"))
+        .arg("-o")
+        .arg(d.join("y.bitnet"))
+        .output()
+        .unwrap();
+    assert!(!text(&o).1.contains("warning:"), "{}", text(&o).1);
+}
+
+/// More threads than cores only take turns: capped, with a note.
+#[test]
+fn threads_beyond_the_cores_are_capped_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for args in [
+        vec![fixture("bitnet-2b4t").display().to_string()],
+        vec![
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../testdata/gguf/bitnet_tq.gguf")
+                .display()
+                .to_string(),
+        ],
+    ] {
+        let o = bin(dir.path())
+            .args(&args)
+            .arg("-o")
+            .arg(dir.path().join("m.bitnet"))
+            .args(["-t", "1000", "--force"])
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&o);
+        assert!(o.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "note: --threads 1000 is more than the {cores} cores this process may use; running {cores} threads"
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+/// Export warnings are `warning:` lines, notes `note:` lines.
+#[test]
+fn export_warnings_and_notes_have_their_own_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The demo model is ReLU² with every K a multiple of 256: TQ2_0 for llama.cpp, which runs SiLU.
+    let o = bin(dir.path())
+        .arg("export-gguf")
+        .arg(root.join("testdata/demo/demo.bitnet"))
+        .arg("-o")
+        .arg(dir.path().join("m.gguf"))
+        .args(["--type", "tq2_0"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("warning: this model uses ReLU²")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("note: TQ blocks store the scale as f16")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("WARNING"), "{stderr}");
 }

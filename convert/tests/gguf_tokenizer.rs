@@ -37,9 +37,9 @@ fn through_gguf(name: &str) -> (bitnet_format::TokenizerInfo, bitnet_format::Tok
     let back = dir.path().join("back.bitnet");
     let report = gguf::import_gguf(&ImportOptions::new(&gguf_path, &back)).unwrap();
     assert!(
-        report.notes.iter().any(|n| n.contains("rebuilt")),
+        report.summary.notes.iter().any(|n| n.contains("rebuilt")),
         "{:?}",
-        report.notes
+        report.summary.notes
     );
     let original = BitnetFile::open(&bitnet)
         .unwrap()

@@ -9,7 +9,7 @@ pub mod fuzz;
 mod header;
 pub mod names;
 pub mod parallel;
-mod partial;
+pub mod partial;
 mod preamble;
 pub mod q4;
 mod reader;

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use crate::encoding::{Encoding, align_up};
 use crate::error::{FormatError, Result};
 use crate::header::{Header, TensorEntry};
+use crate::partial::PartialFile;
 use crate::preamble::{MAJOR, MINOR, PREAMBLE_LEN, Preamble, header_checksum};
 use crate::unique_members;
 
@@ -42,8 +43,7 @@ struct State {
 /// Writes one `.bitnet` file atomically: a temporary file in the destination directory, renamed over
 /// the destination by [`FileWriter::finish`]. Dropping the writer unfinished deletes the temporary file.
 pub struct FileWriter {
-    temp: tempfile::TempPath,
-    _registered: crate::partial::Registered,
+    temp: PartialFile,
     dest: PathBuf,
     header: Header,
     data_start: u64,
@@ -106,30 +106,17 @@ impl FileWriter {
         let data_start = align_up(PREAMBLE_LEN + header_len).expect("header fits in memory");
         let file_len = data_start + offset;
 
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = dest
-            .file_name()
-            .ok_or_else(|| FormatError::Writer(format!("{} is not a file path", dest.display())))?
-            .to_string_lossy()
-            .into_owned();
-        let prefix = format!(".{file_name}.");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".partial");
-        // Temporary files are created private (0600); a model file is an ordinary readable file.
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-        let temp = builder
-            .tempfile_in(&parent)
-            .map_err(|e| FormatError::io(&parent, e))?;
-        let (file, temp) = temp.into_parts();
+        let (file, temp) = PartialFile::create(&dest).map_err(|e| {
+            let dir = match dest.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            FormatError::io(dir, e)
+        })?;
         // Pre-size the file: every gap between tensors then reads as zero without being written.
         file.set_len(file_len)
-            .map_err(|e| FormatError::io(&*temp, e))?;
+            .map_err(|e| FormatError::io(temp.path(), e))?;
         Ok(FileWriter {
-            _registered: crate::partial::Registered::new(&temp),
             temp,
             dest,
             header,
@@ -204,7 +191,7 @@ impl FileWriter {
             header_len: header.len() as u64,
         };
         preamble.header_crc32 = header_checksum(&preamble.to_bytes(), &header);
-        let path = self.temp.to_path_buf();
+        let path = self.temp.path().to_path_buf();
         let io = |e| FormatError::io(&path, e);
         let file = &mut state.file;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -212,13 +199,7 @@ impl FileWriter {
         file.write_all(&header).map_err(io)?;
         file.sync_all().map_err(io)?;
         let FileWriter { temp, dest, .. } = self;
-        temp.persist(&dest)
-            .map_err(|e| FormatError::io(&dest, e.error))?;
-        if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // Make the rename itself durable; failure here cannot lose data, so it is not an error.
-            let _ = File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(())
+        temp.persist(&dest).map_err(|e| FormatError::io(&dest, e))
     }
 }
 
@@ -260,12 +241,12 @@ impl TensorWriter<'_> {
         }
         self.hasher.update(data);
         let mut state = self.writer.state.lock().expect("writer lock");
-        let path = &self.writer.temp;
+        let path = self.writer.temp.path();
         state
             .file
             .seek(SeekFrom::Start(self.next))
             .and_then(|_| state.file.write_all(data))
-            .map_err(|e| FormatError::io(&**path, e))?;
+            .map_err(|e| FormatError::io(path, e))?;
         self.next += data.len() as u64;
         Ok(())
     }

@@ -598,3 +598,46 @@ fn tokenize_prints_the_ids_transformers_gives() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("-p TEXT or -f FILE"), "{}", stderr(&o));
 }
+
+/// `logits -o` writes like every other output: an ordinary file under the umask (not a private
+/// temporary), never over an existing file without `--force`.
+#[cfg(unix)]
+#[test]
+fn logits_output_has_ordinary_permissions_and_needs_force_to_replace() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.npy");
+    let logits = |force: bool| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("umask 022 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_bitnet-run"))
+            .args(["logits", "--token-ids", "3056,2894", "-o"])
+            .arg(&out)
+            .current_dir(root());
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let o = logits(false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+
+    std::fs::write(&out, b"keep me").unwrap();
+    let o = logits(false);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(out.to_str().unwrap()) && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    let o = logits(true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(&std::fs::read(&out).unwrap()[..6], b"\x93NUMPY");
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "no temporary file left");
+}

@@ -322,8 +322,8 @@ fn relu2_exports_record_the_activation_and_warn_that_llama_cpp_ignores_it() {
     ] {
         let g = dir.path().join(format!("m{ty:?}.gguf"));
         let report = export(&src, &g, ty);
-        let warning = report.notes.iter().any(|n| n.contains("SiLU"));
-        assert_eq!(warning, warns, "{ty:?}: {:?}", report.notes);
+        let warning = report.warnings.iter().any(|n| n.contains("SiLU"));
+        assert_eq!(warning, warns, "{ty:?}: {:?}", report.warnings);
         let bytes = std::fs::read(&g).unwrap();
         let file = GgufFile::parse(&bytes).unwrap();
         let key = format!("{arch}.hidden_activation");
@@ -342,9 +342,9 @@ fn relu2_exports_record_the_activation_and_warn_that_llama_cpp_ignores_it() {
     tq_model(&silu, true, |_| 0.5);
     let report = export(&silu, &dir.path().join("silu.gguf"), ExportType::Tq2_0);
     assert!(
-        !report.notes.iter().any(|n| n.contains("SiLU")),
+        !report.warnings.iter().any(|n| n.contains("SiLU")),
         "{:?}",
-        report.notes
+        report.warnings
     );
 }
 

@@ -258,6 +258,36 @@ pub fn decode_i2s(data: &[u8], n: usize, block: usize) -> Result<(Vec<i8>, f32),
     Ok((values, scale))
 }
 
+/// Correlation across the feed-forward units of one layer between the non-zero weights each unit
+/// reads (its rows of `ffn_up` and `ffn_gate`, `[units, hidden]`) and writes (its column of
+/// `ffn_down`, `[hidden, units]`): strong in trained models, whose units' input and output weights
+/// grow and shrink together. `None` when either count is constant.
+pub fn unit_weight_correlation(up: &[i8], gate: &[i8], down: &[i8], units: usize) -> Option<f64> {
+    let hidden = up.len() / units.max(1);
+    let nonzero = |row: &[i8]| row.iter().filter(|&&x| x != 0).count() as f64;
+    let reads: Vec<f64> = (0..units)
+        .map(|u| {
+            let row = u * hidden..(u + 1) * hidden;
+            nonzero(&up[row.clone()]) + nonzero(&gate[row])
+        })
+        .collect();
+    let mut writes = vec![0f64; units];
+    for row in down.chunks_exact(units) {
+        for (w, &x) in writes.iter_mut().zip(row) {
+            *w += (x != 0) as u8 as f64;
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (mr, mw) = (mean(&reads), mean(&writes));
+    let (mut rw, mut rr, mut ww) = (0.0, 0.0, 0.0);
+    for (r, w) in reads.iter().zip(&writes) {
+        rw += (r - mr) * (w - mw);
+        rr += (r - mr) * (r - mr);
+        ww += (w - mw) * (w - mw);
+    }
+    (rr > 0.0 && ww > 0.0).then(|| rw / (rr * ww).sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

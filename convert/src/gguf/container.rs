@@ -458,17 +458,9 @@ pub fn write<E: From<std::io::Error> + From<String>>(
     tensors: &[OutTensor],
     mut produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
 ) -> Result<(), E> {
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".gguf-partial-");
-    // Temporary files are created private (0600); a model file is an ordinary readable file.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let tmp = builder.tempfile_in(&dir)?;
-    let mut out = std::io::BufWriter::new(tmp.as_file());
+    // Beside `dest`, registered so that a signal handler removes it, deleted on any early return.
+    let (file, partial) = bitnet_format::partial::PartialFile::create(dest)?;
+    let mut out = std::io::BufWriter::new(&file);
     let lib = |e: gguf_rs_lib::GGUFError| E::from(format!("writing GGUF: {e}"));
     let align = DEFAULT_ALIGNMENT;
 
@@ -519,7 +511,7 @@ pub fn write<E: From<std::io::Error> + From<String>>(
     }
     out.flush()?;
     drop(out);
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest).map_err(|e| E::from(e.error))?;
+    file.sync_all()?;
+    partial.persist(dest)?;
     Ok(())
 }

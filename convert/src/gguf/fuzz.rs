@@ -16,7 +16,7 @@ pub fn exercise_import(data: &[u8]) {
     let path = Path::new("fuzz.gguf");
     let mut options = ImportOptions::new(path, "fuzz.bitnet");
     let _ = import_bytes(path, data, &options);
-    options.i2s_block = 64;
+    options.i2s_block = Some(64);
     options.embeddings = if data.len().is_multiple_of(2) {
         EmbeddingsChoice::I8
     } else {

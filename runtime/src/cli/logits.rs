@@ -18,12 +18,28 @@ pub struct LogitsArgs {
     /// Output .npy file.
     #[arg(short = 'o', long)]
     output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
     if args.token_ids.is_empty() {
         bail!("--token-ids is empty");
     }
+    // Refused before the model runs, not after.
+    if args.output.exists() && !args.force {
+        bail!(
+            "{} already exists; pass --force to replace it",
+            args.output.display()
+        );
+    }
+    ctrlc::set_handler(|| {
+        bitnet_format::remove_partial_files();
+        eprintln!("\ninterrupted: no output written");
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
     let model = load_model(&args.model)?;
     let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
     if args.token_ids.len() > ctx {
@@ -35,7 +51,6 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let mut session = Session::new(&model, ctx, args.model.cache_types());
     let logits = session.forward(&args.token_ids, Logits::All)?;
     let vocab = model.config.vocab_size as usize;
-    npy::write_f32(&args.output, &[args.token_ids.len(), vocab], &logits)
-        .with_context(|| format!("cannot write logits to {}", args.output.display()))?;
+    npy::write_f32(&args.output, &[args.token_ids.len(), vocab], &logits)?;
     Ok(())
 }
