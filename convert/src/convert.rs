@@ -154,12 +154,20 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertReport, ConvertError> 
         _ => PathBuf::from("."),
     };
     if !parent.is_dir() {
-        return Err(ConvertError::Io {
-            path: parent,
-            source: std::io::Error::new(
+        let (kind, what) = if parent.exists() {
+            (
+                std::io::ErrorKind::NotADirectory,
+                "the output's directory is a file, not a directory",
+            )
+        } else {
+            (
                 std::io::ErrorKind::NotFound,
                 "the output's directory does not exist",
-            ),
+            )
+        };
+        return Err(ConvertError::Io {
+            path: parent,
+            source: std::io::Error::new(kind, what),
         });
     }
     let (pool, note) = thread_pool(options.threads)?;

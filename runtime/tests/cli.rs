@@ -115,11 +115,26 @@ fn chat_reads_turns_from_stdin() {
         .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let replies = String::from_utf8(o.stdout).unwrap();
+    let replies = String::from_utf8(o.stdout.clone()).unwrap();
     assert!(
         replies.lines().filter(|l| !l.is_empty()).count() >= 2,
         "{replies:?}"
     );
+    // The last prompt, answered by the end of input, is not left open.
+    assert!(stderr(&o).ends_with("> \n"), "{:?}", stderr(&o));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
+        .args(["--chat", "-n", "4", "--temp", "0"])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"/exit\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).ends_with("> \n"), "{:?}", stderr(&o));
 }
 
 /// A conversation that outgrows the context drops its oldest turns (with a note) and goes on.

@@ -504,6 +504,16 @@ fn missing_sources_and_bad_options_are_named() {
         e.contains("no/such/dir") && e.contains("does not exist"),
         "{e}"
     );
+    // An output "directory" that is a file.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let e = convert(&options(&src, &file.join("m.bitnet")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("plain") && e.contains("is a file, not a directory"),
+        "{e}"
+    );
     // --threads 0.
     let out = dir.path().join("t.bitnet");
     let mut o = options(&src, &out);

@@ -1,7 +1,7 @@
 //! `bitnet-run -m MODEL --chat`: multi-turn chat with the model's template, reusing the KV cache
 //! for the part of the conversation that is already in it.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
 use bitnet_run::chat::{ChatTemplate, Message};
@@ -40,11 +40,21 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     loop {
         if messages.last().is_none_or(|m| m.role != "user") {
             eprint!("> ");
-            let Some(line) = lines.next() else { break };
+            // A terminal echoes the typed line's newline; at end of input, or with input from a
+            // pipe, the prompt still needs one.
+            let Some(line) = lines.next() else {
+                eprintln!();
+                break;
+            };
             let line = line?;
             match line.trim() {
                 "" => continue,
-                "/exit" | "/quit" => break,
+                "/exit" | "/quit" => {
+                    if !std::io::stdin().is_terminal() {
+                        eprintln!();
+                    }
+                    break;
+                }
                 text => messages.push(Message::new("user", text)),
             }
         }
