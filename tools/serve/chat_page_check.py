@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 from selenium import webdriver
@@ -388,15 +389,22 @@ def check_with_key(binary, shots, profile):
         page.wait_reply()
         assert not dialog.is_displayed()
 
-        # 429: the slot and the waiting place are taken.
-        def long_request():
-            body = json.dumps({"prompt": "ROMEO:", "max_tokens": 240, "ignore_eos": True})
-            request = urllib.request.Request(
-                f"{base}/v1/completions", body.encode(),
-                {"Content-Type": "application/json", "Authorization": "Bearer sesame"})
-            urllib.request.urlopen(request).read()
+        # 429: the slot and the waiting place are taken. A demo request lasts a fraction of a
+        # second, so three clients keep resending until told to stop: the server stays full.
+        stop = threading.Event()
 
-        workers = [threading.Thread(target=long_request) for _ in range(2)]
+        def long_requests():
+            body = json.dumps({"prompt": "ROMEO:", "max_tokens": 240, "ignore_eos": True})
+            while not stop.is_set():
+                request = urllib.request.Request(
+                    f"{base}/v1/completions", body.encode(),
+                    {"Content-Type": "application/json", "Authorization": "Bearer sesame"})
+                try:
+                    urllib.request.urlopen(request).read()
+                except urllib.error.HTTPError as e:
+                    assert e.code == 429, e
+
+        workers = [threading.Thread(target=long_requests, daemon=True) for _ in range(3)]
         for w in workers:
             w.start()
         deadline = time.time() + 10
@@ -406,6 +414,7 @@ def check_with_key(binary, shots, profile):
             time.sleep(0.01)
         page.send("Busy?", 10)
         page.wait_error("The server answered 429:")
+        stop.set()
         for w in workers:
             w.join()
         page.no_console_errors()
