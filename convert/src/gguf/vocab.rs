@@ -13,6 +13,7 @@
 //! `[PAD{id}]` tokens, as llama.cpp's converter does) and, optionally, the exact document as
 //! `tokenizer.huggingface.json`.
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use gguf_rs_lib::format::metadata::MetadataValue;
 use gguf_rs_lib::format::types::GGUFValueType;
 use serde_json::{Value, json};
@@ -159,11 +160,17 @@ pub fn import(m: &impl Meta) -> Result<Option<ImportedTokenizer>, String> {
                     "tokenizer.json rebuilt from tokenizer.ggml.* (SentencePiece BPE with byte fallback)"
                         .into(),
                 );
-                spm_json(m, &tokens, &types, add_bos, add_eos)?
+                spm_json(m, &tokens, &types, add_bos, add_eos, false)?
+            }
+            "t5" => {
+                notes.push(
+                    "tokenizer.json rebuilt from tokenizer.ggml.* (SentencePiece Unigram)".into(),
+                );
+                spm_json(m, &tokens, &types, add_bos, add_eos, true)?
             }
             other => {
                 return Err(format!(
-                    "tokenizer.ggml.model {other:?} is not supported (gpt2 or llama)"
+                    "tokenizer.ggml.model {other:?} is not supported (gpt2, llama or t5)"
                 ));
             }
         }
@@ -282,6 +289,7 @@ fn spm_json(
     types: &[i32],
     add_bos: bool,
     add_eos: bool,
+    unigram: bool,
 ) -> Result<Value, String> {
     let scores: Vec<f32> = match m.meta_array("tokenizer.ggml.scores") {
         Some(s) if s.len() == tokens.len() => s
@@ -316,10 +324,26 @@ fn spm_json(
             },
         })
         .collect();
+    // llama.cpp's `llama` tokenizer has no character map and keeps runs of spaces; its `t5`
+    // (Unigram) one reads both from the file, removing extra spaces unless told not to.
+    let precompiled_charsmap = match m.meta_array("tokenizer.ggml.precompiled_charsmap") {
+        Some(bytes) if unigram => bytes
+            .iter()
+            .map(|b| match b {
+                MetadataValue::U8(b) => Ok(*b),
+                MetadataValue::I8(b) => Ok(*b as u8),
+                _ => Err("tokenizer.ggml.precompiled_charsmap holds a value that is not a byte"),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    let remove_extra_whitespaces = unigram
+        && m.meta_bool("tokenizer.ggml.remove_extra_whitespaces")
+            .unwrap_or(true);
     let model = SentencePieceModel {
         byte_fallback: pieces.iter().any(|p| p.kind == PieceType::Byte),
         pieces,
-        model_type: 2,
+        model_type: if unigram { 1 } else { 2 },
         treat_whitespace_as_suffix: false,
         unk_id: id("tokenizer.ggml.unknown_token_id", "<unk>"),
         bos_id: id("tokenizer.ggml.bos_token_id", "<s>"),
@@ -329,11 +353,12 @@ fn spm_json(
             .map(|v| v as i32)
             .unwrap_or(-1),
         normalizer_name: "identity".into(),
-        precompiled_charsmap_len: 0,
+        precompiled_charsmap,
+        denormalizer_charsmap: false,
         add_dummy_prefix: m
             .meta_bool("tokenizer.ggml.add_space_prefix")
             .unwrap_or(true),
-        remove_extra_whitespaces: false,
+        remove_extra_whitespaces,
         escape_whitespaces: true,
     };
     let options = sentencepiece::ConvertOptions {
@@ -350,6 +375,52 @@ pub struct ExportedTokenizer {
     pub notes: Vec<String>,
 }
 
+/// What a SentencePiece-style `tokenizer.json` normalizer (as [`sentencepiece::to_tokenizer_json`]
+/// writes it) does, in the terms of the `tokenizer.ggml.*` keys.
+struct SentencePieceNormalizer {
+    charsmap: Option<Vec<u8>>,
+    dummy_prefix: bool,
+    remove_extra_whitespaces: bool,
+    escapes_spaces: bool,
+}
+
+impl SentencePieceNormalizer {
+    fn of(normalizer: &Value) -> Result<Self, String> {
+        let steps: Vec<&Value> = match normalizer["type"].as_str() {
+            Some("Sequence") => normalizer["normalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect(),
+            Some(_) => vec![normalizer],
+            None => Vec::new(),
+        };
+        let mut out = SentencePieceNormalizer {
+            charsmap: None,
+            dummy_prefix: false,
+            remove_extra_whitespaces: false,
+            escapes_spaces: false,
+        };
+        for step in steps {
+            match step["type"].as_str() {
+                Some("Precompiled") => {
+                    let text = step["precompiled_charsmap"].as_str().unwrap_or_default();
+                    out.charsmap = Some(BASE64_STANDARD.decode(text).map_err(|e| {
+                        format!("the normalizer's precompiled_charsmap is not base64: {e}")
+                    })?);
+                }
+                Some("Prepend") => out.dummy_prefix = true,
+                Some("Replace") if step["pattern"]["Regex"].is_string() => {
+                    out.remove_extra_whitespaces = true;
+                }
+                Some("Replace") if step["pattern"]["String"] == " " => out.escapes_spaces = true,
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn json_str(v: &Value) -> Option<&str> {
     v.as_str()
 }
@@ -363,26 +434,51 @@ pub fn export(
     let doc: Value = serde_json::from_str(info.tokenizer_json.get())
         .map_err(|e| format!("the embedded tokenizer.json is not JSON: {e}"))?;
     let model = &doc["model"];
-    if model["type"].as_str() != Some("BPE") {
-        return Err(format!(
-            "only BPE tokenizers can be written to GGUF, not {}",
-            model["type"]
-        ));
-    }
+    let unigram = match model["type"].as_str() {
+        Some("BPE") => false,
+        Some("Unigram") => true,
+        _ => {
+            return Err(format!(
+                "only BPE and Unigram tokenizers can be written to GGUF, not {}",
+                model["type"]
+            ));
+        }
+    };
     let mut notes = Vec::new();
     let n = vocab_size as usize;
     let mut tokens: Vec<Option<String>> = vec![None; n];
     let mut types = vec![NORMAL; n];
     let mut special = vec![false; n];
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or("tokenizer.json's model has no vocab object")?;
-    for (tok, id) in vocab {
-        let id = id.as_u64().ok_or("a vocab id is not a number")? as usize;
-        if id >= n {
-            return Err(format!("token {tok:?} has id {id}, outside vocab_size {n}"));
+    // Unigram: `[piece, score]` in id order; BPE: a `piece → id` object.
+    let mut unigram_scores = vec![0f32; n];
+    if unigram {
+        let vocab = model["vocab"]
+            .as_array()
+            .ok_or("tokenizer.json's Unigram model has no vocab list")?;
+        if vocab.len() > n {
+            return Err(format!(
+                "the Unigram vocab has {} pieces, more than vocab_size {n}",
+                vocab.len()
+            ));
         }
-        tokens[id] = Some(tok.clone());
+        for (id, entry) in vocab.iter().enumerate() {
+            let (Some(piece), Some(score)) = (entry[0].as_str(), entry[1].as_f64()) else {
+                return Err(format!("Unigram vocab entry {id} is not [piece, score]"));
+            };
+            tokens[id] = Some(piece.to_string());
+            unigram_scores[id] = score as f32;
+        }
+    } else {
+        let vocab = model["vocab"]
+            .as_object()
+            .ok_or("tokenizer.json's model has no vocab object")?;
+        for (tok, id) in vocab {
+            let id = id.as_u64().ok_or("a vocab id is not a number")? as usize;
+            if id >= n {
+                return Err(format!("token {tok:?} has id {id}, outside vocab_size {n}"));
+            }
+            tokens[id] = Some(tok.clone());
+        }
     }
     for t in doc["added_tokens"].as_array().into_iter().flatten() {
         let (Some(id), Some(content)) = (t["id"].as_u64(), t["content"].as_str()) else {
@@ -430,7 +526,66 @@ pub fn export(
             _ => None,
         })
         .collect();
-    if spm {
+    let normalizer = SentencePieceNormalizer::of(&doc["normalizer"])?;
+    if unigram {
+        push("tokenizer.ggml.model", string("t5"));
+        push("tokenizer.ggml.pre", string("default"));
+        if let Some(u) = model["unk_id"].as_u64().filter(|&u| (u as usize) < n) {
+            types[u as usize] = UNKNOWN;
+            push(
+                "tokenizer.ggml.unknown_token_id",
+                MetadataValue::U32(u as u32),
+            );
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            if types[i] == NORMAL && t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') {
+                types[i] = BYTE;
+            }
+        }
+        push(
+            "tokenizer.ggml.add_space_prefix",
+            MetadataValue::Bool(normalizer.dummy_prefix),
+        );
+        push(
+            "tokenizer.ggml.remove_extra_whitespaces",
+            MetadataValue::Bool(normalizer.remove_extra_whitespaces),
+        );
+        if let Some(map) = &normalizer.charsmap {
+            push(
+                "tokenizer.ggml.precompiled_charsmap",
+                array(
+                    GGUFValueType::U8,
+                    map.iter().map(|&b| MetadataValue::U8(b)).collect(),
+                ),
+            );
+        }
+        if !normalizer.escapes_spaces {
+            notes.push(
+                "llama.cpp's Unigram (t5) tokenizer always escapes spaces as ▁; this tokenizer does not, so llama.cpp tokenizes spaces differently"
+                    .into(),
+            );
+        }
+        push(
+            "tokenizer.ggml.tokens",
+            array(GGUFValueType::String, tokens.iter().map(string).collect()),
+        );
+        push(
+            "tokenizer.ggml.scores",
+            array(
+                GGUFValueType::F32,
+                unigram_scores
+                    .iter()
+                    .map(|&s| MetadataValue::F32(s))
+                    .collect(),
+            ),
+        );
+    } else if spm {
+        if normalizer.charsmap.is_some() || normalizer.remove_extra_whitespaces {
+            notes.push(
+                "llama.cpp's SentencePiece BPE (llama) tokenizer applies neither a character map nor remove_extra_whitespaces: text they change tokenizes differently there"
+                    .into(),
+            );
+        }
         push("tokenizer.ggml.model", string("llama"));
         push("tokenizer.ggml.pre", string("default"));
         let unk = model["unk_token"].as_str();
@@ -468,10 +623,9 @@ pub fn export(
                 MetadataValue::U32(u as u32),
             );
         }
-        let prepends = doc["normalizer"].to_string().contains("Prepend");
         push(
             "tokenizer.ggml.add_space_prefix",
-            MetadataValue::Bool(prepends),
+            MetadataValue::Bool(normalizer.dummy_prefix),
         );
         push(
             "tokenizer.ggml.tokens",

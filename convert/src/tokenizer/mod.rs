@@ -63,11 +63,10 @@ pub fn read(
     let (tokenizer_json, file) = if let Some(t) = checkpoint.read_json("tokenizer.json")? {
         (t, "tokenizer.json")
     } else if let Some(bytes) = checkpoint.read_bytes("tokenizer.model")? {
-        let json = convert_sentencepiece(checkpoint, &bytes, tc)?;
-        settings.notes.push(
-            "tokenizer.json was made from the SentencePiece tokenizer.model (Llama-style BPE with byte fallback)"
-                .into(),
-        );
+        let (json, described) = convert_sentencepiece(checkpoint, &bytes, tc)?;
+        settings.notes.push(format!(
+            "tokenizer.json was made from the SentencePiece tokenizer.model ({described})"
+        ));
         (json, "tokenizer.model")
     } else {
         settings.notes.push(
@@ -173,7 +172,7 @@ fn convert_sentencepiece(
     checkpoint: &Checkpoint,
     bytes: &[u8],
     tc: Option<&Value>,
-) -> Result<Value, TokenizerError> {
+) -> Result<(Value, String), TokenizerError> {
     let model = sentencepiece::SentencePieceModel::parse(bytes)
         .map_err(|e| invalid("tokenizer.model", e))?;
     let flag = |key: &str, default: bool| {
@@ -233,7 +232,9 @@ fn convert_sentencepiece(
         add_eos: flag("add_eos_token", false),
         added,
     };
-    sentencepiece::to_tokenizer_json(&model, &options).map_err(|e| invalid("tokenizer.model", e))
+    let json = sentencepiece::to_tokenizer_json(&model, &options)
+        .map_err(|e| invalid("tokenizer.model", e))?;
+    Ok((json, model.describe()))
 }
 
 /// Token-to-id lookups in a `tokenizer.json` document.

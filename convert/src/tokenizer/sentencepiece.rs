@@ -1,16 +1,19 @@
 //! SentencePiece `tokenizer.model` (a small protobuf, parsed here by hand) → an equivalent Hugging
-//! Face `tokenizer.json`, as transformers' `LlamaConverter` builds it for Llama-2-style models: a BPE
-//! model with byte fallback whose merges come from the piece scores, a normalizer that prepends `▁`
-//! and turns spaces into `▁`, and the decoder Replace(`▁`→` `) / ByteFallback / Fuse / Strip.
+//! Face `tokenizer.json`: the BPE or Unigram model with its scores and byte fallback, and a
+//! normalizer that does what sentencepiece's does, in its order: the precompiled character map
+//! (`Precompiled`, which the runtime applies with sentencepiece's longest-match rule), then
+//! `remove_extra_whitespaces` (strip spaces at both ends, collapse runs), the dummy prefix, and
+//! spaces escaped as `▁`. The decoder turns `▁` back into spaces, byte pieces into bytes, and drops
+//! the dummy prefix.
 //!
-//! Only BPE models with the identity normalizer are accepted (the Llama-2 and 1bitLLM tokenizers);
-//! anything else is refused with the setting named. The normalizer is the "legacy" one
-//! (`Prepend` + `Replace`) whatever `legacy` says in `tokenizer_config.json`: it is the one that
-//! encodes plain text exactly as sentencepiece does (transformers' non-legacy `Metaspace` form
-//! differs on text that starts with spaces).
+//! The dummy prefix is a `Prepend` in the normalizer (transformers' "legacy" form) whatever `legacy`
+//! says in `tokenizer_config.json`: it encodes plain text exactly as sentencepiece does
+//! (transformers' non-legacy `Metaspace` form differs on text that starts with a space or `▁`).
+//! Word and char models and `treat_whitespace_as_suffix` are refused by name.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::{Map, Value, json};
 
 /// The piece that stands for a space.
@@ -61,7 +64,11 @@ pub struct SentencePieceModel {
     pub eos_id: i32,
     pub pad_id: i32,
     pub normalizer_name: String,
-    pub precompiled_charsmap_len: usize,
+    /// sentencepiece's serialized character map (a double-array trie and the replacement strings);
+    /// empty for the identity normalizer.
+    pub precompiled_charsmap: Vec<u8>,
+    /// Whether the model has a denormalizer with its own character map (applied when decoding).
+    pub denormalizer_charsmap: bool,
     pub add_dummy_prefix: bool,
     pub remove_extra_whitespaces: bool,
     pub escape_whitespaces: bool,
@@ -159,7 +166,8 @@ impl SentencePieceModel {
             eos_id: 2,
             pad_id: -1,
             normalizer_name: String::new(),
-            precompiled_charsmap_len: 0,
+            precompiled_charsmap: Vec::new(),
+            denormalizer_charsmap: false,
             add_dummy_prefix: true,
             remove_extra_whitespaces: true,
             escape_whitespaces: true,
@@ -170,6 +178,7 @@ impl SentencePieceModel {
                 (1, Field::Bytes(b)) => m.pieces.push(parse_piece(b)?),
                 (2, Field::Bytes(b)) => m.parse_trainer_spec(b)?,
                 (3, Field::Bytes(b)) => m.parse_normalizer_spec(b)?,
+                (5, Field::Bytes(b)) => m.denormalizer_charsmap = has_charsmap(b)?,
                 _ => {}
             }
         }
@@ -203,7 +212,7 @@ impl SentencePieceModel {
         while let Some((number, field)) = r.next()? {
             match (number, field) {
                 (1, Field::Bytes(b)) => self.normalizer_name = utf8(b, "normalizer name")?,
-                (2, Field::Bytes(b)) => self.precompiled_charsmap_len = b.len(),
+                (2, Field::Bytes(b)) => self.precompiled_charsmap = b.to_vec(),
                 (3, Field::Varint(v)) => self.add_dummy_prefix = v != 0,
                 (4, Field::Varint(v)) => self.remove_extra_whitespaces = v != 0,
                 (5, Field::Varint(v)) => self.escape_whitespaces = v != 0,
@@ -221,39 +230,59 @@ impl SentencePieceModel {
             .map(|p| p.piece.as_str())
     }
 
-    /// Refuse models whose encoding the Llama-style conversion would not reproduce.
+    /// Refuse models whose encoding the conversion would not reproduce, naming the setting.
     pub fn check_supported(&self) -> Result<(), String> {
-        if self.model_type != 2 {
-            let name = match self.model_type {
-                1 => "unigram",
-                3 => "word",
-                4 => "char",
-                _ => "unknown",
-            };
-            return Err(format!(
-                "model type {name} is not supported (only BPE, as in Llama-2 and 1bitLLM)"
-            ));
-        }
-        if self.precompiled_charsmap_len > 0 {
-            return Err(format!(
-                "normalizer {:?} with a precompiled character map is not supported (only the identity normalizer)",
-                self.normalizer_name
-            ));
-        }
-        if self.remove_extra_whitespaces {
-            return Err("normalizer option remove_extra_whitespaces is not supported".into());
-        }
-        if !self.escape_whitespaces {
-            return Err("normalizer option escape_whitespaces = false is not supported".into());
+        match self.model_type {
+            1 | 2 => {}
+            3 => return Err("model type word is not supported (only BPE and Unigram)".into()),
+            4 => return Err("model type char is not supported (only BPE and Unigram)".into()),
+            other => return Err(format!("unknown model type {other}")),
         }
         if self.treat_whitespace_as_suffix {
             return Err("trainer option treat_whitespace_as_suffix is not supported".into());
+        }
+        if self.denormalizer_charsmap {
+            return Err("a denormalizer with a character map is not supported".into());
         }
         if self.piece(self.unk_id).is_none() {
             return Err(format!("unk_id {} is not a piece", self.unk_id));
         }
         Ok(())
     }
+
+    /// "Unigram, normalizer nmt_nfkc, byte fallback", for the conversion notes.
+    pub fn describe(&self) -> String {
+        let kind = if self.model_type == 1 {
+            "Unigram"
+        } else {
+            "BPE"
+        };
+        let name = match self.normalizer_name.as_str() {
+            "" => "identity",
+            name => name,
+        };
+        let mut parts = vec![kind.to_string(), format!("normalizer {name}")];
+        if self.byte_fallback {
+            parts.push("byte fallback".into());
+        }
+        parts.join(", ")
+    }
+
+    /// The space symbol the normalizer writes: `▁`, or a plain space without escaping.
+    fn space(&self) -> &'static str {
+        if self.escape_whitespaces { SPACE } else { " " }
+    }
+}
+
+/// Whether a `NormalizerSpec` holds a non-empty character map.
+fn has_charsmap(bytes: &[u8]) -> Result<bool, String> {
+    let mut r = Reader::new(bytes);
+    while let Some((number, field)) = r.next()? {
+        if let (2, Field::Bytes(b)) = (number, field) {
+            return Ok(!b.is_empty());
+        }
+    }
+    Ok(false)
 }
 
 fn parse_piece(bytes: &[u8]) -> Result<Piece, String> {
@@ -286,26 +315,12 @@ pub struct ConvertOptions {
     pub added: Vec<(u32, String, bool)>,
 }
 
-/// Build the `tokenizer.json` document.
-pub fn to_tokenizer_json(
-    model: &SentencePieceModel,
-    options: &ConvertOptions,
-) -> Result<Value, String> {
-    model.check_supported()?;
-    let mut vocab = Map::new();
-    let mut ids: HashMap<&str, usize> = HashMap::new();
-    for (id, p) in model.pieces.iter().enumerate() {
-        if ids.insert(p.piece.as_str(), id).is_some() {
-            return Err(format!("piece {:?} appears twice", p.piece));
-        }
-        vocab.insert(p.piece.clone(), json!(id));
-    }
-
-    // Merges: every split of a piece into two pieces, ordered as sentencepiece applies them
-    // (highest score first; ties in id order), as transformers' SentencePieceExtractor does.
-    // Only a split whose two sides have lengths of existing pieces can be a merge: looking up just
-    // those keeps this near-linear in the vocabulary's bytes, even for one very long piece (which
-    // a GGUF file can hold) whose every split would otherwise hash a long string.
+/// BPE merges: every split of a piece into two pieces, ordered as sentencepiece applies them
+/// (highest score first; ties in id order), as transformers' SentencePieceExtractor does.
+/// Only a split whose two sides have lengths of existing pieces can be a merge: looking up just
+/// those keeps this near-linear in the vocabulary's bytes, even for one very long piece (which a
+/// GGUF file can hold) whose every split would otherwise hash a long string.
+fn merges(model: &SentencePieceModel, ids: &HashMap<&str, usize>) -> Vec<Value> {
     let lengths: HashSet<usize> = model.pieces.iter().map(|p| p.piece.len()).collect();
     let mut merges: Vec<(f32, &str, &str)> = Vec::new();
     for p in &model.pieces {
@@ -326,7 +341,23 @@ pub fn to_tokenizer_json(
         merges.extend(local.into_iter().map(|(_, _, l, r)| (p.score, l, r)));
     }
     merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
-    let merges: Vec<Value> = merges.into_iter().map(|(_, l, r)| json!([l, r])).collect();
+    merges.into_iter().map(|(_, l, r)| json!([l, r])).collect()
+}
+
+/// Build the `tokenizer.json` document.
+pub fn to_tokenizer_json(
+    model: &SentencePieceModel,
+    options: &ConvertOptions,
+) -> Result<Value, String> {
+    model.check_supported()?;
+    let mut vocab = Map::new();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for (id, p) in model.pieces.iter().enumerate() {
+        if ids.insert(p.piece.as_str(), id).is_some() {
+            return Err(format!("piece {:?} appears twice", p.piece));
+        }
+        vocab.insert(p.piece.clone(), json!(id));
+    }
 
     // Added tokens: unknown and control pieces (special), user-defined pieces (not special), then
     // those of tokenizer_config.json / added_tokens.json.
@@ -358,18 +389,32 @@ pub fn to_tokenizer_json(
         })
         .collect();
 
+    let space = model.space();
     let mut normalizers = Vec::new();
-    if model.add_dummy_prefix {
-        normalizers.push(json!({"type": "Prepend", "prepend": SPACE}));
+    if !model.precompiled_charsmap.is_empty() {
+        normalizers.push(json!({"type": "Precompiled",
+            "precompiled_charsmap": BASE64_STANDARD.encode(&model.precompiled_charsmap)}));
     }
-    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
+    if model.remove_extra_whitespaces {
+        let regex = |pattern: &str, content: &str| json!({"type": "Replace", "pattern": {"Regex": pattern}, "content": content});
+        normalizers.push(regex(r"\A +| +\z", ""));
+        normalizers.push(regex(" {2,}", " "));
+    }
+    if model.add_dummy_prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": space}));
+    }
+    if model.escape_whitespaces {
+        normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
+    }
 
+    // sentencepiece decodes `▁` as a space whether or not it escapes spaces, and drops the dummy
+    // prefix only when it is a `▁`.
     let mut decoders = vec![
         json!({"type": "Replace", "pattern": {"String": SPACE}, "content": " "}),
         json!({"type": "ByteFallback"}),
         json!({"type": "Fuse"}),
     ];
-    if model.add_dummy_prefix {
+    if model.add_dummy_prefix && model.escape_whitespaces {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
 
@@ -409,16 +454,16 @@ pub fn to_tokenizer_json(
     };
 
     let unk = model.piece(model.unk_id).expect("checked as supported");
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added_tokens,
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": null,
-        "post_processor": post_processor,
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {
+    let model_json = if model.model_type == 1 {
+        let vocab: Vec<Value> = model
+            .pieces
+            .iter()
+            .map(|p| json!([p.piece, p.score]))
+            .collect();
+        json!({"type": "Unigram", "unk_id": model.unk_id, "vocab": vocab,
+               "byte_fallback": model.byte_fallback})
+    } else {
+        json!({
             "type": "BPE",
             "dropout": null,
             "unk_token": unk,
@@ -428,8 +473,19 @@ pub fn to_tokenizer_json(
             "byte_fallback": model.byte_fallback,
             "ignore_merges": false,
             "vocab": vocab,
-            "merges": merges,
-        }
+            "merges": merges(model, &ids),
+        })
+    };
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "post_processor": post_processor,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": model_json,
     }))
 }
 
@@ -535,7 +591,14 @@ mod tests {
         let bytes = model();
         assert!(SentencePieceModel::parse(&bytes[..bytes.len() - 3]).is_err());
         let mut m = SentencePieceModel::parse(&bytes).unwrap();
-        m.model_type = 1;
-        assert!(m.check_supported().unwrap_err().contains("unigram"));
+        m.model_type = 3;
+        assert!(m.check_supported().unwrap_err().contains("model type word"));
+        m.model_type = 2;
+        m.treat_whitespace_as_suffix = true;
+        assert!(
+            m.check_supported()
+                .unwrap_err()
+                .contains("treat_whitespace_as_suffix")
+        );
     }
 }

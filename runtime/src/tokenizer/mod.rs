@@ -1,7 +1,20 @@
 //! Text ↔ token ids with the Hugging Face tokenizer embedded in the file, and UTF-8-correct
 //! incremental decoding for streaming output.
 
+mod charsmap;
+mod normalizer;
+
 use bitnet_format::TokenizerInfo;
+use tokenizers::{DecoderWrapper, ModelWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+
+/// The `tokenizers` pipeline with this crate's normalizer (see [`normalizer`]).
+type Inner = tokenizers::TokenizerImpl<
+    ModelWrapper,
+    normalizer::Normalizer,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
 
 /// Why text could not be turned into tokens or back.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +31,7 @@ pub enum TokenizerError {
 
 /// The model's tokenizer plus its special-token conventions.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     bos: Option<u32>,
     add_bos: bool,
     eos: Vec<u32>,
@@ -28,7 +41,7 @@ impl Tokenizer {
     /// Load the header's tokenizer; `None` in the header is [`TokenizerError::Missing`].
     pub fn from_info(info: Option<&TokenizerInfo>) -> Result<Self, TokenizerError> {
         let info = info.ok_or(TokenizerError::Missing)?;
-        let inner: tokenizers::Tokenizer = info
+        let inner: Inner = info
             .tokenizer_json
             .get()
             .parse()
