@@ -334,12 +334,13 @@ fn convert_command(args: ConvertArgs) -> Result<()> {
         println!("{report}");
         return Ok(());
     }
+    // A source that is not there at all is named as such before the flag is judged.
+    let spec = SourceSpec::parse(&source, args.revision.as_deref())?;
     if let Some(block) = args.gguf_i2s_block {
         anyhow::bail!(
             "--gguf-i2s-block {block} applies to GGUF input only, and {source} is not a GGUF file"
         );
     }
-    let spec = SourceSpec::parse(&source, args.revision.as_deref())?;
     let mut options = ConvertOptions::new(spec, output);
     options.hub = HubOptions::from_env();
     options.layout = match args.layout {

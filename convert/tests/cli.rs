@@ -874,6 +874,14 @@ fn the_i2s_block_size_is_read_from_the_data() {
         "{stderr}"
     );
     assert!(!d.join("x.bitnet").exists());
+    // A file that is not there is named as missing, whatever flags come with it.
+    let o = run(&d.join("missing.gguf"), "y.bitnet", Some("64"));
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("missing.gguf: no such file or directory"),
+        "{stderr}"
+    );
 }
 
 /// The file written is what the command writes, whatever the name: a name that says otherwise

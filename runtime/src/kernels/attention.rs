@@ -8,9 +8,9 @@
 //! operations. A model's hidden state therefore does not depend on the CPU: attention feeds the
 //! int8 activation quantization, which turns a last-bit difference into a whole quantization step.
 
-use super::KernelPath;
 #[cfg(target_arch = "x86_64")]
 use super::Isa;
+use super::KernelPath;
 use super::float::FloatKind;
 
 /// One KV head's rows in a cache: row `j` starts at byte `j · stride` of `data` and holds `dim`
