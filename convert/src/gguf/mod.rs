@@ -358,7 +358,8 @@ pub enum I2sBlockEvidence {
 ///
 /// 1. Padding (certain): a tensor whose element count is not a multiple of 128 ends in padding
 ///    codes of 0 at positions that depend on the block size; a reading that finds other codes
-///    there, or a size that does not fit, is excluded.
+///    there, or a size that does not fit, is excluded. (The 28 bytes after the scale are the same
+///    under both readings and ignored by both, so whatever bitnet.cpp left there decides nothing.)
 /// 2. Otherwise, the feed-forward units (statistical): in a trained model the number of non-zero
 ///    weights each unit reads (its rows of `ffn_up` and `ffn_gate`) and writes (its column of
 ///    `ffn_down`) are strongly correlated (0.67 to 0.88 per layer in the demo model). The wrong
