@@ -206,7 +206,7 @@ fn model_from_metadata(
         .or_else(|| (heads > 0).then(|| hidden / heads))
         .unwrap_or(0);
     let vocab_size = match f.tensor("token_embd.weight") {
-        Some(t) if t.dims.len() == 2 => u32::try_from(t.dims[1]).unwrap_or(0),
+        Some(t) if t.dims.len() >= 2 => u32::try_from(t.dims[1]).unwrap_or(0),
         _ => f.meta_u32(&key("vocab_size")).unwrap_or(0),
     };
     let rope_theta = match real("rope.freq_base") {
@@ -486,6 +486,19 @@ fn sha256_file(path: &Path, mut reader: impl Read) -> std::io::Result<SourceFile
     })
 }
 
+/// Whether GGUF dimensions (ggml order) give `shape` (outermost first). ggml pads every tensor to
+/// four dimensions with 1s, so llama.cpp takes `[K, N, 1]` for `[N, K]`, and no dimensions for one
+/// element: so does this.
+fn same_shape(dims: &[u64], shape: &[u64]) -> bool {
+    let trim = |mut d: Vec<u64>| {
+        while d.last() == Some(&1) {
+            d.pop();
+        }
+        d
+    };
+    trim(dims.to_vec()) == trim(shape.iter().rev().copied().collect())
+}
+
 fn is_projection(canonical: &str) -> Option<LayerTensor> {
     let suffix = canonical.strip_prefix("blk.")?.split_once('.')?.1;
     LayerTensor::ALL
@@ -751,7 +764,7 @@ fn plan<'a>(
             path: path.into(),
             detail: format!("tensor {gname} is missing"),
         })?;
-        if t.shape() != *shape {
+        if !same_shape(&t.dims, shape) {
             return Err(tensor_err(
                 &gname,
                 t.ggml_type,
@@ -852,6 +865,7 @@ fn plan<'a>(
         }
         Some(tk) => {
             notes.extend(tk.notes.iter().cloned());
+            warnings.extend(tk.warnings.iter().cloned());
             let compact =
                 serde_json::to_string(&tk.tokenizer_json).map_err(|e| GgufError::Tokenizer {
                     path: path.into(),
