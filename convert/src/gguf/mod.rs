@@ -82,7 +82,7 @@ pub enum GgufError {
     Model { path: PathBuf, detail: String },
     #[error("{path} already exists; pass --force to replace it")]
     OutputExists { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{}", crate::at_path(.path, .source))]
     Format {
         path: PathBuf,
         #[source]
