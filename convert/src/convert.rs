@@ -91,7 +91,7 @@ pub enum ConvertError {
     Quantize(#[from] QuantError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error("writing {path}: {source}")]
+    #[error("writing {}", crate::at_path(.path, .source))]
     Write {
         path: PathBuf,
         #[source]

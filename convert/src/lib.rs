@@ -26,3 +26,13 @@ pub use convert::{
 pub use plan::EmbeddingsChoice;
 pub use source::{HubOptions, SourceSpec};
 pub use summary::ConvertReport;
+
+/// `path: source`, or `source` alone when it already starts by naming `path` (as the `.bitnet`
+/// reader's errors do), so that a message names its file once.
+pub(crate) fn at_path(path: &std::path::Path, source: &dyn std::fmt::Display) -> String {
+    let (path, text) = (path.display().to_string(), source.to_string());
+    match text.strip_prefix(&path) {
+        Some(rest) if rest.starts_with(": ") || rest.starts_with(' ') => text,
+        _ => format!("{path}: {text}"),
+    }
+}

@@ -37,7 +37,7 @@ pub enum VerifyError {
         actual: f32,
         actual_bits: u32,
     },
-    #[error("{path}: {source}")]
+    #[error("{}", crate::at_path(.path, .source))]
     File {
         path: PathBuf,
         #[source]

@@ -723,6 +723,69 @@ fn a_gguf_import_prints_the_conversion_summary() {
     assert!(stdout.contains(&format!("({bytes_out})")), "{stdout}");
 }
 
+/// `bitnet-convert export-gguf SRC -o OUT --type i2_s` (bitnet.cpp's x86 layout, blocks of 128).
+fn export_i2s(d: &Path, src: &Path, out: &Path) {
+    let o = bin(d)
+        .arg("export-gguf")
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .args(["--type", "i2_s"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+}
+
+/// `bitnet-convert FIXTURE -o OUT`.
+fn convert_fixture(d: &Path, name: &str, out: &Path) {
+    let o = bin(d)
+        .arg(fixture(name))
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+}
+
+/// Rewrite each I2_S tensor of the GGUF file `bytes` with `edit(tensor bytes)`.
+fn edit_i2s(bytes: &mut [u8], mut edit: impl FnMut(&mut [u8])) {
+    let ranges: Vec<_> = {
+        let parsed = GgufFile::parse(bytes).unwrap();
+        parsed
+            .tensors
+            .iter()
+            .filter(|t| t.ggml_type == GGML_TYPE_I2_S)
+            .map(|t| parsed.range(t))
+            .collect()
+    };
+    assert!(!ranges.is_empty(), "the file has I2_S tensors");
+    for range in ranges {
+        edit(&mut bytes[range]);
+    }
+}
+
+/// The I2_S GGUF `g128` (blocks of 128) re-blocked as bitnet.cpp's ARM builds store it, as `g64`.
+fn reblock_to_64(g128: &Path, g64: &Path) {
+    let mut bytes = std::fs::read(g128).unwrap();
+    let dims: Vec<(u64, u64)> = GgufFile::parse(&bytes)
+        .unwrap()
+        .tensors
+        .iter()
+        .filter(|t| t.ggml_type == GGML_TYPE_I2_S)
+        .map(|t| (t.dims[0], t.dims[1]))
+        .collect();
+    let mut dims = dims.into_iter();
+    edit_i2s(&mut bytes, |data| {
+        let (cols, rows) = dims.next().unwrap();
+        let layout = |block| TernaryLayout::I2s { block };
+        let (values, scale) = ternary::unpack(layout(128), rows, cols, data).unwrap();
+        let repacked = ternary::pack(layout(64), rows, cols, &values, scale).unwrap();
+        assert_eq!(repacked.len(), data.len());
+        data.copy_from_slice(&repacked);
+    });
+    std::fs::write(g64, &bytes).unwrap();
+}
+
 /// `bitnet.cpp`'s I2_S of x86 (blocks of 128) and ARM (64) builds: the block size comes from the
 /// data when it shows it (padding; the feed-forward units of a trained model), a contradicting
 /// `--gguf-i2s-block` is refused naming the tensor, and data that cannot tell gives a warning.
@@ -739,39 +802,11 @@ fn the_i2s_block_size_is_read_from_the_data() {
         }
         c.output().unwrap()
     };
-    // The trained demo model, as bitnet.cpp's x86 build stores it.
+    // The trained demo model, as bitnet.cpp's x86 build stores it, and re-blocked as ARM's does.
     let g128 = d.join("demo-128.gguf");
-    let o = bin(d)
-        .arg("export-gguf")
-        .arg(root.join("testdata/demo/demo.bitnet"))
-        .arg("-o")
-        .arg(&g128)
-        .args(["--type", "i2_s"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
-    // The same, re-blocked as an ARM build stores it.
+    export_i2s(d, &root.join("testdata/demo/demo.bitnet"), &g128);
     let g64 = d.join("demo-64.gguf");
-    let mut bytes = std::fs::read(&g128).unwrap();
-    let parsed = GgufFile::parse(&bytes).unwrap();
-    let mut patches = Vec::new();
-    for t in parsed
-        .tensors
-        .iter()
-        .filter(|t| t.ggml_type == GGML_TYPE_I2_S)
-    {
-        let (cols, rows) = (t.dims[0], t.dims[1]);
-        let data = parsed.data(t);
-        let layout = |block| TernaryLayout::I2s { block };
-        let (values, scale) = ternary::unpack(layout(128), rows, cols, data).unwrap();
-        let repacked = ternary::pack(layout(64), rows, cols, &values, scale).unwrap();
-        assert_eq!(repacked.len(), data.len());
-        patches.push((parsed.range(t), repacked));
-    }
-    for (range, data) in patches {
-        bytes[range].copy_from_slice(&data);
-    }
-    std::fs::write(&g64, &bytes).unwrap();
+    reblock_to_64(&g128, &g64);
 
     let reference = BitnetFile::open(root.join("testdata/demo/demo.bitnet")).unwrap();
     for (src, block, wrong) in [(&g128, "128", "64"), (&g64, "64", "128")] {
@@ -811,23 +846,9 @@ fn the_i2s_block_size_is_read_from_the_data() {
 
     // Random weights (a fixture's): nothing to tell the layouts apart by, so a warning.
     let fixture_bitnet = d.join("fixture.bitnet");
-    let o = bin(d)
-        .arg(fixture("bitnet-2b4t"))
-        .arg("-o")
-        .arg(&fixture_bitnet)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
+    convert_fixture(d, "bitnet-2b4t", &fixture_bitnet);
     let random = d.join("random.gguf");
-    let o = bin(d)
-        .arg("export-gguf")
-        .arg(&fixture_bitnet)
-        .arg("-o")
-        .arg(&random)
-        .args(["--type", "i2_s"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
+    export_i2s(d, &fixture_bitnet, &random);
     let o = run(&random, "random.bitnet", None);
     let (_, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
@@ -840,23 +861,9 @@ fn the_i2s_block_size_is_read_from_the_data() {
 
     // Padding: the 1bitLLM fixture's 120 × 120 attn_q (14400 elements) only fits blocks of 128.
     let padded_bitnet = d.join("1bitllm.bitnet");
-    let o = bin(d)
-        .arg(fixture("bitnet-1bitllm"))
-        .arg("-o")
-        .arg(&padded_bitnet)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
+    convert_fixture(d, "bitnet-1bitllm", &padded_bitnet);
     let padded = d.join("1bitllm.gguf");
-    let o = bin(d)
-        .arg("export-gguf")
-        .arg(&padded_bitnet)
-        .arg("-o")
-        .arg(&padded)
-        .args(["--type", "i2_s"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
+    export_i2s(d, &padded_bitnet, &padded);
     let o = run(&padded, "padded.bitnet", Some("64"));
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
@@ -882,6 +889,85 @@ fn the_i2s_block_size_is_read_from_the_data() {
         stderr.contains("missing.gguf: no such file or directory"),
         "{stderr}"
     );
+}
+
+/// Every tensor of the `.bitnet` files `a` and `b` is the same: ternary values and scale bits,
+/// other tensors byte for byte.
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (fa, fb) = (BitnetFile::open(a).unwrap(), BitnetFile::open(b).unwrap());
+    assert_eq!(fa.tensors().len(), fb.tensors().len());
+    for ta in fa.tensors() {
+        let (va, vb) = (fa.view(ta), fb.tensor(&ta.name).unwrap());
+        assert_eq!(va.info.encoding, vb.info.encoding, "{}", ta.name);
+        match ta.encoding {
+            Encoding::Ternary(_) => {
+                let (xa, sa) = va.unpack_ternary().unwrap();
+                let (xb, sb) = vb.unpack_ternary().unwrap();
+                assert!(xa == xb, "{}: ternary values differ", ta.name);
+                assert_eq!(sa.to_bits(), sb.to_bits(), "{}: scale", ta.name);
+            }
+            _ => assert!(va.data == vb.data, "{}: bytes differ", ta.name),
+        }
+    }
+}
+
+/// bitnet.cpp's `llama-quantize` leaves the 28 bytes after each I2_S scale uninitialised: files
+/// whose tails hold arbitrary bytes (neither zero nor copies of the scale) import to exactly the
+/// clean file's tensors, and their block size is still read from the data: the feed-forward units
+/// of the demo model in both layouts, the padding of the 1bitLLM fixture's 120 × 120 matrices.
+#[test]
+fn i2s_tails_of_arbitrary_bytes_import_as_the_clean_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let g128 = d.join("demo-128.gguf");
+    export_i2s(d, &root.join("testdata/demo/demo.bitnet"), &g128);
+    let g64 = d.join("demo-64.gguf");
+    reblock_to_64(&g128, &g64);
+    let padded_bitnet = d.join("1bitllm.bitnet");
+    convert_fixture(d, "bitnet-1bitllm", &padded_bitnet);
+    let padded = d.join("1bitllm.gguf");
+    export_i2s(d, &padded_bitnet, &padded);
+
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut byte = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 24) as u8
+    };
+    for (clean, block, shown_by) in [
+        (&g128, 128, "blk.0.ffn_down.weight"),
+        (&g64, 64, "blk.0.ffn_down.weight"),
+        (&padded, 128, "blk.0.attn_q.weight"),
+    ] {
+        let mut bytes = std::fs::read(clean).unwrap();
+        edit_i2s(&mut bytes, |data| {
+            let (codes, tail) = data.split_at_mut(data.len() - 28);
+            tail.iter_mut().for_each(|b| *b = byte());
+            let scale = &codes[codes.len() - 4..];
+            assert!(tail.iter().any(|&b| b != 0) && tail[..4] != *scale);
+        });
+        let dirty = d.join(format!("dirty-{}", clean.file_name().unwrap().display()));
+        std::fs::write(&dirty, &bytes).unwrap();
+        let mut outputs = Vec::new();
+        for src in [clean, &dirty] {
+            let out = d.join(format!("{}.bitnet", src.file_name().unwrap().display()));
+            let o = bin(d).arg(src).arg("-o").arg(&out).output().unwrap();
+            let (_, stderr) = text(&o);
+            assert!(o.status.success(), "{}: {stderr}", src.display());
+            assert!(
+                stderr.contains(&format!(
+                    "I2_S read in blocks of {block}, as {shown_by} shows"
+                )),
+                "{}: {stderr}",
+                src.display()
+            );
+            assert!(!stderr.contains("warning:"), "{}: {stderr}", src.display());
+            outputs.push(out);
+        }
+        assert_same_tensors(&outputs[0], &outputs[1]);
+    }
 }
 
 /// The file written is what the command writes, whatever the name: a name that says otherwise

@@ -1,6 +1,6 @@
 //! The GGUF container (version 3, little-endian): header, metadata, tensor directory, aligned data.
 //!
-//! Reading and writing use `gguf-rs-lib` for everything it handles: the header
+//! Reading and writing use `gguf-rs-lib` for everything it handles: the header it writes
 //! ([`GGUFHeader`]), the typed metadata values ([`MetadataValue`], including nested arrays with its
 //! allocation budget), the value-type table ([`GGUFValueType`]) and the byte size of every standard
 //! ggml tensor type ([`GGUFTensorType`]).
@@ -21,6 +21,9 @@
 //!    architecture `bitnet-b1.58`, so their keys look like `bitnet-b1.58.block_count`; the crate's
 //!    metadata map rejects such keys. Here keys are read as UTF-8 strings (at most 65535 bytes, no
 //!    duplicates) and each value with [`MetadataValue::read_from`].
+//!
+//! The header is read here too, since the crate takes only version 3: version 2 is the same layout
+//! (3 only allowed big-endian files), and llama.cpp and the `gguf` package read both.
 //!
 //! Parsing never panics and allocates only what the input's own length can back: every count and
 //! length is checked against the bytes that remain before anything is reserved.
@@ -43,6 +46,10 @@ pub const GGML_TYPE_TQ1_0: u32 = 34;
 pub const GGML_TYPE_TQ2_0: u32 = 35;
 /// Alignment of tensor data when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// Key of the alignment of tensor data.
+pub const ALIGNMENT_KEY: &str = "general.alignment";
+/// GGUF versions read: 2 and 3 have the same little-endian layout (1 had 32-bit counts).
+const VERSIONS: [u32; 2] = [2, 3];
 /// Longest metadata key accepted.
 const MAX_KEY_LEN: u64 = 65_535;
 /// Longest tensor name accepted (ggml's own limit is 64).
@@ -79,10 +86,11 @@ pub fn tensor_size(ggml_type: u32, dims: &[u64]) -> Result<u64, String> {
     let t = GGUFTensorType::from_u32(ggml_type)
         .map_err(|_| format!("tensor type {} is not supported", type_name(ggml_type)))?;
     let block = t.block_size() as u64;
-    if block > 1 && dims.first().is_some_and(|d| d % block != 0) {
+    // A tensor of no dimensions is one element: its first dimension is 1, as in ggml.
+    let first = dims.first().copied().unwrap_or(1);
+    if block > 1 && first % block != 0 {
         return Err(format!(
-            "first dimension {} is not a multiple of {}'s block of {block}",
-            dims[0],
+            "first dimension {first} is not a multiple of {}'s block of {block}",
             t.name()
         ));
     }
@@ -95,7 +103,7 @@ pub fn tensor_size(ggml_type: u32, dims: &[u64]) -> Result<u64, String> {
 pub enum ContainerError {
     #[error("not a GGUF file (magic {found:02x?}, expected \"GGUF\")")]
     Magic { found: Vec<u8> },
-    #[error("GGUF version {0} is not supported (only version 3)")]
+    #[error("GGUF version {0} is not supported (versions 2 and 3 are){hint}", hint = endian_hint(*.0))]
     Version(u32),
     #[error("the file ends inside the {what}")]
     Truncated { what: String },
@@ -105,6 +113,15 @@ pub enum ContainerError {
     Tensor { name: String, detail: String },
     #[error("{0}")]
     Other(String),
+}
+
+/// A big-endian file's version reads as a multiple of 2^16 (llama.cpp says the same).
+fn endian_hint(version: u32) -> &'static str {
+    if version != 0 && version.trailing_zeros() >= 16 {
+        "; the file may be big-endian"
+    } else {
+        ""
+    }
 }
 
 /// One entry of the tensor directory.
@@ -189,6 +206,28 @@ impl<'a> Input<'a> {
     }
 }
 
+/// A metadata value as an integer, whatever its integer type (`None`: not an integer, or negative).
+pub fn integer(value: &MetadataValue) -> Option<u64> {
+    value
+        .as_u64()
+        .or_else(|| value.as_i64().and_then(|v| u64::try_from(v).ok()))
+}
+
+/// The alignment of tensor data `metadata` declares: `general.alignment` (a positive integer of
+/// any integer type: llama.cpp takes a u32 power of two, the `gguf` package any u32; the value
+/// alone places the data) or, without it, 32.
+pub fn alignment(metadata: &[(String, MetadataValue)]) -> Result<u64, ContainerError> {
+    match metadata.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some((k, v)) => integer(v)
+            .filter(|&a| a > 0 && a <= u32::MAX as u64)
+            .ok_or_else(|| ContainerError::Metadata {
+                key: k.clone(),
+                detail: format!("must be a positive integer of at most 32 bits, not {v:?}"),
+            }),
+    }
+}
+
 /// The smallest number of bytes a metadata value of this type can occupy (for count checks).
 fn min_value_len(t: GGUFValueType) -> u64 {
     match t {
@@ -268,29 +307,27 @@ impl<'a> GgufFile<'a> {
                 found: bytes[..bytes.len().min(4)].to_vec(),
             });
         }
-        if bytes.len() < 24 {
-            return Err(truncated("header"));
-        }
-        let mut header_bytes = &bytes[..24];
-        let header = GGUFHeader::read_from(&mut header_bytes).map_err(|e| match e {
-            gguf_rs_lib::GGUFError::UnsupportedVersion(v) => ContainerError::Version(v),
-            other => ContainerError::Other(format!("header: {other}")),
-        })?;
         let mut input = Input {
             cursor: Cursor::new(bytes),
         };
-        input.cursor.set_position(24);
+        input.cursor.set_position(4);
+        let version = input.u32("header")?;
+        if !VERSIONS.contains(&version) {
+            return Err(ContainerError::Version(version));
+        }
+        let tensor_count = input.u64("header")?;
+        let metadata_kv_count = input.u64("header")?;
 
         // Each metadata entry takes at least 12 bytes, each tensor entry at least 24.
-        if header.metadata_kv_count > input.remaining() / 12 {
+        if metadata_kv_count > input.remaining() / 12 {
             return Err(ContainerError::Other(format!(
                 "the header announces {} metadata entries, more than the file can hold",
-                header.metadata_kv_count
+                metadata_kv_count
             )));
         }
         let mut metadata: Vec<(String, MetadataValue)> = Vec::new();
         let mut keys = HashSet::new();
-        for i in 0..header.metadata_kv_count {
+        for i in 0..metadata_kv_count {
             let key = input.string(MAX_KEY_LEN, &format!("key of metadata entry {i}"))?;
             let meta_err = |detail: String| ContainerError::Metadata {
                 key: key.clone(),
@@ -316,26 +353,17 @@ impl<'a> GgufFile<'a> {
             metadata.push((key, value));
         }
 
-        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some((_, MetadataValue::U32(a))) if *a > 0 && a % 8 == 0 => *a as u64,
-            Some((k, v)) => {
-                return Err(ContainerError::Metadata {
-                    key: k.clone(),
-                    detail: format!("must be a u32 multiple of 8, not {v:?}"),
-                });
-            }
-        };
+        let alignment = alignment(&metadata)?;
 
-        if header.tensor_count > input.remaining() / 24 {
+        if tensor_count > input.remaining() / 24 {
             return Err(ContainerError::Other(format!(
                 "the header announces {} tensors, more than the file can hold",
-                header.tensor_count
+                tensor_count
             )));
         }
         let mut tensors = Vec::new();
         let mut by_name = HashMap::new();
-        for i in 0..header.tensor_count {
+        for i in 0..tensor_count {
             let name = input.string(MAX_NAME_LEN, &format!("name of tensor {i}"))?;
             let tensor_err = |detail: String| ContainerError::Tensor {
                 name: name.clone(),
@@ -345,10 +373,11 @@ impl<'a> GgufFile<'a> {
                 return Err(tensor_err("appears twice in the tensor directory".into()));
             }
             let what = format!("directory entry of tensor {name:?}");
+            // 0 dimensions is a scalar (one element), as llama.cpp reads it.
             let n_dims = input.u32(&what)?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
+            if n_dims > MAX_DIMS {
                 return Err(tensor_err(format!(
-                    "{n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+                    "{n_dims} dimensions (at most {MAX_DIMS} allowed)"
                 )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
@@ -398,7 +427,7 @@ impl<'a> GgufFile<'a> {
             }
         }
         Ok(GgufFile {
-            version: header.version,
+            version,
             metadata,
             tensors,
             alignment,
@@ -451,7 +480,7 @@ pub fn array(element_type: GGUFValueType, values: Vec<MetadataValue>) -> Metadat
 
 /// Write a GGUF file atomically (a temporary file beside `dest`, renamed when complete):
 /// `metadata` in the order given, then the tensor directory, then each tensor's bytes as returned
-/// by `produce(i)` for tensor `i`, each aligned to 32 bytes.
+/// by `produce(i)` for tensor `i`, each aligned as `metadata` says ([`alignment`]).
 pub fn write<E: From<std::io::Error> + From<String>>(
     dest: &Path,
     metadata: &[(String, MetadataValue)],
@@ -462,7 +491,7 @@ pub fn write<E: From<std::io::Error> + From<String>>(
     let (file, partial) = bitnet_format::partial::PartialFile::create(dest)?;
     let mut out = std::io::BufWriter::new(&file);
     let lib = |e: gguf_rs_lib::GGUFError| E::from(format!("writing GGUF: {e}"));
-    let align = DEFAULT_ALIGNMENT;
+    let align = alignment(metadata).map_err(|e| E::from(e.to_string()))?;
 
     let mut head = Vec::new();
     GGUFHeader::new(tensors.len() as u64, metadata.len() as u64)

@@ -82,7 +82,7 @@ pub enum GgufError {
     Model { path: PathBuf, detail: String },
     #[error("{path} already exists; pass --force to replace it")]
     OutputExists { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{}", crate::at_path(.path, .source))]
     Format {
         path: PathBuf,
         #[source]
@@ -206,7 +206,7 @@ fn model_from_metadata(
         .or_else(|| (heads > 0).then(|| hidden / heads))
         .unwrap_or(0);
     let vocab_size = match f.tensor("token_embd.weight") {
-        Some(t) if t.dims.len() == 2 => u32::try_from(t.dims[1]).unwrap_or(0),
+        Some(t) if t.dims.len() >= 2 => u32::try_from(t.dims[1]).unwrap_or(0),
         _ => f.meta_u32(&key("vocab_size")).unwrap_or(0),
     };
     let rope_theta = match real("rope.freq_base") {
@@ -358,7 +358,8 @@ pub enum I2sBlockEvidence {
 ///
 /// 1. Padding (certain): a tensor whose element count is not a multiple of 128 ends in padding
 ///    codes of 0 at positions that depend on the block size; a reading that finds other codes
-///    there, or a size that does not fit, is excluded.
+///    there, or a size that does not fit, is excluded. (The 28 bytes after the scale are the same
+///    under both readings and ignored by both, so whatever bitnet.cpp left there decides nothing.)
 /// 2. Otherwise, the feed-forward units (statistical): in a trained model the number of non-zero
 ///    weights each unit reads (its rows of `ffn_up` and `ffn_gate`) and writes (its column of
 ///    `ffn_down`) are strongly correlated (0.67 to 0.88 per layer in the demo model). The wrong
@@ -483,6 +484,19 @@ fn sha256_file(path: &Path, mut reader: impl Read) -> std::io::Result<SourceFile
             .map(|b| format!("{b:02x}"))
             .collect(),
     })
+}
+
+/// Whether GGUF dimensions (ggml order) give `shape` (outermost first). ggml pads every tensor to
+/// four dimensions with 1s, so llama.cpp takes `[K, N, 1]` for `[N, K]`, and no dimensions for one
+/// element: so does this.
+fn same_shape(dims: &[u64], shape: &[u64]) -> bool {
+    let trim = |mut d: Vec<u64>| {
+        while d.last() == Some(&1) {
+            d.pop();
+        }
+        d
+    };
+    trim(dims.to_vec()) == trim(shape.iter().rev().copied().collect())
 }
 
 fn is_projection(canonical: &str) -> Option<LayerTensor> {
@@ -750,7 +764,7 @@ fn plan<'a>(
             path: path.into(),
             detail: format!("tensor {gname} is missing"),
         })?;
-        if t.shape() != *shape {
+        if !same_shape(&t.dims, shape) {
             return Err(tensor_err(
                 &gname,
                 t.ggml_type,
@@ -851,6 +865,7 @@ fn plan<'a>(
         }
         Some(tk) => {
             notes.extend(tk.notes.iter().cloned());
+            warnings.extend(tk.warnings.iter().cloned());
             let compact =
                 serde_json::to_string(&tk.tokenizer_json).map_err(|e| GgufError::Tokenizer {
                     path: path.into(),

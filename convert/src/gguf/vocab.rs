@@ -18,7 +18,7 @@ use gguf_rs_lib::format::metadata::MetadataValue;
 use gguf_rs_lib::format::types::GGUFValueType;
 use serde_json::{Value, json};
 
-use super::container::{array, string};
+use super::container::{array, integer, string};
 use crate::tokenizer::sentencepiece::{self, Piece, PieceType, SentencePieceModel};
 
 /// The Llama 3 pre-tokenizer regex (llama.cpp's `llama-bpe`).
@@ -48,8 +48,9 @@ pub trait Meta {
         }
     }
 
+    /// An integer of any integer type that fits in u32 (llama.cpp wants u32; the value is what counts).
     fn meta_u32(&self, key: &str) -> Option<u32> {
-        self.meta(key)?.as_u64().and_then(|v| u32::try_from(v).ok())
+        integer(self.meta(key)?).and_then(|v| u32::try_from(v).ok())
     }
 
     fn meta_bool(&self, key: &str) -> Option<bool> {
@@ -74,6 +75,8 @@ pub struct ImportedTokenizer {
     pub pad_token_id: Option<u32>,
     pub add_bos_token: bool,
     pub notes: Vec<String>,
+    /// What may make the tokenizer behave otherwise than its writer meant.
+    pub warnings: Vec<String>,
 }
 
 fn strings(v: &[MetadataValue], key: &str) -> Result<Vec<String>, String> {
@@ -115,17 +118,24 @@ pub fn import(m: &impl Meta) -> Result<Option<ImportedTokenizer>, String> {
         None => vec![NORMAL; n],
     };
     let mut notes = Vec::new();
-    let bos = m.meta_u32("tokenizer.ggml.bos_token_id");
-    let eos = m.meta_u32("tokenizer.ggml.eos_token_id");
-    let eot = m.meta_u32("tokenizer.ggml.eot_token_id");
-    let pad = m.meta_u32("tokenizer.ggml.padding_token_id");
-    for (what, id) in [("bos", bos), ("eos", eos), ("eot", eot), ("padding", pad)] {
-        if let Some(id) = id.filter(|&id| id as usize >= n) {
-            return Err(format!(
-                "tokenizer.ggml.{what}_token_id {id} is outside the {n} tokens"
-            ));
+    let mut warnings = Vec::new();
+    // An id outside the vocabulary is ignored, as llama.cpp does ("bad special token"): the
+    // weights do not depend on it.
+    let mut special = |what: &str| {
+        let key = format!("tokenizer.ggml.{what}_token_id");
+        let id = m.meta_u32(&key)?;
+        if (id as usize) < n {
+            return Some(id);
         }
-    }
+        warnings.push(format!(
+            "{key} {id} is outside the {n} tokens: ignored, as llama.cpp does"
+        ));
+        None
+    };
+    let bos = special("bos");
+    let eos = special("eos");
+    let eot = special("eot");
+    let pad = special("padding");
     let add_bos = m
         .meta_bool("tokenizer.ggml.add_bos_token")
         .unwrap_or(kind == "llama");
@@ -205,6 +215,7 @@ pub fn import(m: &impl Meta) -> Result<Option<ImportedTokenizer>, String> {
         pad_token_id: pad,
         add_bos_token: add_bos,
         notes,
+        warnings,
     }))
 }
 
@@ -301,8 +312,10 @@ fn spm_json(
             .collect::<Result<_, _>>()?,
         _ => return Err("tokenizer.ggml.scores is missing or has the wrong length".into()),
     };
+    let in_range = |v: u32| (v as usize) < tokens.len();
     let id = |key: &str, fallback: &str| -> i32 {
         m.meta_u32(key)
+            .filter(|&v| in_range(v))
             .map(|v| v as i32)
             .or_else(|| tokens.iter().position(|t| t == fallback).map(|i| i as i32))
             .unwrap_or(-1)
@@ -350,6 +363,7 @@ fn spm_json(
         eos_id: id("tokenizer.ggml.eos_token_id", "</s>"),
         pad_id: m
             .meta_u32("tokenizer.ggml.padding_token_id")
+            .filter(|&v| in_range(v))
             .map(|v| v as i32)
             .unwrap_or(-1),
         normalizer_name: "identity".into(),
