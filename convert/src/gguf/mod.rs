@@ -243,17 +243,18 @@ fn model_from_metadata(
             }
         },
         _ => {
+            // Informative only. bitnet.cpp's Falcon-E files say so by their pre-tokenizer.
             let name = f.meta_str("general.name").unwrap_or("").to_lowercase();
-            let falcon = name.contains("falcon");
-            (
-                Activation::Silu,
-                false,
-                if falcon {
-                    "falcon3-bitnet"
-                } else {
-                    "llama-bitnet"
-                },
-            )
+            let family = if f.meta_str("tokenizer.ggml.pre") == Some("falcon_e")
+                || crate::family::is_falcon_e_name(&name)
+            {
+                "falcon-e"
+            } else if name.contains("falcon") {
+                "falcon3-bitnet"
+            } else {
+                "llama-bitnet"
+            };
+            (Activation::Silu, false, family)
         }
     };
     let config = ModelConfig {
