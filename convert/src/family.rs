@@ -16,6 +16,8 @@ pub enum Family {
     LlamaBitnet,
     /// tiiuae/Falcon3-*-1.58bit (also `LlamaForCausalLM` + `quant_method: bitnet`).
     Falcon3Bitnet,
+    /// tiiuae/Falcon-E-* (Falcon-Edge; also `LlamaForCausalLM` + `quant_method: bitnet`).
+    FalconE,
 }
 
 impl Family {
@@ -26,6 +28,7 @@ impl Family {
             Family::OneBitLlm => "bitnet-1bitllm",
             Family::LlamaBitnet => "llama-bitnet",
             Family::Falcon3Bitnet => "falcon3-bitnet",
+            Family::FalconE => "falcon-e",
         }
     }
 }
@@ -33,7 +36,25 @@ impl Family {
 /// What the list of supported architectures says in errors.
 pub const SUPPORTED: &str = "BitNetForCausalLM (microsoft/bitnet-b1.58-2B-4T, -2B-4T-bf16), \
 BitnetForCausalLM (1bitLLM/bitnet_b1_58-large, -3B), LlamaForCausalLM with quantization_config \
-quant_method \"bitnet\" (HF1BitLLM/Llama3-8B-1.58-100B-tokens, tiiuae/Falcon3-*-1.58bit)";
+quant_method \"bitnet\" (HF1BitLLM/Llama3-8B-1.58-100B-tokens, tiiuae/Falcon3-*-1.58bit, tiiuae/Falcon-E-*)";
+
+/// Whether a repo id, directory or model name names Falcon-E (Falcon-Edge): `falcon-e` or
+/// `falcon_e` not followed by a letter or digit, in any case, e.g. `tiiuae/Falcon-E-1B-Instruct`,
+/// `models--tiiuae--Falcon-E-3B-Base`, `falcon_e`; or `falcon-edge`.
+pub fn is_falcon_e_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    if name.contains("falcon-edge") {
+        return true;
+    }
+    ["falcon-e", "falcon_e"].iter().any(|stem| {
+        name.match_indices(stem).any(|(i, _)| {
+            !name[i + stem.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+        })
+    })
+}
 
 /// How a packed checkpoint's `weight_scale` relates to the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +104,8 @@ pub enum ConfigError {
     UnsupportedRopeScaling { kind: String },
 }
 
-/// Read `config.json`. `name_hint` (repo id or directory) helps tell Falcon3 from Llama, which is
-/// informative only.
+/// Read `config.json`. `name_hint` (repo id or directory name) helps tell Falcon-E and Falcon3
+/// from Llama, which is informative only: the three are converted and run alike.
 ///
 /// Defaults, each reported in [`ModelSpec::notes`] when used: `num_key_value_heads` = number of
 /// attention heads; `head_dim` = hidden / heads; `rope_theta` = 10000 for `BitnetForCausalLM` and
@@ -137,7 +158,9 @@ pub fn from_config(config: &Value, name_hint: &str) -> Result<ModelSpec, ConfigE
         let falcon = explicit_head_dim
             || name.contains("falcon")
             || name_hint.to_ascii_lowercase().contains("falcon");
-        if falcon {
+        if is_falcon_e_name(&name) || is_falcon_e_name(name_hint) {
+            (Family::FalconE, "LlamaForCausalLM")
+        } else if falcon {
             (Family::Falcon3Bitnet, "LlamaForCausalLM")
         } else {
             (Family::LlamaBitnet, "LlamaForCausalLM")
@@ -360,6 +383,28 @@ mod tests {
         assert!(!spec.config.sub_norms);
         let spec = from_config(&base(), "tiiuae/Falcon3-3B-Instruct-1.58bit").unwrap();
         assert_eq!(spec.family, Family::Falcon3Bitnet);
+        for hint in [
+            "tiiuae/Falcon-E-1B-Instruct",
+            "models--tiiuae--Falcon-E-3B-Base",
+            "falcon-e",
+            "my_falcon_e",
+        ] {
+            let spec = from_config(&base(), hint).unwrap();
+            assert_eq!(spec.family, Family::FalconE, "{hint}");
+            assert_eq!(spec.scale_rule, ScaleRule::Divide, "{hint}");
+            assert!(!spec.config.sub_norms, "{hint}");
+        }
+        let mut c = base();
+        c["_name_or_path"] = json!("tiiuae/Falcon-E-1B-Base");
+        assert_eq!(from_config(&c, "x").unwrap().family, Family::FalconE);
+        // Not Falcon-E: Falcon3 names, and words that merely start like it.
+        for hint in ["tiiuae/Falcon3-1B-Instruct-1.58bit", "falcon-eval-runs"] {
+            assert_eq!(
+                from_config(&base(), hint).unwrap().family,
+                Family::Falcon3Bitnet,
+                "{hint}"
+            );
+        }
         let mut c = base();
         c["head_dim"] = json!(32);
         let spec = from_config(&c, "x").unwrap();

@@ -1,6 +1,7 @@
 //! A tokenizer rebuilt from GGUF `tokenizer.ggml.*` metadata (without the exact
 //! `tokenizer.huggingface.json`) tokenizes exactly like the original: byte-level BPE with the
-//! Llama 3 pre-tokenizer (the 2B-4T fixture's `tokenizer.json`) and SentencePiece (the 1bitLLM
+//! Llama 3 pre-tokenizer (the 2B-4T fixture's `tokenizer.json`), with Falcon-E's `falcon_e` one
+//! (the falcon-e fixture's `tokenizer.json` and transformers' ids), and SentencePiece (the 1bitLLM
 //! fixture, against Python sentencepiece's ids).
 
 use std::path::{Path, PathBuf};
@@ -89,6 +90,58 @@ fn byte_level_bpe_from_gguf_metadata_tokenizes_like_the_original() {
     assert_eq!(rebuilt.chat_template, original.chat_template);
     assert_eq!(rebuilt.bos_token_id, original.bos_token_id);
     assert_eq!(rebuilt.eos_token_ids, original.eos_token_ids);
+    assert_eq!(rebuilt.add_bos_token, original.add_bos_token);
+}
+
+#[test]
+fn falcon_e_pre_tokenizer_travels_as_falcon_e_and_tokenizes_like_the_original() {
+    let (original, rebuilt) = through_gguf("falcon-e");
+    let reference = Tokenizer::from_file(fixture("falcon-e").join("tokenizer.json")).unwrap();
+    let ours = Tokenizer::from_str(rebuilt.tokenizer_json.get()).unwrap();
+    let falcon_texts = [
+        "In 2024, 3 models: 1024/2048 tokens; x^2+y^2=z^2 ~ $5 | `a` <=> b!!",
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+        "…«quotes» and ½ ² ³ ١٢٣ digits",
+        "!!!??? ... ---",
+    ];
+    for text in TEXTS.iter().chain(&falcon_texts) {
+        for special in [false, true] {
+            let want = reference.encode(*text, special).unwrap();
+            let got = ours.encode(*text, special).unwrap();
+            assert_eq!(got.get_ids(), want.get_ids(), "{text:?} special={special}");
+            assert_eq!(
+                ours.decode(got.get_ids(), false).unwrap(),
+                reference.decode(want.get_ids(), false).unwrap()
+            );
+        }
+    }
+    // Transformers' ids for the fixture's example and chat (no BOS: add_bos_token is false).
+    let reference_json: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("falcon-e").join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    let example = &reference_json["tokenizer_example"];
+    let chat: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("falcon-e").join("chat.json")).unwrap(),
+    )
+    .unwrap();
+    for (text, want) in [
+        (&example["text"], &example["ids_without_special_tokens"]),
+        (&chat["rendered"], &chat["token_ids"]),
+    ] {
+        let want: Vec<u32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let text = text.as_str().unwrap();
+        assert_eq!(ours.encode(text, true).unwrap().get_ids(), want, "{text:?}");
+    }
+    assert_eq!(rebuilt.chat_template, original.chat_template);
+    assert_eq!(rebuilt.bos_token_id, original.bos_token_id);
+    assert_eq!(rebuilt.eos_token_ids, original.eos_token_ids);
+    assert_eq!(rebuilt.pad_token_id, original.pad_token_id);
     assert_eq!(rebuilt.add_bos_token, original.add_bos_token);
 }
 

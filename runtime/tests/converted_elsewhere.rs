@@ -1,5 +1,5 @@
 //! Files converted on another machine run here: bitnet.cpp's most reported ARM failure is a model
-//! file made on x86 giving garbage on ARM. CI converts the five family fixtures on x86-64 with the
+//! file made on x86 giving garbage on ARM. CI converts the six family fixtures on x86-64 with the
 //! native `bitnet-convert`, in several layouts, into a directory named by `BITNET_CONVERTED_DIR`
 //! (files `<fixture>.<layout>.bitnet`), then runs this test on AArch64 under emulation: every file,
 //! on every kernel path the CPU has, must give transformers' logits (the same bounds as
@@ -23,12 +23,13 @@ const F32_CACHE: KvTypes = KvTypes {
     values: KvType::F32,
 };
 
-const FIXTURES: [&str; 5] = [
+const FIXTURES: [&str; 6] = [
     "bitnet-2b4t",
     "bitnet-2b4t-bf16",
     "bitnet-1bitllm",
     "llama3-bitnet",
     "falcon3-bitnet",
+    "falcon-e",
 ];
 
 /// The converter's default on x86-64, the NEON-sized one, and bitnet.cpp's I2_S (repacked at load).

@@ -54,6 +54,16 @@ fn expect(name: &str) -> Expect {
             eos: &[11],
             add_bos: false,
         },
+        // config.json eos, then generation_config.json's <|im_end|>; no BOS added (GPT-2-style
+        // post-processor).
+        "falcon-e" => Expect {
+            family: "falcon-e",
+            tied: false,
+            sub_norms: false,
+            bos: 0,
+            eos: &[0, 2],
+            add_bos: false,
+        },
         other => panic!("unknown fixture {other}"),
     }
 }
@@ -661,8 +671,10 @@ fn the_independent_spec_reader_accepts_every_converted_file() {
         let out = dir.path().join(format!("{name}.bitnet"));
         let mut o = options(&fixture(name), &out);
         // Vary the layout and the embedding encoding across the families.
-        o.layout =
-            TernaryLayout::from_label(["tiled16", "i2s", "tiled4", "i2s64", "tiled32"][i]).unwrap();
+        o.layout = TernaryLayout::from_label(
+            ["tiled16", "i2s", "tiled4", "i2s64", "tiled32", "tiled8"][i],
+        )
+        .unwrap();
         if name.starts_with("llama3") {
             o.embeddings = EmbeddingsChoice::I8;
         }

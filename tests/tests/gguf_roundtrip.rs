@@ -4,7 +4,9 @@
 //! scales rounded to f16, values exact), and refuse the fixtures' K naming the tensor; the
 //! Llama-architecture RoPE row permutation is undone on import; `q4_b32` embeddings travel as Q4_0
 //! and come back byte for byte; bad files fail with errors that name what is wrong, and the parser
-//! survives truncated and corrupted input.
+//! survives truncated and corrupted input; a Falcon-E file laid out as bitnet.cpp publishes it
+//! (`llama`, I2_S, f16 embeddings, `falcon_e` pre-tokenizer, no `tokenizer.huggingface.json`)
+//! imports and gives transformers' logits and tokens.
 
 mod convert_support;
 
@@ -19,7 +21,7 @@ use bitnet_format::{
     Activation, BitnetFile, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig,
     Provenance, Source, TensorSpec, TernaryLayout, TokenizerInfo, ternary,
 };
-use convert_support::{FIXTURES, convert_dir, fixture, options};
+use convert_support::{FIXTURES, convert_dir, fixture, options, read_json, read_npy};
 use gguf_rs_lib::format::metadata::MetadataValue;
 
 fn export(input: &Path, output: &Path, ty: ExportType) -> gguf::ExportReport {
@@ -105,6 +107,141 @@ fn every_family_fixture_round_trips_through_i2s_bit_exactly() {
                 "{err}"
             );
             assert!(!dir.path().join("x.gguf").exists());
+        }
+    }
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// tiiuae/Falcon-E-*-GGUF ships bitnet.cpp's `ggml-model-i2_s.gguf`: architecture `llama`, I2_S
+/// projections, f16 `token_embd`/`output`, `tokenizer.ggml.pre = "falcon_e"` and no
+/// `tokenizer.huggingface.json`. Our export of the Falcon-E fixture is written that way; imported
+/// back, with the tokenizer rebuilt from `tokenizer.ggml.*`, it must give transformers' logits and
+/// tokenize as transformers' tokenizer did.
+#[test]
+fn a_falcon_e_gguf_as_bitnet_cpp_writes_it_runs_like_transformers() {
+    use bitnet_run::kernels::KernelPath;
+    use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
+    use bitnet_run::sampling::argmax;
+    use bitnet_run::tokenizer::Tokenizer;
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("falcon-e.bitnet");
+    let mut o = options(&fixture("falcon-e"), &src);
+    o.embeddings = EmbeddingsChoice::F16;
+    bitnet_convert::convert(&o).unwrap();
+    let g = dir.path().join("ggml-model-i2_s.gguf");
+    let mut e = ExportOptions::new(&src, &g, ExportType::I2s);
+    e.embed_hf_tokenizer = false;
+    let exported = gguf::export_gguf(&e).unwrap();
+    assert!(
+        exported.notes.iter().any(|n| n.contains("falcon_e")),
+        "{:?}",
+        exported.notes
+    );
+    let bytes = std::fs::read(&g).unwrap();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let text = |k: &str| match file.get(k) {
+        Some(MetadataValue::String(s)) => s.clone(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(text("general.architecture"), "llama");
+    assert_eq!(text("tokenizer.ggml.model"), "gpt2");
+    assert_eq!(text("tokenizer.ggml.pre"), "falcon_e");
+    assert!(file.get("tokenizer.huggingface.json").is_none());
+    assert_eq!(file.tensor("token_embd.weight").unwrap().ggml_type, 1);
+    assert_eq!(file.tensor("output.weight").unwrap().ggml_type, 1);
+    assert_eq!(file.tensor("blk.1.ffn_down.weight").unwrap().ggml_type, 36);
+    drop(file);
+
+    // The family comes from the pre-tokenizer, not from general.name.
+    let renamed = dir.path().join("renamed.gguf");
+    edited(&g, &renamed, |meta, _| {
+        for (k, v) in meta.iter_mut() {
+            if k == "general.name" {
+                *v = container::string("ggml-model-i2_s");
+            }
+        }
+    });
+    let back = dir.path().join("back.bitnet");
+    let imported = import(&renamed, &back);
+    assert!(
+        imported.summary.notes.iter().any(|n| n.contains("rebuilt")),
+        "{:?}",
+        imported.summary.notes
+    );
+    let file = BitnetFile::open(&back).unwrap();
+    assert_eq!(file.header().model.family, "falcon-e");
+    assert_eq!(
+        file.header().model,
+        BitnetFile::open(&src).unwrap().header().model
+    );
+
+    let reference = read_json(&fixture("falcon-e").join("reference.json"));
+    let tok = Tokenizer::from_info(file.header().tokenizer.as_ref()).unwrap();
+    let example = &reference["tokenizer_example"];
+    let example_text = example["text"].as_str().unwrap();
+    assert_eq!(
+        tok.encode_prompt(example_text).unwrap(),
+        ids(&example["ids_with_special_tokens"])
+    );
+    let chat = read_json(&fixture("falcon-e").join("chat.json"));
+    assert_eq!(
+        tok.encode(chat["rendered"].as_str().unwrap(), false)
+            .unwrap(),
+        ids(&chat["token_ids"])
+    );
+
+    let f32_cache = KvTypes {
+        keys: KvType::F32,
+        values: KvType::F32,
+    };
+    for path in KernelPath::available() {
+        let model = Model::load(BitnetFile::open(&back).unwrap(), path, 2).unwrap();
+        let vocab = model.config.vocab_size as usize;
+        for seq in reference["sequences"].as_array().unwrap() {
+            let tokens = ids(&seq["token_ids"]);
+            let (shape, want) =
+                read_npy(&fixture("falcon-e").join(seq["logits_file"].as_str().unwrap()));
+            assert_eq!(shape, [tokens.len(), vocab]);
+            let got = Session::new(&model, tokens.len(), f32_cache)
+                .forward(&tokens, Logits::All)
+                .unwrap();
+            let max = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            let mean = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .sum::<f64>()
+                / got.len() as f64;
+            let agree = (0..tokens.len())
+                .filter(|&t| {
+                    let w: Vec<f32> = want[t * vocab..(t + 1) * vocab]
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect();
+                    argmax(&got[t * vocab..(t + 1) * vocab]) == argmax(&w)
+                })
+                .count() as f64
+                / tokens.len() as f64;
+            let label = format!("{:?} {path:?}", seq["name"]);
+            // The same bounds as tests/tests/runtime_fixtures.rs.
+            if tokens.len() <= 16 {
+                assert!(max < 1e-3, "{label}: max |Δ| {max}");
+            } else {
+                assert!(agree >= 0.9, "{label}: argmax agreement {agree}");
+                assert!(mean < 1e-2, "{label}: mean |Δ| {mean}");
+            }
         }
     }
 }

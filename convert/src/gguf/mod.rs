@@ -15,7 +15,7 @@
 //! |---|---|---|---|
 //! | `bitnet-b1.58`, `bitnet-25` | bitnet.cpp (2B-4T) | sub-norms, ReLU² | as Hugging Face (rotate-half) |
 //! | `bitnet` | llama.cpp and bitnet.cpp (1bitLLM; 2B-4T with `bitnet.hidden_act = relu2`) | sub-norms, SiLU unless `hidden_act` says otherwise | as Hugging Face |
-//! | `llama` | both (Llama3-8B-1.58, Falcon3-1.58bit) | no sub-norms, SiLU | llama.cpp's interleaved pairs: permuted on export, un-permuted on import |
+//! | `llama` | both (Llama3-8B-1.58, Falcon3-1.58bit, Falcon-E) | no sub-norms, SiLU | llama.cpp's interleaved pairs: permuted on export, un-permuted on import |
 
 pub mod blocks;
 pub mod codec;
@@ -243,17 +243,18 @@ fn model_from_metadata(
             }
         },
         _ => {
+            // Informative only. bitnet.cpp's Falcon-E files say so by their pre-tokenizer.
             let name = f.meta_str("general.name").unwrap_or("").to_lowercase();
-            let falcon = name.contains("falcon");
-            (
-                Activation::Silu,
-                false,
-                if falcon {
-                    "falcon3-bitnet"
-                } else {
-                    "llama-bitnet"
-                },
-            )
+            let family = if f.meta_str("tokenizer.ggml.pre") == Some("falcon_e")
+                || crate::family::is_falcon_e_name(&name)
+            {
+                "falcon-e"
+            } else if name.contains("falcon") {
+                "falcon3-bitnet"
+            } else {
+                "llama-bitnet"
+            };
+            (Activation::Silu, false, family)
         }
     };
     let config = ModelConfig {

@@ -2,8 +2,9 @@
 //!
 //! Import: `tokenizer.huggingface.json`, when the file has it, is used as is (exact). Otherwise the
 //! document is rebuilt from `tokenizer.ggml.*`:
-//! - `model = "gpt2"` (byte-level BPE): vocabulary from the tokens of type normal, byte, unknown;
-//!   control tokens become special added tokens, user-defined ones non-special added tokens,
+//! - `model = "gpt2"` (byte-level BPE): vocabulary from the tokens of type normal, byte, unknown,
+//!   and from control and user-defined tokens placed before one of those; control tokens are
+//!   special added tokens, user-defined ones non-special added tokens (each keeps its id);
 //!   unused `[PAD…]` fillers are dropped; merges from `tokenizer.ggml.merges`; the pre-tokenizer
 //!   named by `tokenizer.ggml.pre` (table [`PRE_TOKENIZERS`]; another name is an error naming it).
 //! - `model = "llama"` (SentencePiece BPE): the same document the converter makes from a
@@ -25,7 +26,19 @@ use crate::tokenizer::sentencepiece::{self, Piece, PieceType, SentencePieceModel
 pub const LLAMA3_REGEX: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 /// `tokenizer.ggml.pre` names this importer understands.
-pub const PRE_TOKENIZERS: &[&str] = &["llama-bpe", "llama3", "default", "gpt2"];
+pub const PRE_TOKENIZERS: &[&str] = &["llama-bpe", "llama3", "default", "gpt2", "falcon_e"];
+
+/// Falcon-E's pre-tokenizer (`falcon_e`) as `tokenizer.json` writes it: punctuation runs, the GPT-2
+/// regex, single digits. This is the Hugging Face form of the three regexes llama.cpp forks give
+/// `falcon_e` (ik_llama.cpp c8e6d9cfe, `LLAMA_VOCAB_PRE_TYPE_FALCON_E`): ``[\p{P}\$\+<=>\^~\|`]+``
+/// (what `Punctuation` splits: Unicode punctuation plus ASCII symbols), the GPT-2 regex of
+/// `ByteLevel`, and `[0-9]` (`Digits` one by one), in the order of Falcon's own `tokenizer.json`.
+fn falcon_e_pre_tokenizer() -> Value {
+    json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Punctuation", "behavior": "Contiguous"},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        {"type": "Digits", "individual_digits": true}]})
+}
 
 /// Key of bitnet-convert's exports holding every end-of-generation token id.
 pub const EOS_IDS_KEY: &str = "bitnet_rs.eos_token_ids";
@@ -242,6 +255,7 @@ fn bpe_json(
             json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
             false,
         ),
+        "falcon_e" => (falcon_e_pre_tokenizer(), false),
         other => {
             return Err(format!(
                 "tokenizer.ggml.pre {other:?} is not supported (supported: {})",
@@ -251,15 +265,31 @@ fn bpe_json(
     };
     let mut vocab = serde_json::Map::new();
     let mut added_tokens = Vec::new();
+    // `tokenizers` ignores the ids of `added_tokens` when loading: a token the model does not know
+    // gets the next id after the vocabulary. That is right for added tokens after every normal
+    // token (Llama 3's), and collides with a normal token for one before (Falcon's `>>TITLE<<` = 0,
+    // Falcon-E's): those are in the model's vocabulary too, as in Hugging Face's own files.
+    let last_normal = tokens
+        .iter()
+        .zip(types)
+        .rposition(|(tok, &ty)| {
+            let added_or_filler =
+                matches!(ty, CONTROL | USER_DEFINED) || (ty == UNUSED && tok.starts_with("[PAD"));
+            !added_or_filler
+        })
+        .unwrap_or(0);
     for (id, (tok, &ty)) in tokens.iter().zip(types).enumerate() {
         match ty {
-            CONTROL => added_tokens.push(added(id, tok, true)),
-            USER_DEFINED => added_tokens.push(added(id, tok, false)),
-            UNUSED if tok.starts_with("[PAD") => {}
-            _ => {
-                vocab.insert(tok.clone(), json!(id));
+            CONTROL | USER_DEFINED => {
+                added_tokens.push(added(id, tok, ty == CONTROL));
+                if id > last_normal {
+                    continue;
+                }
             }
+            UNUSED if tok.starts_with("[PAD") => continue,
+            _ => {}
         }
+        vocab.insert(tok.clone(), json!(id));
     }
     let merges: Vec<Value> = merges
         .iter()
@@ -651,6 +681,12 @@ pub fn export(
         let pre_text = pre.to_string();
         let name = if pre_text.contains("Split") && pre_text.contains("\\\\p{N}{1,3}") {
             "llama-bpe"
+        } else if *pre == falcon_e_pre_tokenizer() {
+            notes.push(
+                "pre-tokenizer written as \"falcon_e\" (bitnet.cpp knows it; ggml-org llama.cpp does not)"
+                    .into(),
+            );
+            "falcon_e"
         } else if pre["type"] == "ByteLevel" && pre["use_regex"] == true {
             "gpt2"
         } else {

@@ -123,6 +123,27 @@ impl SourceSpec {
     }
 }
 
+/// The part of a checkpoint directory's path that names the model: its own name, or for a Hugging
+/// Face cache snapshot (`models--owner--name/snapshots/REV`) the `models--owner--name` above it.
+/// The folders above say nothing about the model (a clone of this repository in a folder called
+/// `falcon` must not make every checkpoint in it a Falcon).
+fn directory_name_hint(path: &Path) -> String {
+    let names: Vec<String> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    match names.as_slice() {
+        [.., repo, snapshots, _] if snapshots == "snapshots" && repo.starts_with("models--") => {
+            repo.clone()
+        }
+        [.., last] => last.clone(),
+        [] => String::new(),
+    }
+}
+
 /// `owner/name` with the characters the Hub allows.
 pub fn is_repo_id(s: &str) -> bool {
     let Some((owner, name)) = s.split_once('/') else {
@@ -334,7 +355,7 @@ impl Checkpoint {
     pub fn name_hint(&self) -> String {
         match &self.provenance {
             Source::HuggingFace { repo, .. } => repo.clone(),
-            Source::Directory { path } => path.clone(),
+            Source::Directory { path } => directory_name_hint(Path::new(path)),
             _ => String::new(),
         }
     }
@@ -388,5 +409,27 @@ impl Checkpoint {
         read.iter()
             .filter_map(|n| self.files.get(n).map(|p| (n.clone(), p.clone())))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::directory_name_hint;
+    use std::path::Path;
+
+    #[test]
+    fn a_directory_is_named_by_itself_or_by_its_hub_cache_repo() {
+        for (path, hint) in [
+            ("/work/falcon/ckpt/llama3-8b", "llama3-8b"),
+            ("./my-checkpoint/", "my-checkpoint"),
+            (
+                "/c/hub/models--tiiuae--Falcon-E-1B-Instruct/snapshots/0123abcd",
+                "models--tiiuae--Falcon-E-1B-Instruct",
+            ),
+            ("/tmp/snapshots/x", "x"),
+            ("/", ""),
+        ] {
+            assert_eq!(directory_name_hint(Path::new(path)), hint, "{path}");
+        }
     }
 }

@@ -12,12 +12,13 @@ use bitnet_convert::{ConvertOptions, ConvertReport, HubOptions, SourceSpec};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde_json::Value;
 
-pub const FIXTURES: [&str; 5] = [
+pub const FIXTURES: [&str; 6] = [
     "bitnet-2b4t",
     "bitnet-2b4t-bf16",
     "bitnet-1bitllm",
     "llama3-bitnet",
     "falcon3-bitnet",
+    "falcon-e",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {
