@@ -18,6 +18,12 @@ pub enum Family {
     Falcon3Bitnet,
     /// tiiuae/Falcon-E-* (Falcon-Edge; also `LlamaForCausalLM` + `quant_method: bitnet`).
     FalconE,
+    /// `MistralForCausalLM` + `quant_method: bitnet`: Llama's forward pass.
+    MistralBitnet,
+    /// `Qwen2ForCausalLM` + `quant_method: bitnet`: biases on the q, k and v projections.
+    Qwen2Bitnet,
+    /// `Qwen3ForCausalLM` + `quant_method: bitnet`: an RMSNorm on each query and key head.
+    Qwen3Bitnet,
 }
 
 impl Family {
@@ -29,6 +35,9 @@ impl Family {
             Family::LlamaBitnet => "llama-bitnet",
             Family::Falcon3Bitnet => "falcon3-bitnet",
             Family::FalconE => "falcon-e",
+            Family::MistralBitnet => "mistral-bitnet",
+            Family::Qwen2Bitnet => "qwen2-bitnet",
+            Family::Qwen3Bitnet => "qwen3-bitnet",
         }
     }
 }
@@ -36,7 +45,42 @@ impl Family {
 /// What the list of supported architectures says in errors.
 pub const SUPPORTED: &str = "BitNetForCausalLM (microsoft/bitnet-b1.58-2B-4T, -2B-4T-bf16), \
 BitnetForCausalLM (1bitLLM/bitnet_b1_58-large, -3B), LlamaForCausalLM with quantization_config \
-quant_method \"bitnet\" (HF1BitLLM/Llama3-8B-1.58-100B-tokens, tiiuae/Falcon3-*-1.58bit, tiiuae/Falcon-E-*)";
+quant_method \"bitnet\" (HF1BitLLM/Llama3-8B-1.58-100B-tokens, tiiuae/Falcon3-*-1.58bit, tiiuae/Falcon-E-*), \
+and MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM with quant_method \"bitnet\"";
+
+/// Decoder architectures transformers can load with `quant_method: bitnet` whose forward pass
+/// needs something the format does not describe: what that is, for the error.
+const MISSING_PIECES: &[(&str, &str)] = &[
+    (
+        "GemmaForCausalLM",
+        "GELU activation, embeddings scaled by sqrt(hidden) and (1 + w) norms",
+    ),
+    (
+        "Gemma2ForCausalLM",
+        "GELU activation, logit soft-capping, sliding-window layers and extra norms",
+    ),
+    (
+        "Gemma3ForCausalLM",
+        "GELU activation, sliding-window layers and extra norms",
+    ),
+    (
+        "Phi3ForCausalLM",
+        "fused qkv_proj and gate_up_proj projections",
+    ),
+    (
+        "PhiForCausalLM",
+        "LayerNorm, a parallel attention/MLP block and partial RoPE",
+    ),
+    ("MixtralForCausalLM", "a mixture-of-experts MLP"),
+    ("Qwen2MoeForCausalLM", "a mixture-of-experts MLP"),
+    ("Qwen3MoeForCausalLM", "a mixture-of-experts MLP"),
+    ("OlmoForCausalLM", "non-parametric LayerNorm"),
+    (
+        "GPTNeoXForCausalLM",
+        "LayerNorm, fused QKV, a parallel block and partial RoPE",
+    ),
+    ("StableLmForCausalLM", "LayerNorm and partial RoPE"),
+];
 
 /// Whether a repo id, directory or model name names Falcon-E (Falcon-Edge): `falcon-e` or
 /// `falcon_e` not followed by a letter or digit, in any case, e.g. `tiiuae/Falcon-E-1B-Instruct`,
@@ -91,6 +135,13 @@ pub enum ConfigError {
     UnsupportedArchitecture {
         architecture: String,
         model_type: String,
+    },
+    #[error(
+        "config.json: {architecture} with quant_method \"bitnet\" is not supported: the runtime has no {missing}"
+    )]
+    MissingPiece {
+        architecture: String,
+        missing: &'static str,
     },
     #[error("config.json: required field {field} is missing")]
     Missing { field: String },
@@ -165,6 +216,20 @@ pub fn from_config(config: &Value, name_hint: &str) -> Result<ModelSpec, ConfigE
         } else {
             (Family::LlamaBitnet, "LlamaForCausalLM")
         }
+    } else if quant_method == Some("bitnet") && architectures.contains(&"MistralForCausalLM") {
+        (Family::MistralBitnet, "MistralForCausalLM")
+    } else if quant_method == Some("bitnet") && architectures.contains(&"Qwen2ForCausalLM") {
+        (Family::Qwen2Bitnet, "Qwen2ForCausalLM")
+    } else if quant_method == Some("bitnet") && architectures.contains(&"Qwen3ForCausalLM") {
+        (Family::Qwen3Bitnet, "Qwen3ForCausalLM")
+    } else if let Some((architecture, missing)) = MISSING_PIECES
+        .iter()
+        .find(|(a, _)| quant_method == Some("bitnet") && architectures.contains(a))
+    {
+        return Err(ConfigError::MissingPiece {
+            architecture: architecture.to_string(),
+            missing,
+        });
     } else {
         return Err(unsupported());
     };
@@ -257,6 +322,14 @@ pub fn from_config(config: &Value, name_hint: &str) -> Result<ModelSpec, ConfigE
         ),
     };
 
+    let context_length = context_length(c, family, &mut notes)?;
+    // Qwen3's attention_bias also puts a bias on o_proj, which the format has no place for.
+    if family == Family::Qwen3Bitnet && c.get("attention_bias") == Some(&Value::Bool(true)) {
+        return Err(invalid(
+            "attention_bias",
+            "true gives Qwen3's o_proj a bias, which the format has no place for",
+        ));
+    }
     let config = ModelConfig {
         family: family.name().to_string(),
         hidden_size,
@@ -266,7 +339,7 @@ pub fn from_config(config: &Value, name_hint: &str) -> Result<ModelSpec, ConfigE
         num_kv_heads,
         head_dim,
         vocab_size: get_u32(c, "vocab_size")?,
-        context_length: get_u32(c, "max_position_embeddings")?,
+        context_length,
         rope_theta,
         rope_scaling,
         rms_norm_eps,
@@ -274,6 +347,10 @@ pub fn from_config(config: &Value, name_hint: &str) -> Result<ModelSpec, ConfigE
         sub_norms: matches!(family, Family::Bitnet2b4t | Family::OneBitLlm),
         // Settled against the tensors (lm_head.weight present or not) when planning.
         tied_embeddings: config_ties_embeddings.unwrap_or(true),
+        attention_bias: family == Family::Qwen2Bitnet
+            || (family == Family::Qwen3Bitnet
+                && c.get("attention_bias") == Some(&Value::Bool(true))),
+        qk_norm: family == Family::Qwen3Bitnet,
     };
     config.validate().map_err(|detail| ConfigError::Invalid {
         field: detail.split_whitespace().next().unwrap_or("").to_string(),
@@ -287,6 +364,37 @@ pub fn from_config(config: &Value, name_hint: &str) -> Result<ModelSpec, ConfigE
         scale_rule,
         notes,
     })
+}
+
+/// The trained context: `max_position_embeddings`, except that a sliding attention window shorter
+/// than it (which the format does not describe) caps it where attention is still full: Mistral's
+/// `sliding_window` with a note; Qwen's `use_sliding_window` (on some layers only) is refused.
+fn context_length(
+    c: &Map<String, Value>,
+    family: Family,
+    notes: &mut Vec<String>,
+) -> Result<u32, ConfigError> {
+    let max = get_u32(c, "max_position_embeddings")?;
+    match family {
+        Family::Qwen2Bitnet | Family::Qwen3Bitnet
+            if c.get("use_sliding_window") == Some(&Value::Bool(true)) =>
+        {
+            Err(invalid(
+                "use_sliding_window",
+                "true: sliding-window attention on some layers is not supported",
+            ))
+        }
+        Family::MistralBitnet => match optional_u32(c, "sliding_window")? {
+            Some(w) if w < max => {
+                notes.push(format!(
+                    "config.json's sliding_window {w} is shorter than max_position_embeddings {max}: the context is capped at {w}, where attention is the same"
+                ));
+                Ok(w)
+            }
+            _ => Ok(max),
+        },
+        _ => Ok(max),
+    }
 }
 
 fn invalid(field: &str, detail: &str) -> ConfigError {
@@ -425,6 +533,70 @@ mod tests {
         let e = from_config(&c, "x").unwrap_err().to_string();
         assert!(
             e.contains("MistralForCausalLM") && e.contains("supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn other_decoders_with_bitnet_quantization_and_what_they_need() {
+        let with = |arch: &str, model_type: &str, extra: Value| {
+            let mut c = base();
+            c["architectures"] = json!([arch]);
+            c["model_type"] = json!(model_type);
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            from_config(&c, "x")
+        };
+        let qwen2 = with("Qwen2ForCausalLM", "qwen2", json!({})).unwrap();
+        assert_eq!(qwen2.family, Family::Qwen2Bitnet);
+        assert!(qwen2.config.attention_bias && !qwen2.config.qk_norm);
+        let qwen3 = with(
+            "Qwen3ForCausalLM",
+            "qwen3",
+            json!({"attention_bias": false}),
+        )
+        .unwrap();
+        assert_eq!(qwen3.family, Family::Qwen3Bitnet);
+        assert!(!qwen3.config.attention_bias && qwen3.config.qk_norm);
+        // Qwen3's attention_bias also biases o_proj; Qwen's sliding windows cover some layers only.
+        let e = with("Qwen3ForCausalLM", "qwen3", json!({"attention_bias": true}));
+        assert!(e.unwrap_err().to_string().contains("o_proj"));
+        let e = with(
+            "Qwen2ForCausalLM",
+            "qwen2",
+            json!({"use_sliding_window": true}),
+        );
+        assert!(e.unwrap_err().to_string().contains("use_sliding_window"));
+        // Mistral is Llama's forward pass; a window shorter than the positions caps the context.
+        let m = with(
+            "MistralForCausalLM",
+            "mistral",
+            json!({"sliding_window": null}),
+        )
+        .unwrap();
+        assert_eq!(
+            (m.family, m.config.context_length),
+            (Family::MistralBitnet, 256)
+        );
+        let m = with(
+            "MistralForCausalLM",
+            "mistral",
+            json!({"sliding_window": 64}),
+        )
+        .unwrap();
+        assert_eq!(m.config.context_length, 64);
+        assert!(
+            m.notes.iter().any(|n| n.contains("sliding_window 64")),
+            "{:?}",
+            m.notes
+        );
+        // A decoder whose forward pass needs more than the format has is refused naming it.
+        let e = with("Phi3ForCausalLM", "phi3", json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Phi3ForCausalLM") && e.contains("fused qkv_proj"),
             "{e}"
         );
     }

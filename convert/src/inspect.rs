@@ -63,6 +63,8 @@ fn describe(file: &BitnetFile, path: &Path) -> String {
         ("activation", format!("{:?}", m.activation).to_lowercase()),
         ("sub_norms", yes_no(m.sub_norms).into()),
         ("tied_embeddings", yes_no(m.tied_embeddings).into()),
+        ("attention_bias", yes_no(m.attention_bias).into()),
+        ("qk_norm", yes_no(m.qk_norm).into()),
     ] {
         let _ = writeln!(s, "  {k:<18} {v}");
     }

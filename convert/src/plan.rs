@@ -161,6 +161,11 @@ fn expected_hf_name(canonical: &str, one_bit_llm_names: bool) -> String {
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
+        "attn_q_bias" => return format!("model.layers.{layer}.self_attn.q_proj.bias"),
+        "attn_k_bias" => return format!("model.layers.{layer}.self_attn.k_proj.bias"),
+        "attn_v_bias" => return format!("model.layers.{layer}.self_attn.v_proj.bias"),
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "attn_sub_norm" if one_bit_llm_names => "self_attn.inner_attn_ln",
         "attn_sub_norm" => "self_attn.attn_sub_norm",
         "attn_output" => "self_attn.o_proj",
@@ -178,25 +183,13 @@ fn expected_hf_name(canonical: &str, one_bit_llm_names: bool) -> String {
 /// Expected canonical tensors with their logical shapes, in file order.
 pub fn expected_tensors(config: &ModelConfig, tied: bool) -> Vec<(String, Vec<u64>)> {
     let h = config.hidden_size as u64;
-    let i = config.intermediate_size as u64;
-    let q = config.num_heads as u64 * config.head_dim as u64;
-    let kv = config.num_kv_heads as u64 * config.head_dim as u64;
     let v = config.vocab_size as u64;
     let mut out = vec![(names::TOKEN_EMBD.to_string(), vec![v, h])];
     for layer in 0..config.num_layers {
         for t in LayerTensor::ALL {
-            let shape = match t {
-                LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
-                LayerTensor::AttnQ => vec![q, h],
-                LayerTensor::AttnK | LayerTensor::AttnV => vec![kv, h],
-                LayerTensor::AttnSubNorm if config.sub_norms => vec![q],
-                LayerTensor::AttnOutput => vec![h, q],
-                LayerTensor::FfnGate | LayerTensor::FfnUp => vec![i, h],
-                LayerTensor::FfnSubNorm if config.sub_norms => vec![i],
-                LayerTensor::FfnDown => vec![h, i],
-                LayerTensor::AttnSubNorm | LayerTensor::FfnSubNorm => continue,
-            };
-            out.push((names::layer(layer, t), shape));
+            if let Some(shape) = t.shape(config) {
+                out.push((names::layer(layer, t), shape));
+            }
         }
     }
     out.push((names::OUTPUT_NORM.to_string(), vec![h]));

@@ -196,6 +196,8 @@ impl Shape {
             },
             sub_norms: self.style != HfStyle::LlamaPacked,
             tied_embeddings: self.style != HfStyle::LlamaPacked,
+            attention_bias: false,
+            qk_norm: false,
         }
     }
 
@@ -203,28 +205,12 @@ impl Shape {
     /// and whether it is a ternary projection.
     fn tensors(&self) -> Vec<(String, [u64; 2], bool)> {
         let c = self.config();
-        let (h, i, v) = (
-            c.hidden_size as u64,
-            c.intermediate_size as u64,
-            c.vocab_size as u64,
-        );
-        let q = (c.num_heads * c.head_dim) as u64;
-        let kv = (c.num_kv_heads * c.head_dim) as u64;
+        let (h, v) = (c.hidden_size as u64, c.vocab_size as u64);
         let mut out = vec![(names::TOKEN_EMBD.to_string(), [v, h], false)];
         for l in 0..c.num_layers {
             for t in LayerTensor::ALL {
-                let shape = match t {
-                    LayerTensor::AttnNorm | LayerTensor::FfnNorm => [h, 0],
-                    LayerTensor::AttnSubNorm => [q, 0],
-                    LayerTensor::FfnSubNorm => [i, 0],
-                    LayerTensor::AttnQ => [q, h],
-                    LayerTensor::AttnK | LayerTensor::AttnV => [kv, h],
-                    LayerTensor::AttnOutput => [h, q],
-                    LayerTensor::FfnGate | LayerTensor::FfnUp => [i, h],
-                    LayerTensor::FfnDown => [h, i],
-                };
-                let sub = matches!(t, LayerTensor::AttnSubNorm | LayerTensor::FfnSubNorm);
-                if !sub || c.sub_norms {
+                if let Some(shape) = t.shape(&c) {
+                    let shape = [shape[0], shape.get(1).copied().unwrap_or(0)];
                     out.push((names::layer(l, t), shape, t.is_projection()));
                 }
             }

@@ -371,6 +371,8 @@ fn wide_model(layers: u32) -> ModelConfig {
         activation: Activation::Relu2,
         sub_norms: true,
         tied_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
     }
 }
 

@@ -162,6 +162,7 @@ fn config_index(e: &ConfigError) -> usize {
         Invalid { .. } => 3,
         UnsupportedActivation { .. } => 4,
         UnsupportedRopeScaling { .. } => 5,
+        MissingPiece { .. } => 6,
     }
 }
 
@@ -350,8 +351,12 @@ fn config() -> Vec<ConfigError> {
         ConfigError::UnsupportedRopeScaling {
             kind: "yarn".into(),
         },
+        ConfigError::MissingPiece {
+            architecture: "PhiForCausalLM".into(),
+            missing: "LayerNorm, a parallel attention/MLP block and partial RoPE",
+        },
     ];
-    covers(&values, config_index, 6);
+    covers(&values, config_index, 7);
     values
 }
 

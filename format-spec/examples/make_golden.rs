@@ -111,6 +111,8 @@ fn header() -> Header {
             activation: Activation::Relu2,
             sub_norms: true,
             tied_embeddings: true,
+            attention_bias: false,
+            qk_norm: false,
         },
         tokenizer: Some(TokenizerInfo {
             tokenizer_json: serde_json::value::to_raw_value(&json!({

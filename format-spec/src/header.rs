@@ -43,6 +43,17 @@ pub struct ModelConfig {
     pub sub_norms: bool,
     /// The output matrix is the token embedding (no `output` tensor).
     pub tied_embeddings: bool,
+    /// Biases added to the q, k and v projections (`attn_{q,k,v}_bias`, Qwen2). Absent: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attention_bias: bool,
+    /// RMSNorm of each query and key head before RoPE (`attn_q_norm`, `attn_k_norm`, Qwen3).
+    /// Absent: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qk_norm: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Activation of the gated MLP: `act(gate) · up`.

@@ -1,5 +1,7 @@
 //! Canonical tensor names (SPEC.md §4) and their mapping from Hugging Face checkpoint names.
 
+use crate::ModelConfig;
+
 /// Token embedding `[vocab, hidden]`.
 pub const TOKEN_EMBD: &str = "token_embd";
 /// Final RMSNorm weight `[hidden]`.
@@ -14,6 +16,11 @@ pub enum LayerTensor {
     AttnQ,
     AttnK,
     AttnV,
+    AttnQBias,
+    AttnKBias,
+    AttnVBias,
+    AttnQNorm,
+    AttnKNorm,
     AttnSubNorm,
     AttnOutput,
     FfnNorm,
@@ -24,11 +31,17 @@ pub enum LayerTensor {
 }
 
 impl LayerTensor {
-    pub const ALL: [LayerTensor; 11] = [
+    /// Every layer tensor, in file order.
+    pub const ALL: [LayerTensor; 16] = [
         LayerTensor::AttnNorm,
         LayerTensor::AttnQ,
         LayerTensor::AttnK,
         LayerTensor::AttnV,
+        LayerTensor::AttnQBias,
+        LayerTensor::AttnKBias,
+        LayerTensor::AttnVBias,
+        LayerTensor::AttnQNorm,
+        LayerTensor::AttnKNorm,
         LayerTensor::AttnSubNorm,
         LayerTensor::AttnOutput,
         LayerTensor::FfnNorm,
@@ -45,6 +58,11 @@ impl LayerTensor {
             LayerTensor::AttnQ => "attn_q",
             LayerTensor::AttnK => "attn_k",
             LayerTensor::AttnV => "attn_v",
+            LayerTensor::AttnQBias => "attn_q_bias",
+            LayerTensor::AttnKBias => "attn_k_bias",
+            LayerTensor::AttnVBias => "attn_v_bias",
+            LayerTensor::AttnQNorm => "attn_q_norm",
+            LayerTensor::AttnKNorm => "attn_k_norm",
             LayerTensor::AttnSubNorm => "attn_sub_norm",
             LayerTensor::AttnOutput => "attn_output",
             LayerTensor::FfnNorm => "ffn_norm",
@@ -55,31 +73,74 @@ impl LayerTensor {
         }
     }
 
-    /// Whether this is a ternary projection (as opposed to a full-precision norm weight).
+    /// Whether this is a ternary projection (as opposed to a full-precision vector: a norm
+    /// weight or a bias).
     pub fn is_projection(self) -> bool {
-        !matches!(
+        matches!(
             self,
-            LayerTensor::AttnNorm
-                | LayerTensor::AttnSubNorm
-                | LayerTensor::FfnNorm
-                | LayerTensor::FfnSubNorm
+            LayerTensor::AttnQ
+                | LayerTensor::AttnK
+                | LayerTensor::AttnV
+                | LayerTensor::AttnOutput
+                | LayerTensor::FfnGate
+                | LayerTensor::FfnUp
+                | LayerTensor::FfnDown
         )
     }
 
-    /// The Hugging Face module path(s) of this tensor inside `model.layers.{i}.`, across families.
-    fn hf_modules(self) -> &'static [&'static str] {
+    /// The logical shape (`[rows, cols]` of a projection, `[len]` of a vector) of this tensor in
+    /// a model of `config`, or `None` when such a model has no such tensor (SPEC.md §4).
+    pub fn shape(self, config: &ModelConfig) -> Option<Vec<u64>> {
+        let h = config.hidden_size as u64;
+        let i = config.intermediate_size as u64;
+        let d = config.head_dim as u64;
+        let q = config.num_heads as u64 * d;
+        let kv = config.num_kv_heads as u64 * d;
+        let (bias, qk_norm, sub) = (config.attention_bias, config.qk_norm, config.sub_norms);
+        Some(match self {
+            LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+            LayerTensor::AttnQ => vec![q, h],
+            LayerTensor::AttnK | LayerTensor::AttnV => vec![kv, h],
+            LayerTensor::AttnQBias if bias => vec![q],
+            LayerTensor::AttnKBias | LayerTensor::AttnVBias if bias => vec![kv],
+            LayerTensor::AttnQNorm | LayerTensor::AttnKNorm if qk_norm => vec![d],
+            LayerTensor::AttnSubNorm if sub => vec![q],
+            LayerTensor::AttnOutput => vec![h, q],
+            LayerTensor::FfnGate | LayerTensor::FfnUp => vec![i, h],
+            LayerTensor::FfnSubNorm if sub => vec![i],
+            LayerTensor::FfnDown => vec![h, i],
+            LayerTensor::AttnQBias
+            | LayerTensor::AttnKBias
+            | LayerTensor::AttnVBias
+            | LayerTensor::AttnQNorm
+            | LayerTensor::AttnKNorm
+            | LayerTensor::AttnSubNorm
+            | LayerTensor::FfnSubNorm => return None,
+        })
+    }
+
+    /// The Hugging Face tensor name(s) of this tensor inside `model.layers.{i}.`, across families.
+    fn hf_names(self) -> &'static [&'static str] {
         match self {
-            LayerTensor::AttnNorm => &["input_layernorm"],
-            LayerTensor::AttnQ => &["self_attn.q_proj"],
-            LayerTensor::AttnK => &["self_attn.k_proj"],
-            LayerTensor::AttnV => &["self_attn.v_proj"],
-            LayerTensor::AttnSubNorm => &["self_attn.attn_sub_norm", "self_attn.inner_attn_ln"],
-            LayerTensor::AttnOutput => &["self_attn.o_proj"],
-            LayerTensor::FfnNorm => &["post_attention_layernorm"],
-            LayerTensor::FfnGate => &["mlp.gate_proj"],
-            LayerTensor::FfnUp => &["mlp.up_proj"],
-            LayerTensor::FfnSubNorm => &["mlp.ffn_sub_norm", "mlp.ffn_layernorm"],
-            LayerTensor::FfnDown => &["mlp.down_proj"],
+            LayerTensor::AttnNorm => &["input_layernorm.weight"],
+            LayerTensor::AttnQ => &["self_attn.q_proj.weight"],
+            LayerTensor::AttnK => &["self_attn.k_proj.weight"],
+            LayerTensor::AttnV => &["self_attn.v_proj.weight"],
+            LayerTensor::AttnQBias => &["self_attn.q_proj.bias"],
+            LayerTensor::AttnKBias => &["self_attn.k_proj.bias"],
+            LayerTensor::AttnVBias => &["self_attn.v_proj.bias"],
+            LayerTensor::AttnQNorm => &["self_attn.q_norm.weight"],
+            LayerTensor::AttnKNorm => &["self_attn.k_norm.weight"],
+            LayerTensor::AttnSubNorm => &[
+                "self_attn.attn_sub_norm.weight",
+                "self_attn.inner_attn_ln.weight",
+            ],
+            LayerTensor::AttnOutput => &["self_attn.o_proj.weight"],
+            LayerTensor::FfnNorm => &["post_attention_layernorm.weight"],
+            LayerTensor::FfnGate => &["mlp.gate_proj.weight"],
+            LayerTensor::FfnUp => &["mlp.up_proj.weight"],
+            LayerTensor::FfnSubNorm => &["mlp.ffn_sub_norm.weight", "mlp.ffn_layernorm.weight"],
+            LayerTensor::FfnDown => &["mlp.down_proj.weight"],
         }
     }
 }
@@ -115,13 +176,14 @@ pub fn from_hf(name: &str) -> Option<HfTensor> {
     if index.to_string() != index_text(rest) {
         return None;
     }
-    let (module, is_scale) = match module.strip_suffix(".weight_scale") {
-        Some(m) => (m, true),
-        None => (module.strip_suffix(".weight")?, false),
+    // `*.weight_scale` is the scale of the projection whose weight is `*.weight`.
+    let (name, is_scale) = match module.strip_suffix("_scale") {
+        Some(weight) if weight.ends_with(".weight") => (weight, true),
+        _ => (module, false),
     };
     let tensor = LayerTensor::ALL
         .into_iter()
-        .find(|t| t.hf_modules().contains(&module))?;
+        .find(|t| t.hf_names().contains(&name))?;
     let canonical = layer(index, tensor);
     match (is_scale, tensor.is_projection()) {
         (false, _) => Some(HfTensor::Canonical(canonical)),
@@ -182,6 +244,14 @@ mod tests {
                 "model.layers.1.self_attn.o_proj.weight_scale",
                 HfTensor::WeightScale("blk.1.attn_output".into()),
             ),
+            (
+                "model.layers.2.self_attn.k_proj.bias",
+                HfTensor::Canonical("blk.2.attn_k_bias".into()),
+            ),
+            (
+                "model.layers.2.self_attn.q_norm.weight",
+                HfTensor::Canonical("blk.2.attn_q_norm".into()),
+            ),
         ];
         for (hf, want) in cases {
             assert_eq!(from_hf(hf), Some(want), "{hf}");
@@ -195,6 +265,8 @@ mod tests {
             "model.layers.01.self_attn.q_proj.weight",
             "model.layers.0.self_attn.rotary_emb.inv_freq",
             "model.layers.0.input_layernorm.weight_scale",
+            "model.layers.0.self_attn.o_proj.bias",
+            "model.layers.0.self_attn.q_proj.bias_scale",
             "transformer.h.0.attn.weight",
         ] {
             assert_eq!(from_hf(hf), None, "{hf}");

@@ -23,13 +23,16 @@ const F32_CACHE: KvTypes = KvTypes {
     values: KvType::F32,
 };
 
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 9] = [
     "bitnet-2b4t",
     "bitnet-2b4t-bf16",
     "bitnet-1bitllm",
     "llama3-bitnet",
     "falcon3-bitnet",
     "falcon-e",
+    "mistral-bitnet",
+    "qwen2-bitnet",
+    "qwen3-bitnet",
 ];
 
 /// The converter's default on x86-64, the NEON-sized one, and bitnet.cpp's I2_S (repacked at load).

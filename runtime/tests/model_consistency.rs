@@ -212,6 +212,61 @@ fn tensors_that_do_not_fit_the_configuration_are_named() {
         "{err}"
     );
     assert!(err.to_string().contains("[80, 40]"), "{err}");
+    // Biases or q/k norms the header does not announce are refused, not ignored; announced ones
+    // must be there.
+    let mut biased = tied.clone();
+    biased.attention_bias = true;
+    assert!(
+        matches!(load(&biased, &tied), ModelError::UnexpectedTensor(ref n) if n == "blk.0.attn_q_bias")
+    );
+    let mut normed = tied.clone();
+    normed.qk_norm = true;
+    assert!(
+        matches!(load(&tied, &normed), ModelError::MissingTensor(ref n) if n == "blk.0.attn_q_norm")
+    );
+    // So is a layer past num_layers.
+    let mut deeper = tied.clone();
+    deeper.num_layers = 3;
+    assert!(
+        matches!(load(&deeper, &tied), ModelError::UnexpectedTensor(ref n) if n == "blk.2.attn_norm")
+    );
+}
+
+/// Biases and per-head q/k norms (Qwen2, Qwen3) run alike on every kernel path, within float
+/// reordering, and change the output (they are not silently skipped).
+#[test]
+fn biases_and_qk_norms_run_on_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiled = TernaryLayout::Tiled { tile_rows: 16 };
+    let mut plain = config(Activation::Silu, false, true);
+    plain.num_heads = 4;
+    let mut extended = plain.clone();
+    extended.attention_bias = true;
+    extended.qk_norm = true;
+    let logits = |c: &bitnet_format::ModelConfig, path: KernelPath| {
+        let file = dir.path().join("m.bitnet");
+        write_model(&file, c, tiled, Encoding::F32, 7);
+        let model = Model::load(open(&file), path, 2).unwrap();
+        let mut s = Session::new(&model, 16, KvTypes::default());
+        s.forward(&[3, 1, 4, 1, 5, 9], Logits::All).unwrap()
+    };
+    let reference = logits(&extended, KernelPath::SCALAR);
+    for path in KernelPath::available() {
+        let got = logits(&extended, path);
+        let diff = got
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "{path:?}: {diff}");
+    }
+    let without = logits(&plain, KernelPath::SCALAR);
+    let changed = without
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(changed > 1e-2, "{changed}");
 }
 
 /// Continuous batching's step: several sequences, each with its own cache, run as one batch (one

@@ -244,20 +244,35 @@ fn an_unsupported_architecture_is_named_with_the_supported_list() {
         "llama3-bitnet",
         |_| {},
         |c| {
-            c["architectures"] = json!(["MistralForCausalLM"]);
-            c["model_type"] = json!("mistral");
+            c["architectures"] = json!(["GPTBigCodeForCausalLM"]);
+            c["model_type"] = json!("gpt_bigcode");
         },
     );
     fails(
         &src,
         &[
-            "MistralForCausalLM",
-            "mistral",
+            "GPTBigCodeForCausalLM",
+            "gpt_bigcode",
             "supported",
             "BitNetForCausalLM",
             "BitnetForCausalLM",
+            "Qwen3ForCausalLM",
         ],
     );
+    // A decoder transformers can load with BitNet quantization, whose forward pass needs more than
+    // the format describes: the missing piece is named.
+    let sub = dir.path().join("phi");
+    std::fs::create_dir_all(&sub).unwrap();
+    let src = bad_checkpoint(
+        &sub,
+        "llama3-bitnet",
+        |_| {},
+        |c| {
+            c["architectures"] = json!(["PhiForCausalLM"]);
+            c["model_type"] = json!("phi");
+        },
+    );
+    fails(&src, &["PhiForCausalLM", "no LayerNorm"]);
     // A Llama checkpoint without BitNet quantization is not a BitNet model.
     let sub = dir.path().join("plain");
     std::fs::create_dir_all(&sub).unwrap();

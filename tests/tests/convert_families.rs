@@ -20,6 +20,17 @@ struct Expect {
     add_bos: bool,
 }
 
+fn other_decoder(family: &'static str, tied: bool) -> Expect {
+    Expect {
+        family,
+        tied,
+        sub_norms: false,
+        bos: 342,
+        eos: &[351],
+        add_bos: true,
+    }
+}
+
 fn expect(name: &str) -> Expect {
     match name {
         "bitnet-2b4t" | "bitnet-2b4t-bf16" => Expect {
@@ -64,6 +75,10 @@ fn expect(name: &str) -> Expect {
             eos: &[0, 2],
             add_bos: false,
         },
+        // The other decoders with quant_method "bitnet", with the Llama-3-style tokenizer.
+        "mistral-bitnet" => other_decoder("mistral-bitnet", false),
+        "qwen2-bitnet" => other_decoder("qwen2-bitnet", true),
+        "qwen3-bitnet" => other_decoder("qwen3-bitnet", false),
         other => panic!("unknown fixture {other}"),
     }
 }
@@ -142,6 +157,8 @@ fn every_family_converts_to_the_canonical_tensors_and_config() {
             m.context_length as u64,
             config["max_position_embeddings"].as_u64().unwrap()
         );
+        assert_eq!(m.attention_bias, name == "qwen2-bitnet", "{name}");
+        assert_eq!(m.qk_norm, name == "qwen3-bitnet", "{name}");
         let act = format!("{:?}", m.activation).to_lowercase();
         assert_eq!(act, config["hidden_act"].as_str().unwrap(), "{name}");
         if name == "falcon3-bitnet" {
@@ -295,6 +312,32 @@ fn full_precision_tensors_keep_their_exact_values() {
             pairs.push((
                 "blk.1.attn_sub_norm",
                 format!("model.layers.1.{sub}.weight"),
+            ));
+        }
+        if file.header().model.attention_bias {
+            pairs.extend([
+                (
+                    "blk.1.attn_q_bias",
+                    "model.layers.1.self_attn.q_proj.bias".into(),
+                ),
+                (
+                    "blk.1.attn_k_bias",
+                    "model.layers.1.self_attn.k_proj.bias".into(),
+                ),
+                (
+                    "blk.0.attn_v_bias",
+                    "model.layers.0.self_attn.v_proj.bias".into(),
+                ),
+            ]);
+        }
+        if file.header().model.qk_norm {
+            pairs.push((
+                "blk.0.attn_q_norm",
+                "model.layers.0.self_attn.q_norm.weight".to_string(),
+            ));
+            pairs.push((
+                "blk.1.attn_k_norm",
+                "model.layers.1.self_attn.k_norm.weight".to_string(),
             ));
         }
         for (canonical, hf) in pairs {
@@ -672,7 +715,7 @@ fn the_independent_spec_reader_accepts_every_converted_file() {
         let mut o = options(&fixture(name), &out);
         // Vary the layout and the embedding encoding across the families.
         o.layout = TernaryLayout::from_label(
-            ["tiled16", "i2s", "tiled4", "i2s64", "tiled32", "tiled8"][i],
+            ["tiled16", "i2s", "tiled4", "i2s64", "tiled32", "tiled8"][i % 6],
         )
         .unwrap();
         if name.starts_with("llama3") {

@@ -172,7 +172,7 @@ fn chat_templates_render_like_apply_chat_template() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 5, "every chat family has a chat.json");
+    assert_eq!(checked, 8, "every chat family has a chat.json");
 }
 
 #[test]

@@ -70,6 +70,8 @@ def check_model(m):
     need(m.get("activation") in ("relu2", "silu"), "§3.1 model.activation not relu2/silu")
     for k in ("sub_norms", "tied_embeddings"):
         need(type(m.get(k)) is bool, f"§3.1 model.{k} missing or not a bool")
+    for k in ("attention_bias", "qk_norm"):
+        need(m.get(k) is None or type(m[k]) is bool, f"§3.1 model.{k} not a bool")
 
 
 def check_optional_sections(h):

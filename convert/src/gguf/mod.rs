@@ -251,6 +251,8 @@ fn model_from_metadata(
                 "falcon-e"
             } else if name.contains("falcon") {
                 "falcon3-bitnet"
+            } else if name.contains("mistral") {
+                "mistral-bitnet"
             } else {
                 "llama-bitnet"
             };
@@ -274,6 +276,8 @@ fn model_from_metadata(
         activation,
         sub_norms,
         tied_embeddings: f.tensor("output.weight").is_none(),
+        attention_bias: false,
+        qk_norm: false,
     };
     config.validate().map_err(|detail| GgufError::Model {
         path: path.into(),
@@ -1379,6 +1383,12 @@ const RELU2_LLAMA_CPP_WARNING: &str = "this model uses ReLU², but mainline llam
 
 /// The GGUF architecture an export of `model` to `ty` uses, or why there is none.
 pub fn export_architecture(model: &ModelConfig, ty: ExportType) -> Result<&'static str, String> {
+    if model.attention_bias || model.qk_norm {
+        return Err(
+            "q/k/v biases (Qwen2) and per-head q/k norms (Qwen3) are not written to GGUF: llama.cpp reads them only under its qwen2 and qwen3 architectures, which this exporter does not write yet"
+                .into(),
+        );
+    }
     match (model.sub_norms, model.activation, ty) {
         (false, Activation::Silu, _) => Ok("llama"),
         (false, Activation::Relu2, _) => Err(

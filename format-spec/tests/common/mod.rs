@@ -25,6 +25,8 @@ pub fn model() -> ModelConfig {
         activation: Activation::Relu2,
         sub_norms: true,
         tied_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
     }
 }
 

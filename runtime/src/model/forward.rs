@@ -170,6 +170,18 @@ impl<'m> Runner<'m> {
             &self.acts,
             &mut [(&w.q, &mut s.q), (&w.k, &mut s.k), (&w.v, &mut s.v)],
         );
+        if let Some(biases) = &w.qkv_bias {
+            for (out, bias) in [&mut s.q, &mut s.k, &mut s.v].into_iter().zip(biases) {
+                for row in out.chunks_exact_mut(bias.len()) {
+                    row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+                }
+            }
+        }
+        // Each head's query and key normalised on its own (Qwen3), before RoPE.
+        if let Some([q_norm, k_norm]) = &w.qk_norm {
+            rms_norm_rows(&mut s.q, q_norm, eps);
+            rms_norm_rows(&mut s.k, k_norm, eps);
+        }
         for sp in spans {
             for t in 0..sp.rows {
                 let (row, pos) = (sp.start + t, sp.pos + t);

@@ -97,6 +97,10 @@ pub struct LayerWeights {
     pub q: TernaryWeight,
     pub k: TernaryWeight,
     pub v: TernaryWeight,
+    /// Biases added to q, k and v (`attention_bias`).
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    /// RMSNorm weights of each query and key head (`qk_norm`).
+    pub qk_norm: Option<[Vec<f32>; 2]>,
     pub attn_sub_norm: Option<Vec<f32>>,
     pub o: TernaryWeight,
     pub ffn_norm: Vec<f32>,
@@ -301,6 +305,23 @@ impl Weights {
             path,
             repacked: Vec::new(),
         };
+        // A layer tensor the configuration does not have (a bias in a model without
+        // attention_bias, a layer past num_layers, an unknown name) would otherwise be ignored.
+        for t in file.tensors() {
+            let Some(rest) = t.name.strip_prefix("blk.") else {
+                continue;
+            };
+            let expected = rest.split_once('.').is_some_and(|(layer, suffix)| {
+                let tensor = LayerTensor::ALL.into_iter().find(|t| t.suffix() == suffix);
+                layer
+                    .parse::<u32>()
+                    .is_ok_and(|l| l < config.num_layers && layer == l.to_string())
+                    && tensor.is_some_and(|t| t.shape(config).is_some())
+            });
+            if !expected {
+                return Err(ModelError::UnexpectedTensor(t.name.clone()));
+            }
+        }
         let token_embd = b.dense(names::TOKEN_EMBD, vocab, h)?;
         let output = if config.tied_embeddings {
             if file.index().get(names::OUTPUT).is_some() {
@@ -314,26 +335,30 @@ impl Weights {
         let mut layers = Vec::with_capacity(config.num_layers as usize);
         for l in 0..config.num_layers {
             let n = |t| names::layer(l, t);
-            let sub_norm = |b: &Binder, t, len| -> Result<Option<Vec<f32>>, ModelError> {
-                if config.sub_norms {
-                    b.vector(&n(t), len).map(Some)
-                } else if file.index().get(&n(t)).is_some() {
-                    Err(ModelError::UnexpectedTensor(n(t)))
-                } else {
-                    Ok(None)
-                }
+            // A vector the configuration may or may not have (SPEC.md §4).
+            let optional = |b: &Binder, t: LayerTensor| -> Result<Option<Vec<f32>>, ModelError> {
+                t.shape(config)
+                    .map(|shape| b.vector(&n(t), shape[0] as usize))
+                    .transpose()
             };
             layers.push(LayerWeights {
                 attn_norm: b.vector(&n(LayerTensor::AttnNorm), h)?,
                 q: b.ternary(&n(LayerTensor::AttnQ), q_dim, h)?,
                 k: b.ternary(&n(LayerTensor::AttnK), kv_dim, h)?,
                 v: b.ternary(&n(LayerTensor::AttnV), kv_dim, h)?,
-                attn_sub_norm: sub_norm(&b, LayerTensor::AttnSubNorm, q_dim)?,
+                qkv_bias: optional(&b, LayerTensor::AttnQBias)?
+                    .zip(optional(&b, LayerTensor::AttnKBias)?)
+                    .zip(optional(&b, LayerTensor::AttnVBias)?)
+                    .map(|((q, k), v)| [q, k, v]),
+                qk_norm: optional(&b, LayerTensor::AttnQNorm)?
+                    .zip(optional(&b, LayerTensor::AttnKNorm)?)
+                    .map(|(q, k)| [q, k]),
+                attn_sub_norm: optional(&b, LayerTensor::AttnSubNorm)?,
                 o: b.ternary(&n(LayerTensor::AttnOutput), h, q_dim)?,
                 ffn_norm: b.vector(&n(LayerTensor::FfnNorm), h)?,
                 gate: b.ternary(&n(LayerTensor::FfnGate), i_size, h)?,
                 up: b.ternary(&n(LayerTensor::FfnUp), i_size, h)?,
-                ffn_sub_norm: sub_norm(&b, LayerTensor::FfnSubNorm, i_size)?,
+                ffn_sub_norm: optional(&b, LayerTensor::FfnSubNorm)?,
                 down: b.ternary(&n(LayerTensor::FfnDown), h, i_size)?,
             });
         }

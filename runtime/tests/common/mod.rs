@@ -39,6 +39,8 @@ pub fn config(activation: Activation, sub_norms: bool, tied: bool) -> ModelConfi
         activation,
         sub_norms,
         tied_embeddings: tied,
+        attention_bias: false,
+        qk_norm: false,
     }
 }
 
@@ -64,29 +66,11 @@ pub fn write_model_described(
     seed: u64,
 ) {
     let c = config;
-    let (h, i, v) = (
-        c.hidden_size as u64,
-        c.intermediate_size as u64,
-        c.vocab_size as u64,
-    );
-    let q = (c.num_heads * c.head_dim) as u64;
-    let kv = (c.num_kv_heads * c.head_dim) as u64;
+    let (h, v) = (c.hidden_size as u64, c.vocab_size as u64);
     let mut specs = vec![TensorSpec::new(names::TOKEN_EMBD, embd, &[v, h])];
     for l in 0..c.num_layers {
         for t in LayerTensor::ALL {
-            if !c.sub_norms && matches!(t, LayerTensor::AttnSubNorm | LayerTensor::FfnSubNorm) {
-                continue;
-            }
-            let shape = match t {
-                LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
-                LayerTensor::AttnSubNorm => vec![q],
-                LayerTensor::FfnSubNorm => vec![i],
-                LayerTensor::AttnQ => vec![q, h],
-                LayerTensor::AttnK | LayerTensor::AttnV => vec![kv, h],
-                LayerTensor::AttnOutput => vec![h, q],
-                LayerTensor::FfnGate | LayerTensor::FfnUp => vec![i, h],
-                LayerTensor::FfnDown => vec![h, i],
-            };
+            let Some(shape) = t.shape(c) else { continue };
             let enc = if t.is_projection() {
                 Encoding::Ternary(layout)
             } else {

@@ -12,13 +12,16 @@ use bitnet_convert::{ConvertOptions, ConvertReport, HubOptions, SourceSpec};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde_json::Value;
 
-pub const FIXTURES: [&str; 6] = [
+pub const FIXTURES: [&str; 9] = [
     "bitnet-2b4t",
     "bitnet-2b4t-bf16",
     "bitnet-1bitllm",
     "llama3-bitnet",
     "falcon3-bitnet",
     "falcon-e",
+    "mistral-bitnet",
+    "qwen2-bitnet",
+    "qwen3-bitnet",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -203,6 +206,20 @@ pub fn canonical_tensors(config: &Value, sub_norms: bool, tied: bool) -> Vec<(St
             ("attn_k", vec![kv, h]),
             ("attn_v", vec![kv, h]),
         ];
+        // Qwen2 adds biases to q, k and v; Qwen3 normalises each query and key head.
+        if config["model_type"] == "qwen2" {
+            layer.extend([
+                ("attn_q_bias", vec![q]),
+                ("attn_k_bias", vec![kv]),
+                ("attn_v_bias", vec![kv]),
+            ]);
+        }
+        if config["model_type"] == "qwen3" {
+            layer.extend([
+                ("attn_q_norm", vec![head_dim]),
+                ("attn_k_norm", vec![head_dim]),
+            ]);
+        }
         if sub_norms {
             layer.push(("attn_sub_norm", vec![q]));
         }
