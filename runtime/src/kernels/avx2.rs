@@ -31,6 +31,9 @@ pub(super) trait Mac {
     /// Add, in each row's lanes, the products of a half's four code planes `c` with the block's
     /// broadcast activation quads `a`.
     unsafe fn step(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]);
+    /// [`Mac::step`] for a lone token, whose accumulators are the only work in flight: may trade
+    /// instructions for a shorter dependency chain.
+    unsafe fn step_alone(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]);
     /// The accumulator as one i32 per row.
     unsafe fn widen(acc: __m256i) -> __m256i;
 }
@@ -61,6 +64,13 @@ impl Mac for Maddubs {
             _mm256_maddubs_epi16(c[3], a[3]),
         );
         *acc = _mm256_add_epi16(*acc, _mm256_add_epi16(s01, s23));
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn step_alone(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]) {
+        // SAFETY: same features.
+        unsafe { Self::step(acc, c, a) }
     }
 
     #[inline]
@@ -199,7 +209,13 @@ macro_rules! ternary_kernel {
                                 _mm256_set1_epi32(quad)
                             });
                             // SAFETY: this function has the features `K` is compiled for.
-                            unsafe { K::step(&mut acc[j], &c, &a) };
+                            unsafe {
+                                if M == 1 {
+                                    K::step_alone(&mut acc[j], &c, &a)
+                                } else {
+                                    K::step(&mut acc[j], &c, &a)
+                                }
+                            };
                         }
                     }
                 }
