@@ -236,76 +236,65 @@ fn q4_embeddings_name_a_column_count_not_a_multiple_of_32_and_a_non_finite_value
     );
 }
 
+/// `fixture` with its config.json changed by `edit`, in a directory of its own under `dir`: the
+/// conversion fails naming every needle.
+fn config_fails(dir: &Path, fixture: &str, edit: impl FnOnce(&mut Value), needles: &[&str]) {
+    let sub = tempfile::tempdir_in(dir).unwrap();
+    fails(&bad_checkpoint(sub.path(), fixture, |_| {}, edit), needles);
+}
+
 #[test]
 fn an_unsupported_architecture_is_named_with_the_supported_list() {
     let dir = tempfile::tempdir().unwrap();
-    let src = bad_checkpoint(
-        dir.path(),
-        "llama3-bitnet",
-        |_| {},
-        |c| {
-            c["architectures"] = json!(["GPTBigCodeForCausalLM"]);
-            c["model_type"] = json!("gpt_bigcode");
-        },
-    );
-    fails(
-        &src,
-        &[
-            "GPTBigCodeForCausalLM",
-            "gpt_bigcode",
-            "supported",
-            "BitNetForCausalLM",
-            "BitnetForCausalLM",
-            "Qwen3ForCausalLM",
-        ],
-    );
+    let unknown = |c: &mut Value| {
+        c["architectures"] = json!(["GPTBigCodeForCausalLM"]);
+        c["model_type"] = json!("gpt_bigcode");
+    };
+    let needles = [
+        "GPTBigCodeForCausalLM",
+        "gpt_bigcode",
+        "supported",
+        "BitNetForCausalLM",
+        "BitnetForCausalLM",
+        "Qwen3ForCausalLM",
+    ];
+    config_fails(dir.path(), "llama3-bitnet", unknown, &needles);
     // A decoder transformers can load with BitNet quantization, whose forward pass needs more than
     // the format describes: the missing piece is named.
-    let sub = dir.path().join("phi");
-    std::fs::create_dir_all(&sub).unwrap();
-    let src = bad_checkpoint(
-        &sub,
+    let phi = |c: &mut Value| {
+        c["architectures"] = json!(["PhiForCausalLM"]);
+        c["model_type"] = json!("phi");
+    };
+    config_fails(
+        dir.path(),
         "llama3-bitnet",
-        |_| {},
-        |c| {
-            c["architectures"] = json!(["PhiForCausalLM"]);
-            c["model_type"] = json!("phi");
-        },
+        phi,
+        &["PhiForCausalLM", "no LayerNorm"],
     );
-    fails(&src, &["PhiForCausalLM", "no LayerNorm"]);
     // A Llama checkpoint without BitNet quantization is not a BitNet model.
-    let sub = dir.path().join("plain");
-    std::fs::create_dir_all(&sub).unwrap();
-    let src = bad_checkpoint(
-        &sub,
+    let plain = |c: &mut Value| {
+        c.as_object_mut().unwrap().remove("quantization_config");
+    };
+    config_fails(
+        dir.path(),
         "llama3-bitnet",
-        |_| {},
-        |c| {
-            c.as_object_mut().unwrap().remove("quantization_config");
-        },
+        plain,
+        &["LlamaForCausalLM", "quant_method"],
     );
-    fails(&src, &["LlamaForCausalLM", "quant_method"]);
 }
 
 #[test]
 fn an_unsupported_activation_or_rope_scaling_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let src = bad_checkpoint(
+    let gelu = |c: &mut Value| c["hidden_act"] = json!("gelu");
+    config_fails(dir.path(), "falcon3-bitnet", gelu, &["hidden_act", "gelu"]);
+    let yarn = |c: &mut Value| c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+    config_fails(
         dir.path(),
         "falcon3-bitnet",
-        |_| {},
-        |c| c["hidden_act"] = json!("gelu"),
+        yarn,
+        &["rope_scaling", "yarn"],
     );
-    fails(&src, &["hidden_act", "gelu"]);
-    let sub = dir.path().join("rope");
-    std::fs::create_dir_all(&sub).unwrap();
-    let src = bad_checkpoint(
-        &sub,
-        "falcon3-bitnet",
-        |_| {},
-        |c| c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0}),
-    );
-    fails(&src, &["rope_scaling", "yarn"]);
 }
 
 #[test]
