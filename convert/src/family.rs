@@ -347,9 +347,8 @@ pub fn from_config(config: &Value, name_hint: &str) -> Result<ModelSpec, ConfigE
         sub_norms: matches!(family, Family::Bitnet2b4t | Family::OneBitLlm),
         // Settled against the tensors (lm_head.weight present or not) when planning.
         tied_embeddings: config_ties_embeddings.unwrap_or(true),
-        attention_bias: family == Family::Qwen2Bitnet
-            || (family == Family::Qwen3Bitnet
-                && c.get("attention_bias") == Some(&Value::Bool(true))),
+        // Qwen3 with attention_bias was refused above.
+        attention_bias: family == Family::Qwen2Bitnet,
         qk_norm: family == Family::Qwen3Bitnet,
     };
     config.validate().map_err(|detail| ConfigError::Invalid {

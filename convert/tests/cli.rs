@@ -138,13 +138,7 @@ fn an_existing_output_needs_force() {
 fn verify_exits_non_zero_naming_the_corrupted_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.bitnet");
-    let o = bin(dir.path())
-        .arg(fixture("bitnet-1bitllm"))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
+    convert_fixture(dir.path(), "bitnet-1bitllm", &out);
     let file = bitnet_format::BitnetFile::open(&out).unwrap();
     let offset = file.index().get("blk.0.attn_v").unwrap().offset;
     drop(file);
@@ -725,8 +719,9 @@ fn a_gguf_import_prints_the_conversion_summary() {
     assert!(stdout.contains(&format!("({bytes_out})")), "{stdout}");
 }
 
-/// `bitnet-convert export-gguf SRC -o OUT --type i2_s` (bitnet.cpp's x86 layout, blocks of 128).
-fn export_i2s(d: &Path, src: &Path, out: &Path) {
+/// `bitnet-convert export-gguf SRC -o OUT --type i2_s` (bitnet.cpp's x86 layout, blocks of 128),
+/// which must succeed; its stderr.
+fn export_i2s(d: &Path, src: &Path, out: &Path) -> String {
     let o = bin(d)
         .arg("export-gguf")
         .arg(src)
@@ -735,18 +730,22 @@ fn export_i2s(d: &Path, src: &Path, out: &Path) {
         .args(["--type", "i2_s"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    stderr
 }
 
-/// `bitnet-convert FIXTURE -o OUT`.
-fn convert_fixture(d: &Path, name: &str, out: &Path) {
+/// `bitnet-convert FIXTURE -o OUT`, which must succeed; its stderr.
+fn convert_fixture(d: &Path, name: &str, out: &Path) -> String {
     let o = bin(d)
         .arg(fixture(name))
         .arg("-o")
         .arg(out)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    stderr
 }
 
 /// Rewrite each I2_S tensor of the GGUF file `bytes` with `edit(tensor bytes)`.
@@ -979,14 +978,7 @@ fn an_output_name_with_the_wrong_extension_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let bitnet_as_gguf = d.join("x.gguf");
-    let o = bin(d)
-        .arg(fixture("bitnet-2b4t"))
-        .arg("-o")
-        .arg(&bitnet_as_gguf)
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&o);
-    assert!(o.status.success(), "{stderr}");
+    let stderr = convert_fixture(d, "bitnet-2b4t", &bitnet_as_gguf);
     assert!(
         stderr.contains(&format!(
             "warning: {}: writing a .bitnet file, but its name ends in .gguf",
@@ -996,16 +988,7 @@ fn an_output_name_with_the_wrong_extension_is_warned_about() {
     );
     BitnetFile::open(&bitnet_as_gguf).unwrap();
     let gguf_as_bitnet = d.join("x.bitnet");
-    let o = bin(d)
-        .arg("export-gguf")
-        .arg(&bitnet_as_gguf)
-        .arg("-o")
-        .arg(&gguf_as_bitnet)
-        .args(["--type", "i2_s"])
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&o);
-    assert!(o.status.success(), "{stderr}");
+    let stderr = export_i2s(d, &bitnet_as_gguf, &gguf_as_bitnet);
     assert!(
         stderr.contains(&format!(
             "warning: {}: writing a .gguf file, but its name ends in .bitnet",
@@ -1015,13 +998,8 @@ fn an_output_name_with_the_wrong_extension_is_warned_about() {
     );
     assert_eq!(&std::fs::read(&gguf_as_bitnet).unwrap()[..4], b"GGUF");
     // Matching names: no warning.
-    let o = bin(d)
-        .arg(fixture("bitnet-2b4t"))
-        .arg("-o")
-        .arg(d.join("y.bitnet"))
-        .output()
-        .unwrap();
-    assert!(!text(&o).1.contains("warning:"), "{}", text(&o).1);
+    let stderr = convert_fixture(d, "bitnet-2b4t", &d.join("y.bitnet"));
+    assert!(!stderr.contains("warning:"), "{stderr}");
 }
 
 /// More threads than cores only take turns: capped, with a note.

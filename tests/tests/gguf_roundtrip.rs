@@ -21,7 +21,7 @@ use bitnet_format::{
     Activation, BitnetFile, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig,
     Provenance, Source, TensorSpec, TernaryLayout, TokenizerInfo, ternary,
 };
-use convert_support::{FIXTURES, convert_dir, fixture, options, read_json, read_npy};
+use convert_support::{FIXTURES, convert_dir, fixture, ids, options, read_json, read_npy};
 use gguf_rs_lib::format::metadata::MetadataValue;
 
 fn export(input: &Path, output: &Path, ty: ExportType) -> gguf::ExportReport {
@@ -119,14 +119,6 @@ fn every_family_fixture_round_trips_through_i2s_bit_exactly() {
             assert!(!dir.path().join("x.gguf").exists());
         }
     }
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// tiiuae/Falcon-E-*-GGUF ships bitnet.cpp's `ggml-model-i2_s.gguf`: architecture `llama`, I2_S

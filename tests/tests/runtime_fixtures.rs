@@ -12,7 +12,6 @@ use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use bitnet_run::sampling::argmax;
 use bitnet_run::tokenizer::Tokenizer;
 use convert_support::*;
-use serde_json::Value;
 
 /// Transformers keeps its cache in f32: the comparison with it uses the f32 cache.
 const F32_CACHE: KvTypes = KvTypes {
@@ -24,14 +23,6 @@ fn converted(dir: &Path, name: &str) -> std::path::PathBuf {
     let out = dir.join(format!("{name}.bitnet"));
     convert_dir(&fixture(name), &out);
     out
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// Fraction of positions whose argmax agrees between `got` and the reference `want` (`T × vocab`).

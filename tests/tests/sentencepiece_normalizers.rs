@@ -4,16 +4,18 @@
 //! bitnet-convert's tokenizer.json and bitnet-run's tokenizer exactly as Python sentencepiece does:
 //! the ids in `testdata/sentencepiece/*/ids.json` come from `tools/fixtures/sentencepiece_normalizers.py`.
 
+mod convert_support;
+
 use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
 
 use bitnet_convert::gguf::vocab::{self, Meta};
 use bitnet_convert::tokenizer::sentencepiece::{self as sp, SentencePieceModel, to_tokenizer_json};
-use bitnet_convert::{ConvertOptions, SourceSpec, convert};
 use bitnet_format::BitnetFile;
 use bitnet_format::TokenizerInfo;
 use bitnet_run::tokenizer::Tokenizer;
+use convert_support::{bad_checkpoint, convert_dir, ids, read_json};
 use gguf_rs_lib::format::metadata::MetadataValue;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -57,17 +59,10 @@ fn tokenizer(dir: &Path) -> (SentencePieceModel, Tokenizer) {
 }
 
 fn cases(dir: &Path) -> Vec<Value> {
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("ids.json")).unwrap()).unwrap();
-    expected["cases"].as_array().unwrap().clone()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
+    read_json(&dir.join("ids.json"))["cases"]
+        .as_array()
         .unwrap()
-        .iter()
-        .map(|i| i.as_u64().unwrap() as u32)
-        .collect()
+        .clone()
 }
 
 #[test]
@@ -186,12 +181,7 @@ fn gguf_export_keeps_unigram_normalizers_and_names_what_it_drops() {
 fn a_checkpoint_with_a_normalizing_tokenizer_converts_and_prompts_like_sentencepiece() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
-    let checkpoint = dir.path().join("checkpoint");
-    std::fs::create_dir(&checkpoint).unwrap();
-    for entry in std::fs::read_dir(root.join("testdata/fixtures/bitnet-1bitllm")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, checkpoint.join(path.file_name().unwrap())).unwrap();
-    }
+    let checkpoint = bad_checkpoint(dir.path(), "bitnet-1bitllm", |_| {}, |_| {});
     let spm = root.join("testdata/sentencepiece/unigram-nmt_nfkc");
     std::fs::copy(
         spm.join("tokenizer.model"),
@@ -200,9 +190,7 @@ fn a_checkpoint_with_a_normalizing_tokenizer_converts_and_prompts_like_sentencep
     .unwrap();
 
     let out = dir.path().join("m.bitnet");
-    let mut options = ConvertOptions::new(SourceSpec::Directory { path: checkpoint }, &out);
-    options.hub.offline = true;
-    let report = convert(&options).unwrap();
+    let report = convert_dir(&checkpoint, &out);
     assert!(
         report
             .notes

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bitnet_run::kernels::{KernelPath, bandwidth};
 use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use clap::Args;
@@ -136,11 +136,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(p) => p
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        None => "demo".to_string(),
+        None => {
+            eprintln!("note: {}", bitnet_run::demo::NOTE);
+            "demo".to_string()
+        }
     };
-    // Opened once here (the demo model's note printed once) and again for each further thread
-    // count, since loading takes the file.
-    let mut opened = Some(super::open_file(args.model.as_deref())?.0);
     let cache = KvTypes {
         keys: args.cache_type_k,
         values: args.cache_type_v,
@@ -149,12 +149,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut bytes_per_token = 0;
     let mut file_bytes = 0;
     for &t in &threads {
-        let file = match (opened.take(), &args.model) {
-            (Some(file), _) => file,
-            (None, Some(path)) => bitnet_format::BitnetFile::open(path)
-                .with_context(|| format!("cannot open model {}", path.display()))?,
-            (None, None) => bitnet_run::demo::open()?,
-        };
+        // Loading takes the file: opened again for each thread count, the note said once above.
+        let (file, _) = super::open_file_quietly(args.model.as_deref())?;
         file_bytes = file.bytes().len();
         let model = Model::load(file, path, t)?;
         bytes_per_token = model.weights.bytes_per_token();

@@ -287,6 +287,14 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
 
 /// The model file `-m` names, else the bundled demo model (with a note); and its name for messages.
 fn open_file(model: Option<&Path>) -> Result<(BitnetFile, String)> {
+    if model.is_none() {
+        eprintln!("note: {}", bitnet_run::demo::NOTE);
+    }
+    open_file_quietly(model)
+}
+
+/// [`open_file`] without the demo model's note, for opening the same model again.
+fn open_file_quietly(model: Option<&Path>) -> Result<(BitnetFile, String)> {
     match model {
         Some(path) => {
             let name = path.display().to_string();
@@ -294,13 +302,10 @@ fn open_file(model: Option<&Path>) -> Result<(BitnetFile, String)> {
                 BitnetFile::open(path).with_context(|| format!("cannot open model {name}"))?;
             Ok((file, name))
         }
-        None => {
-            eprintln!("note: {}", bitnet_run::demo::NOTE);
-            Ok((
-                bitnet_run::demo::open()?,
-                "the bundled demo model".to_string(),
-            ))
-        }
+        None => Ok((
+            bitnet_run::demo::open()?,
+            "the bundled demo model".to_string(),
+        )),
     }
 }
 

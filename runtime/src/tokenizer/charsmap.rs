@@ -124,16 +124,15 @@ impl CharsMap {
 
     /// Normalize in place, keeping the alignments to the original text.
     pub fn normalize(&self, normalized: &mut NormalizedString) {
-        if self.steps(normalized.get()).all(|(c, r)| c == r) {
-            return;
-        }
         // `transform` takes every output character with the change it makes to the length:
         // 0 for a one-to-one replacement, 1 for each inserted character, -n on the last character
         // of a replacement for n characters it removed; removals before any output are the
         // initial offset.
         let mut changes: Vec<(char, isize)> = Vec::with_capacity(normalized.get().len());
         let mut removed_first = 0usize;
+        let mut modified = false;
         for (consumed, replacement) in self.steps(normalized.get()) {
+            modified |= consumed != replacement;
             let old = consumed.chars().count() as isize;
             let new = replacement.chars().count() as isize;
             if new == 0 {
@@ -153,7 +152,9 @@ impl CharsMap {
                 changes.last_mut().expect("a character was pushed").1 -= old - new;
             }
         }
-        normalized.transform(changes, removed_first);
+        if modified {
+            normalized.transform(changes, removed_first);
+        }
     }
 }
 
