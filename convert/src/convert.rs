@@ -60,13 +60,24 @@ impl ConvertOptions {
     }
 }
 
-/// `--layout auto`: 16-row tiles on x86-64 (AVX2, AVX-512), 4-row tiles on AArch64 (NEON), 16-row
-/// tiles elsewhere.
+/// The tile height the kernels of this architecture read best: 16 rows on x86-64 (AVX2, AVX-512),
+/// 4 on AArch64 (NEON), 16 elsewhere.
+fn native_tile_rows() -> u32 {
+    if cfg!(target_arch = "aarch64") { 4 } else { 16 }
+}
+
+/// `--layout auto`: `tiled` with this architecture's tile height.
 pub fn auto_layout() -> TernaryLayout {
-    if cfg!(target_arch = "aarch64") {
-        TernaryLayout::Tiled { tile_rows: 4 }
-    } else {
-        TernaryLayout::Tiled { tile_rows: 16 }
+    TernaryLayout::Tiled {
+        tile_rows: native_tile_rows(),
+    }
+}
+
+/// `--layout compact`: the smallest layout, `base3` (1.6 bits per weight), with this
+/// architecture's tile height.
+pub fn compact_layout() -> TernaryLayout {
+    TernaryLayout::Base3 {
+        tile_rows: native_tile_rows(),
     }
 }
 

@@ -21,7 +21,8 @@ pub mod verify;
 pub mod write;
 
 pub use convert::{
-    CONVERTER, ConvertError, ConvertOptions, auto_layout, convert, remove_partial_files,
+    CONVERTER, ConvertError, ConvertOptions, auto_layout, compact_layout, convert,
+    remove_partial_files,
 };
 pub use plan::EmbeddingsChoice;
 pub use source::{HubOptions, SourceSpec};

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use bitnet_convert::{
-    ConvertOptions, EmbeddingsChoice, HubOptions, SourceSpec, auto_layout, convert, gguf,
-    inspect::inspect, remove_partial_files, synthetic, verify::verify_file,
+    ConvertOptions, EmbeddingsChoice, HubOptions, SourceSpec, auto_layout, compact_layout, convert,
+    gguf, inspect::inspect, remove_partial_files, synthetic, verify::verify_file,
 };
 use bitnet_format::{Encoding, TernaryLayout};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -111,7 +111,7 @@ struct ConvertArgs {
     /// Branch, tag or commit of a Hugging Face repo [default: main].
     #[arg(long, value_name = "REV")]
     revision: Option<String>,
-    /// Ternary layout: auto (tiled16 on x86-64, tiled4 on AArch64), tiled4, tiled8, tiled16, tiled32, i2s (= i2s128) or i2s64.
+    /// Ternary layout: auto (tiled16 on x86-64, tiled4 on AArch64), compact (1.6 bits per weight: base3x16 on x86-64, base3x4 on AArch64), tiled4, tiled8, tiled16, tiled32, base3x4, base3x8, base3x16, base3x32, i2s (= i2s128) or i2s64.
     #[arg(long, default_value = "auto", value_parser = parse_layout)]
     layout: LayoutArg,
     /// Encoding of token_embd and output [default: the checkpoint's dtype].
@@ -138,11 +138,13 @@ enum LayoutArg {
 }
 
 fn parse_layout(s: &str) -> Result<LayoutArg, String> {
-    if s == "auto" {
-        return Ok(LayoutArg::Auto);
+    match s {
+        "auto" => return Ok(LayoutArg::Auto),
+        "compact" => return Ok(LayoutArg::Fixed(compact_layout())),
+        _ => {}
     }
     TernaryLayout::from_label(s).map(LayoutArg::Fixed).ok_or_else(|| {
-        format!("unknown layout {s:?}: expected auto, tiled4, tiled8, tiled16, tiled32, i2s, i2s128 or i2s64")
+        format!("unknown layout {s:?}: expected auto, compact, tiled4, tiled8, tiled16, tiled32, base3x4, base3x8, base3x16, base3x32, i2s, i2s128 or i2s64")
     })
 }
 

@@ -1065,3 +1065,64 @@ fn export_warnings_and_notes_have_their_own_prefixes() {
     );
     assert!(!stderr.contains("WARNING"), "{stderr}");
 }
+
+/// The ternary values of every projection of a `.bitnet` file, by name.
+fn ternary_values(path: &Path) -> Vec<(String, Vec<i8>, f32)> {
+    let file = BitnetFile::open(path).unwrap();
+    file.tensors()
+        .iter()
+        .filter(|t| matches!(t.encoding, Encoding::Ternary(_)))
+        .map(|t| {
+            let (values, scale) = file.view(t).unpack_ternary().unwrap();
+            (t.name.clone(), values, scale)
+        })
+        .collect()
+}
+
+/// `--layout compact` writes `base3` (SPEC.md §6.4) with the values of the default layout, from a
+/// checkpoint and from llama.cpp's TQ1_0; `verify` checks it and `inspect` names it.
+#[test]
+fn the_compact_layout_holds_the_same_values_from_a_checkpoint_and_from_tq1_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (tiled, compact) = (d.join("tiled.bitnet"), d.join("compact.bitnet"));
+    convert_fixture(d, "llama3-bitnet", &tiled);
+    let o = bin(d)
+        .arg(fixture("llama3-bitnet"))
+        .arg("-o")
+        .arg(&compact)
+        .args(["--layout", "compact"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("bits per weight"), "{stdout}");
+    let native = if cfg!(target_arch = "aarch64") {
+        "base3x4"
+    } else {
+        "base3x16"
+    };
+    let o = bin(d).arg("inspect").arg(&compact).output().unwrap();
+    assert!(text(&o).0.contains(native), "{}", text(&o).0);
+    let o = bin(d).arg("verify").arg(&compact).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let (a, b) = (ternary_values(&tiled), ternary_values(&compact));
+    assert!(!a.is_empty() && a == b, "the layouts hold different values");
+
+    // A GGUF written by gguf-py with TQ1_0 and TQ2_0 projections: the same trits and scales in
+    // either layout.
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/gguf/bitnet_tq.gguf");
+    let (from_tq, from_tq_compact) = (d.join("tq.bitnet"), d.join("tq-compact.bitnet"));
+    for (out, layout) in [(&from_tq, "auto"), (&from_tq_compact, "compact")] {
+        let o = bin(d)
+            .arg(&gguf)
+            .arg("-o")
+            .arg(out)
+            .args(["--layout", layout])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o).1);
+    }
+    let (a, b) = (ternary_values(&from_tq), ternary_values(&from_tq_compact));
+    assert!(!a.is_empty() && a == b, "TQ imports differ between layouts");
+}

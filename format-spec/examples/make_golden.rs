@@ -93,6 +93,50 @@ const TERNARY_CASES: [(TernaryLayout, u64, u64, f32); 6] = [
     (TernaryLayout::Tiled { tile_rows: 32 }, 33, 18, 0.75),
 ];
 
+/// Added later than [`TERNARY_CASES`], after `q4_b32`, so that earlier values stay as first committed.
+const BASE3_CASES: [(TernaryLayout, u64, u64, f32); 4] = [
+    (TernaryLayout::Base3 { tile_rows: 4 }, 5, 23, 0.25),
+    (TernaryLayout::Base3 { tile_rows: 8 }, 9, 20, 1.0),
+    (TernaryLayout::Base3 { tile_rows: 16 }, 17, 41, 0.5),
+    (TernaryLayout::Base3 { tile_rows: 32 }, 33, 7, 0.0625),
+];
+
+/// One ternary tensor of random values: its test vector written to `format-spec/vectors/`, its
+/// bytes, its expected values and its spec appended to the golden file's lists.
+fn ternary_case(
+    root: &Path,
+    (layout, rows, cols, scale): (TernaryLayout, u64, u64, f32),
+    rng: &mut Lcg,
+    (specs, payloads, expected): (
+        &mut Vec<TensorSpec>,
+        &mut Vec<Vec<u8>>,
+        &mut Vec<serde_json::Value>,
+    ),
+) {
+    let name = format!("ternary_{}", layout.label());
+    let values: Vec<i8> = (0..rows * cols).map(|_| rng.trit()).collect();
+    let bytes = ternary::pack(layout, rows, cols, &values, scale).unwrap();
+    expected.push(json!({"name": name, "values": values, "scale": scale}));
+    let rows_json: Vec<String> = values
+        .chunks(cols as usize)
+        .map(|row| serde_json::to_string(row).unwrap())
+        .collect();
+    let vector = format!(
+        "{{\n  \"layout\": {},\n  \"rows\": {rows},\n  \"cols\": {cols},\n  \"scale\": {scale:?},\n  \"values\": [\n    {}\n  ],\n  \"bytes_hex\": \"{}\"\n}}\n",
+        serde_json::to_string(&layout.params()).unwrap(),
+        rows_json.join(",\n    "),
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    );
+    let path = root.join(format!("format-spec/vectors/{}.json", layout.label()));
+    std::fs::write(&path, vector).unwrap();
+    payloads.push(bytes);
+    specs.push(TensorSpec::new(
+        name,
+        Encoding::Ternary(layout),
+        &[rows, cols],
+    ));
+}
+
 fn header() -> Header {
     Header {
         model: ModelConfig {
@@ -168,29 +212,13 @@ fn main() {
     specs.push(TensorSpec::new("i8_row", Encoding::I8Row, &[3, 5]));
 
     std::fs::create_dir_all(root.join("format-spec/vectors")).unwrap();
-    for (layout, rows, cols, scale) in TERNARY_CASES {
-        let name = format!("ternary_{}", layout.label());
-        let values: Vec<i8> = (0..rows * cols).map(|_| rng.trit()).collect();
-        let bytes = ternary::pack(layout, rows, cols, &values, scale).unwrap();
-        expected.push(json!({"name": name, "values": values, "scale": scale}));
-        let rows_json: Vec<String> = values
-            .chunks(cols as usize)
-            .map(|row| serde_json::to_string(row).unwrap())
-            .collect();
-        let vector = format!(
-            "{{\n  \"layout\": {},\n  \"rows\": {rows},\n  \"cols\": {cols},\n  \"scale\": {scale:?},\n  \"values\": [\n    {}\n  ],\n  \"bytes_hex\": \"{}\"\n}}\n",
-            serde_json::to_string(&layout.params()).unwrap(),
-            rows_json.join(",\n    "),
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    for case in TERNARY_CASES {
+        ternary_case(
+            &root,
+            case,
+            &mut rng,
+            (&mut specs, &mut payloads, &mut expected),
         );
-        let path = root.join(format!("format-spec/vectors/{}.json", layout.label()));
-        std::fs::write(&path, vector).unwrap();
-        payloads.push(bytes);
-        specs.push(TensorSpec::new(
-            name,
-            Encoding::Ternary(layout),
-            &[rows, cols],
-        ));
     }
 
     // Added after the ternary cases so that their random values stay as first committed.
@@ -198,6 +226,14 @@ fn main() {
     payloads.push(bytes);
     expected.push(json!({"name": "q4_b32", "values": values}));
     specs.push(TensorSpec::new("q4_b32", Encoding::Q4B32, &[2, 64]));
+    for case in BASE3_CASES {
+        ternary_case(
+            &root,
+            case,
+            &mut rng,
+            (&mut specs, &mut payloads, &mut expected),
+        );
+    }
 
     std::fs::create_dir_all(root.join("testdata/format")).unwrap();
     let writer =

@@ -28,7 +28,7 @@ pub enum Encoding {
     Ternary(TernaryLayout),
 }
 
-/// The arrangement of 2-bit ternary codes in a tensor's bytes (SPEC.md §6).
+/// The arrangement of ternary codes in a tensor's bytes (SPEC.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TernaryLayout {
     /// bitnet.cpp's I2_S: the flattened tensor in blocks of `block` elements (128 as written by x86
@@ -38,6 +38,10 @@ pub enum TernaryLayout {
     /// byte `4r + j` holds columns `j, j+4, j+8, j+12` of row `r`, least significant pair first.
     /// f32 scale in the tensor's first 64 bytes.
     Tiled { tile_rows: u32 },
+    /// The tiles of [`TernaryLayout::Tiled`] with blocks of 20 columns, five codes per byte as one
+    /// base-3 fixed-point number (1.6 bits per weight): byte `4r + j` of a block holds columns
+    /// `j, j+4, j+8, j+12, j+16` of row `r`, most significant digit first.
+    Base3 { tile_rows: u32 },
 }
 
 /// Columns per block (one f16 scale each) of a `q4_b32` tensor.
@@ -55,6 +59,8 @@ pub const TILE_ROWS_ALLOWED: [u32; 4] = [4, 8, 16, 32];
 pub const I2S_BLOCKS_ALLOWED: [u32; 2] = [64, 128];
 /// Columns per block in the tiled layout.
 pub const TILED_BLOCK_K: u32 = 16;
+/// Columns per block in the base3 layout: five codes per byte.
+pub const BASE3_BLOCK_K: u32 = 20;
 /// Consecutive columns sharing one byte lane group in the tiled layout.
 pub const TILED_LANE_K: u32 = 4;
 /// Bytes reserved for the per-tensor scale at the head of a tiled tensor.
@@ -195,12 +201,17 @@ impl TernaryLayout {
         match self {
             TernaryLayout::I2s { block } => format!("i2s{block}"),
             TernaryLayout::Tiled { tile_rows } => format!("tiled{tile_rows}"),
+            TernaryLayout::Base3 { tile_rows } => format!("base3x{tile_rows}"),
         }
     }
 
     /// Parse a label as printed by [`TernaryLayout::label`]; `i2s` alone means `i2s128`.
     pub fn from_label(label: &str) -> Option<Self> {
-        let layout = if label == "i2s" {
+        let layout = if let Some(rows) = label.strip_prefix("base3x") {
+            TernaryLayout::Base3 {
+                tile_rows: rows.parse().ok()?,
+            }
+        } else if label == "i2s" {
             TernaryLayout::I2s { block: 128 }
         } else if let Some(block) = label.strip_prefix("i2s") {
             TernaryLayout::I2s {
@@ -219,9 +230,13 @@ impl TernaryLayout {
             TernaryLayout::I2s { block } if !I2S_BLOCKS_ALLOWED.contains(&block) => Err(format!(
                 "i2s block {block} is not one of {I2S_BLOCKS_ALLOWED:?}"
             )),
-            TernaryLayout::Tiled { tile_rows } if !TILE_ROWS_ALLOWED.contains(&tile_rows) => Err(
-                format!("tile_rows {tile_rows} is not one of {TILE_ROWS_ALLOWED:?}"),
-            ),
+            TernaryLayout::Tiled { tile_rows } | TernaryLayout::Base3 { tile_rows }
+                if !TILE_ROWS_ALLOWED.contains(&tile_rows) =>
+            {
+                Err(format!(
+                    "tile_rows {tile_rows} is not one of {TILE_ROWS_ALLOWED:?}"
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -249,6 +264,16 @@ impl TernaryLayout {
                 bit_order: "lsb_first".into(),
                 scale: "f32_head".into(),
             },
+            TernaryLayout::Base3 { tile_rows } => LayoutParams {
+                kind: "base3".into(),
+                block: None,
+                tile_rows: Some(tile_rows),
+                block_k: Some(BASE3_BLOCK_K),
+                lane_k: Some(TILED_LANE_K),
+                code: "w+1".into(),
+                bit_order: "base3_msd_first".into(),
+                scale: "f32_head".into(),
+            },
         }
     }
 
@@ -260,6 +285,9 @@ impl TernaryLayout {
             },
             "tiled" => TernaryLayout::Tiled {
                 tile_rows: p.tile_rows.ok_or("tiled layout without \"tile_rows\"")?,
+            },
+            "base3" => TernaryLayout::Base3 {
+                tile_rows: p.tile_rows.ok_or("base3 layout without \"tile_rows\"")?,
             },
             other => return Err(format!("unknown ternary layout kind {other:?}")),
         };
@@ -297,7 +325,7 @@ impl TernaryLayout {
                     .checked_mul(block as u64 / 4)?
                     .checked_add(I2S_TAIL_BYTES)
             }
-            TernaryLayout::Tiled { .. } => {
+            TernaryLayout::Tiled { .. } | TernaryLayout::Base3 { .. } => {
                 let g = self.tiled_geometry(rows, cols);
                 g.tiles
                     .checked_mul(g.k_blocks)?
@@ -307,18 +335,26 @@ impl TernaryLayout {
         }
     }
 
-    /// Tile geometry of a tiled layout (meaningless for i2s).
+    /// Tile geometry of a tiled or base3 layout (meaningless for i2s).
     pub fn tiled_geometry(&self, rows: u64, cols: u64) -> TiledGeometry {
-        let tile_rows = match *self {
-            TernaryLayout::Tiled { tile_rows } => tile_rows as u64,
-            TernaryLayout::I2s { .. } => 1,
+        let (tile_rows, block_k) = match *self {
+            TernaryLayout::Tiled { tile_rows } => (tile_rows as u64, TILED_BLOCK_K as u64),
+            TernaryLayout::Base3 { tile_rows } => (tile_rows as u64, BASE3_BLOCK_K as u64),
+            TernaryLayout::I2s { .. } => (1, TILED_BLOCK_K as u64),
         };
         TiledGeometry {
             tile_rows,
             tiles: rows.div_ceil(tile_rows),
-            k_blocks: cols.div_ceil(TILED_BLOCK_K as u64),
+            k_blocks: cols.div_ceil(block_k),
+            block_k,
             block_bytes: tile_rows * 4,
         }
+    }
+
+    /// Bits of storage per weight of a `rows × cols` tensor, padding and scale included.
+    pub fn bits_per_weight(&self, rows: u64, cols: u64) -> Option<f64> {
+        let bytes = self.byte_len(rows, cols)?;
+        Some(bytes as f64 * 8.0 / (rows.checked_mul(cols)? as f64))
     }
 }
 
@@ -328,6 +364,8 @@ pub struct TiledGeometry {
     pub tile_rows: u64,
     pub tiles: u64,
     pub k_blocks: u64,
+    /// Columns per block: 16 (tiled) or 20 (base3).
+    pub block_k: u64,
     pub block_bytes: u64,
 }
 

@@ -18,9 +18,9 @@ mod unique_members;
 mod writer;
 
 pub use encoding::{
-    ALIGN, Encoding, I2S_BLOCKS_ALLOWED, LayoutParams, MAX_ELEMENTS, Q4_BLOCK, TILE_ROWS_ALLOWED,
-    TILED_BLOCK_K, TILED_LANE_K, TernaryLayout, TiledGeometry, align_up, element_count,
-    q4_codes_offset,
+    ALIGN, BASE3_BLOCK_K, Encoding, I2S_BLOCKS_ALLOWED, LayoutParams, MAX_ELEMENTS, Q4_BLOCK,
+    TILE_ROWS_ALLOWED, TILED_BLOCK_K, TILED_LANE_K, TernaryLayout, TiledGeometry, align_up,
+    element_count, q4_codes_offset,
 };
 pub use error::{FormatError, Result, error_chain, repeated_clause};
 pub use header::{

@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use crate::encoding::{TILED_BLOCK_K, TernaryLayout};
-use crate::ternary::TernaryError;
+use crate::encoding::TernaryLayout;
+use crate::ternary::{TernaryError, base3_digit, base3_encode};
 
 /// The code of the value 0, held by every padding position.
 const PAD: u8 = 1;
@@ -25,11 +25,12 @@ pub fn pack(layout: TernaryLayout, rows: usize, cols: usize, values: &[i8], scal
     let mut out = vec![0u8; len];
     let code = |i: usize| (values[i] + 1) as u8;
     match layout {
-        TernaryLayout::Tiled { tile_rows } => {
+        TernaryLayout::Tiled { tile_rows } | TernaryLayout::Base3 { tile_rows } => {
             let tile_rows = tile_rows as usize;
-            let bk = TILED_BLOCK_K as usize;
-            let k_blocks = cols.div_ceil(bk);
-            let tile_bytes = k_blocks * 4 * tile_rows;
+            let g = layout.tiled_geometry(rows as u64, cols as u64);
+            let bk = g.block_k as usize;
+            let tile_bytes = g.tile_bytes() as usize;
+            let base3 = matches!(layout, TernaryLayout::Base3 { .. });
             out[..4].copy_from_slice(&scale.to_le_bytes());
             out[TILED_HEAD..]
                 .par_chunks_mut(tile_bytes)
@@ -39,17 +40,19 @@ pub fn pack(layout: TernaryLayout, rows: usize, cols: usize, values: &[i8], scal
                         for r in 0..tile_rows {
                             let row = tile * tile_rows + r;
                             for j in 0..4 {
-                                let mut byte = 0u8;
-                                for p in 0..4 {
+                                let c: [u8; 5] = std::array::from_fn(|p| {
                                     let col = kb * bk + 4 * p + j;
-                                    let c = if row < rows && col < cols {
+                                    if row < rows && col < cols && 4 * p < bk {
                                         code(row * cols + col)
                                     } else {
                                         PAD
-                                    };
-                                    byte |= c << (2 * p);
-                                }
-                                block[4 * r + j] = byte;
+                                    }
+                                });
+                                block[4 * r + j] = if base3 {
+                                    base3_encode(c)
+                                } else {
+                                    c[0] | c[1] << 2 | c[2] << 4 | c[3] << 6
+                                };
                             }
                         }
                     }
@@ -105,12 +108,15 @@ pub fn unpack(
     }
     let n = rows * cols;
     let mut values = vec![0i8; n];
-    // Codes are decoded as `code - 1`; an invalid code 3 decodes to 2, found in a final scan.
+    // Codes are decoded as `code - 1`; an invalid code 3 decodes to 2, found in a final scan. Every
+    // byte decodes to base-3 digits, even one no writer produces (which `ternary::unpack` refuses).
     match layout {
-        TernaryLayout::Tiled { tile_rows } => {
+        TernaryLayout::Tiled { tile_rows } | TernaryLayout::Base3 { tile_rows } => {
             let tile_rows = tile_rows as usize;
-            let bk = TILED_BLOCK_K as usize;
-            let tile_bytes = cols.div_ceil(bk) * 4 * tile_rows;
+            let g = layout.tiled_geometry(rows as u64, cols as u64);
+            let bk = g.block_k as usize;
+            let tile_bytes = g.tile_bytes() as usize;
+            let base3 = matches!(layout, TernaryLayout::Base3 { .. });
             values
                 .par_chunks_mut(tile_rows * cols)
                 .enumerate()
@@ -120,10 +126,15 @@ pub fn unpack(
                         for (r, row) in out.chunks_exact_mut(cols).enumerate() {
                             for j in 0..4 {
                                 let byte = block[4 * r + j];
-                                for p in 0..4 {
+                                for p in 0..bk / 4 {
                                     let col = kb * bk + 4 * p + j;
                                     if col < cols {
-                                        row[col] = ((byte >> (2 * p)) & 3) as i8 - 1;
+                                        let code = if base3 {
+                                            base3_digit(byte, p as u32)
+                                        } else {
+                                            (byte >> (2 * p)) & 3
+                                        };
+                                        row[col] = code as i8 - 1;
                                     }
                                 }
                             }
@@ -176,7 +187,10 @@ mod tests {
 
     #[test]
     fn every_layout_matches_the_reference_packer_on_awkward_shapes() {
-        let layouts = ["tiled4", "tiled8", "tiled16", "tiled32", "i2s64", "i2s128"];
+        let layouts = [
+            "tiled4", "tiled8", "tiled16", "tiled32", "i2s64", "i2s128", "base3x4", "base3x8",
+            "base3x16", "base3x32",
+        ];
         for (rows, cols) in [(1, 1), (3, 17), (32, 96), (33, 200), (20, 130), (64, 64)] {
             let v = values(rows, cols, (rows * 1000 + cols) as u64);
             for label in layouts {
@@ -204,7 +218,12 @@ mod invalid {
             let layout = TernaryLayout::from_label(label).unwrap();
             let (rows, cols) = (9usize, 70usize);
             let mut data = pack(layout, rows, cols, &vec![0i8; rows * cols], 1.0);
-            let (byte, shift) = crate::ternary::code_position(layout, cols as u64, 7, 33);
+            let (byte, slot) = crate::ternary::code_position(layout, cols as u64, 7, 33);
+            let shift = if label.starts_with("i2s") {
+                6 - 2 * slot
+            } else {
+                2 * slot
+            };
             data[byte as usize] |= 3 << shift;
             assert_eq!(
                 unpack(layout, rows, cols, &data),

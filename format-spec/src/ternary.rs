@@ -4,7 +4,7 @@
 //! that faster packers and the runtime's kernels are tested against.
 
 use crate::encoding::{
-    I2S_TAIL_BYTES, TILED_BLOCK_K, TILED_LANE_K, TILED_SCALE_BYTES, TernaryLayout,
+    BASE3_BLOCK_K, I2S_TAIL_BYTES, TILED_BLOCK_K, TILED_LANE_K, TILED_SCALE_BYTES, TernaryLayout,
 };
 
 /// The 2-bit code of a ternary value: `w + 1`.
@@ -36,14 +36,16 @@ pub enum TernaryError {
     InvalidCode { row: u64, col: u64 },
     #[error("padding position holds code {code} instead of {PAD_CODE} (the code of 0)")]
     BadPadding { code: u8 },
+    #[error("byte {offset} of the tensor is {value:#04x}, not one of the 243 base-3 code bytes")]
+    NotBase3 { offset: u64, value: u8 },
     #[error("reserved byte {offset} of the tensor is {value:#04x}, not zero")]
     ReservedNotZero { offset: u64, value: u8 },
     #[error("scale {scale} is not finite")]
     BadScale { scale: f32 },
 }
 
-/// Where the code of element `(row, col)` lives: byte offset within the tensor's data and the bit
-/// shift of its 2-bit field. `row < rows` and `col < cols` are the caller's to ensure.
+/// Where the code of element `(row, col)` lives: byte offset within the tensor's data and its slot
+/// in that byte ([`read_code`]). `row < rows` and `col < cols` are the caller's to ensure.
 pub fn code_position(layout: TernaryLayout, cols: u64, row: u64, col: u64) -> (u64, u32) {
     match layout {
         TernaryLayout::I2s { block } => {
@@ -51,26 +53,78 @@ pub fn code_position(layout: TernaryLayout, cols: u64, row: u64, col: u64) -> (u
             let group = block / 4;
             let index = row * cols + col;
             let (b, e) = (index / block, index % block);
-            (b * group + e % group, 6 - 2 * (e / group) as u32)
+            (b * group + e % group, (e / group) as u32)
         }
-        TernaryLayout::Tiled { tile_rows } => {
+        TernaryLayout::Tiled { tile_rows } | TernaryLayout::Base3 { tile_rows } => {
             let tile_rows = tile_rows as u64;
-            let bk = TILED_BLOCK_K as u64;
+            let bk = match layout {
+                TernaryLayout::Base3 { .. } => BASE3_BLOCK_K,
+                _ => TILED_BLOCK_K,
+            } as u64;
             let lk = TILED_LANE_K as u64;
             let k_blocks = cols.div_ceil(bk);
             let (tile, r) = (row / tile_rows, row % tile_rows);
             let (kb, kk) = (col / bk, col % bk);
             let block_start = TILED_SCALE_BYTES + (tile * k_blocks + kb) * tile_rows * 4;
-            (block_start + r * 4 + kk % lk, 2 * (kk / lk) as u32)
+            (block_start + r * 4 + kk % lk, (kk / lk) as u32)
         }
     }
+}
+
+/// Codes per byte: four 2-bit fields, or five base-3 digits.
+pub fn codes_per_byte(layout: TernaryLayout) -> u32 {
+    match layout {
+        TernaryLayout::Base3 { .. } => 5,
+        _ => 4,
+    }
+}
+
+/// The code in `slot` of `byte` (for base3, of a byte [`base3_valid`] accepts).
+pub fn read_code(layout: TernaryLayout, byte: u8, slot: u32) -> u8 {
+    match layout {
+        TernaryLayout::I2s { .. } => (byte >> (6 - 2 * slot)) & 3,
+        TernaryLayout::Tiled { .. } => (byte >> (2 * slot)) & 3,
+        TernaryLayout::Base3 { .. } => base3_digit(byte, slot),
+    }
+}
+
+/// `byte` with the code in `slot` replaced by `code` (0, 1 or 2).
+pub fn write_code(layout: TernaryLayout, byte: u8, slot: u32, code: u8) -> u8 {
+    let shift = match layout {
+        TernaryLayout::I2s { .. } => 6 - 2 * slot,
+        TernaryLayout::Tiled { .. } => 2 * slot,
+        TernaryLayout::Base3 { .. } => {
+            let mut digits: [u8; 5] = std::array::from_fn(|p| base3_digit(byte, p as u32));
+            digits[slot as usize] = code;
+            return base3_encode(digits);
+        }
+    };
+    (byte & !(3 << shift)) | (code << shift)
+}
+
+/// The base3 byte of five codes, `digits[0]` the most significant: `ceil(v · 256 / 243)` with
+/// `v = Σ digits[p] · 3^(4-p)` (SPEC.md §6.4).
+pub fn base3_encode(digits: [u8; 5]) -> u8 {
+    let v = digits.iter().fold(0u32, |v, &d| 3 * v + d as u32);
+    (v * 256).div_ceil(243) as u8
+}
+
+/// Digit `p` (0 the most significant) of a base3 byte: `⌊3 · ((b · 3^p) mod 256) / 256⌋`.
+pub fn base3_digit(b: u8, p: u32) -> u8 {
+    let x = (b as u32 * 3u32.pow(p)) % 256;
+    (3 * x / 256) as u8
+}
+
+/// Whether `b` is one of the 243 bytes [`base3_encode`] produces.
+pub fn base3_valid(b: u8) -> bool {
+    base3_encode(std::array::from_fn(|p| base3_digit(b, p as u32))) == b
 }
 
 /// Byte offset of the f32 scale within the tensor's data.
 pub fn scale_offset(layout: TernaryLayout, rows: u64, cols: u64) -> u64 {
     match layout {
         TernaryLayout::I2s { .. } => layout.byte_len(rows, cols).unwrap_or(0) - I2S_TAIL_BYTES,
-        TernaryLayout::Tiled { .. } => 0,
+        TernaryLayout::Tiled { .. } | TernaryLayout::Base3 { .. } => 0,
     }
 }
 
@@ -79,8 +133,13 @@ fn code_range(layout: TernaryLayout, rows: u64, cols: u64) -> std::ops::Range<u6
     let len = layout.byte_len(rows, cols).unwrap_or(0);
     match layout {
         TernaryLayout::I2s { .. } => 0..len - I2S_TAIL_BYTES,
-        TernaryLayout::Tiled { .. } => TILED_SCALE_BYTES..len,
+        TernaryLayout::Tiled { .. } | TernaryLayout::Base3 { .. } => TILED_SCALE_BYTES..len,
     }
+}
+
+/// The byte whose every code is [`PAD_CODE`].
+pub fn pad_byte(layout: TernaryLayout) -> u8 {
+    (0..codes_per_byte(layout)).fold(0, |b, slot| write_code(layout, b, slot, PAD_CODE))
 }
 
 /// Pack row-major ternary `values` (`rows × cols`, each -1, 0 or 1) and the per-tensor `scale`.
@@ -107,17 +166,16 @@ pub fn pack(
     let mut out = vec![0u8; len];
     let codes = code_range(layout, rows, cols);
     // Every code position starts as the code of 0, so padding needs no separate pass.
-    let pad_byte = PAD_CODE * 0b0101_0101;
-    out[codes.start as usize..codes.end as usize].fill(pad_byte);
+    out[codes.start as usize..codes.end as usize].fill(pad_byte(layout));
     for row in 0..rows {
         for col in 0..cols {
             let w = values[(row * cols + col) as usize];
             if !(-1..=1).contains(&w) {
                 return Err(TernaryError::NotTernary { row, col, value: w });
             }
-            let (byte, shift) = code_position(layout, cols, row, col);
+            let (byte, slot) = code_position(layout, cols, row, col);
             let b = &mut out[byte as usize];
-            *b = (*b & !(3 << shift)) | (encode(w) << shift);
+            *b = write_code(layout, *b, slot, encode(w));
         }
     }
     let s = scale_offset(layout, rows, cols) as usize;
@@ -154,7 +212,8 @@ fn check_len(layout: TernaryLayout, rows: u64, cols: u64, data: &[u8]) -> Result
 }
 
 /// Unpack to row-major values and the scale, checking everything the spec requires of the bytes:
-/// no code 3, padding positions hold the code of 0, reserved bytes are zero, the scale is finite.
+/// no code 3 (every base3 byte one of the 243 code bytes), padding positions hold the code of 0,
+/// reserved bytes are zero, the scale is finite.
 pub fn unpack(
     layout: TernaryLayout,
     rows: u64,
@@ -170,22 +229,30 @@ pub fn unpack(
             return Err(TernaryError::ReservedNotZero { offset, value });
         }
     }
+    if let TernaryLayout::Base3 { .. } = layout {
+        for offset in codes.clone() {
+            let value = data[offset as usize];
+            if !base3_valid(value) {
+                return Err(TernaryError::NotBase3 { offset, value });
+            }
+        }
+    }
     // Mark which code slots hold real elements; every other slot in the code range is padding.
     let mut is_element = vec![0u8; data.len()];
     let mut values = Vec::with_capacity((rows * cols) as usize);
     for row in 0..rows {
         for col in 0..cols {
-            let (byte, shift) = code_position(layout, cols, row, col);
-            let code = (data[byte as usize] >> shift) & 3;
+            let (byte, slot) = code_position(layout, cols, row, col);
+            let code = read_code(layout, data[byte as usize], slot);
             values.push(decode(code).ok_or(TernaryError::InvalidCode { row, col })?);
-            is_element[byte as usize] |= 3 << shift;
+            is_element[byte as usize] |= 1 << slot;
         }
     }
     for offset in codes {
         let (byte, mask) = (data[offset as usize], is_element[offset as usize]);
-        for shift in (0..8).step_by(2) {
-            let code = (byte >> shift) & 3;
-            if (mask >> shift) & 3 == 0 && code != PAD_CODE {
+        for slot in 0..codes_per_byte(layout) {
+            let code = read_code(layout, byte, slot);
+            if mask & (1 << slot) == 0 && code != PAD_CODE {
                 return Err(TernaryError::BadPadding { code });
             }
         }

@@ -41,7 +41,7 @@ fn golden_file_decodes_to_the_committed_values() {
         };
         assert_eq!(got, want.values, "{}", want.name);
     }
-    assert_eq!(layouts_seen.len(), 6, "every ternary layout is covered");
+    assert_eq!(layouts_seen.len(), 10, "every ternary layout is covered");
     let tokenizer = file.header().tokenizer.as_ref().unwrap();
     assert!(tokenizer.tokenizer_json.get().contains("WordLevel"));
 }
@@ -78,7 +78,7 @@ fn test_vectors_pack_and_unpack_exactly() {
         assert_eq!(scale, v.scale);
         count += 1;
     }
-    assert_eq!(count, 6);
+    assert_eq!(count, 10);
 }
 
 #[derive(Deserialize)]

@@ -4,13 +4,17 @@ use bitnet_format::TernaryLayout;
 use bitnet_format::ternary::{self, TernaryError};
 use proptest::prelude::*;
 
-const ALL_LAYOUTS: [TernaryLayout; 6] = [
+const ALL_LAYOUTS: [TernaryLayout; 10] = [
     TernaryLayout::I2s { block: 128 },
     TernaryLayout::I2s { block: 64 },
     TernaryLayout::Tiled { tile_rows: 4 },
     TernaryLayout::Tiled { tile_rows: 8 },
     TernaryLayout::Tiled { tile_rows: 16 },
     TernaryLayout::Tiled { tile_rows: 32 },
+    TernaryLayout::Base3 { tile_rows: 4 },
+    TernaryLayout::Base3 { tile_rows: 8 },
+    TernaryLayout::Base3 { tile_rows: 16 },
+    TernaryLayout::Base3 { tile_rows: 32 },
 ];
 
 #[test]
@@ -52,6 +56,88 @@ fn tiled4_worked_example() {
     expected[4 + 1] = 0x51; // row 1, lane byte 1 (col 5 % 4), bit pair 1 (col 5 / 4) -> code 0
     expected[8 + 3] = 0x95; // row 2, lane byte 3 (col 15 % 4), bit pair 3 (col 15 / 4) -> code 2
     assert_eq!(bytes[64..], expected);
+}
+
+#[test]
+fn base3x4_worked_example() {
+    // SPEC.md §6.4: 4 × 20, row 1 col 5 = -1, row 2 col 19 = +1, all else 0.
+    let mut w = vec![0i8; 80];
+    w[20 + 5] = -1;
+    w[2 * 20 + 19] = 1;
+    let bytes = ternary::pack(TernaryLayout::Base3 { tile_rows: 4 }, 4, 20, &w, 2.0).unwrap();
+    assert_eq!(bytes.len(), 64 + 16);
+    assert_eq!(bytes[0..4], 2.0f32.to_le_bytes());
+    assert!(bytes[4..64].iter().all(|&b| b == 0));
+    let mut expected = [0x80u8; 16];
+    expected[4 + 1] = 0x64; // row 1, lane byte 1, digit 1 -> code 0: codes 1 0 1 1 1
+    expected[8 + 3] = 0x81; // row 2, lane byte 3, digit 4 -> code 2: codes 1 1 1 1 2
+    assert_eq!(bytes[64..], expected);
+}
+
+/// The 243 code bytes, computed here from the definition with exact rationals: the least integer
+/// `b` with `243 · b ≥ 256 · v`, independent of the crate's formula.
+fn base3_bytes() -> Vec<([u8; 5], u8)> {
+    (0..243u32)
+        .map(|v| {
+            let digits = [v / 81, v / 27 % 3, v / 9 % 3, v / 3 % 3, v % 3].map(|d| d as u8);
+            let b = (0..=255u32).find(|b| 243 * b >= 256 * v).unwrap();
+            (digits, b as u8)
+        })
+        .collect()
+}
+
+#[test]
+fn base3_every_code_byte_decodes_to_its_digits_and_no_other_byte_is_valid() {
+    let table = base3_bytes();
+    for (digits, b) in &table {
+        assert_eq!(ternary::base3_encode(*digits), *b);
+        let back: Vec<u8> = (0..5).map(|p| ternary::base3_digit(*b, p)).collect();
+        assert_eq!(back, digits, "byte {b:#04x}");
+        // The iterative form of SPEC.md §6.4: threshold, then multiply by 3 modulo 256.
+        let mut x = *b as u32;
+        for (p, &d) in digits.iter().enumerate() {
+            let digit = if x < 86 {
+                0
+            } else if x < 171 {
+                1
+            } else {
+                2
+            };
+            assert_eq!(digit, d, "byte {b:#04x} digit {p}");
+            x = 3 * x % 256;
+        }
+    }
+    let valid: Vec<u8> = table.iter().map(|(_, b)| *b).collect();
+    for b in 0..=255u8 {
+        assert_eq!(ternary::base3_valid(b), valid.contains(&b), "byte {b:#04x}");
+    }
+    assert_eq!(
+        (0..=255u8).filter(|&b| ternary::base3_valid(b)).count(),
+        243
+    );
+}
+
+#[test]
+fn base3_rejects_a_byte_that_is_not_a_code_byte_and_bad_padding() {
+    let layout = TernaryLayout::Base3 { tile_rows: 4 };
+    let good = ternary::pack(layout, 5, 23, &[0; 115], 1.0).unwrap();
+    let invalid = (0..=255u8).find(|&b| !ternary::base3_valid(b)).unwrap();
+    let mut bad = good.clone();
+    bad[70] = invalid;
+    assert_eq!(
+        ternary::unpack(layout, 5, 23, &bad),
+        Err(TernaryError::NotBase3 {
+            offset: 70,
+            value: invalid
+        })
+    );
+    // Block 1 of tile 0 holds columns 20..23 in digit 0 of lane bytes 0..2; lane byte 3 is padding.
+    let mut bad = good.clone();
+    bad[64 + 16 + 3] = ternary::base3_encode([2, 1, 1, 1, 1]);
+    assert_eq!(
+        ternary::unpack(layout, 5, 23, &bad),
+        Err(TernaryError::BadPadding { code: 2 })
+    );
 }
 
 #[test]
@@ -137,10 +223,11 @@ fn every_layout_places_every_element_in_a_distinct_slot() {
         let mut seen = std::collections::HashSet::new();
         for r in 0..rows {
             for c in 0..cols {
-                let (byte, shift) = ternary::code_position(layout, cols, r, c);
+                let (byte, slot) = ternary::code_position(layout, cols, r, c);
                 assert!(byte < layout.byte_len(rows, cols).unwrap());
+                assert!(slot < ternary::codes_per_byte(layout));
                 assert!(
-                    seen.insert((byte, shift)),
+                    seen.insert((byte, slot)),
                     "{layout:?} reuses a slot at ({r}, {c})"
                 );
             }

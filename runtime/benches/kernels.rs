@@ -13,7 +13,7 @@ use bitnet_format::q4::Q4Geometry;
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
 use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
-use bitnet_run::kernels::{KernelPath, TernaryMatrix, ternary_matmul};
+use bitnet_run::kernels::{KernelPath, Packing, TernaryMatrix, ternary_matmul};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// (name, rows, cols) of the 2B-4T projections.
@@ -50,14 +50,20 @@ fn ternary_kernels(c: &mut Criterion) {
                 .iter()
                 .map(|&v| v as f32 * 0.7 + 0.1)
                 .collect();
-            for tile_rows in [4u32, 16] {
-                let layout = TernaryLayout::Tiled { tile_rows };
+            for layout in [
+                TernaryLayout::Tiled { tile_rows: 4 },
+                TernaryLayout::Tiled { tile_rows: 16 },
+                TernaryLayout::Base3 { tile_rows: 4 },
+                TernaryLayout::Base3 { tile_rows: 16 },
+            ] {
+                let (packing, tile_rows) = Packing::of(layout).unwrap();
                 let packed = ternary::pack(layout, rows as u64, cols as u64, &vals, 1.0).unwrap();
                 let w = TernaryMatrix {
                     codes: &packed[64..],
                     rows,
                     cols,
-                    tile_rows: tile_rows as usize,
+                    tile_rows,
+                    packing,
                     scale: 1.0,
                 };
                 let mut x = QuantizedActs::default();

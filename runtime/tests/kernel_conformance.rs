@@ -4,7 +4,7 @@
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
 use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
-use bitnet_run::kernels::{Isa, KernelPath, TernaryMatrix, ternary_matmul};
+use bitnet_run::kernels::{Isa, KernelPath, Packing, TernaryMatrix, ternary_matmul};
 use proptest::prelude::*;
 
 fn available_paths() -> Vec<KernelPath> {
@@ -61,15 +61,14 @@ fn check(
     acts: &[f32],
     paths: &[KernelPath],
 ) {
-    let TernaryLayout::Tiled { tile_rows } = layout else {
-        unreachable!()
-    };
+    let (packing, tile_rows) = Packing::of(layout).unwrap();
     let packed = ternary::pack(layout, rows as u64, cols as u64, values, 0.5).unwrap();
     let w = TernaryMatrix {
         codes: &packed[64..],
         rows,
         cols,
-        tile_rows: tile_rows as usize,
+        tile_rows,
+        packing,
         scale: 0.5,
     };
     let mut x = QuantizedActs::default();
@@ -100,6 +99,7 @@ proptest! {
         let paths = available_paths();
         for tile_rows in [4, 8, 16, 32] {
             check(TernaryLayout::Tiled { tile_rows }, rows, cols, &values, &acts, &paths);
+            check(TernaryLayout::Base3 { tile_rows }, rows, cols, &values, &acts, &paths);
         }
     }
 }
@@ -121,14 +121,12 @@ fn extreme_activations_do_not_overflow_any_path() {
                     }
                 })
                 .collect();
-            check(
+            for layout in [
                 TernaryLayout::Tiled { tile_rows: 16 },
-                rows,
-                cols,
-                &values,
-                &acts,
-                &paths,
-            );
+                TernaryLayout::Base3 { tile_rows: 16 },
+            ] {
+                check(layout, rows, cols, &values, &acts, &paths);
+            }
         }
     }
 }
@@ -147,14 +145,12 @@ fn real_model_shapes_match_on_every_path() {
         let acts: Vec<f32> = (0..tokens * cols)
             .map(|_| (next() % 2001) as f32 / 100.0 - 10.0)
             .collect();
-        check(
+        for layout in [
             TernaryLayout::Tiled { tile_rows: 16 },
-            rows,
-            cols,
-            &values,
-            &acts,
-            &paths,
-        );
+            TernaryLayout::Base3 { tile_rows: 16 },
+        ] {
+            check(layout, rows, cols, &values, &acts, &paths);
+        }
     }
 }
 
@@ -512,15 +508,22 @@ fn fixed_acts(
 
 #[test]
 fn i16_runs_hold_the_extreme_products_on_every_path() {
-    // The AVX2 kernel adds 16 blocks in i16 before widening: with every weight +1 (code 2) and
-    // every activation -128, a run reaches exactly -32768, the i16 minimum (and 32512 at +127);
-    // one block more would wrap. 35 blocks: two whole runs and a partial one; the token counts
-    // take every register block size (8, 4, 2, 1) and mix them. Weights -1 (code 0) and
-    // alternating signs too.
-    let (rows, cols) = (24, 16 * 35);
+    // The AVX2 kernel adds 64 planes in i16 before widening (16 blocks of `tiled`, 12 of
+    // `base3`): with every weight +1 (code 2) and every activation -128, a `tiled` run reaches
+    // exactly -32768, the i16 minimum (and 32512 at +127); one block more would wrap, and so would
+    // a 13th `base3` block. 35 blocks: two whole runs and a partial one; the token counts take
+    // every register block size (8, 4, 2, 1) and mix them. Weights -1 (code 0) and alternating
+    // signs too.
     let paths = available_paths();
-    let layout = TernaryLayout::Tiled { tile_rows: 16 };
-    for weight in [1i8, -1] {
+    for (layout, weight) in [
+        TernaryLayout::Tiled { tile_rows: 16 },
+        TernaryLayout::Base3 { tile_rows: 16 },
+    ]
+    .into_iter()
+    .flat_map(|l| [(l, 1i8), (l, -1)])
+    {
+        let (packing, _) = Packing::of(layout).unwrap();
+        let (rows, cols) = (24, packing.block_k() * 35);
         let values = vec![weight; rows * cols];
         let packed = ternary::pack(layout, rows as u64, cols as u64, &values, 1.0).unwrap();
         let w = TernaryMatrix {
@@ -528,6 +531,7 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
             rows,
             cols,
             tile_rows: 16,
+            packing,
             scale: 1.0,
         };
         let patterns: [fn(usize, usize) -> i8; 3] = [
@@ -542,7 +546,10 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
                 for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
                     let mut out = vec![i32::MIN; expected.len()];
                     ternary_matmul(path, &w, &x, 0..w.tiles(), &mut out);
-                    assert_eq!(out, expected, "{path:?} weight {weight}, {tokens} tokens");
+                    assert_eq!(
+                        out, expected,
+                        "{path:?} {layout:?} weight {weight}, {tokens} tokens"
+                    );
                 }
             }
         }
@@ -567,14 +574,12 @@ fn every_token_count_and_tile_range_matches_on_every_path() {
             .map(|_| (next() % 2001) as f32 / 100.0 - 10.0)
             .collect();
         for tile_rows in [4, 8, 16, 32] {
-            check(
+            for layout in [
                 TernaryLayout::Tiled { tile_rows },
-                rows,
-                cols,
-                &values,
-                &acts,
-                &paths,
-            );
+                TernaryLayout::Base3 { tile_rows },
+            ] {
+                check(layout, rows, cols, &values, &acts, &paths);
+            }
         }
     }
 }

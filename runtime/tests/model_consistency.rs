@@ -148,6 +148,8 @@ fn every_layout_gives_the_same_logits() {
             TernaryLayout::Tiled { tile_rows: 32 },
             TernaryLayout::I2s { block: 128 },
             TernaryLayout::I2s { block: 64 },
+            TernaryLayout::Base3 { tile_rows: 16 },
+            TernaryLayout::Base3 { tile_rows: 4 },
         ] {
             let path = dir.path().join(format!("{}.bitnet", layout.label()));
             write_model(&path, &cfg, layout, Encoding::Bf16, 9);

@@ -106,6 +106,8 @@ LAYOUTS = {
     "i2s": {"block": (128, 64), "code": ("w+1",), "bit_order": ("msb_first",), "scale": ("f32_tail",)},
     "tiled": {"tile_rows": (4, 8, 16, 32), "block_k": (16,), "lane_k": (4,), "code": ("w+1",),
               "bit_order": ("lsb_first",), "scale": ("f32_head",)},
+    "base3": {"tile_rows": (4, 8, 16, 32), "block_k": (20,), "lane_k": (4,), "code": ("w+1",),
+              "bit_order": ("base3_msd_first",), "scale": ("f32_head",)},
 }
 
 
@@ -136,7 +138,7 @@ def tensor_length(enc, shape, lay):
         B = lay["block"]
         return -(-N * K // B) * B // 4 + 32
     R = lay["tile_rows"]
-    return 64 + -(-N // R) * -(-K // 16) * 4 * R
+    return 64 + -(-N // R) * -(-K // lay["block_k"]) * 4 * R
 
 
 def check_tensor(t, names):
@@ -166,7 +168,8 @@ CANON = re.compile(r"token_embd|output_norm|output|blk\.(0|[1-9]\d*)\.(attn_(nor
 
 # ---------------------------------------------------------------- ternary codecs
 def ternary_slots(lay, N, K):
-    """Return (code region [lo, hi), slot(row, col) -> (byte, shift), list of padding slots)."""
+    """Return (code region [lo, hi), slot(row, col) -> (byte, s), list of padding slots), where s is
+    the bit shift of a 2-bit field, or for base3 the digit index (§6.4)."""
     if lay["kind"] == "i2s":
         B = lay["block"]; G = B // 4; n = N * K; P = -(-n // B) * B
 
@@ -174,13 +177,35 @@ def ternary_slots(lay, N, K):
             b, e = divmod(i, B)
             return b * G + e % G, 6 - 2 * (e // G)
         return (0, P // 4), (lambda r, c: flat(r * K + c)), [flat(i) for i in range(n, P)]
-    R = lay["tile_rows"]; T = -(-N // R); KB = -(-K // 16)
+    R = lay["tile_rows"]; BK = lay["block_k"]; T = -(-N // R); KB = -(-K // BK)
+    base3 = lay["kind"] == "base3"
 
     def slot(row, col):
-        t, r = divmod(row, R); kb, k = divmod(col, 16)
-        return 64 + (t * KB + kb) * 4 * R + 4 * r + k % 4, 2 * (k // 4)
-    pad = [slot(r, c) for r in range(T * R) for c in range(16 * KB) if r >= N or c >= K]
+        t, r = divmod(row, R); kb, k = divmod(col, BK)
+        return 64 + (t * KB + kb) * 4 * R + 4 * r + k % 4, k // 4 if base3 else 2 * (k // 4)
+    pad = [slot(r, c) for r in range(T * R) for c in range(BK * KB) if r >= N or c >= K]
     return (64, 64 + T * KB * 4 * R), slot, pad
+
+
+def base3_byte(digits):
+    v = 0
+    for d in digits:
+        v = 3 * v + d
+    return -(-v * 256 // 243)
+
+
+def get_code(lay, byte, s):
+    if lay["kind"] == "base3":
+        return 3 * (byte * 3 ** s % 256) // 256
+    return (byte >> s) & 3
+
+
+def set_code(lay, byte, s, code):
+    if lay["kind"] == "base3":
+        digits = [get_code(lay, byte, p) for p in range(5)]
+        digits[s] = code
+        return base3_byte(digits)
+    return byte & ~(3 << s) | code << s
 
 
 def scale_span(lay, region):
@@ -193,22 +218,28 @@ def decode_ternary(buf, lay, N, K, what):
     (w,) = struct.unpack_from("<f", buf, s0)
     need(math.isfinite(w), f"§6.1 {what}: scale is not finite")
     need(not any(buf[s1:z1]), f"§6.2/§6.3 {what}: reserved bytes next to the scale are not zero")
-    for i in range(*region):
-        need(all((buf[i] >> s) & 3 != 3 for s in (0, 2, 4, 6)), f"§6 {what}: code 11 at byte {i}")
+    if lay["kind"] == "base3":
+        valid = {base3_byte([v // 81, v // 27 % 3, v // 9 % 3, v // 3 % 3, v % 3]) for v in range(243)}
+        for i in range(*region):
+            need(buf[i] in valid, f"§6.4 {what}: byte {i} is not a base-3 code byte")
+    else:
+        for i in range(*region):
+            need(all((buf[i] >> s) & 3 != 3 for s in (0, 2, 4, 6)), f"§6 {what}: code 11 at byte {i}")
     for b, s in pad:
-        need((buf[b] >> s) & 3 == 1, f"§6 {what}: padding position at byte {b} bits {s+1}:{s} is not 01")
-    vals = [((buf[b] >> s) & 3) - 1 for b, s in (slot(r, c) for r in range(N) for c in range(K))]
+        need(get_code(lay, buf[b], s) == 1, f"§6 {what}: padding position at byte {b} (slot {s}) is not code 1")
+    vals = [get_code(lay, buf[b], s) - 1 for b, s in (slot(r, c) for r in range(N) for c in range(K))]
     return vals, w
 
 
 def encode_ternary(vals, w, lay, N, K):
     region, slot, _ = ternary_slots(lay, N, K)
     out = bytearray(region[1] + (32 if lay["kind"] == "i2s" else 0))
-    out[region[0]:region[1]] = b"\x55" * (region[1] - region[0])
+    pad = b"\x80" if lay["kind"] == "base3" else b"\x55"
+    out[region[0]:region[1]] = pad * (region[1] - region[0])
     for r in range(N):
         for c in range(K):
             b, s = slot(r, c)
-            out[b] = out[b] & ~(3 << s) | (vals[r * K + c] + 1) << s
+            out[b] = set_code(lay, out[b], s, vals[r * K + c] + 1)
     s0 = scale_span(lay, region)[0]
     out[s0:s0 + 4] = struct.pack("<f", w)
     return bytes(out)

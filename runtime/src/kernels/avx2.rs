@@ -1,12 +1,14 @@
 //! AVX2 kernels, and the 256-bit ternary kernel that the AVX2 and AVX-VNNI paths share
-//! ([`ternary_kernel!`], instantiated once per multiply-accumulate [`Mac`]).
+//! ([`ternary_kernel!`], instantiated once per multiply-accumulate [`Mac`], generic over the
+//! packing's [`Planes`]).
 //!
-//! The ternary kernel reads 16-row tiles as two 32-byte halves (rows 0–7, 8–15). Shift-and-mask
-//! splits a half into four planes of unsigned codes `t + 1`, plane `p` holding in 32-bit lane `r`
-//! row `r`'s codes at columns `4p .. 4p+3`; each plane is multiplied by one broadcast activation
-//! quad, and `Σ q` is subtracted at the end to undo the `+ 1`. Tokens are taken [`TOKEN_BLOCK`] at a
-//! time (the rest 4, 2 and 1 at a time), so each half is unpacked once and used by every token of
-//! the block (matrix-matrix); one token is the matrix-vector case.
+//! The ternary kernel reads 16-row tiles as two 32-byte halves (rows 0–7, 8–15). A half splits into
+//! `P` planes of unsigned codes `t + 1` (four by shift-and-mask for `tiled`, five base-3 digits for
+//! `base3`), plane `p` holding in 32-bit lane `r` row `r`'s codes at columns `4p .. 4p+3`; each plane
+//! is multiplied by one broadcast activation quad, and `Σ q` is subtracted at the end to undo the
+//! `+ 1`. Tokens are taken [`TOKEN_BLOCK`] at a time (the rest 4, 2 and 1 at a time), so each half
+//! is unpacked once and used by every token of the block (matrix-matrix); one token is the
+//! matrix-vector case.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -26,49 +28,55 @@ pub(super) const TOKEN_BLOCK: usize = 8;
 /// Every method is `unsafe` only because it is compiled with the path's target features (so that
 /// it inlines into the kernel); callers must run on a CPU that has them.
 pub(super) trait Mac {
-    /// Blocks [`Mac::step`] may add into one accumulator before [`Mac::widen`].
-    const RUN: usize;
-    /// Add, in each row's lanes, the products of a half's four code planes `c` with the block's
+    /// Planes [`Mac::step`] may add into one accumulator before [`Mac::widen`].
+    const RUN_PLANES: usize;
+    /// Add, in each row's lanes, the products of a half's `P` code planes `c` with the block's
     /// broadcast activation quads `a`.
-    unsafe fn step(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]);
+    unsafe fn step<const P: usize>(acc: &mut __m256i, c: &[__m256i; P], a: &[__m256i; P]);
     /// [`Mac::step`] for a lone token, whose accumulators are the only work in flight: may trade
     /// instructions for a shorter dependency chain.
-    unsafe fn step_alone(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]);
+    unsafe fn step_alone<const P: usize>(acc: &mut __m256i, c: &[__m256i; P], a: &[__m256i; P]);
     /// The accumulator as one i32 per row.
     unsafe fn widen(acc: __m256i) -> __m256i;
 }
 
 /// AVX2: `vpmaddubsw` multiplies unsigned codes `u = t + 1 ∈ {0, 1, 2}` by activations
 /// `q ∈ [-128, 127]` and adds adjacent pairs into i16 lanes (each pair within [-512, 508], so it
-/// never saturates); the four planes' pairs are added into an i16 accumulator, and `vpmaddwd` by
-/// ones widens each row's two lanes into one i32.
+/// never saturates); the planes' pairs are added into an i16 accumulator, and `vpmaddwd` by ones
+/// widens each row's two lanes into one i32.
 ///
-/// The bound on [`Mac::RUN`]: an i16 lane gains per block 4 planes × 2 products `u · q`, each in
-/// [2 · -128, 2 · 127] = [-256, 254], so within [-2048, 2032]; after 16 blocks it is within
-/// [-32768, 32512], which i16 holds exactly (17 blocks could reach -34816). The adds wrap, so only
-/// the run's total needs to fit. `runtime/tests/kernel_conformance.rs` runs these extremes.
+/// The bound on [`Mac::RUN_PLANES`]: an i16 lane gains per plane 2 products `u · q`, each in
+/// [2 · -128, 2 · 127] = [-256, 254], so within [-512, 508]; after 64 planes (16 blocks of `tiled`,
+/// 12 of `base3`, rounding down) it is within [-32768, 32512], which i16 holds exactly (65 planes
+/// could reach -33280). The adds wrap, so only the run's total needs to fit.
+/// `runtime/tests/kernel_conformance.rs` runs these extremes.
 pub(super) struct Maddubs;
 
 impl Mac for Maddubs {
-    const RUN: usize = 16;
+    const RUN_PLANES: usize = 64;
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn step(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]) {
-        let s01 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(c[0], a[0]),
-            _mm256_maddubs_epi16(c[1], a[1]),
-        );
-        let s23 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(c[2], a[2]),
-            _mm256_maddubs_epi16(c[3], a[3]),
-        );
-        *acc = _mm256_add_epi16(*acc, _mm256_add_epi16(s01, s23));
+    unsafe fn step<const P: usize>(acc: &mut __m256i, c: &[__m256i; P], a: &[__m256i; P]) {
+        let products: [__m256i; P] = std::array::from_fn(|p| _mm256_maddubs_epi16(c[p], a[p]));
+        // Pairwise, so the adds do not form one chain.
+        let mut sum = products;
+        let mut n = P;
+        while n > 1 {
+            for i in 0..n / 2 {
+                sum[i] = _mm256_add_epi16(sum[2 * i], sum[2 * i + 1]);
+            }
+            if n % 2 == 1 {
+                sum[n / 2] = sum[n - 1];
+            }
+            n = n.div_ceil(2);
+        }
+        *acc = _mm256_add_epi16(*acc, sum[0]);
     }
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn step_alone(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]) {
+    unsafe fn step_alone<const P: usize>(acc: &mut __m256i, c: &[__m256i; P], a: &[__m256i; P]) {
         // SAFETY: same features.
         unsafe { Self::step(acc, c, a) }
     }
@@ -80,17 +88,61 @@ impl Mac for Maddubs {
     }
 }
 
-/// Split a 32-byte half into its four code planes.
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(super) fn planes(v: __m256i) -> [__m256i; 4] {
-    let mask = _mm256_set1_epi8(3);
-    [
-        _mm256_and_si256(v, mask),
-        _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask),
-        _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
-        _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
-    ]
+/// How a packing's 32 bytes split into `P` code planes (plane `p`: the codes of columns
+/// `4p .. 4p+3` of each block, in `vpdpbusd` operand shape). `unsafe` only because compiled with
+/// AVX2: callers must run on a CPU that has it.
+pub(super) trait Planes<const P: usize> {
+    unsafe fn planes(v: __m256i) -> [__m256i; P];
+}
+
+/// `tiled`: four 2-bit fields per byte, by shift and mask.
+pub(super) struct Bits2;
+
+impl Planes<4> for Bits2 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn planes(v: __m256i) -> [__m256i; 4] {
+        let mask = _mm256_set1_epi8(3);
+        [
+            _mm256_and_si256(v, mask),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+            _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
+        ]
+    }
+}
+
+/// The five base-3 digits of every byte of `$v` (SPEC.md §6.4), for one vector width: the digit of
+/// `x` is `[x ≥ 86] + [x ≥ 171]`, each term `min(x ⊖ threshold, 1)` with unsigned saturating
+/// subtraction, then `x = 3x mod 256` by two wrapping byte adds. Exact for every byte.
+macro_rules! base3_planes {
+    ($v:expr, $set1:ident, $subs:ident, $min:ident, $add:ident) => {{
+        let (below1, below2, one) = ($set1(85), $set1(170u8 as i8), $set1(1));
+        let mut x = $v;
+        std::array::from_fn(|_| {
+            let digit = $add($min($subs(x, below1), one), $min($subs(x, below2), one));
+            x = $add($add(x, x), x);
+            digit
+        })
+    }};
+}
+pub(super) use base3_planes;
+
+/// `base3`: five base-3 digits per byte.
+pub(super) struct Base3;
+
+impl Planes<5> for Base3 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn planes(v: __m256i) -> [__m256i; 5] {
+        base3_planes!(
+            v,
+            _mm256_set1_epi8,
+            _mm256_subs_epu8,
+            _mm256_min_epu8,
+            _mm256_add_epi8
+        )
+    }
 }
 
 /// Defines `ternary_tiles` (see [`super::ternary_matmul`]) for one [`Mac`], compiled with
@@ -98,13 +150,14 @@ pub(super) fn planes(v: __m256i) -> [__m256i; 4] {
 /// features its CPU is checked for (a generic function would be compiled with one set for both).
 macro_rules! ternary_kernel {
     ($features:literal, $mac:ty) => {
-        /// See [`super::ternary_matmul`]; `w.tile_rows` must be 16.
+        /// See [`super::ternary_matmul`]; `w.tile_rows` must be 16 and `U` unpack `w.packing`
+        /// into `P` planes.
         ///
         /// # Safety
         /// The CPU must support this module's instruction set, and the slice lengths must be as
         /// `ternary_matmul` asserts.
         #[target_feature(enable = $features)]
-        pub unsafe fn ternary_tiles(
+        pub unsafe fn ternary_tiles<const P: usize, U: $crate::kernels::avx2::Planes<P>>(
             w: &TernaryMatrix,
             x: &QuantizedActs,
             tiles: Range<usize>,
@@ -125,14 +178,16 @@ macro_rules! ternary_kernel {
                     };
                     let o = &mut out_tile[t * 16..(t + m) * 16];
                     // SAFETY: same CPU features as this function; `codes` holds `k_blocks` blocks
-                    // of 64 bytes, each token row `16 · k_blocks` codes, tokens `t .. t + m` exist
+                    // of 64 bytes, each token row `4P · k_blocks` codes, tokens `t .. t + m` exist
                     // and `o` holds their `m · 16` accumulators.
                     unsafe {
                         match m {
-                            TOKEN_BLOCK => token_block::<TOKEN_BLOCK>(codes, k_blocks, x, t, o),
-                            4 => token_block::<4>(codes, k_blocks, x, t, o),
-                            2 => token_block::<2>(codes, k_blocks, x, t, o),
-                            _ => token_block::<1>(codes, k_blocks, x, t, o),
+                            TOKEN_BLOCK => {
+                                token_block::<TOKEN_BLOCK, P, U>(codes, k_blocks, x, t, o)
+                            }
+                            4 => token_block::<4, P, U>(codes, k_blocks, x, t, o),
+                            2 => token_block::<2, P, U>(codes, k_blocks, x, t, o),
+                            _ => token_block::<1, P, U>(codes, k_blocks, x, t, o),
                         }
                     }
                     t += m;
@@ -145,7 +200,11 @@ macro_rules! ternary_kernel {
         /// are live. One token: both halves of each block together, reading the codes once, in
         /// order (5–12% faster than half by half in a one-thread micro-benchmark).
         #[target_feature(enable = $features)]
-        unsafe fn token_block<const M: usize>(
+        unsafe fn token_block<
+            const M: usize,
+            const P: usize,
+            U: $crate::kernels::avx2::Planes<P>,
+        >(
             codes: &[u8],
             k_blocks: usize,
             x: &QuantizedActs,
@@ -155,19 +214,24 @@ macro_rules! ternary_kernel {
             // SAFETY (all three): same features; the caller's bounds, and `first + H <= 2`.
             unsafe {
                 if M == 1 {
-                    halves::<M, 2>(codes, k_blocks, x, t0, 0, out);
+                    halves::<M, 2, P, U>(codes, k_blocks, x, t0, 0, out);
                 } else {
-                    halves::<M, 1>(codes, k_blocks, x, t0, 0, out);
-                    halves::<M, 1>(codes, k_blocks, x, t0, 1, out);
+                    halves::<M, 1, P, U>(codes, k_blocks, x, t0, 0, out);
+                    halves::<M, 1, P, U>(codes, k_blocks, x, t0, 1, out);
                 }
             }
         }
 
         /// Halves `first .. first + H` of tokens `t0 .. t0 + M` against one tile: each half is
-        /// unpacked once per block and used by all `M` tokens, accumulating runs of [`Mac::RUN`]
-        /// blocks before widening.
+        /// unpacked once per block and used by all `M` tokens, accumulating runs of
+        /// [`Mac::RUN_PLANES`] planes before widening.
         #[target_feature(enable = $features)]
-        unsafe fn halves<const M: usize, const H: usize>(
+        unsafe fn halves<
+            const M: usize,
+            const H: usize,
+            const P: usize,
+            U: $crate::kernels::avx2::Planes<P>,
+        >(
             codes: &[u8],
             k_blocks: usize,
             x: &QuantizedActs,
@@ -175,8 +239,9 @@ macro_rules! ternary_kernel {
             first: usize,
             out: &mut [i32],
         ) {
-            use $crate::kernels::avx2::{Mac, planes};
+            use $crate::kernels::avx2::Mac;
             type K = $mac;
+            let run_blocks = (K::RUN_PLANES / P).max(1);
             debug_assert!(
                 codes.len() >= k_blocks * 64
                     && out.len() >= M * 16
@@ -187,7 +252,7 @@ macro_rules! ternary_kernel {
             let mut total = [[_mm256_setzero_si256(); H]; M];
             let mut run = 0;
             while run < k_blocks {
-                let end = k_blocks.min(run.saturating_add(K::RUN));
+                let end = k_blocks.min(run.saturating_add(run_blocks));
                 let mut acc = [[_mm256_setzero_si256(); H]; M];
                 for kb in run..end {
                     for j in 0..H {
@@ -198,13 +263,14 @@ macro_rules! ternary_kernel {
                                 codes.as_ptr().add(kb * 64 + 32 * (first + j)).cast(),
                             )
                         };
-                        let c = planes(v);
+                        // SAFETY: this function has the features `U` is compiled for.
+                        let c = unsafe { U::planes(v) };
                         for (row, acc) in rows.iter().zip(&mut acc) {
-                            let a: [__m256i; 4] = std::array::from_fn(|p| {
-                                // SAFETY: token rows hold `16 · k_blocks` codes; this reads quad
-                                // `p < 4` of block `kb`.
+                            let a: [__m256i; P] = std::array::from_fn(|p| {
+                                // SAFETY: token rows hold `4P · k_blocks` codes; this reads quad
+                                // `p < P` of block `kb`.
                                 let quad = unsafe {
-                                    row.add(kb * 16 + 4 * p).cast::<i32>().read_unaligned()
+                                    row.add((kb * P + p) * 4).cast::<i32>().read_unaligned()
                                 };
                                 _mm256_set1_epi32(quad)
                             });

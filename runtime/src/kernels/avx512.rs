@@ -1,6 +1,7 @@
-//! AVX-512 kernels (F, BW, VNNI). The ternary kernel reads 16-row tiles: one 64-byte block gives,
-//! after shift-and-mask, four vectors of unsigned codes `t + 1` in `vpdpbusd` operand shape, each
-//! multiplied by one broadcast activation quad; `Σ q` is subtracted at the end to undo the `+ 1`.
+//! AVX-512 kernels (F, BW, VNNI). The ternary kernel reads 16-row tiles: one 64-byte block gives
+//! `P` vectors of unsigned codes `t + 1` in `vpdpbusd` operand shape (four by shift-and-mask for
+//! `tiled`, five base-3 digits for `base3`: [`Planes`]), each multiplied by one broadcast activation
+//! quad; `Σ q` is subtracted at the end to undo the `+ 1`.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -12,13 +13,14 @@ use super::ternary::TernaryMatrix;
 /// keep `vpdpbusd` busy while each unpacked block is reused across all of them.
 const TOKEN_BLOCK: usize = 8;
 
-/// See [`super::ternary_matmul`]; `w.tile_rows` must be 16.
+/// See [`super::ternary_matmul`]; `w.tile_rows` must be 16 and `U` unpack `w.packing` into `P`
+/// planes.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VNNI, and the slice lengths must be as `ternary_matmul`
 /// asserts.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn ternary_tiles(
+pub unsafe fn ternary_tiles<const P: usize, U: Planes<P>>(
     w: &TernaryMatrix,
     x: &QuantizedActs,
     tiles: Range<usize>,
@@ -31,14 +33,16 @@ pub unsafe fn ternary_tiles(
         let mut t = 0;
         while t + TOKEN_BLOCK <= tokens {
             // SAFETY: same CPU features as this function; `codes` holds `k_blocks` blocks of 64 bytes
-            // and each token row `kpad = 16 · k_blocks` codes.
-            unsafe { token_block::<TOKEN_BLOCK>(codes, k_blocks, x, t, &mut out_tile[t * 16..]) };
+            // and each token row `kpad = 4P · k_blocks` codes.
+            unsafe {
+                token_block::<TOKEN_BLOCK, P, U>(codes, k_blocks, x, t, &mut out_tile[t * 16..])
+            };
             t += TOKEN_BLOCK;
         }
         while t < tokens {
             // SAFETY: as above, for one token.
             unsafe {
-                one_token(
+                one_token::<P, U>(
                     codes,
                     k_blocks,
                     x.row(t),
@@ -51,49 +55,82 @@ pub unsafe fn ternary_tiles(
     }
 }
 
-/// Split a block into its four code planes (columns `4p .. 4p+3` of each row in lane `r`).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn planes(v: __m512i) -> [__m512i; 4] {
-    let mask = _mm512_set1_epi8(3);
-    [
-        _mm512_and_si512(v, mask),
-        _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
-        _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
-        _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
-    ]
+/// How a packing's 64-byte block splits into `P` code planes (plane `p`: columns `4p .. 4p+3` of
+/// each row in lane `r`). `unsafe` only because compiled with AVX-512 BW: callers must run on a CPU
+/// that has it.
+pub trait Planes<const P: usize> {
+    unsafe fn planes(v: __m512i) -> [__m512i; P];
 }
 
-/// One token: four accumulators (one per plane) so consecutive `vpdpbusd`s do not wait on each other.
+/// `tiled`: four 2-bit fields per byte, by shift and mask.
+pub struct Bits2;
+
+impl Planes<4> for Bits2 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn planes(v: __m512i) -> [__m512i; 4] {
+        let mask = _mm512_set1_epi8(3);
+        [
+            _mm512_and_si512(v, mask),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+        ]
+    }
+}
+
+/// `base3`: five base-3 digits per byte ([`super::avx2::base3_planes!`] at 512 bits).
+pub struct Base3;
+
+impl Planes<5> for Base3 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn planes(v: __m512i) -> [__m512i; 5] {
+        super::avx2::base3_planes!(
+            v,
+            _mm512_set1_epi8,
+            _mm512_subs_epu8,
+            _mm512_min_epu8,
+            _mm512_add_epi8
+        )
+    }
+}
+
+/// One token: one accumulator per plane so consecutive `vpdpbusd`s do not wait on each other.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn one_token(codes: &[u8], k_blocks: usize, q: &[i8], sum: i32, out: &mut [i32]) {
-    debug_assert!(codes.len() >= k_blocks * 64 && q.len() >= k_blocks * 16 && out.len() >= 16);
-    let mut acc = [_mm512_setzero_si512(); 4];
+unsafe fn one_token<const P: usize, U: Planes<P>>(
+    codes: &[u8],
+    k_blocks: usize,
+    q: &[i8],
+    sum: i32,
+    out: &mut [i32],
+) {
+    debug_assert!(codes.len() >= k_blocks * 64 && q.len() >= k_blocks * 4 * P && out.len() >= 16);
+    let mut acc = [_mm512_setzero_si512(); P];
     for kb in 0..k_blocks {
-        // SAFETY: `kb < k_blocks`, so the 64 bytes at `kb · 64` and the 16 codes at `kb · 16` exist.
+        // SAFETY: `kb < k_blocks`, so the 64 bytes at `kb · 64` and the `4P` codes at `kb · 4P`
+        // exist.
         let (v, quads) = unsafe {
             let v = _mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast());
-            (v, q.as_ptr().add(kb * 16).cast::<i32>())
+            (v, q.as_ptr().add(kb * 4 * P).cast::<i32>())
         };
-        let c = planes(v);
-        for p in 0..4 {
-            // SAFETY: `quads` points at 16 codes, so quads + p (p < 4) is in bounds.
+        // SAFETY: this function has the features `U` is compiled for.
+        let c = unsafe { U::planes(v) };
+        for p in 0..P {
+            // SAFETY: `quads` points at `4P` codes, so quads + p (p < P) is in bounds.
             let a = _mm512_set1_epi32(unsafe { quads.add(p).read_unaligned() });
             acc[p] = _mm512_dpbusd_epi32(acc[p], c[p], a);
         }
     }
-    let total = _mm512_add_epi32(
-        _mm512_add_epi32(acc[0], acc[1]),
-        _mm512_add_epi32(acc[2], acc[3]),
-    );
+    let total = acc[1..].iter().fold(acc[0], |t, &a| _mm512_add_epi32(t, a));
     let total = _mm512_sub_epi32(total, _mm512_set1_epi32(sum));
     // SAFETY: `out` has at least 16 elements.
     unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), total) };
 }
 
-/// `M` tokens at once: each block is unpacked once and used `4 · M` times.
+/// `M` tokens at once: each block is unpacked once and used `P · M` times.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn token_block<const M: usize>(
+unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>>(
     codes: &[u8],
     k_blocks: usize,
     x: &QuantizedActs,
@@ -104,12 +141,13 @@ unsafe fn token_block<const M: usize>(
     let rows: [*const i8; M] = std::array::from_fn(|m| x.row(t0 + m).as_ptr());
     let mut acc = [_mm512_setzero_si512(); M];
     for kb in 0..k_blocks {
-        // SAFETY: `kb < k_blocks`: the block is within `codes`.
-        let c = planes(unsafe { _mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast()) });
+        // SAFETY: `kb < k_blocks`: the block is within `codes`; this function has the features
+        // `U` is compiled for.
+        let c = unsafe { U::planes(_mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast())) };
         for (p, plane) in c.iter().enumerate() {
             for m in 0..M {
-                // SAFETY: each token row holds 16 · k_blocks codes; this reads 4 of block `kb`.
-                let quad = unsafe { rows[m].add(kb * 16 + 4 * p).cast::<i32>().read_unaligned() };
+                // SAFETY: each token row holds `4P · k_blocks` codes; this reads 4 of block `kb`.
+                let quad = unsafe { rows[m].add((kb * P + p) * 4).cast::<i32>().read_unaligned() };
                 acc[m] = _mm512_dpbusd_epi32(acc[m], *plane, _mm512_set1_epi32(quad));
             }
         }

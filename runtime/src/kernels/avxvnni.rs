@@ -22,21 +22,25 @@ macro_rules! dpbusd_mac {
         pub(super) struct $name;
 
         impl Mac for $name {
-            const RUN: usize = usize::MAX;
+            const RUN_PLANES: usize = usize::MAX;
 
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn step(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]) {
-                for p in 0..4 {
+            unsafe fn step<const P: usize>(acc: &mut __m256i, c: &[__m256i; P], a: &[__m256i; P]) {
+                for p in 0..P {
                     *acc = $dpbusd(*acc, c[p], a[p]);
                 }
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn step_alone(acc: &mut __m256i, c: &[__m256i; 4], a: &[__m256i; 4]) {
+            unsafe fn step_alone<const P: usize>(
+                acc: &mut __m256i,
+                c: &[__m256i; P],
+                a: &[__m256i; P],
+            ) {
                 let mut block = _mm256_setzero_si256();
-                for p in 0..4 {
+                for p in 0..P {
                     block = $dpbusd(block, c[p], a[p]);
                 }
                 *acc = _mm256_add_epi32(*acc, block);
@@ -63,7 +67,8 @@ mod tests {
     use bitnet_format::{TernaryLayout, ternary};
 
     use super::*;
-    use crate::kernels::scalar;
+    use crate::kernels::ternary::Packing;
+    use crate::kernels::{avx2, scalar};
 
     dpbusd_mac!(DpbusdEvex, "avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
 
@@ -94,16 +99,22 @@ mod tests {
         };
         // 1–9 tokens: every register block size and mix of tails; 40 rows: a partial last tile;
         // 343 columns: a partial last block. The last case puts every activation at -128.
-        for (tokens, extreme) in (1..=9).map(|t| (t, false)).chain([(5, true)]) {
+        let cases = (1..=9).map(|t| (t, false)).chain([(5, true)]);
+        for ((tokens, extreme), base3) in cases.flat_map(|c| [(c, false), (c, true)]) {
             let (rows, cols) = (40usize, 343usize);
             let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3 - 1) as i8).collect();
-            let layout = TernaryLayout::Tiled { tile_rows: 16 };
+            let (layout, packing) = if base3 {
+                (TernaryLayout::Base3 { tile_rows: 16 }, Packing::Base3)
+            } else {
+                (TernaryLayout::Tiled { tile_rows: 16 }, Packing::Bits2)
+            };
             let packed = ternary::pack(layout, rows as u64, cols as u64, &values, 1.0).unwrap();
             let w = TernaryMatrix {
                 codes: &packed[64..],
                 rows,
                 cols,
                 tile_rows: 16,
+                packing,
                 scale: 1.0,
             };
             let kpad = w.kpad();
@@ -133,8 +144,17 @@ mod tests {
             let mut got = vec![i32::MIN; expected.len()];
             // SAFETY: the CPU has AVX-512 VNNI and VL (checked above) and AVX2 (every AVX-512
             // CPU has it); the lengths are those `ternary_matmul` asserts.
-            unsafe { evex::ternary_tiles(&w, &x, 0..w.tiles(), &mut got) };
-            assert_eq!(got, expected, "{tokens} tokens, extreme {extreme}");
+            unsafe {
+                if base3 {
+                    evex::ternary_tiles::<5, avx2::Base3>(&w, &x, 0..w.tiles(), &mut got)
+                } else {
+                    evex::ternary_tiles::<4, avx2::Bits2>(&w, &x, 0..w.tiles(), &mut got)
+                }
+            };
+            assert_eq!(
+                got, expected,
+                "{tokens} tokens, extreme {extreme}, {layout:?}"
+            );
         }
     }
 }

@@ -23,7 +23,7 @@ pub mod q4;
 pub mod scalar;
 mod ternary;
 
-pub use ternary::{TernaryMatrix, ternary_matmul};
+pub use ternary::{Packing, TernaryMatrix, ternary_matmul};
 
 use bitnet_format::TernaryLayout;
 
@@ -201,10 +201,12 @@ impl KernelPath {
     /// Whether the ternary kernels of this path read `layout` directly (otherwise it is repacked at load).
     pub fn reads_layout(self, layout: TernaryLayout) -> bool {
         match (self.0, layout) {
-            (Isa::Scalar, TernaryLayout::Tiled { .. }) => true,
-            (Isa::Avx2 | Isa::AvxVnni | Isa::Avx512, TernaryLayout::Tiled { tile_rows }) => {
-                tile_rows == 16
-            }
+            (Isa::Scalar, TernaryLayout::Tiled { .. } | TernaryLayout::Base3 { .. }) => true,
+            (
+                Isa::Avx2 | Isa::AvxVnni | Isa::Avx512,
+                TernaryLayout::Tiled { tile_rows } | TernaryLayout::Base3 { tile_rows },
+            ) => tile_rows == 16,
+            (Isa::Neon | Isa::NeonDot, TernaryLayout::Base3 { .. }) => false,
             // One q-register per 4 rows of a block: every tile height of the spec.
             (Isa::Neon | Isa::NeonDot, TernaryLayout::Tiled { tile_rows }) => {
                 matches!(tile_rows, 4 | 8 | 16 | 32)

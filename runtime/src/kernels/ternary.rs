@@ -2,10 +2,41 @@
 
 use std::ops::Range;
 
+use bitnet_format::TernaryLayout;
+
 use super::activation::QuantizedActs;
 use super::{Isa, KernelPath};
 
-/// A ternary matrix in the `tiled` layout (SPEC.md §6.3), borrowed from a file or a repacked buffer.
+/// How the codes of a tile's blocks are packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// `tiled` (SPEC.md §6.3): four 2-bit codes per byte, blocks of 16 columns.
+    Bits2,
+    /// `base3` (SPEC.md §6.4): five base-3 digits per byte, blocks of 20 columns.
+    Base3,
+}
+
+impl Packing {
+    /// The packing and tile height of a layout the kernels read (`None` for `i2s`).
+    pub fn of(layout: TernaryLayout) -> Option<(Packing, usize)> {
+        match layout {
+            TernaryLayout::Tiled { tile_rows } => Some((Packing::Bits2, tile_rows as usize)),
+            TernaryLayout::Base3 { tile_rows } => Some((Packing::Base3, tile_rows as usize)),
+            TernaryLayout::I2s { .. } => None,
+        }
+    }
+
+    /// Columns per block.
+    pub fn block_k(self) -> usize {
+        match self {
+            Packing::Bits2 => 16,
+            Packing::Base3 => 20,
+        }
+    }
+}
+
+/// A ternary matrix in the `tiled` or `base3` layout (SPEC.md §6.3, §6.4), borrowed from a file or
+/// a repacked buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct TernaryMatrix<'a> {
     /// The codes: `tiles × k_blocks` blocks of `4 · tile_rows` bytes (the tensor's bytes after its
@@ -14,6 +45,7 @@ pub struct TernaryMatrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub tile_rows: usize,
+    pub packing: Packing,
     /// The per-tensor scale, a multiplier.
     pub scale: f32,
 }
@@ -24,12 +56,12 @@ impl TernaryMatrix<'_> {
     }
 
     pub fn k_blocks(&self) -> usize {
-        self.cols.div_ceil(16)
+        self.cols.div_ceil(self.packing.block_k())
     }
 
     /// Columns including padding: the length activations must be zero-padded to.
     pub fn kpad(&self) -> usize {
-        self.k_blocks() * 16
+        self.k_blocks() * self.packing.block_k()
     }
 
     /// Bytes of one tile.
@@ -58,28 +90,55 @@ pub fn ternary_matmul(
     assert!(tiles.end <= w.tiles());
     assert_eq!(out.len(), tiles.len() * x.tokens * w.tile_rows);
     assert_eq!(w.codes.len(), w.tiles() * w.tile_bytes());
+    #[cfg(target_arch = "x86_64")]
+    use super::{avx2, avx512, avxvnni};
     match path.isa() {
         Isa::Scalar => super::scalar::ternary_tiles(w, x, tiles, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             assert_eq!(w.tile_rows, 16);
-            // SAFETY: the CPU has AVX2 (a `KernelPath` proves it); every length the kernel relies
-            // on was asserted above.
-            unsafe { super::avx2::ternary_tiles(w, x, tiles, out) }
+            // SAFETY (both): the CPU has AVX2 (a `KernelPath` proves it); every length the kernel
+            // relies on was asserted above.
+            match w.packing {
+                Packing::Bits2 => unsafe {
+                    avx2::ternary_tiles::<4, avx2::Bits2>(w, x, tiles, out)
+                },
+                Packing::Base3 => unsafe {
+                    avx2::ternary_tiles::<5, avx2::Base3>(w, x, tiles, out)
+                },
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => {
             assert_eq!(w.tile_rows, 16);
-            // SAFETY: the CPU has AVX2 and AVX-VNNI (a `KernelPath` proves it); lengths asserted
-            // above.
-            unsafe { super::avxvnni::ternary_tiles(w, x, tiles, out) }
+            // SAFETY (both): the CPU has AVX2 and AVX-VNNI (a `KernelPath` proves it); lengths
+            // asserted above.
+            match w.packing {
+                Packing::Bits2 => unsafe {
+                    avxvnni::ternary_tiles::<4, avx2::Bits2>(w, x, tiles, out)
+                },
+                Packing::Base3 => unsafe {
+                    avxvnni::ternary_tiles::<5, avx2::Base3>(w, x, tiles, out)
+                },
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             assert_eq!(w.tile_rows, 16);
-            // SAFETY: the CPU has AVX-512 F/BW/VNNI (a `KernelPath` proves it); lengths asserted
-            // above.
-            unsafe { super::avx512::ternary_tiles(w, x, tiles, out) }
+            // SAFETY (both): the CPU has AVX-512 F/BW/VNNI (a `KernelPath` proves it); lengths
+            // asserted above.
+            match w.packing {
+                Packing::Bits2 => unsafe {
+                    avx512::ternary_tiles::<4, avx512::Bits2>(w, x, tiles, out)
+                },
+                Packing::Base3 => unsafe {
+                    avx512::ternary_tiles::<5, avx512::Base3>(w, x, tiles, out)
+                },
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot if w.packing == Packing::Base3 => {
+            unreachable!("the NEON paths do not read base3 (KernelPath::reads_layout)")
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {

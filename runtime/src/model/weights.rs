@@ -11,8 +11,8 @@ use bitnet_format::{
 };
 
 use crate::kernels::KernelPath;
-use crate::kernels::TernaryMatrix;
 use crate::kernels::float::{DenseKind, DenseMatrix, FloatKind};
+use crate::kernels::{Packing, TernaryMatrix};
 
 use super::ModelError;
 
@@ -34,13 +34,14 @@ impl Storage {
     }
 }
 
-/// A ternary projection in a tiled layout the selected kernels read.
+/// A ternary projection in a tiled or base3 layout the selected kernels read.
 #[derive(Debug)]
 pub struct TernaryWeight {
     codes: Storage,
     pub rows: usize,
     pub cols: usize,
     pub tile_rows: usize,
+    pub packing: Packing,
     pub scale: f32,
 }
 
@@ -51,18 +52,22 @@ impl TernaryWeight {
             rows: self.rows,
             cols: self.cols,
             tile_rows: self.tile_rows,
+            packing: self.packing,
             scale: self.scale,
         }
     }
 
     /// Columns including padding, the length activations are padded to.
     pub fn kpad(&self) -> usize {
-        self.cols.div_ceil(16) * 16
+        let bk = self.packing.block_k();
+        self.cols.div_ceil(bk) * bk
     }
 
     /// Bytes read per use (for bandwidth figures).
     pub fn byte_len(&self) -> usize {
-        self.rows.div_ceil(self.tile_rows) * self.kpad() / 4 * self.tile_rows
+        self.rows.div_ceil(self.tile_rows) * self.kpad() / self.packing.block_k()
+            * 4
+            * self.tile_rows
     }
 }
 
@@ -203,20 +208,21 @@ impl Binder<'_> {
         let view = self.file.view(info);
         let scale = view.ternary_scale()?;
         if self.path.reads_layout(layout) {
-            let TernaryLayout::Tiled { tile_rows } = layout else {
-                unreachable!("kernels read only tiled layouts")
+            let Some((packing, tile_rows)) = Packing::of(layout) else {
+                unreachable!("kernels read only tiled and base3 layouts")
             };
             let start = info.offset as usize + 64;
             return Ok(TernaryWeight {
                 codes: Storage::File(start..(info.offset + info.length) as usize),
                 rows,
                 cols,
-                tile_rows: tile_rows as usize,
+                tile_rows,
+                packing,
                 scale,
             });
         }
         let target = self.path.preferred_layout();
-        let TernaryLayout::Tiled { tile_rows } = target else {
+        let Some((packing, tile_rows)) = Packing::of(target) else {
             unreachable!("preferred layouts are tiled")
         };
         let values = parallel::unpack(layout, rows, cols, view.data)
@@ -228,7 +234,8 @@ impl Binder<'_> {
             codes: Storage::Owned(packed),
             rows,
             cols,
-            tile_rows: tile_rows as usize,
+            tile_rows,
+            packing,
             scale,
         })
     }
