@@ -112,16 +112,19 @@ impl Planes<4> for Bits2 {
     }
 }
 
-/// The five base-3 digits of every byte of `$v` (SPEC.md §6.4), for one vector width: the digit of
-/// `x` is `[x ≥ 86] + [x ≥ 171]`, each term `min(x ⊖ threshold, 1)` with unsigned saturating
-/// subtraction, then `x = 3x mod 256` by two wrapping byte adds. Exact for every byte.
+/// The five base-3 digits of every byte of `$v` (SPEC.md §6.4), for one vector width: `$digit(x)`
+/// gives `[x ≥ 86] + [x ≥ 171]` in each byte, then `x = 3x mod 256`. Exact for every byte.
+///
+/// `2x mod 256` is a 16-bit add whose carry out of each low byte lands in bit 0 of the high byte,
+/// where the mask clears it (`2 · high` is even). Written as byte adds, the compiler turns the
+/// chain into multiplies by `3^p` (`vpmullw` plus shifts and blends), twice the instructions.
 macro_rules! base3_planes {
-    ($v:expr, $set1:ident, $subs:ident, $min:ident, $add:ident) => {{
-        let (below1, below2, one) = ($set1(85), $set1(170u8 as i8), $set1(1));
+    ($v:expr, $digit:expr, $set1:ident, $add8:ident, $add16:ident, $and:ident) => {{
+        let even = $set1(0xFEu8 as i8);
         let mut x = $v;
         std::array::from_fn(|_| {
-            let digit = $add($min($subs(x, below1), one), $min($subs(x, below2), one));
-            x = $add($add(x, x), x);
+            let digit = $digit(x);
+            x = $add8($and($add16(x, x), even), x);
             digit
         })
     }};
@@ -135,12 +138,25 @@ impl Planes<5> for Base3 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 5] {
+        let (below1, below2, one) = (
+            _mm256_set1_epi8(85),
+            _mm256_set1_epi8(170u8 as i8),
+            _mm256_set1_epi8(1),
+        );
+        // Each term is `min(x ⊖ threshold, 1)`, with unsigned saturating subtraction.
+        let digit = |x| {
+            _mm256_add_epi8(
+                _mm256_min_epu8(_mm256_subs_epu8(x, below1), one),
+                _mm256_min_epu8(_mm256_subs_epu8(x, below2), one),
+            )
+        };
         base3_planes!(
             v,
+            digit,
             _mm256_set1_epi8,
-            _mm256_subs_epu8,
-            _mm256_min_epu8,
-            _mm256_add_epi8
+            _mm256_add_epi8,
+            _mm256_add_epi16,
+            _mm256_and_si256
         )
     }
 }

@@ -86,12 +86,28 @@ impl Planes<5> for Base3 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn planes(v: __m512i) -> [__m512i; 5] {
+        let (below1, below2, one) = (
+            _mm512_set1_epi8(85),
+            _mm512_set1_epi8(170u8 as i8),
+            _mm512_set1_epi8(1),
+        );
+        // Two unsigned compares into masks; the digit is 1 under the first, plus 1 under the second.
+        let digit = |x| {
+            let zero_or_one = _mm512_maskz_mov_epi8(_mm512_cmpgt_epu8_mask(x, below1), one);
+            _mm512_mask_add_epi8(
+                zero_or_one,
+                _mm512_cmpgt_epu8_mask(x, below2),
+                zero_or_one,
+                one,
+            )
+        };
         super::avx2::base3_planes!(
             v,
+            digit,
             _mm512_set1_epi8,
-            _mm512_subs_epu8,
-            _mm512_min_epu8,
-            _mm512_add_epi8
+            _mm512_add_epi8,
+            _mm512_add_epi16,
+            _mm512_and_si512
         )
     }
 }
