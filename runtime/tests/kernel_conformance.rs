@@ -511,18 +511,21 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
     // The AVX2 kernel adds 64 planes in i16 before widening (16 blocks of `tiled`, 12 of
     // `base3`): with every weight +1 (code 2) and every activation -128, a `tiled` run reaches
     // exactly -32768, the i16 minimum (and 32512 at +127); one block more would wrap, and so would
-    // a 13th `base3` block. 35 blocks: two whole runs and a partial one; the token counts take
-    // every register block size (8, 4, 2, 1) and mix them. Weights -1 (code 0) and alternating
-    // signs too.
+    // a 13th `base3` block. The plain NEON kernel adds 128 planes in i16 (32 blocks of `tiled`, 25
+    // of `base3`), one product per plane and lane: at most ±16384. 35 blocks: whole runs and a
+    // partial one on both; the token counts take every register block size (8, 4, 2, 1 on x86;
+    // 4 and 1 on NEON's 4-row tiles) and mix them. Weights -1 (code 0) and alternating signs too.
     let paths = available_paths();
     for (layout, weight) in [
         TernaryLayout::Tiled { tile_rows: 16 },
         TernaryLayout::Base3 { tile_rows: 16 },
+        TernaryLayout::Tiled { tile_rows: 4 },
+        TernaryLayout::Base3 { tile_rows: 4 },
     ]
     .into_iter()
     .flat_map(|l| [(l, 1i8), (l, -1)])
     {
-        let (packing, _) = Packing::of(layout).unwrap();
+        let (packing, tile_rows) = Packing::of(layout).unwrap();
         let (rows, cols) = (24, packing.block_k() * 35);
         let values = vec![weight; rows * cols];
         let packed = ternary::pack(layout, rows as u64, cols as u64, &values, 1.0).unwrap();
@@ -530,7 +533,7 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
             codes: &packed[64..],
             rows,
             cols,
-            tile_rows: 16,
+            tile_rows,
             packing,
             scale: 1.0,
         };
@@ -542,7 +545,7 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
         for pattern in patterns {
             for tokens in [1, 2, 3, 4, 5, 8, 15] {
                 let x = fixed_acts(tokens, cols, w.kpad(), pattern);
-                let expected = oracle(&values, rows, cols, 16, &x);
+                let expected = oracle(&values, rows, cols, tile_rows, &x);
                 for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
                     let mut out = vec![i32::MIN; expected.len()];
                     ternary_matmul(path, &w, &x, 0..w.tiles(), &mut out);

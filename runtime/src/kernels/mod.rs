@@ -206,11 +206,11 @@ impl KernelPath {
                 Isa::Avx2 | Isa::AvxVnni | Isa::Avx512,
                 TernaryLayout::Tiled { tile_rows } | TernaryLayout::Base3 { tile_rows },
             ) => tile_rows == 16,
-            (Isa::Neon | Isa::NeonDot, TernaryLayout::Base3 { .. }) => false,
             // One q-register per 4 rows of a block: every tile height of the spec.
-            (Isa::Neon | Isa::NeonDot, TernaryLayout::Tiled { tile_rows }) => {
-                matches!(tile_rows, 4 | 8 | 16 | 32)
-            }
+            (
+                Isa::Neon | Isa::NeonDot,
+                TernaryLayout::Tiled { tile_rows } | TernaryLayout::Base3 { tile_rows },
+            ) => matches!(tile_rows, 4 | 8 | 16 | 32),
             (_, TernaryLayout::I2s { .. }) => false,
         }
     }

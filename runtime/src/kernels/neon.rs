@@ -1,18 +1,27 @@
 //! AArch64 kernels: plain NEON (every AArch64 CPU) and SDOT (`dotprod`: Armv8.2+, e.g. Cortex-A55/A76,
 //! Neoverse N1, Apple M1).
 //!
-//! The ternary kernels read every `tiled` height (SPEC.md §6.3) natively: a block of an `R`-row tile
-//! is `R / 4` groups of 16 bytes, one q-register each. Shifted right by `2p` and masked with 3, a
-//! group gives, in 32-bit lane `r`, the codes of its row `r` at columns `4p .. 4p+3`; subtracting 1
-//! makes them the signed weights `t ∈ {-1, 0, 1}`, so no `Σ q` correction is needed.
+//! The ternary kernels read every `tiled` and `base3` height (SPEC.md §6.3, §6.4) in place: a block
+//! of an `R`-row tile is `R / 4` groups of 16 bytes (four rows), one q-register each. A group
+//! unpacks into `P` planes ([`Planes`]), plane `p` holding, in 32-bit lane `r`, the codes of its row
+//! `r` at columns `4p .. 4p+3` of the block:
+//!
+//! - `tiled` (`P` = 4, blocks of 16 columns): shifted right by `2p` and masked with 3;
+//! - `base3` (`P` = 5, blocks of 20 columns): `x = b · 3^p mod 256` by one wrapping byte multiply
+//!   per plane (no plane waits on another), and the digit `[x ≥ 86] + [x ≥ 171]` by two compares.
+//!
+//! Made signed weights `t = code - 1 ∈ {-1, 0, 1}`, so no `Σ q` correction is needed. A block's `4P`
+//! activations are two q-registers, its first and its last 16 codes (the same one for `tiled`):
+//! quad `p < 4` is 32-bit lane `p` of the first, quad 4 lane 3 of the second.
 //!
 //! - `neon-dot`: `sdot vacc.4s, vt.16b, vq.4b[p]` adds, in each lane `r`, the four products of row
 //!   `r` with activation quad `p` (the quad is selected by the instruction's lane index, so nothing
 //!   is broadcast). i32 accumulators, exact.
 //! - `neon`: `smlal` multiplies the weights by the quad (duplicated into both 32-bit halves
-//!   of a d-register) into i16 lanes, one per (row, column mod 4). Each lane gains at most
-//!   4 · 128 = 512 in magnitude per block, so [`WIDEN_EVERY`] = 32 blocks stay within ±16384 before
-//!   `sadalp` folds them into i32 pairs; a final `addp` gives one i32 per row. Exact.
+//!   of a d-register) into i16 lanes, one per (row, column mod 4). Each lane gains at most 128 in
+//!   magnitude per plane, so [`WIDEN_PLANES`] = 128 planes (32 blocks of `tiled`, 25 of `base3`)
+//!   stay within ±16384 before `sadalp` folds them into i32 pairs; a final `addp` gives one i32 per
+//!   row. Exact.
 //!
 //! SDOT is emitted with inline assembly because its `core::arch` intrinsics are not stable yet.
 //! Tokens are processed a few at a time so that the decoded weights are reused across them
@@ -23,10 +32,18 @@ use std::arch::asm;
 use std::ops::Range;
 
 use super::activation::QuantizedActs;
-use super::ternary::TernaryMatrix;
+use super::ternary::{Packing, TernaryMatrix};
 
-/// Blocks the plain NEON kernel accumulates in i16 before widening (see the module docs).
-const WIDEN_EVERY: usize = 32;
+/// Planes the plain NEON kernel accumulates in i16 before widening: 32 blocks of `tiled`, 25 of
+/// `base3` (rounding down).
+///
+/// The bound: an i16 lane (a row and a column mod 4) gains one product `t · q` per plane, with
+/// `t ∈ {-1, 0, 1}` and `q ∈ [-128, 127]`, so within [-128, 128]; after 128 planes it is within
+/// [-16384, 16384], half the i16 range (the limit would be 255 planes: 256 could reach
+/// 256 · 128 = 32768). `smlal` wraps, so only a run's total needs to fit.
+/// `runtime/tests/kernel_conformance.rs` (`i16_runs_hold_the_extreme_products_on_every_path`) runs
+/// these extremes over whole and partial runs of both packings.
+const WIDEN_PLANES: usize = 128;
 
 /// One instruction-set variant of the ternary inner step.
 ///
@@ -35,18 +52,47 @@ const WIDEN_EVERY: usize = 32;
 trait Mac {
     /// Per 16-byte group (4 rows) and token.
     type Acc: Copy;
-    /// Blocks between calls to [`Mac::widen`].
-    const CHUNK: usize;
+    /// Planes [`Mac::step`] may add before [`Mac::widen`].
+    const RUN_PLANES: usize;
     unsafe fn zero() -> Self::Acc;
-    /// Add the products of one group's weights (`t[p]`: columns `4p..4p+3` of each row, in lanes)
-    /// with the block's 16 activations `q`.
+    /// Add the products of one group's `P` weight planes (`t[p]`: columns `4p..4p+3` of each row,
+    /// in lanes) with the block's `4P` activations `q`.
     ///
     /// # Safety
     /// Must only run on a CPU with the path's features.
-    unsafe fn step(acc: &mut Self::Acc, t: &[int8x16_t; 4], q: int8x16_t);
+    unsafe fn step<const P: usize>(acc: &mut Self::Acc, t: &[int8x16_t; P], q: BlockActs);
     unsafe fn widen(acc: &mut Self::Acc);
     /// The four rows' sums.
     unsafe fn finish(acc: Self::Acc) -> int32x4_t;
+}
+
+/// A block's `4P` activation codes (`P` = 4 or 5) in two q-registers: `lo` its first 16, `hi` its
+/// last 16 (codes `4P - 16 .. 4P`: the same register when `P` = 4). Quad `p < 4` is 32-bit lane `p`
+/// of `lo`, quad 4 lane 3 of `hi`.
+#[derive(Clone, Copy)]
+struct BlockActs {
+    lo: int8x16_t,
+    hi: int8x16_t,
+}
+
+impl BlockActs {
+    /// # Safety
+    /// `q` must point to `4P` readable codes.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load<const P: usize>(q: *const i8) -> Self {
+        const { assert!(P == 4 || P == 5, "the packings have 4 or 5 planes") };
+        // SAFETY: codes 0 .. 16 and 4P - 16 .. 4P lie within the caller's 4P >= 16.
+        unsafe {
+            let lo = vld1q_s8(q);
+            let hi = if P == 4 {
+                lo
+            } else {
+                vld1q_s8(q.add(4 * P - 16))
+            };
+            BlockActs { lo, hi }
+        }
+    }
 }
 
 /// `acc.s[r] += Σ_j a.b[4r + j] · b.b[4·L + j]` (SDOT by element).
@@ -73,12 +119,13 @@ unsafe fn sdot_lane<const L: i32>(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t
     acc
 }
 
-/// SDOT: two i32 accumulators per group (planes 0–1 and 2–3) for two independent dependency chains.
+/// SDOT: two i32 accumulators per group (even and odd planes) for two independent dependency
+/// chains.
 struct Dot;
 
 impl Mac for Dot {
     type Acc = [int32x4_t; 2];
-    const CHUNK: usize = usize::MAX;
+    const RUN_PLANES: usize = usize::MAX;
 
     #[inline]
     #[target_feature(enable = "neon")]
@@ -88,13 +135,20 @@ impl Mac for Dot {
 
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn step(acc: &mut Self::Acc, t: &[int8x16_t; 4], q: int8x16_t) {
-        // SAFETY: the caller guarantees `dotprod`.
-        unsafe {
-            acc[0] = sdot_lane::<0>(acc[0], t[0], q);
-            acc[1] = sdot_lane::<2>(acc[1], t[2], q);
-            acc[0] = sdot_lane::<1>(acc[0], t[1], q);
-            acc[1] = sdot_lane::<3>(acc[1], t[3], q);
+    unsafe fn step<const P: usize>(acc: &mut Self::Acc, t: &[int8x16_t; P], q: BlockActs) {
+        for (p, &t) in t.iter().enumerate() {
+            let a = &mut acc[p % 2];
+            // SAFETY: the caller guarantees `dotprod`. `P <= 5` (`BlockActs::load`): plane 4 is
+            // the last.
+            *a = unsafe {
+                match p {
+                    0 => sdot_lane::<0>(*a, t, q.lo),
+                    1 => sdot_lane::<1>(*a, t, q.lo),
+                    2 => sdot_lane::<2>(*a, t, q.lo),
+                    3 => sdot_lane::<3>(*a, t, q.lo),
+                    _ => sdot_lane::<3>(*a, t, q.hi),
+                }
+            };
         }
     }
 
@@ -109,8 +163,8 @@ impl Mac for Dot {
     }
 }
 
-/// Plain NEON: i16 products per (row, column mod 4), widened to i32 pairs every [`WIDEN_EVERY`]
-/// blocks.
+/// Plain NEON: i16 products per (row, column mod 4), widened to i32 pairs every [`WIDEN_PLANES`]
+/// planes.
 struct Widen;
 
 #[derive(Clone, Copy)]
@@ -125,7 +179,7 @@ struct WidenAcc {
 
 impl Mac for Widen {
     type Acc = WidenAcc;
-    const CHUNK: usize = WIDEN_EVERY;
+    const RUN_PLANES: usize = WIDEN_PLANES;
 
     #[inline]
     #[target_feature(enable = "neon")]
@@ -140,16 +194,18 @@ impl Mac for Widen {
 
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn step(acc: &mut Self::Acc, t: &[int8x16_t; 4], q: int8x16_t) {
-        let q = vreinterpretq_s32_s8(q);
-        // Quad p duplicated into both halves of a d-register: one row pair's operand.
-        let quads = [
-            vreinterpret_s8_s32(vdup_laneq_s32::<0>(q)),
-            vreinterpret_s8_s32(vdup_laneq_s32::<1>(q)),
-            vreinterpret_s8_s32(vdup_laneq_s32::<2>(q)),
-            vreinterpret_s8_s32(vdup_laneq_s32::<3>(q)),
-        ];
-        for (t, a) in t.iter().zip(quads) {
+    unsafe fn step<const P: usize>(acc: &mut Self::Acc, t: &[int8x16_t; P], q: BlockActs) {
+        let (lo, hi) = (vreinterpretq_s32_s8(q.lo), vreinterpretq_s32_s8(q.hi));
+        for (p, t) in t.iter().enumerate() {
+            // Quad p duplicated into both halves of a d-register: one row pair's operand. `P <= 5`
+            // (`BlockActs::load`): plane 4 is the last.
+            let a = vreinterpret_s8_s32(match p {
+                0 => vdup_laneq_s32::<0>(lo),
+                1 => vdup_laneq_s32::<1>(lo),
+                2 => vdup_laneq_s32::<2>(lo),
+                3 => vdup_laneq_s32::<3>(lo),
+                _ => vdup_laneq_s32::<3>(hi),
+            });
             acc.lo16 = vmlal_s8(acc.lo16, vget_low_s8(*t), a);
             acc.hi16 = vmlal_s8(acc.hi16, vget_high_s8(*t), a);
         }
@@ -173,53 +229,91 @@ impl Mac for Widen {
     }
 }
 
-/// The signed weights of one 16-byte group: plane `p` holds, in 32-bit lane `r`, row `r`'s weights
-/// at columns `4p .. 4p+3`.
-///
-/// # Safety
-/// `codes` must point to 16 readable bytes.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn weights(codes: *const u8) -> [int8x16_t; 4] {
-    // SAFETY: the caller guarantees 16 readable bytes.
-    let v = unsafe { vld1q_u8(codes) };
-    let mask = vdupq_n_u8(3);
-    let one = vdupq_n_s8(1);
-    let signed = |c: uint8x16_t| vsubq_s8(vreinterpretq_s8_u8(c), one);
-    [
-        signed(vandq_u8(v, mask)),
-        signed(vandq_u8(vshrq_n_u8::<2>(v), mask)),
-        signed(vandq_u8(vshrq_n_u8::<4>(v), mask)),
-        signed(vshrq_n_u8::<6>(v)),
-    ]
+/// How a packing's 16-byte group (four rows of one block) splits into `P` planes of signed weights
+/// `t ∈ {-1, 0, 1}`: plane `p` holds, in 32-bit lane `r`, row `r`'s weights at columns `4p .. 4p+3`
+/// of the block. `unsafe` only because compiled with NEON (part of every AArch64 CPU).
+trait Planes<const P: usize> {
+    unsafe fn planes(v: uint8x16_t) -> [int8x16_t; P];
 }
 
-/// `NT` tokens against one tile of `4·G` rows: `out[t][4g + r]` = row `4g + r`'s accumulator for
-/// token `t`.
+/// `tiled`: four 2-bit fields per byte, by shift and mask.
+struct Bits2;
+
+impl Planes<4> for Bits2 {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn planes(v: uint8x16_t) -> [int8x16_t; 4] {
+        let mask = vdupq_n_u8(3);
+        let one = vdupq_n_s8(1);
+        let signed = |c: uint8x16_t| vsubq_s8(vreinterpretq_s8_u8(c), one);
+        [
+            signed(vandq_u8(v, mask)),
+            signed(vandq_u8(vshrq_n_u8::<2>(v), mask)),
+            signed(vandq_u8(vshrq_n_u8::<4>(v), mask)),
+            signed(vshrq_n_u8::<6>(v)),
+        ]
+    }
+}
+
+/// `base3`: five base-3 digits per byte (SPEC.md §6.4), for every byte exactly what the spec's
+/// decoding (and the scalar reference) gives:
+///
+/// - `x = (b · 3^p) mod 256` is `mul` (which keeps the low 8 bits of the product) by the constant
+///   `3^p` ≤ 81; the five multiplies are independent (no `x = 3x` chain);
+/// - the digit `⌊3x / 256⌋` is `[x ≥ 86] + [x ≥ 171]`, as `3x < 256 ⇔ x ≤ 85` and
+///   `3x < 512 ⇔ x ≤ 170`;
+/// - so `t = digit - 1 = [x ≥ 171] - [x < 86]` (the two cannot both hold), and as the compares give
+///   all ones (-1) for true and 0 for false, `t = cmhi(86, x) - cmhi(x, 170)`: two compares and a
+///   subtract per plane.
+///
+/// (`tests::base3_planes_decode_every_byte_like_the_format_crate` checks all 256 bytes.)
+struct Base3;
+
+impl Planes<5> for Base3 {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn planes(v: uint8x16_t) -> [int8x16_t; 5] {
+        const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+        let (lt, gt) = (vdupq_n_u8(86), vdupq_n_u8(170));
+        std::array::from_fn(|p| {
+            let x = if p == 0 {
+                v
+            } else {
+                vmulq_u8(v, vdupq_n_u8(POW3[p]))
+            };
+            vreinterpretq_s8_u8(vsubq_u8(vcltq_u8(x, lt), vcgtq_u8(x, gt)))
+        })
+    }
+}
+
+/// `NT` tokens against one tile of `4·G` rows packed in `P` planes by `U`: `out[t][4g + r]` = row
+/// `4g + r`'s accumulator for token `t`.
 ///
 /// # Safety
-/// `tile` points to `k_blocks · 16·G` readable bytes, each `q[t]` to `16 · k_blocks` readable codes,
+/// `tile` points to `k_blocks · 16·G` readable bytes, each `q[t]` to `4P · k_blocks` readable codes,
 /// each `out[t]` to `4·G` writable i32; the CPU has the features `M` needs.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn tile_tokens<M: Mac, const G: usize, const NT: usize>(
+unsafe fn tile_tokens<M: Mac, const P: usize, U: Planes<P>, const G: usize, const NT: usize>(
     tile: *const u8,
     k_blocks: usize,
     q: [*const i8; NT],
     out: [*mut i32; NT],
 ) {
+    let run_blocks = (M::RUN_PLANES / P).max(1);
     // SAFETY: NEON is enabled for this function.
     let mut acc = [[unsafe { M::zero() }; G]; NT];
     let mut kb = 0;
     while kb < k_blocks {
-        let end = k_blocks.min(kb.saturating_add(M::CHUNK));
+        let end = k_blocks.min(kb.saturating_add(run_blocks));
         for b in kb..end {
-            // SAFETY: b < k_blocks: codes 16b .. 16b + 16 of every token row exist.
-            let acts: [int8x16_t; NT] =
-                std::array::from_fn(|t| unsafe { vld1q_s8(q[t].add(16 * b)) });
+            // SAFETY: b < k_blocks: codes 4P·b .. 4P·b + 4P of every token row exist.
+            let acts: [BlockActs; NT] =
+                std::array::from_fn(|t| unsafe { BlockActs::load::<P>(q[t].add(4 * P * b)) });
             for g in 0..G {
-                // SAFETY: group g of block b lies within the tile's k_blocks · 16G bytes.
-                let t = unsafe { weights(tile.add((b * G + g) * 16)) };
+                // SAFETY: group g of block b lies within the tile's k_blocks · 16G bytes; NEON is
+                // enabled for this function.
+                let t = unsafe { U::planes(vld1q_u8(tile.add((b * G + g) * 16))) };
                 for (acc, &a) in acc.iter_mut().zip(&acts) {
                     // SAFETY: the caller guarantees M's CPU features.
                     unsafe { M::step(&mut acc[g], &t, a) };
@@ -243,10 +337,11 @@ unsafe fn tile_tokens<M: Mac, const G: usize, const NT: usize>(
 /// Every token against every tile of `tiles`, `NT` tokens at a time.
 ///
 /// # Safety
-/// As [`ternary_tiles_neon`], and the CPU has the features `M` needs; `w.tile_rows == 4·G`.
+/// As [`ternary_tiles_neon`], and the CPU has the features `M` needs; `w.tile_rows == 4·G` and `U`
+/// unpacks `w.packing` into `P` planes.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn tiles_g<M: Mac, const G: usize, const NT: usize>(
+unsafe fn tiles_g<M: Mac, const P: usize, U: Planes<P>, const G: usize, const NT: usize>(
     w: &TernaryMatrix,
     x: &QuantizedActs,
     tiles: Range<usize>,
@@ -254,7 +349,8 @@ unsafe fn tiles_g<M: Mac, const G: usize, const NT: usize>(
 ) {
     let (k_blocks, tile_bytes, tokens) = (w.k_blocks(), w.tile_bytes(), x.tokens);
     debug_assert_eq!(w.tile_rows, 4 * G);
-    debug_assert!(w.codes.len() >= tiles.end * tile_bytes && x.kpad == 16 * k_blocks);
+    debug_assert_eq!(w.packing.block_k(), 4 * P);
+    debug_assert!(w.codes.len() >= tiles.end * tile_bytes && x.kpad == 4 * P * k_blocks);
     debug_assert!(out.len() >= tiles.len() * tokens * 4 * G);
     let o = out.as_mut_ptr();
     for (i, tile) in tiles.enumerate() {
@@ -269,19 +365,45 @@ unsafe fn tiles_g<M: Mac, const G: usize, const NT: usize>(
         while t + NT <= tokens {
             let q = std::array::from_fn(|j| row(t + j));
             let d = std::array::from_fn(|j| dst(t + j));
-            // SAFETY: bounds as above; features guaranteed by the caller.
-            unsafe { tile_tokens::<M, G, NT>(codes, k_blocks, q, d) };
+            // SAFETY: bounds as above (each token row holds kpad = 4P · k_blocks codes); features
+            // guaranteed by the caller.
+            unsafe { tile_tokens::<M, P, U, G, NT>(codes, k_blocks, q, d) };
             t += NT;
         }
         while t < tokens {
             // SAFETY: as above, one token.
-            unsafe { tile_tokens::<M, G, 1>(codes, k_blocks, [row(t)], [dst(t)]) };
+            unsafe { tile_tokens::<M, P, U, G, 1>(codes, k_blocks, [row(t)], [dst(t)]) };
             t += 1;
         }
     }
 }
 
 /// Dispatch on the tile height.
+///
+/// # Safety
+/// As [`ternary_tiles_neon`], and the CPU has the features `M` needs; `U` unpacks `w.packing` into
+/// `P` planes.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn tiles_p<M: Mac, const P: usize, U: Planes<P>>(
+    w: &TernaryMatrix,
+    x: &QuantizedActs,
+    tiles: Range<usize>,
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded; each instance matches the tile height it is called for.
+    unsafe {
+        match w.tile_rows {
+            4 => tiles_g::<M, P, U, 1, 4>(w, x, tiles, out),
+            8 => tiles_g::<M, P, U, 2, 2>(w, x, tiles, out),
+            16 => tiles_g::<M, P, U, 4, 1>(w, x, tiles, out),
+            32 => tiles_g::<M, P, U, 8, 1>(w, x, tiles, out),
+            r => unreachable!("tile height {r} is not one of the spec's"),
+        }
+    }
+}
+
+/// Dispatch on the packing.
 ///
 /// # Safety
 /// As [`ternary_tiles_neon`], and the CPU has the features `M` needs.
@@ -293,19 +415,16 @@ unsafe fn tiles_any<M: Mac>(
     tiles: Range<usize>,
     out: &mut [i32],
 ) {
-    // SAFETY: forwarded; each instance matches the tile height it is called for.
+    // SAFETY: forwarded; each instance unpacks the packing it is called for.
     unsafe {
-        match w.tile_rows {
-            4 => tiles_g::<M, 1, 4>(w, x, tiles, out),
-            8 => tiles_g::<M, 2, 2>(w, x, tiles, out),
-            16 => tiles_g::<M, 4, 1>(w, x, tiles, out),
-            32 => tiles_g::<M, 8, 1>(w, x, tiles, out),
-            r => unreachable!("tile height {r} is not a tiled layout"),
+        match w.packing {
+            Packing::Bits2 => tiles_p::<M, 4, Bits2>(w, x, tiles, out),
+            Packing::Base3 => tiles_p::<M, 5, Base3>(w, x, tiles, out),
         }
     }
 }
 
-/// See [`super::ternary_matmul`]: plain NEON, any tile height 4, 8, 16 or 32.
+/// See [`super::ternary_matmul`]: plain NEON, `tiled` or `base3`, any tile height 4, 8, 16 or 32.
 ///
 /// # Safety
 /// The slice lengths must be as `ternary_matmul` asserts (NEON itself is part of every AArch64 CPU).
@@ -320,7 +439,7 @@ pub unsafe fn ternary_tiles_neon(
     unsafe { tiles_any::<Widen>(w, x, tiles, out) }
 }
 
-/// See [`super::ternary_matmul`]: SDOT, any tile height 4, 8, 16 or 32.
+/// See [`super::ternary_matmul`]: SDOT, `tiled` or `base3`, any tile height 4, 8, 16 or 32.
 ///
 /// # Safety
 /// The CPU must have `dotprod`, and the slice lengths must be as `ternary_matmul` asserts.
@@ -513,18 +632,25 @@ pub fn sum_words(data: &[u64]) -> u64 {
 mod tests {
     use super::*;
     use crate::kernels::Isa;
+    use bitnet_format::ternary;
 
-    /// Both kernels against the scalar reference, on hand-made activations (the quantizer never
-    /// emits -128, the kernels must still be exact for it).
-    fn check_ternary(code: impl Fn(usize) -> u8, act: impl Fn(usize) -> i8, k_blocks: usize) {
+    /// Both kernels against the scalar reference, on hand-made code bytes and activations (the
+    /// quantizer never emits -128, the kernels must still be exact for it).
+    fn check_ternary(
+        packing: Packing,
+        code: impl Fn(usize) -> u8,
+        act: impl Fn(usize) -> i8,
+        k_blocks: usize,
+    ) {
         for tile_rows in [4usize, 8, 16, 32] {
             let tiles = 3;
             let codes: Vec<u8> = (0..tiles * k_blocks * 4 * tile_rows).map(&code).collect();
             let w = TernaryMatrix {
                 codes: &codes,
                 rows: tiles * tile_rows,
-                cols: 16 * k_blocks,
+                cols: packing.block_k() * k_blocks,
                 tile_rows,
+                packing,
                 scale: 1.0,
             };
             for tokens in [1usize, 2, 5] {
@@ -540,14 +666,17 @@ mod tests {
                 let mut got = vec![i32::MIN; want.len()];
                 // SAFETY: lengths as ternary_matmul asserts; NEON is baseline on aarch64.
                 unsafe { ternary_tiles_neon(&w, &x, 0..tiles, &mut got) };
-                assert_eq!(got, want, "neon, tile_rows {tile_rows}, {tokens} tokens");
+                assert_eq!(
+                    got, want,
+                    "neon, {packing:?}, tile_rows {tile_rows}, {tokens} tokens"
+                );
                 if Isa::NeonDot.is_available() {
                     let mut got = vec![i32::MIN; want.len()];
                     // SAFETY: as above, and the CPU has dotprod.
                     unsafe { ternary_tiles_dot(&w, &x, 0..tiles, &mut got) };
                     assert_eq!(
                         got, want,
-                        "neon-dot, tile_rows {tile_rows}, {tokens} tokens"
+                        "neon-dot, {packing:?}, tile_rows {tile_rows}, {tokens} tokens"
                     );
                 }
             }
@@ -556,22 +685,71 @@ mod tests {
 
     #[test]
     fn ternary_kernels_are_exact_at_the_extremes_over_long_rows() {
-        // 130 blocks: several i16 widening rounds of the plain NEON kernel, at the largest product
-        // magnitude (128 = -1 · -128) in every lane.
-        check_ternary(|_| 0x00, |_| -128, 130);
-        check_ternary(|_| 0xaa, |_| -128, 130);
-        check_ternary(|_| 0xaa, |_| 127, 130);
-        // Mixed: code 3 never occurs in a valid file, so only codes 0..=2 per bit pair.
+        // 130 blocks: several i16 widening rounds of the plain NEON kernel (32 blocks of `tiled`,
+        // 25 of `base3`) and a partial one, at the largest product magnitude (128 = -1 · -128) in
+        // every lane. All codes 0 (-1) is byte 0 in both packings; all codes 2 (+1) is 0xaa in
+        // `tiled`, 0xff in `base3`.
+        for (packing, plus_one) in [(Packing::Bits2, 0xaa), (Packing::Base3, 0xff)] {
+            check_ternary(packing, |_| 0x00, |_| -128, 130);
+            check_ternary(packing, |_| plus_one, |_| -128, 130);
+            check_ternary(packing, |_| plus_one, |_| 127, 130);
+        }
+        // Mixed: code 3 never occurs in a valid `tiled` file, so only codes 0..=2 per bit pair;
+        // `base3` bytes from five random codes each.
         let mut seed = 1u32;
         let mut next = move || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             seed >> 8
         };
-        let codes: Vec<u8> = (0..1 << 16)
-            .map(|_| (0..4).fold(0u8, |b, p| b | (((next() % 3) as u8) << (2 * p))))
+        let mut digits = || std::array::from_fn::<u8, 5, _>(|_| (next() % 3) as u8);
+        let tiled: Vec<u8> = (0..1 << 16)
+            .map(|_| (0..4).fold(0u8, |b, p| b | (digits()[p] << (2 * p))))
+            .collect();
+        let base3: Vec<u8> = (0..1 << 16)
+            .map(|_| ternary::base3_encode(digits()))
             .collect();
         let acts: Vec<i8> = (0..1 << 16).map(|_| next() as u8 as i8).collect();
-        check_ternary(|i| codes[i % codes.len()], |i| acts[i % acts.len()], 67);
+        check_ternary(
+            Packing::Bits2,
+            |i| tiled[i % tiled.len()],
+            |i| acts[i % acts.len()],
+            67,
+        );
+        check_ternary(
+            Packing::Base3,
+            |i| base3[i % base3.len()],
+            |i| acts[i % acts.len()],
+            67,
+        );
+        // Every byte, the 13 that are not code bytes too: the kernels decode them as the
+        // reference does.
+        check_ternary(
+            Packing::Base3,
+            |i| (i * 7) as u8,
+            |i| acts[i % acts.len()],
+            29,
+        );
+    }
+
+    #[test]
+    fn base3_planes_decode_every_byte_like_the_format_crate() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        for chunk in bytes.chunks_exact(16) {
+            // SAFETY: the chunk has 16 bytes; NEON is baseline on aarch64.
+            let planes = unsafe { Base3::planes(vld1q_u8(chunk.as_ptr())) };
+            for (p, plane) in planes.iter().enumerate() {
+                let mut got = [0i8; 16];
+                // SAFETY: `got` has 16 bytes.
+                unsafe { vst1q_s8(got.as_mut_ptr(), *plane) };
+                for (&b, &t) in chunk.iter().zip(&got) {
+                    assert_eq!(
+                        t,
+                        ternary::base3_digit(b, p as u32) as i8 - 1,
+                        "byte {b:#04x}, digit {p}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl TernaryMatrix<'_> {
 /// tiles in `tiles`, written tile-major: `out[((tile - tiles.start) · tokens + t) · tile_rows + r]`.
 ///
 /// `x.kpad` must equal `w.kpad()`. The x86 paths need `tile_rows == 16`; scalar and the NEON paths
-/// read every tile height ([`KernelPath::reads_layout`]).
+/// read every tile height, of either packing ([`KernelPath::reads_layout`]).
 pub fn ternary_matmul(
     path: KernelPath,
     w: &TernaryMatrix,
@@ -137,14 +137,10 @@ pub fn ternary_matmul(
             }
         }
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::NeonDot if w.packing == Packing::Base3 => {
-            unreachable!("the NEON paths do not read base3 (KernelPath::reads_layout)")
-        }
-        #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             assert!(matches!(w.tile_rows, 4 | 8 | 16 | 32));
             // SAFETY: NEON is part of every AArch64 CPU; the tile height and every length the
-            // kernel relies on were asserted above.
+            // kernel relies on were asserted above (it reads either packing).
             unsafe { super::neon::ternary_tiles_neon(w, x, tiles, out) }
         }
         #[cfg(target_arch = "aarch64")]
