@@ -670,8 +670,11 @@ mod tests {
     /// conventions of its `BitnetForCausalLM`: sub-norms, tied embeddings, one KV head per head.
     #[test]
     fn bitnet_cpp_dummy_shapes_have_the_size_of_their_names() {
-        for (name, billions) in [("bitnet-30b", 30.0), ("bitnet-70b", 70.0), ("bitnet-100b", 100.0)]
-        {
+        for (name, billions) in [
+            ("bitnet-30b", 30.0),
+            ("bitnet-70b", 70.0),
+            ("bitnet-100b", 100.0),
+        ] {
             let shape = Shape::find(name).unwrap();
             let c = shape.config();
             assert!(c.sub_norms && c.tied_embeddings, "{name}");
