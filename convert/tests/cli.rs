@@ -1096,7 +1096,7 @@ fn inspect_reports_bits_per_weight_and_the_memory_to_run() {
     let data_start: u64 = stdout
         .split("data at offset ")
         .nth(1)
-        .and_then(|r| r.trim_end().split_whitespace().next())
+        .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{stdout}"));
     let tensors = file_len - data_start - 32 * 7 * layers;
