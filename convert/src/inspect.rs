@@ -1,10 +1,10 @@
-//! `bitnet-convert inspect`: a `.bitnet` file's header, model configuration, tokenizer, provenance
-//! and tensor table, as text.
+//! `bitnet-convert inspect`: a `.bitnet` file's header, model configuration, tokenizer, provenance,
+//! the memory the model needs to run, and its tensor table, as text.
 
 use std::fmt::Write;
 use std::path::Path;
 
-use bitnet_format::{BitnetFile, FormatError, RopeScaling, Source};
+use bitnet_format::{BitnetFile, Encoding, FormatError, RopeScaling, Source, element_count};
 use serde_json::Value;
 
 use crate::summary::human_bytes;
@@ -166,6 +166,7 @@ fn describe(file: &BitnetFile, path: &Path) -> String {
 
     let tensors = file.tensors();
     let total: u64 = tensors.iter().map(|t| t.length).sum();
+    memory(&mut s, file, total);
     let _ = writeln!(
         s,
         "\ntensors     {} tensors, {} bytes ({})",
@@ -224,4 +225,63 @@ fn describe(file: &BitnetFile, path: &Path) -> String {
         let _ = writeln!(s, "{}", line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
     }
     s
+}
+
+/// Bytes of a KV cache position with elements of `bytes` each: a key and a value per layer, KV head
+/// and head dimension (saturating; the runtime refuses such sizes anyway).
+fn kv_bytes_per_position(m: &bitnet_format::ModelConfig, bytes: u64) -> u64 {
+    [m.num_layers, m.num_kv_heads, m.head_dim]
+        .into_iter()
+        .fold(2 * bytes, |acc, n| acc.saturating_mul(n as u64))
+}
+
+/// The "memory" section: bits per ternary weight, and what running the model takes: its tensors as
+/// stored (`total` bytes, as a runtime maps them) plus the KV cache, per position and for the
+/// model's whole context, in f16 (bitnet-run's default) and f32.
+fn memory(s: &mut String, file: &BitnetFile, total: u64) {
+    let (mut ternary_bytes, mut ternary_weights) = (0u64, 0u64);
+    for t in file.tensors() {
+        if let Encoding::Ternary(_) = t.encoding {
+            ternary_bytes += t.length;
+            ternary_weights += element_count(&t.shape).unwrap_or(0);
+        }
+    }
+    let m = &file.header().model;
+    let _ = writeln!(
+        s,
+        "\nmemory      to run: the tensors as stored (mapped) + the KV cache of one sequence"
+    );
+    if ternary_weights > 0 {
+        let _ = writeln!(
+            s,
+            "  {:<18} {:.3} bits per weight ({ternary_bytes} bytes, {ternary_weights} weights)",
+            "ternary",
+            ternary_bytes as f64 * 8.0 / ternary_weights as f64
+        );
+    } else {
+        let _ = writeln!(s, "  {:<18} (no ternary tensors)", "ternary");
+    }
+    let _ = writeln!(
+        s,
+        "  {:<18} {total} bytes ({})",
+        "tensors",
+        human_bytes(total)
+    );
+    let [f16, f32] = [2, 4].map(|b| kv_bytes_per_position(m, b));
+    let _ = writeln!(
+        s,
+        "  {:<18} f16 {f16} bytes ({}), f32 {f32} bytes ({})",
+        "kv cache/token",
+        human_bytes(f16),
+        human_bytes(f32)
+    );
+    let ctx = m.context_length as u64;
+    let [f16, f32] = [f16, f32].map(|kv| total.saturating_add(kv.saturating_mul(ctx)));
+    let _ = writeln!(
+        s,
+        "  {:<18} f16 {f16} bytes ({}), f32 {f32} bytes ({})",
+        format!("total at ctx {ctx}"),
+        human_bytes(f16),
+        human_bytes(f32)
+    );
 }

@@ -76,7 +76,8 @@ enum GgufTypeArg {
 
 #[derive(Args, Debug)]
 struct SyntheticArgs {
-    /// The shape: bitnet-2b4t, bitnet-large, bitnet-3b, llama3-8b-1.58, falcon3-1b, falcon3-3b, falcon3-7b or falcon3-10b.
+    /// The shape: bitnet-2b4t, bitnet-large, bitnet-3b, llama3-8b-1.58, falcon3-1b, falcon3-3b,
+    /// falcon3-7b, falcon3-10b, or bitnet.cpp's dummy bitnet-30b, bitnet-70b or bitnet-100b.
     #[arg(long, value_name = "SHAPE")]
     like: String,
     /// The .bitnet file to write; with --hf, the checkpoint directory.

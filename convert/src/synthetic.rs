@@ -57,8 +57,19 @@ pub struct Shape {
     style: HfStyle,
 }
 
-/// Shapes as published in each repository's config.json.
-pub const SHAPES: [Shape; 8] = [
+/// Shapes as published in each repository's config.json, except the last three:
+///
+/// `bitnet-30b`, `bitnet-70b` and `bitnet-100b`: the "30B", "70B" and "100B" rows of the
+/// `model_config` table of bitnet.cpp's `utils/generate-dummy-bitnet-model.py` (microsoft/BitNet
+/// `16da220`), the dummy models bitnet.cpp benchmarks at those sizes. No such checkpoints are
+/// published. That script builds a `BitnetForCausalLM` (1bitLLM) model: hidden size, intermediate
+/// size, layers and heads from the table, as many KV heads as heads (`num_key_value_heads =
+/// num_attention_heads`), a vocabulary of 32002 (its `embed_tokens` is `[32002, hidden]`), the
+/// sub-norms `inner_attn_ln` and `ffn_layernorm`, and no `lm_head` (tied embeddings). The rest
+/// comes from the 1bitLLM `config.json` the script is run with, as for `bitnet-large` and
+/// `bitnet-3b`: SiLU, context 2048, RoPE θ 10000, ε 1e-5; head dimension = hidden / heads (128 for
+/// all three).
+pub const SHAPES: [Shape; 11] = [
     Shape {
         name: "bitnet-2b4t",
         hidden: 2560,
@@ -162,6 +173,45 @@ pub const SHAPES: [Shape; 8] = [
         context: 8192,
         theta: 1000042.0,
         style: HfStyle::LlamaPacked,
+    },
+    Shape {
+        name: "bitnet-30b",
+        hidden: 6656,
+        intermediate: 16384,
+        layers: 60,
+        heads: 52,
+        kv_heads: 52,
+        head_dim: 128,
+        vocab: 32002,
+        context: 2048,
+        theta: 10000.0,
+        style: HfStyle::OneBitLlm,
+    },
+    Shape {
+        name: "bitnet-70b",
+        hidden: 8192,
+        intermediate: 24576,
+        layers: 80,
+        heads: 64,
+        kv_heads: 64,
+        head_dim: 128,
+        vocab: 32002,
+        context: 2048,
+        theta: 10000.0,
+        style: HfStyle::OneBitLlm,
+    },
+    Shape {
+        name: "bitnet-100b",
+        hidden: 8192,
+        intermediate: 45568,
+        layers: 72,
+        heads: 64,
+        kv_heads: 64,
+        head_dim: 128,
+        vocab: 32002,
+        context: 2048,
+        theta: 10000.0,
+        style: HfStyle::OneBitLlm,
     },
 ];
 
@@ -613,6 +663,32 @@ mod tests {
             let d = half::f16::from_f32(0.05 / 8.0).to_f32();
             assert!(values.iter().all(|&v| v >= -8.0 * d && v <= 7.0 * d));
             assert!(values.contains(&(-8.0 * d)) && values.contains(&(7.0 * d)));
+        }
+    }
+
+    /// bitnet.cpp's dummy models hold as many parameters as their names say (within 2%), with the
+    /// conventions of its `BitnetForCausalLM`: sub-norms, tied embeddings, one KV head per head.
+    #[test]
+    fn bitnet_cpp_dummy_shapes_have_the_size_of_their_names() {
+        for (name, billions) in [
+            ("bitnet-30b", 30.0),
+            ("bitnet-70b", 70.0),
+            ("bitnet-100b", 100.0),
+        ] {
+            let shape = Shape::find(name).unwrap();
+            let c = shape.config();
+            assert!(c.sub_norms && c.tied_embeddings, "{name}");
+            assert_eq!(c.activation, Activation::Silu, "{name}");
+            assert_eq!(c.num_kv_heads, c.num_heads, "{name}");
+            assert_eq!(c.head_dim * c.num_heads, c.hidden_size, "{name}");
+            assert_eq!((c.vocab_size, c.context_length), (32002, 2048), "{name}");
+            let parameters: u64 = shape
+                .tensors()
+                .iter()
+                .map(|(_, [rows, cols], _)| rows * (*cols).max(1))
+                .sum();
+            let ratio = parameters as f64 / (billions * 1e9);
+            assert!((0.98..1.02).contains(&ratio), "{name}: {parameters}");
         }
     }
 }

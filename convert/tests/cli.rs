@@ -1125,4 +1125,75 @@ fn the_compact_layout_holds_the_same_values_from_a_checkpoint_and_from_tq1_0() {
     }
     let (a, b) = (ternary_values(&from_tq), ternary_values(&from_tq_compact));
     assert!(!a.is_empty() && a == b, "TQ imports differ between layouts");
+
+/// `inspect` reports bits per ternary weight and the memory the model needs to run, held here to
+/// the figures the configuration gives: i2s128 stores each 128 weights in 32 bytes and a 32-byte
+/// tail (SPEC.md §6.2); the tensors' bytes are the file's length less its header and the 32 bytes
+/// of padding after each ternary tensor (every other length is a multiple of 64); the KV cache
+/// holds a key and a value per layer, KV head and head dimension.
+#[test]
+fn inspect_reports_bits_per_weight_and_the_memory_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.bitnet");
+    let layers = 2u64;
+    zero_bitnet(&path, layers as u32, None);
+    let o = bin(dir.path()).arg("inspect").arg(&path).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+
+    let m = wide_model(layers as u32);
+    let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
+    let q = (m.num_heads * m.head_dim) as u64;
+    let kv = (m.num_kv_heads * m.head_dim) as u64;
+    let shapes = [[q, h], [kv, h], [kv, h], [h, q], [i, h], [i, h], [h, i]];
+    let weights: u64 = layers * shapes.iter().map(|[r, c]| r * c).sum::<u64>();
+    let bytes: u64 = layers
+        * shapes
+            .iter()
+            .map(|[r, c]| (r * c).div_ceil(128) * 32 + 32)
+            .sum::<u64>();
+    let file_len = std::fs::metadata(&path).unwrap().len();
+    let data_start: u64 = stdout
+        .split("data at offset ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let tensors = file_len - data_start - 32 * 7 * layers;
+    let per_token = |b: u64| 2 * layers * m.num_kv_heads as u64 * m.head_dim as u64 * b;
+    let ctx = m.context_length as u64;
+
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("{key}: {stdout}"))
+            .to_string()
+    };
+    let ternary = line("ternary ");
+    let bits: f64 = ternary.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        (bits - bytes as f64 * 8.0 / weights as f64).abs() < 5e-4,
+        "{ternary}"
+    );
+    assert!(
+        ternary.contains(&format!("({bytes} bytes, {weights} weights)")),
+        "{ternary}"
+    );
+    assert!(
+        line("tensors ").contains(&format!(" {tensors} bytes (")),
+        "{stdout}"
+    );
+    let kv_line = line("kv cache/token");
+    assert!(
+        kv_line.contains(&format!("f16 {} bytes", per_token(2)))
+            && kv_line.contains(&format!("f32 {} bytes", per_token(4))),
+        "{kv_line}"
+    );
+    let total = line(&format!("total at ctx {ctx} "));
+    assert!(
+        total.contains(&format!("f16 {} bytes", tensors + ctx * per_token(2)))
+            && total.contains(&format!("f32 {} bytes", tensors + ctx * per_token(4))),
+        "{total}"
+    );
 }

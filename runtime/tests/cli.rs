@@ -656,3 +656,97 @@ fn logits_output_has_ordinary_permissions_and_needs_force_to_replace() {
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(entries.len(), 1, "no temporary file left");
 }
+
+/// A model that needs more memory than is available is refused before it is loaded, naming the
+/// file, with a way out; close to the limit it runs with a warning. What it needs is computed here
+/// from the file's tensor table (the demo's tiled16 tensors are read in place by every kernel path)
+/// and configuration: its tensors plus a KV cache of the context (`-c`, else the model's) with
+/// keys and values of `-ctk`/`-ctv`. `BITNET_MEM_AVAILABLE` stands in for `MemAvailable`.
+#[test]
+fn a_model_that_does_not_fit_in_memory_is_refused_before_loading() {
+    let model = "testdata/demo/demo.bitnet";
+    let file = bitnet_format::BitnetFile::open(root().join(model)).unwrap();
+    let tensors: u64 = file.tensors().iter().map(|t| t.length).sum();
+    let m = &file.header().model;
+    let need = |ctx: u64, key: u64, value: u64| {
+        tensors
+            + m.num_layers as u64 * m.num_kv_heads as u64 * m.head_dim as u64 * (key + value) * ctx
+    };
+    let with = |available: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
+            .args(args)
+            .current_dir(root())
+            .env("BITNET_MEM_AVAILABLE", available)
+            .output()
+            .unwrap()
+    };
+    let base = ["-m", model, "-p", "ROMEO:", "-n", "2"];
+    let full = need(m.context_length as u64, 2, 2);
+
+    let o = with(&(full - 1).to_string(), &base);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(o.stdout.is_empty(), "nothing runs");
+    for needle in [
+        "error: testdata/demo/demo.bitnet needs 0.00 GiB of memory",
+        &format!("for {} positions in f16", m.context_length),
+        "but 0.00 GiB is available",
+        "-c",
+        "--no-memory-check",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let o = with(&full.to_string(), &base);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: testdata/demo/demo.bitnet needs"));
+    let o = with(&(2 * full).to_string(), &base);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+
+    // A smaller context fits; f32 keys do not.
+    let o = with(
+        &(full - 1).to_string(),
+        &[&base[..], &["-c", "128"]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(need(128, 2, 2) < full - 1);
+    let f32_keys = [&base[..], &["-ctk", "f32"]].concat();
+    let o = with(&full.to_string(), &f32_keys);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = with(&need(m.context_length as u64, 4, 2).to_string(), &f32_keys);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Perplexity's context is 512 at most by default.
+    let o = with(
+        &(need(m.context_length.min(512) as u64, 2, 2) - 1).to_string(),
+        &[
+            "perplexity",
+            "-m",
+            model,
+            "-f",
+            "testdata/demo/heldout.txt",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+
+    let o = with("1", &[&base[..], &["--no-memory-check"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // bench caches the deepest test: depth + the longest of -p and -n.
+    let bench = [
+        "bench", "-m", model, "-p", "16", "-n", "8", "-d", "0,4", "-r", "1",
+    ];
+    let o = with(&(need(20, 2, 2) - 1).to_string(), &bench);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("-d"), "{}", stderr(&o));
+    let o = with(&need(20, 2, 2).to_string(), &bench);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = with("lots", &base);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("BITNET_MEM_AVAILABLE=\"lots\""),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use bitnet_run::kernels::{KernelPath, bandwidth};
+use bitnet_run::model::memory::MemoryNeed;
 use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use clap::Args;
 
@@ -59,6 +60,10 @@ pub struct BenchArgs {
     /// Also measure the machine's read bandwidth and report generation against it.
     #[arg(long)]
     bandwidth: bool,
+    /// Load the model even if it needs more memory than is available (MemAvailable): it then runs
+    /// from disk, many times slower.
+    #[arg(long)]
+    no_memory_check: bool,
 }
 
 struct Row {
@@ -148,10 +153,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut bytes_per_token = 0;
     let mut file_bytes = 0;
+    let mut memory_checked = args.no_memory_check;
     for &t in &threads {
         // Loading takes the file: opened again for each thread count, the note said once above.
-        let (file, _) = super::open_file_quietly(args.model.as_deref())?;
+        let (file, file_name) = super::open_file_quietly(args.model.as_deref())?;
         file_bytes = file.bytes().len();
+        if !memory_checked {
+            memory_checked = true;
+            // The KV cache holds the deepest test: depth plus the longest prompt or generation.
+            let longest = args.prompt.iter().chain(&args.gen_tokens).max();
+            let positions = args.depth.iter().max().unwrap_or(&0) + longest.unwrap_or(&0);
+            super::check_memory(
+                &file_name,
+                MemoryNeed::of(&file, path, positions, cache),
+                "use smaller -p, -n and -d (the KV cache), or load it anyway with --no-memory-check",
+            )?;
+        }
         let model = Model::load(file, path, t)?;
         bytes_per_token = model.weights.bytes_per_token();
         let kv_bytes = cache.bytes_per_position(&model.config);

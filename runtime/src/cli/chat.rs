@@ -9,10 +9,10 @@ use bitnet_run::model::{Logits, Session};
 use bitnet_run::sampling::Sampler;
 use bitnet_run::tokenizer::{StreamDecoder, Tokenizer};
 
-use super::{GenerateArgs, context_size, load_model};
+use super::{GenerateArgs, load_model};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let model = load_model(&args.model)?;
+    let (model, ctx) = load_model(&args.model, 1, |trained| trained)?;
     let header = model.file().header();
     let info = header.tokenizer.as_ref();
     let tok = Tokenizer::from_info(info)
@@ -22,7 +22,6 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     else {
         bail!("this model has no chat template; use -p PROMPT instead of --chat");
     };
-    let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
     let mut sampler = Sampler::new(args.sampling.config(&model)?);
     let mut session = Session::new(&model, ctx, args.model.cache_types());
     let mut cached: Vec<u32> = Vec::new();

@@ -9,7 +9,7 @@ use bitnet_run::model::{Logits, Session};
 use bitnet_run::sampling::Sampler;
 use bitnet_run::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
-use super::{GenerateArgs, Limit, context_size, load_model};
+use super::{GenerateArgs, Limit, load_model};
 
 /// Writes tokens as text when the model has a tokenizer, else as space-separated ids.
 enum Printer {
@@ -55,7 +55,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if args.prompt.is_none() && args.token_ids.is_none() {
         bail!("no prompt given: use -p PROMPT, --token-ids IDS or --chat");
     }
-    let model = load_model(&args.model)?;
+    let (model, ctx) = load_model(&args.model, 1, |trained| trained)?;
     let tokenizer = Tokenizer::from_info(model.file().header().tokenizer.as_ref());
     let (mut printer, ids) = match (tokenizer, &args.token_ids) {
         (Ok(tok), Some(ids)) => (
@@ -78,7 +78,6 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
-    let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
     if ids.len() >= ctx {
         bail!(
             "the prompt is {} tokens, which leaves no room in the context of {ctx} (-c)",

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use bitnet_run::model::{Logits, Session};
 use clap::Args;
 
-use super::{ModelArgs, context_size, load_model, npy};
+use super::{ModelArgs, load_model, npy};
 
 #[derive(Debug, Args)]
 pub struct LogitsArgs {
@@ -40,8 +40,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         std::process::exit(130);
     })
     .context("installing the Ctrl-C handler")?;
-    let model = load_model(&args.model)?;
-    let ctx = context_size(&args.model, &model, 1, model.config.context_length as usize)?;
+    let (model, ctx) = load_model(&args.model, 1, |trained| trained)?;
     if args.token_ids.len() > ctx {
         bail!(
             "{} token ids do not fit in the context of {ctx} (-c)",

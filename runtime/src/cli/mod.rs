@@ -11,8 +11,9 @@ mod tokenize;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bitnet_format::BitnetFile;
+use bitnet_format::{BitnetFile, ModelConfig};
 use bitnet_run::kernels::KernelPath;
+use bitnet_run::model::memory::{self, MemoryNeed};
 use bitnet_run::model::{KvType, KvTypes, Model};
 use bitnet_run::sampling::SamplerConfig;
 use clap::{Args, Parser, Subcommand};
@@ -69,6 +70,10 @@ pub struct ModelArgs {
     /// decoding every tensor); reads the whole file once.
     #[arg(long)]
     verify: bool,
+    /// Load the model even if it needs more memory than is available (MemAvailable): it then runs
+    /// from disk, many times slower.
+    #[arg(long)]
+    no_memory_check: bool,
 }
 
 impl ModelArgs {
@@ -254,8 +259,14 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Open, validate and bind the model the arguments name.
-fn load_model(args: &ModelArgs) -> Result<Model> {
+/// Open and validate the model the arguments name, check that it fits in memory, and bind it; with
+/// its context size: `-c` if given (at least `min_ctx`, at most the model's), else `default_ctx` of
+/// the model's.
+fn load_model(
+    args: &ModelArgs,
+    min_ctx: usize,
+    default_ctx: impl FnOnce(usize) -> usize,
+) -> Result<(Model, usize)> {
     let path = match &args.kernel {
         Some(name) => KernelPath::parse(name)?,
         None => KernelPath::from_env()?,
@@ -268,6 +279,14 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
         eprintln!("note: {note}");
     }
     let (file, name) = open_file(args.model.as_deref())?;
+    let ctx = context_size(args.ctx, &file.header().model, min_ctx, default_ctx)?;
+    if !args.no_memory_check {
+        check_memory(
+            &name,
+            MemoryNeed::of(&file, path, ctx, args.cache_types()),
+            "lower the context with -c (its KV cache), or load it anyway with --no-memory-check",
+        )?;
+    }
     if args.verify {
         file.verify()
             .with_context(|| format!("{name} failed verification"))?;
@@ -282,7 +301,22 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
             path.name()
         );
     }
-    Ok(model)
+    Ok((model, ctx))
+}
+
+/// Refuse a model that needs more memory than is available, with `hint` on what to do, and warn
+/// when it needs more than 90% of it ([`bitnet_run::model::memory`]). Where the available memory
+/// is unknown (not Linux), nothing is checked.
+fn check_memory(name: &str, need: MemoryNeed, hint: &str) -> Result<()> {
+    let Some(available) = memory::available()? else {
+        return Ok(());
+    };
+    match memory::check(name, &need, available) {
+        Ok(Some(warning)) => eprintln!("warning: {warning}"),
+        Ok(None) => {}
+        Err(e) => bail!("{e}; {hint}"),
+    }
+    Ok(())
 }
 
 /// The model file `-m` names, else the bundled demo model (with a note); and its name for messages.
@@ -309,16 +343,22 @@ fn open_file_quietly(model: Option<&Path>) -> Result<(BitnetFile, String)> {
     }
 }
 
-/// The context size: `-c` if given (at least `min`, at most the model's), else `default`.
-fn context_size(args: &ModelArgs, model: &Model, min: usize, default: usize) -> Result<usize> {
-    let trained = model.config.context_length as usize;
-    match args.ctx {
+/// The context size: `ctx` (`-c`) if given (at least `min`, at most the model's), else `default` of
+/// the model's.
+fn context_size(
+    ctx: Option<usize>,
+    config: &ModelConfig,
+    min: usize,
+    default: impl FnOnce(usize) -> usize,
+) -> Result<usize> {
+    let trained = config.context_length as usize;
+    match ctx {
         Some(c) if c < min => bail!("-c/--ctx-size must be at least {min}"),
         Some(c) if c > trained => {
             bail!("-c/--ctx-size {c} exceeds the model's context length {trained}")
         }
         Some(c) => Ok(c),
-        None => Ok(default),
+        None => Ok(default(trained)),
     }
 }
 

@@ -13,7 +13,7 @@ use bitnet_run::model::negative_log_likelihood;
 use bitnet_run::tokenizer::Tokenizer;
 use clap::Args;
 
-use super::{ModelArgs, context_size, load_model};
+use super::{ModelArgs, load_model};
 
 #[derive(Debug, Args)]
 pub struct PerplexityArgs {
@@ -30,14 +30,12 @@ pub struct PerplexityArgs {
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let model = load_model(&args.model)?;
+    // Windows need at least 2 tokens; by default at most 512, as llama.cpp's perplexity.
+    let (model, ctx) = load_model(&args.model, 2, |trained| trained.min(512))?;
     let tok = Tokenizer::from_info(model.file().header().tokenizer.as_ref()).context(
         "perplexity reads text with the model's tokenizer (`logits --token-ids` takes ids)",
     )?;
     let ids = tok.encode_prompt(&text)?;
-    // Windows need at least 2 tokens; by default at most 512, as llama.cpp's perplexity.
-    let trained = model.config.context_length as usize;
-    let ctx = context_size(&args.model, &model, 2, trained.min(512))?;
     if ids.len() < 2 {
         bail!("{} has fewer than 2 tokens", args.file.display());
     }

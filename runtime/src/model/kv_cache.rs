@@ -66,6 +66,11 @@ impl KvType {
         }
     }
 
+    /// Bytes of one cached element.
+    pub fn element_bytes(self) -> usize {
+        self.kind().bytes()
+    }
+
     fn kind(self) -> FloatKind {
         match self {
             KvType::F16 => FloatKind::F16,

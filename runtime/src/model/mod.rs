@@ -2,6 +2,7 @@
 
 mod forward;
 mod kv_cache;
+pub mod memory;
 pub mod ops;
 mod perplexity;
 mod weights;

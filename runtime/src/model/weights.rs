@@ -393,3 +393,11 @@ impl Weights {
         ternary + self.output.as_ref().unwrap_or(&self.token_embd).byte_len()
     }
 }
+
+/// Bytes of memory a `rows × cols` ternary tensor takes when [`Binder::ternary`] repacks it for
+/// `path`: the preferred layout's length without its 64-byte head (the scale, kept apart).
+pub(super) fn repacked_len(path: KernelPath, rows: usize, cols: usize) -> u64 {
+    path.preferred_layout()
+        .byte_len(rows as u64, cols as u64)
+        .map_or(u64::MAX, |len| len.saturating_sub(64))
+}

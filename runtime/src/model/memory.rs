@@ -1,0 +1,316 @@
+//! Whether a model fits in memory, decided from the file's tensor table before anything is loaded.
+//!
+//! A model mapped from a file larger than the memory available still "loads" (the map is lazy), but
+//! every token then reads the weights from disk again: generation slows from tokens per second to
+//! minutes per token and the whole machine thrashes. So the CLI compares what the model needs with
+//! what the system has before loading, and refuses (or warns when it is close).
+
+use bitnet_format::{BitnetFile, Encoding, ModelConfig};
+
+use super::KvTypes;
+use super::weights;
+use crate::kernels::KernelPath;
+
+/// Environment variable that replaces `MemAvailable` (in bytes); for tests, which need a machine of
+/// a known size.
+pub const AVAILABLE_ENV: &str = "BITNET_MEM_AVAILABLE";
+
+/// Within this fraction of the available memory, a model that fits gets a warning.
+const TIGHT: f64 = 0.9;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The memory a model needs to run: its tensors as the runtime binds them, and the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryNeed {
+    /// Bytes of tensors used in place from the mapped file (every page is read at each token).
+    pub mapped: u64,
+    /// Bytes of ternary tensors repacked at load into memory of their own, for kernels that do
+    /// not read their layout (their file pages are read once, then only cached).
+    pub repacked: u64,
+    /// How many tensors are repacked.
+    pub repacked_tensors: usize,
+    /// Bytes of one sequence's KV cache holding `positions` positions.
+    pub kv_cache: u64,
+    pub positions: usize,
+    pub kv_types: KvTypes,
+}
+
+impl MemoryNeed {
+    /// What `file` needs on kernel `path` with a KV cache of `positions` positions of `kv_types`.
+    /// Sizes come from the file's tensor table (each tensor's length, and for repacked tensors
+    /// the length of the layout they are repacked into), so every layout is counted as it is.
+    pub fn of(file: &BitnetFile, path: KernelPath, positions: usize, kv_types: KvTypes) -> Self {
+        let mut need = MemoryNeed {
+            mapped: 0,
+            repacked: 0,
+            repacked_tensors: 0,
+            kv_cache: kv_cache_bytes(&file.header().model, kv_types, positions),
+            positions,
+            kv_types,
+        };
+        for t in file.tensors() {
+            match (t.encoding, t.matrix_dims()) {
+                (Encoding::Ternary(layout), Some((rows, cols))) if !path.reads_layout(layout) => {
+                    need.repacked = need
+                        .repacked
+                        .saturating_add(weights::repacked_len(path, rows, cols));
+                    need.repacked_tensors += 1;
+                }
+                _ => need.mapped += t.length,
+            }
+        }
+        need
+    }
+
+    /// Every byte of it.
+    pub fn total(&self) -> u64 {
+        self.mapped
+            .saturating_add(self.repacked)
+            .saturating_add(self.kv_cache)
+    }
+
+    /// `9.31 GiB of memory (tensors 8.10 GiB mapped + 0.50 GiB repacked at load (7 tensors), KV
+    /// cache 1.21 GiB for 2048 positions in f16)`.
+    pub fn describe(&self) -> String {
+        let gib = |b: u64| format!("{:.2} GiB", b as f64 / GIB);
+        let types = if self.kv_types.keys == self.kv_types.values {
+            self.kv_types.keys.name().to_string()
+        } else {
+            format!(
+                "{} keys and {} values",
+                self.kv_types.keys.name(),
+                self.kv_types.values.name()
+            )
+        };
+        let repacked = if self.repacked_tensors > 0 {
+            format!(
+                " + {} repacked at load ({} tensors)",
+                gib(self.repacked),
+                self.repacked_tensors
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{} of memory (tensors {} mapped{repacked}, KV cache {} for {} positions in {types})",
+            gib(self.total()),
+            gib(self.mapped),
+            gib(self.kv_cache),
+            self.positions
+        )
+    }
+}
+
+/// Bytes of a KV cache of `positions` positions: keys and values of every layer and KV head
+/// (saturating: the header's sizes are not yet checked against each other here).
+pub fn kv_cache_bytes(config: &ModelConfig, types: KvTypes, positions: usize) -> u64 {
+    let element = (types.keys.element_bytes() + types.values.element_bytes()) as u64;
+    [
+        config.num_layers as u64,
+        config.num_kv_heads as u64,
+        config.head_dim as u64,
+        positions as u64,
+    ]
+    .into_iter()
+    .fold(element, u64::saturating_mul)
+}
+
+/// Why a model is not loaded, or the available memory is not known.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error(
+        "{file} needs {need}, but {available:.2} GiB is available: it would run from disk, \
+         many times slower",
+        need = need.describe(),
+        available = *available as f64 / GIB
+    )]
+    TooLarge {
+        file: String,
+        need: MemoryNeed,
+        available: u64,
+    },
+    #[error("{AVAILABLE_ENV}={value:?} is not a number of bytes")]
+    BadOverride { value: String },
+}
+
+/// Compare what `file` (its name for messages) needs with `available` bytes: an error when it
+/// needs more, a warning (returned) when it needs more than 90% of it.
+pub fn check(file: &str, need: &MemoryNeed, available: u64) -> Result<Option<String>, MemoryError> {
+    let total = need.total();
+    if total > available {
+        return Err(MemoryError::TooLarge {
+            file: file.to_string(),
+            need: *need,
+            available,
+        });
+    }
+    Ok((total as f64 > TIGHT * available as f64).then(|| {
+        format!(
+            "{file} needs {}, close to the {:.2} GiB available; other programs' memory may push \
+             it onto the disk",
+            need.describe(),
+            available as f64 / GIB
+        )
+    }))
+}
+
+/// The memory available to a new program: [`AVAILABLE_ENV`] if set, else `MemAvailable` from
+/// `/proc/meminfo` (Linux). `None` where neither is known (other systems, or a Linux without that
+/// line): the check is then skipped.
+pub fn available() -> Result<Option<u64>, MemoryError> {
+    if let Some(value) = std::env::var_os(AVAILABLE_ENV) {
+        let value = value.to_string_lossy().into_owned();
+        return match value.trim().parse::<u64>() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(MemoryError::BadOverride { value }),
+        };
+    }
+    // Other systems have no /proc/meminfo; the read fails and the check is skipped.
+    Ok(std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_available(&text)))
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes (the file gives kB, meaning KiB).
+pub fn mem_available(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let rest = line.strip_prefix("MemAvailable:")?;
+        let kib = rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+        kib.checked_mul(1024)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::KvType;
+
+    fn need(mapped: u64, repacked: u64, kv_cache: u64) -> MemoryNeed {
+        MemoryNeed {
+            mapped,
+            repacked,
+            repacked_tensors: usize::from(repacked > 0),
+            kv_cache,
+            positions: 2048,
+            kv_types: KvTypes::uniform(KvType::F16),
+        }
+    }
+
+    const G: u64 = 1 << 30;
+
+    #[test]
+    fn more_than_available_is_refused_with_both_figures_and_the_file() {
+        let n = need(20 * G, 0, 4 * G + G / 2);
+        let e = check("big.bitnet", &n, 22 * G).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("big.bitnet needs 24.50 GiB"), "{text}");
+        assert!(text.contains("22.00 GiB is available"), "{text}");
+        assert!(
+            text.contains("KV cache 4.50 GiB for 2048 positions in f16"),
+            "{text}"
+        );
+        // One byte short is still too much.
+        assert!(check("big.bitnet", &n, n.total() - 1).is_err());
+    }
+
+    #[test]
+    fn within_ten_percent_of_available_is_a_warning() {
+        let n = need(8 * G, G, G);
+        assert_eq!(n.total(), 10 * G);
+        // Exactly all of it fits, with a warning; so does 10.9 GiB available (10 / 10.9 > 0.9).
+        let w = check("m.bitnet", &n, 10 * G).unwrap().unwrap();
+        assert!(w.contains("m.bitnet needs 10.00 GiB"), "{w}");
+        assert!(w.contains("1.00 GiB repacked at load (1 tensors)"), "{w}");
+        assert!(
+            check("m.bitnet", &n, 10 * G + 9 * G / 10)
+                .unwrap()
+                .is_some()
+        );
+        // 10 / 11.2 < 0.9: no remark.
+        assert_eq!(check("m.bitnet", &n, 11 * G + G / 5).unwrap(), None);
+    }
+
+    /// Tensors the kernels read count at their length in the file; the others at the length of
+    /// the copy they are repacked into (here the scalar path's tiled16: rows and columns padded
+    /// to 16, 2 bits each); the KV cache at 2 × layers × KV heads × head dim × element bytes
+    /// per position.
+    #[test]
+    fn repacked_tensors_count_at_the_size_of_their_copy() {
+        use bitnet_format::{
+            Activation, FileWriter, GenerationDefaults, Header, Provenance, Source, TensorSpec,
+            TernaryLayout,
+        };
+        let config = ModelConfig {
+            family: "test".into(),
+            hidden_size: 100,
+            intermediate_size: 40,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 24,
+            vocab_size: 10,
+            context_length: 64,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            rms_norm_eps: 1e-5,
+            activation: Activation::Silu,
+            sub_norms: false,
+            tied_embeddings: true,
+            attention_bias: false,
+            qk_norm: false,
+        };
+        let header = Header {
+            model: config,
+            tokenizer: None,
+            generation: GenerationDefaults::default(),
+            provenance: Provenance {
+                source: Source::Synthetic {
+                    like: "test".into(),
+                    seed: 0,
+                },
+                files: vec![],
+                converter: "test".into(),
+                options: Default::default(),
+            },
+            tensors: vec![],
+        };
+        let tiled = Encoding::Ternary(TernaryLayout::Tiled { tile_rows: 16 });
+        let i2s = Encoding::Ternary(TernaryLayout::I2s { block: 128 });
+        let specs = [
+            TensorSpec::new("tiled", tiled, &[40, 100]),
+            TensorSpec::new("i2s", i2s, &[40, 100]),
+            TensorSpec::new("norm", Encoding::F32, &[10]),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.bitnet");
+        let w = FileWriter::create(&path, header, &specs).unwrap();
+        for s in &specs {
+            let len = s.encoding.byte_len(&s.shape).unwrap() as usize;
+            w.write_tensor(&s.name, &vec![0x55; len]).unwrap();
+        }
+        w.finish().unwrap();
+        let file = BitnetFile::open(&path).unwrap();
+
+        let kv = KvTypes {
+            keys: KvType::F32,
+            values: KvType::F16,
+        };
+        let need = MemoryNeed::of(&file, KernelPath::SCALAR, 50, kv);
+        // tiled16 [40, 100]: a 64-byte head, then 48 rows × 112 columns at 2 bits.
+        let tiled16 = 48 * 112 / 4;
+        assert_eq!(need.mapped, 64 + tiled16 + 10 * 4);
+        assert_eq!((need.repacked, need.repacked_tensors), (tiled16, 1));
+        assert_eq!(need.kv_cache, 3 * 2 * 24 * (4 + 2) * 50);
+        assert_eq!(need.total(), need.mapped + need.repacked + need.kv_cache);
+    }
+
+    #[test]
+    fn mem_available_is_read_in_kib() {
+        let text = "MemTotal:       24631520 kB\nMemFree:         1046528 kB\n\
+                    MemAvailable:   23068672 kB\nBuffers:          123456 kB\n";
+        assert_eq!(mem_available(text), Some(23068672 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(mem_available("MemAvailable: lots kB\n"), None);
+    }
+}
