@@ -1125,6 +1125,7 @@ fn the_compact_layout_holds_the_same_values_from_a_checkpoint_and_from_tq1_0() {
     }
     let (a, b) = (ternary_values(&from_tq), ternary_values(&from_tq_compact));
     assert!(!a.is_empty() && a == b, "TQ imports differ between layouts");
+}
 
 /// `inspect` reports bits per ternary weight and the memory the model needs to run, held here to
 /// the figures the configuration gives: i2s128 stores each 128 weights in 32 bytes and a 32-byte
