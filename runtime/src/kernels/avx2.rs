@@ -271,6 +271,7 @@ macro_rules! ternary_kernel {
                 let end = k_blocks.min(run.saturating_add(run_blocks));
                 let mut acc = [[_mm256_setzero_si256(); H]; M];
                 for kb in run..end {
+                    $crate::kernels::prefetch(codes, kb * 64 + 32 * first);
                     for j in 0..H {
                         // SAFETY: `kb < k_blocks` and `first + j < 2`, so the 32 bytes of this
                         // half of block `kb` are in `codes`.

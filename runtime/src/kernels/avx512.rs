@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::activation::QuantizedActs;
+use super::prefetch;
 use super::ternary::TernaryMatrix;
 
 /// Tokens per register block in the matrix-matrix kernel: enough independent accumulator chains to
@@ -126,6 +127,7 @@ unsafe fn one_token<const P: usize, U: Planes<P>>(
     for kb in 0..k_blocks {
         // SAFETY: `kb < k_blocks`, so the 64 bytes at `kb · 64` and the `4P` codes at `kb · 4P`
         // exist.
+        prefetch(codes, kb * 64);
         let (v, quads) = unsafe {
             let v = _mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast());
             (v, q.as_ptr().add(kb * 4 * P).cast::<i32>())
@@ -157,6 +159,7 @@ unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>>(
     let rows: [*const i8; M] = std::array::from_fn(|m| x.row(t0 + m).as_ptr());
     let mut acc = [_mm512_setzero_si512(); M];
     for kb in 0..k_blocks {
+        prefetch(codes, kb * 64);
         // SAFETY: `kb < k_blocks`: the block is within `codes`; this function has the features
         // `U` is compiled for.
         let c = unsafe { U::planes(_mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast())) };
