@@ -731,6 +731,16 @@ fn a_model_that_does_not_fit_in_memory_is_refused_before_loading() {
 
     let o = with("1", &[&base[..], &["--no-memory-check"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
+    // When the tensors alone do not fit, a shorter context is no way out: the smaller layout is.
+    let o = with(
+        &(tensors - 1).to_string(),
+        &[&base[..], &["-c", "1"]].concat(),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("its tensors alone do not fit"), "{err}");
+    assert!(err.contains("--layout compact"), "{err}");
+    assert!(!err.contains("lower the context"), "{err}");
 
     // bench caches the deepest test: depth + the longest of -p and -n.
     let bench = [

@@ -36,7 +36,7 @@ const FIXTURES: [&str; 9] = [
 ];
 
 /// The converter's default on x86-64, the NEON-sized one, and bitnet.cpp's I2_S (repacked at load).
-const LAYOUTS: [&str; 3] = ["tiled16", "tiled4", "i2s128"];
+const LAYOUTS: [&str; 5] = ["tiled16", "tiled4", "i2s128", "base3x16", "base3x4"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -451,7 +451,9 @@ fn every_layout_holds_the_same_ternary_values() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("bitnet-2b4t");
     let mut reference = None;
-    for label in ["tiled16", "tiled4", "tiled8", "tiled32", "i2s", "i2s64"] {
+    for label in [
+        "tiled16", "tiled4", "tiled8", "tiled32", "i2s", "i2s64", "base3x16", "base3x4",
+    ] {
         let out = dir.path().join(format!("{label}.bitnet"));
         let mut o = options(&src, &out);
         o.layout = TernaryLayout::from_label(label).unwrap();
@@ -715,7 +717,9 @@ fn the_independent_spec_reader_accepts_every_converted_file() {
         let mut o = options(&fixture(name), &out);
         // Vary the layout and the embedding encoding across the families.
         o.layout = TernaryLayout::from_label(
-            ["tiled16", "i2s", "tiled4", "i2s64", "tiled32", "tiled8"][i % 6],
+            [
+                "tiled16", "i2s", "tiled4", "i2s64", "tiled32", "tiled8", "base3x16", "base3x4",
+            ][i % 8],
         )
         .unwrap();
         if name.starts_with("llama3") {

@@ -95,35 +95,45 @@ pub(super) trait Planes<const P: usize> {
     unsafe fn planes(v: __m256i) -> [__m256i; P];
 }
 
-/// `tiled`: four 2-bit fields per byte, by shift and mask.
+/// The four 2-bit code planes of `$v` (SPEC.md §6.3) for one vector width: shift and mask.
+macro_rules! bits2_planes {
+    ($v:expr, $set1:ident, $and:ident, $srli16:ident) => {{
+        let mask = $set1(3);
+        [
+            $and($v, mask),
+            $and($srli16::<2>($v), mask),
+            $and($srli16::<4>($v), mask),
+            $and($srli16::<6>($v), mask),
+        ]
+    }};
+}
+pub(super) use bits2_planes;
+
+/// `tiled`: four 2-bit fields per byte.
 pub(super) struct Bits2;
 
 impl Planes<4> for Bits2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 4] {
-        let mask = _mm256_set1_epi8(3);
-        [
-            _mm256_and_si256(v, mask),
-            _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask),
-            _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
-            _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
-        ]
+        bits2_planes!(v, _mm256_set1_epi8, _mm256_and_si256, _mm256_srli_epi16)
     }
 }
 
-/// The five base-3 digits of every byte of `$v` (SPEC.md §6.4), for one vector width: `$digit(x)`
-/// gives `[x ≥ 86] + [x ≥ 171]` in each byte, then `x = 3x mod 256`. Exact for every byte.
+/// The five base-3 digits of every byte of `$v` (SPEC.md §6.4), for one vector width: the digit of
+/// `x` is `[x ≥ 86] + [x ≥ 171]`, each term `min(x ⊖ threshold, 1)` with unsigned saturating
+/// subtraction, then `x = 3x mod 256`. Exact for every byte.
 ///
 /// `2x mod 256` is a 16-bit add whose carry out of each low byte lands in bit 0 of the high byte,
 /// where the mask clears it (`2 · high` is even). Written as byte adds, the compiler turns the
-/// chain into multiplies by `3^p` (`vpmullw` plus shifts and blends), twice the instructions.
+/// chain into multiplies by `3^p` (`vpmullw` plus shifts and blends), more instructions.
 macro_rules! base3_planes {
-    ($v:expr, $digit:expr, $set1:ident, $add8:ident, $add16:ident, $and:ident) => {{
+    ($v:expr, $set1:ident, $subs:ident, $min:ident, $add8:ident, $add16:ident, $and:ident) => {{
+        let (below1, below2, one) = ($set1(85), $set1(170u8 as i8), $set1(1));
         let even = $set1(0xFEu8 as i8);
         let mut x = $v;
         std::array::from_fn(|_| {
-            let digit = $digit(x);
+            let digit = $add8($min($subs(x, below1), one), $min($subs(x, below2), one));
             x = $add8($and($add16(x, x), even), x);
             digit
         })
@@ -138,22 +148,11 @@ impl Planes<5> for Base3 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 5] {
-        let (below1, below2, one) = (
-            _mm256_set1_epi8(85),
-            _mm256_set1_epi8(170u8 as i8),
-            _mm256_set1_epi8(1),
-        );
-        // Each term is `min(x ⊖ threshold, 1)`, with unsigned saturating subtraction.
-        let digit = |x| {
-            _mm256_add_epi8(
-                _mm256_min_epu8(_mm256_subs_epu8(x, below1), one),
-                _mm256_min_epu8(_mm256_subs_epu8(x, below2), one),
-            )
-        };
         base3_planes!(
             v,
-            digit,
             _mm256_set1_epi8,
+            _mm256_subs_epu8,
+            _mm256_min_epu8,
             _mm256_add_epi8,
             _mm256_add_epi16,
             _mm256_and_si256

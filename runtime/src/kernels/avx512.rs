@@ -63,20 +63,14 @@ pub trait Planes<const P: usize> {
     unsafe fn planes(v: __m512i) -> [__m512i; P];
 }
 
-/// `tiled`: four 2-bit fields per byte, by shift and mask.
+/// `tiled`: four 2-bit fields per byte ([`super::avx2::bits2_planes!`] at 512 bits).
 pub struct Bits2;
 
 impl Planes<4> for Bits2 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn planes(v: __m512i) -> [__m512i; 4] {
-        let mask = _mm512_set1_epi8(3);
-        [
-            _mm512_and_si512(v, mask),
-            _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
-            _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
-        ]
+        super::avx2::bits2_planes!(v, _mm512_set1_epi8, _mm512_and_si512, _mm512_srli_epi16)
     }
 }
 
@@ -87,25 +81,11 @@ impl Planes<5> for Base3 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn planes(v: __m512i) -> [__m512i; 5] {
-        let (below1, below2, one) = (
-            _mm512_set1_epi8(85),
-            _mm512_set1_epi8(170u8 as i8),
-            _mm512_set1_epi8(1),
-        );
-        // Two unsigned compares into masks; the digit is 1 under the first, plus 1 under the second.
-        let digit = |x| {
-            let zero_or_one = _mm512_maskz_mov_epi8(_mm512_cmpgt_epu8_mask(x, below1), one);
-            _mm512_mask_add_epi8(
-                zero_or_one,
-                _mm512_cmpgt_epu8_mask(x, below2),
-                zero_or_one,
-                one,
-            )
-        };
         super::avx2::base3_planes!(
             v,
-            digit,
             _mm512_set1_epi8,
+            _mm512_subs_epu8,
+            _mm512_min_epu8,
             _mm512_add_epi8,
             _mm512_add_epi16,
             _mm512_and_si512
