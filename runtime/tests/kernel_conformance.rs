@@ -543,7 +543,7 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
             |t, k| if (t + k) % 2 == 0 { 127 } else { -128 },
         ];
         for pattern in patterns {
-            for tokens in [1, 2, 3, 4, 5, 8, 15] {
+            for tokens in [1, 2, 3, 4, 5, 8, 15, 16, 35] {
                 let x = fixed_acts(tokens, cols, w.kpad(), pattern);
                 let expected = oracle(&values, rows, cols, tile_rows, &x);
                 for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
@@ -561,9 +561,9 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
 
 #[test]
 fn every_token_count_and_tile_range_matches_on_every_path() {
-    // The 256-bit x86 kernels take tokens 8 at a time, then 4, 2 and 1: 1–9 and 13 tokens cover
-    // each register block and each mix of tails; 45 rows end in a partial tile, 343 columns in a
-    // partial block.
+    // The 256-bit x86 kernels take tokens 8 at a time, then 4, 2 and 1, the AVX-512 one 16 at a
+    // time, then one by one: 1–9, 13, 16, 17 and 33 tokens cover each register block and each mix
+    // of tails; 45 rows end in a partial tile, 343 columns in a partial block.
     let (rows, cols) = (45usize, 343usize);
     let paths = available_paths();
     let mut seed = 3u64;
@@ -572,7 +572,7 @@ fn every_token_count_and_tile_range_matches_on_every_path() {
         (seed >> 33) as u32
     };
     let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-    for tokens in (1..=9).chain([13]) {
+    for tokens in (1..=9).chain([13, 16, 17, 33]) {
         let acts: Vec<f32> = (0..tokens * cols)
             .map(|_| (next() % 2001) as f32 / 100.0 - 10.0)
             .collect();
