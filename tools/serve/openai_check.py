@@ -106,13 +106,21 @@ def check(binary):
         client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
         long = dict(model="m", prompt="ROMEO:", max_tokens=240, extra_body={"ignore_eos": True})
         workers = [threading.Thread(target=client.completions.create, kwargs=long) for _ in range(2)]
-        for w in workers:
-            w.start()
-        for _ in range(500):
-            metrics = urllib.request.urlopen(base.replace("/v1", "/metrics")).read().decode()
-            if "bitnet_requests_waiting 1" in metrics and "bitnet_slots_busy 1" in metrics:
-                break
-            time.sleep(0.01)
+
+        def wait_for(*needles):
+            for _ in range(1000):
+                metrics = urllib.request.urlopen(base.replace("/v1", "/metrics")).read().decode()
+                if all(n in metrics for n in needles):
+                    return
+                time.sleep(0.01)
+            raise AssertionError(f"the server never reported {needles}")
+
+        # One after the other: sent together, the second can find the first still in the queue
+        # (not yet given the slot) and be refused itself.
+        workers[0].start()
+        wait_for("bitnet_slots_busy 1")
+        workers[1].start()
+        wait_for("bitnet_requests_waiting 1", "bitnet_slots_busy 1")
         try:
             client.completions.create(**long)
             raise AssertionError("a full queue accepted a request")
