@@ -227,14 +227,6 @@ fn describe(file: &BitnetFile, path: &Path) -> String {
     s
 }
 
-/// Bytes of a KV cache position with elements of `bytes` each: a key and a value per layer, KV head
-/// and head dimension (saturating; the runtime refuses such sizes anyway).
-fn kv_bytes_per_position(m: &bitnet_format::ModelConfig, bytes: u64) -> u64 {
-    [m.num_layers, m.num_kv_heads, m.head_dim]
-        .into_iter()
-        .fold(2 * bytes, |acc, n| acc.saturating_mul(n as u64))
-}
-
 /// The "memory" section: bits per ternary weight, and what running the model takes: its tensors as
 /// stored (`total` bytes, as a runtime maps them) plus the KV cache, per position and for the
 /// model's whole context, in f16 (bitnet-run's default) and f32.
@@ -267,7 +259,8 @@ fn memory(s: &mut String, file: &BitnetFile, total: u64) {
         "tensors",
         human_bytes(total)
     );
-    let [f16, f32] = [2, 4].map(|b| kv_bytes_per_position(m, b));
+    // A key and a value per element, 2 or 4 bytes each.
+    let [f16, f32] = [2, 4].map(|b| m.kv_elements_per_position().saturating_mul(2 * b));
     let _ = writeln!(
         s,
         "  {:<18} f16 {f16} bytes ({}), f32 {f32} bytes ({})",

@@ -350,12 +350,6 @@ impl TernaryLayout {
             block_bytes: tile_rows * 4,
         }
     }
-
-    /// Bits of storage per weight of a `rows × cols` tensor, padding and scale included.
-    pub fn bits_per_weight(&self, rows: u64, cols: u64) -> Option<f64> {
-        let bytes = self.byte_len(rows, cols)?;
-        Some(bytes as f64 * 8.0 / (rows.checked_mul(cols)? as f64))
-    }
 }
 
 /// How a tiled tensor's codes are arranged: `tiles × k_blocks` blocks of `block_bytes` each, tile-major.

@@ -178,6 +178,14 @@ pub struct TensorEntry {
 }
 
 impl ModelConfig {
+    /// Key elements (and as many value elements) one cached position holds: every layer's KV
+    /// heads × head dim. Saturating, so that it can be asked of a header not yet validated.
+    pub fn kv_elements_per_position(&self) -> u64 {
+        [self.num_layers, self.num_kv_heads, self.head_dim]
+            .into_iter()
+            .fold(1u64, |acc, n| acc.saturating_mul(n as u64))
+    }
+
     /// Structural checks a runtime relies on; `Err` names the offending field.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [

@@ -171,7 +171,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let model = Model::load(file, path, t)?;
         bytes_per_token = model.weights.bytes_per_token();
-        let kv_bytes = cache.bytes_per_position(&model.config);
+        let kv_bytes = cache.bytes_per_position(&model.config) as usize;
         let ctx = model.config.context_length as usize;
         let bw = args.bandwidth.then(|| {
             let pool = rayon::ThreadPoolBuilder::new()

@@ -315,7 +315,7 @@ fn check_memory(name: &str, need: MemoryNeed, hint: &str) -> Result<()> {
         Ok(Some(warning)) => eprintln!("warning: {warning}"),
         Ok(None) => {}
         // A shorter context cannot help when the tensors alone are too large.
-        Err(e) if need.mapped.saturating_add(need.repacked) > available => bail!(
+        Err(e) if need.tensors() > available => bail!(
             "{e}; its tensors alone do not fit: in a 2-bit layout, convert it with `bitnet-convert --layout compact` (1.6 bits per weight), or load it anyway with --no-memory-check"
         ),
         Err(e) => bail!("{e}; {hint}"),

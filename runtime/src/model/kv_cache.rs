@@ -32,12 +32,11 @@ impl KvTypes {
         KvTypes { keys: t, values: t }
     }
 
-    /// Bytes one position takes: keys and values of every layer.
-    pub fn bytes_per_position(self, config: &ModelConfig) -> usize {
-        let kv_dim = config.num_kv_heads as usize * config.head_dim as usize;
-        config.num_layers as usize
-            * kv_dim
-            * (self.keys.kind().bytes() + self.values.kind().bytes())
+    /// Bytes one position takes: keys and values of every layer (saturating, see
+    /// [`ModelConfig::kv_elements_per_position`]).
+    pub fn bytes_per_position(self, config: &ModelConfig) -> u64 {
+        let element = (self.keys.kind().bytes() + self.values.kind().bytes()) as u64;
+        config.kv_elements_per_position().saturating_mul(element)
     }
 }
 
@@ -64,11 +63,6 @@ impl KvType {
             KvType::F16 => "f16",
             KvType::F32 => "f32",
         }
-    }
-
-    /// Bytes of one cached element.
-    pub fn element_bytes(self) -> usize {
-        self.kind().bytes()
     }
 
     fn kind(self) -> FloatKind {

@@ -5,7 +5,7 @@
 //! minutes per token and the whole machine thrashes. So the CLI compares what the model needs with
 //! what the system has before loading, and refuses (or warns when it is close).
 
-use bitnet_format::{BitnetFile, Encoding, ModelConfig};
+use bitnet_format::{BitnetFile, Encoding};
 
 use super::KvTypes;
 use super::weights;
@@ -45,7 +45,9 @@ impl MemoryNeed {
             mapped: 0,
             repacked: 0,
             repacked_tensors: 0,
-            kv_cache: kv_cache_bytes(&file.header().model, kv_types, positions),
+            kv_cache: kv_types
+                .bytes_per_position(&file.header().model)
+                .saturating_mul(positions as u64),
             positions,
             kv_types,
         };
@@ -63,11 +65,14 @@ impl MemoryNeed {
         need
     }
 
+    /// Bytes of its tensors, mapped or repacked.
+    pub fn tensors(&self) -> u64 {
+        self.mapped.saturating_add(self.repacked)
+    }
+
     /// Every byte of it.
     pub fn total(&self) -> u64 {
-        self.mapped
-            .saturating_add(self.repacked)
-            .saturating_add(self.kv_cache)
+        self.tensors().saturating_add(self.kv_cache)
     }
 
     /// `9.31 GiB of memory (tensors 8.10 GiB mapped + 0.50 GiB repacked at load (7 tensors), KV
@@ -100,20 +105,6 @@ impl MemoryNeed {
             self.positions
         )
     }
-}
-
-/// Bytes of a KV cache of `positions` positions: keys and values of every layer and KV head
-/// (saturating: the header's sizes are not yet checked against each other here).
-pub fn kv_cache_bytes(config: &ModelConfig, types: KvTypes, positions: usize) -> u64 {
-    let element = (types.keys.element_bytes() + types.values.element_bytes()) as u64;
-    [
-        config.num_layers as u64,
-        config.num_kv_heads as u64,
-        config.head_dim as u64,
-        positions as u64,
-    ]
-    .into_iter()
-    .fold(element, u64::saturating_mul)
 }
 
 /// Why a model is not loaded, or the available memory is not known.
@@ -238,8 +229,8 @@ mod tests {
     #[test]
     fn repacked_tensors_count_at_the_size_of_their_copy() {
         use bitnet_format::{
-            Activation, FileWriter, GenerationDefaults, Header, Provenance, Source, TensorSpec,
-            TernaryLayout,
+            Activation, FileWriter, GenerationDefaults, Header, ModelConfig, Provenance, Source,
+            TensorSpec, TernaryLayout,
         };
         let config = ModelConfig {
             family: "test".into(),

@@ -26,6 +26,13 @@ enum Storage {
 }
 
 impl Storage {
+    fn len(&self) -> usize {
+        match self {
+            Storage::File(r) => r.len(),
+            Storage::Owned(v) => v.len(),
+        }
+    }
+
     fn bytes<'a>(&'a self, file: &'a [u8]) -> &'a [u8] {
         match self {
             Storage::File(r) => &file[r.clone()],
@@ -63,11 +70,9 @@ impl TernaryWeight {
         self.cols.div_ceil(bk) * bk
     }
 
-    /// Bytes read per use (for bandwidth figures).
+    /// Bytes read per use (for bandwidth figures): all its codes.
     pub fn byte_len(&self) -> usize {
-        self.rows.div_ceil(self.tile_rows) * self.kpad() / self.packing.block_k()
-            * 4
-            * self.tile_rows
+        self.codes.len()
     }
 }
 
