@@ -132,6 +132,25 @@ fn extreme_activations_do_not_overflow_any_path() {
 }
 
 #[test]
+fn the_longest_rows_at_extreme_values_do_not_overflow_any_path() {
+    // K of the 100B shape's down projection (45568): the one-token `base3` kernels sum runs of
+    // blocks in i32 before dividing by 256, so their bound is on K. Every weight at the same sign
+    // and every activation at ±127 makes each sum as large as it can be.
+    let (rows, cols) = (16, 45568);
+    let paths = available_paths();
+    for (weight, act) in [(1i8, 1.0f32), (-1, 1.0), (1, -1.0)] {
+        let values = vec![weight; rows * cols];
+        let acts = vec![act; cols];
+        for layout in [
+            TernaryLayout::Tiled { tile_rows: 16 },
+            TernaryLayout::Base3 { tile_rows: 16 },
+        ] {
+            check(layout, rows, cols, &values, &acts, &paths);
+        }
+    }
+}
+
+#[test]
 fn real_model_shapes_match_on_every_path() {
     // 2B-4T's k/v (640 × 2560) and 1bitLLM-3B's down projection K (8640), with a prefill batch.
     let paths = available_paths();

@@ -120,27 +120,27 @@ impl Planes<4> for Bits2 {
     }
 }
 
-/// The five base-3 digits of every byte of `$v` (SPEC.md §6.4), for one vector width: the digit of
-/// `x` is `[x ≥ 86] + [x ≥ 171]`, each term `min(x ⊖ threshold, 1)` with unsigned saturating
-/// subtraction, then `x = 3x mod 256`. Exact for every byte.
-///
-/// `2x mod 256` is a 16-bit add whose carry out of each low byte lands in bit 0 of the high byte,
-/// where the mask clears it (`2 · high` is even). Written as byte adds, the compiler turns the
-/// chain into multiplies by `3^p` (`vpmullw` plus shifts and blends), more instructions.
-macro_rules! base3_planes {
-    ($v:expr, $set1:ident, $subs:ident, $min:ident, $add8:ident, $add16:ident, $and:ident) => {{
-        let (below1, below2, one) = ($set1(85), $set1(170u8 as i8), $set1(1));
-        let even = $set1(0xFEu8 as i8);
-        let mut x = $v;
-        std::array::from_fn(|_| {
-            let digit = $add8($min($subs(x, below1), one), $min($subs(x, below2), one));
-            x = $add8($and($add16(x, x), even), x);
-            digit
-        })
+/// `3x mod 256` in every byte of `$x`, as two byte adds. The empty `asm!` hides the first sum, which
+/// LLVM would otherwise fold with the second into a byte multiply by 3 and expand into widening
+/// multiplies, packs and blends.
+macro_rules! times3 {
+    ($x:expr, $add8:ident, $reg:ident) => {{
+        let x = $x;
+        let mut twice = $add8(x, x);
+        // SAFETY: the template is empty: the register is read and written back unchanged.
+        unsafe {
+            std::arch::asm!("/* {0} */", inout($reg) twice, options(pure, nomem, nostack, preserves_flags))
+        };
+        $add8(twice, x)
     }};
 }
-pub(super) use base3_planes;
+pub(super) use times3;
 
+/// `base3`: five base-3 digits per byte (SPEC.md §6.4). Digit `p` of byte `b` is `[x ≥ 86] + [x ≥
+/// 171]` with `x = b·3^p mod 256`. AVX2 compares bytes only as signed numbers, so the kernel works on
+/// `s = x − 128` (one xor per vector): `x ↦ 3x mod 256` is then `s ↦ 3s mod 256` as well (`3·128 ≡
+/// 128`), and the two tests are `s > −43` and `s > 42`, each −1 where true, so the digit is `0 − m₁
+/// − m₂`. Six instructions per plane; exact for every byte.
 /// `base3`: five base-3 digits per byte.
 pub(super) struct Base3;
 
@@ -148,15 +148,16 @@ impl Planes<5> for Base3 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 5] {
-        base3_planes!(
-            v,
-            _mm256_set1_epi8,
-            _mm256_subs_epu8,
-            _mm256_min_epu8,
-            _mm256_add_epi8,
-            _mm256_add_epi16,
-            _mm256_and_si256
-        )
+        let (above85, above170) = (_mm256_set1_epi8(-43), _mm256_set1_epi8(42));
+        let zero = _mm256_setzero_si256();
+        let mut s = _mm256_xor_si256(v, _mm256_set1_epi8(i8::MIN));
+        std::array::from_fn(|_| {
+            let m1 = _mm256_cmpgt_epi8(s, above85);
+            let m2 = _mm256_cmpgt_epi8(s, above170);
+            let digit = _mm256_sub_epi8(_mm256_sub_epi8(zero, m1), m2);
+            s = times3!(s, _mm256_add_epi8, ymm_reg);
+            digit
+        })
     }
 }
 

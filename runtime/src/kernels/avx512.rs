@@ -34,26 +34,25 @@ pub unsafe fn ternary_tiles<const P: usize, U: Planes<P>>(
         let codes = &w.codes[tile * tile_bytes..(tile + 1) * tile_bytes];
         let out_tile = &mut out[i * tokens * 16..(i + 1) * tokens * 16];
         let mut t = 0;
-        while t + TOKEN_BLOCK <= tokens {
-            // SAFETY: same CPU features as this function; `codes` holds `k_blocks` blocks of 64 bytes
-            // and each token row `kpad = 4P · k_blocks` codes.
-            unsafe {
-                token_block::<TOKEN_BLOCK, P, U>(codes, k_blocks, x, t, &mut out_tile[t * 16..])
-            };
-            t += TOKEN_BLOCK;
-        }
         while t < tokens {
-            // SAFETY: as above, for one token.
-            unsafe {
-                one_token::<P, U>(
-                    codes,
-                    k_blocks,
-                    x.row(t),
-                    x.sum[t],
-                    &mut out_tile[t * 16..(t + 1) * 16],
-                )
+            let o = &mut out_tile[t * 16..];
+            // SAFETY (all): same CPU features as this function; `codes` holds `k_blocks` blocks of
+            // 64 bytes, each token row `kpad = 4P · k_blocks` codes, and tokens `t .. t + m` exist.
+            let m = unsafe {
+                match tokens - t {
+                    r if r >= TOKEN_BLOCK => {
+                        token_block::<TOKEN_BLOCK, P, U>(codes, k_blocks, x, t, o)
+                    }
+                    r if r >= 8 => token_block::<8, P, U>(codes, k_blocks, x, t, o),
+                    r if r >= 4 => token_block::<4, P, U>(codes, k_blocks, x, t, o),
+                    r if r >= 2 => token_block::<2, P, U>(codes, k_blocks, x, t, o),
+                    _ => {
+                        U::one_token(codes, k_blocks, x.row(t), x.sum[t], &mut o[..16]);
+                        1
+                    }
+                }
             };
-            t += 1;
+            t += m;
         }
     }
 }
@@ -61,8 +60,17 @@ pub unsafe fn ternary_tiles<const P: usize, U: Planes<P>>(
 /// How a packing's 64-byte block splits into `P` code planes (plane `p`: columns `4p .. 4p+3` of
 /// each row in lane `r`). `unsafe` only because compiled with AVX-512 BW: callers must run on a CPU
 /// that has it.
-pub trait Planes<const P: usize> {
+pub trait Planes<const P: usize>: Sized {
     unsafe fn planes(v: __m512i) -> [__m512i; P];
+
+    /// One token against one tile, `out` its 16 accumulators: by default the planes, each used
+    /// once ([`one_token`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn one_token(codes: &[u8], k_blocks: usize, q: &[i8], sum: i32, out: &mut [i32]) {
+        // SAFETY: same features; the caller's bounds.
+        unsafe { one_token::<P, Self>(codes, k_blocks, q, sum, out) }
+    }
 }
 
 /// `tiled`: four 2-bit fields per byte ([`super::avx2::bits2_planes!`] at 512 bits).
@@ -76,22 +84,75 @@ impl Planes<4> for Bits2 {
     }
 }
 
-/// `base3`: five base-3 digits per byte ([`super::avx2::base3_planes!`] at 512 bits).
+/// Blocks per run of [`Base3`]'s one-token kernel (its bound is proved there).
+const LINEAR_RUN: usize = 512;
+
+/// `base3`: five base-3 digits per byte (SPEC.md §6.4): digit `p` of byte `b` is `[x ≥ 86] + [x ≥
+/// 171]` with `x = b·3^p mod 256`, here two unsigned compares into masks and two masked moves.
 pub struct Base3;
 
 impl Planes<5> for Base3 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn planes(v: __m512i) -> [__m512i; 5] {
-        super::avx2::base3_planes!(
-            v,
-            _mm512_set1_epi8,
-            _mm512_subs_epu8,
-            _mm512_min_epu8,
-            _mm512_add_epi8,
-            _mm512_add_epi16,
-            _mm512_and_si512
-        )
+        let (t86, t171) = (_mm512_set1_epi8(86), _mm512_set1_epi8(171u8 as i8));
+        let (one, two) = (_mm512_set1_epi8(1), _mm512_set1_epi8(2));
+        let mut x = v;
+        std::array::from_fn(|_| {
+            let (ge86, ge171) = (
+                _mm512_cmpge_epu8_mask(x, t86),
+                _mm512_cmpge_epu8_mask(x, t171),
+            );
+            let digit = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(ge86, one), ge171, two);
+            x = super::avx2::times3!(x, _mm512_add_epi8, zmm_reg);
+            digit
+        })
+    }
+
+    /// One token without unpacking digits. With `x_p = b·3^p mod 256`, `3x_p < 768` splits into
+    /// `256 d_p + x_{p+1}`, so `256 Σ d_p a_p = 3 Σ x_p a_p − Σ x_{p+1} a_p`: two `vpdpbusd` per
+    /// plane on the bytes `x_p` themselves and one [`times3`](super::avx2::times3) to the next,
+    /// against six instructions to unpack a digit and one `vpdpbusd`. With several tokens the
+    /// unpacked planes are shared and cost less than the second product per token.
+    ///
+    /// Bound: one `vpdpbusd` adds at most 4 · 255 · 128 = 130560 in magnitude to a lane, so a run
+    /// of [`LINEAR_RUN`] blocks (5 planes, two sums, `3S₁ − S₂` weighing four) stays within
+    /// 4 · 5 · 512 · 130560 < 2³¹ before it is divided by 256 and added to the total.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn one_token(codes: &[u8], k_blocks: usize, q: &[i8], sum: i32, out: &mut [i32]) {
+        debug_assert!(codes.len() >= k_blocks * 64 && q.len() >= k_blocks * 20 && out.len() >= 16);
+        let mut total = _mm512_set1_epi32(-sum);
+        let mut run = 0;
+        while run < k_blocks {
+            let end = k_blocks.min(run + LINEAR_RUN);
+            let (mut s1, mut s2) = ([_mm512_setzero_si512(); 5], [_mm512_setzero_si512(); 5]);
+            for kb in run..end {
+                prefetch(codes, kb * 64);
+                // SAFETY: `kb < k_blocks`, so the 64 bytes at `kb · 64` and the 20 codes at
+                // `kb · 20` exist.
+                let (mut x, quads) = unsafe {
+                    (
+                        _mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast()),
+                        q.as_ptr().add(kb * 20).cast::<i32>(),
+                    )
+                };
+                for p in 0..5 {
+                    // SAFETY: `p < 5` quads of the block's 20 codes.
+                    let a = _mm512_set1_epi32(unsafe { quads.add(p).read_unaligned() });
+                    s1[p] = _mm512_dpbusd_epi32(s1[p], x, a);
+                    x = super::avx2::times3!(x, _mm512_add_epi8, zmm_reg);
+                    s2[p] = _mm512_dpbusd_epi32(s2[p], x, a);
+                }
+            }
+            let s1 = s1[1..].iter().fold(s1[0], |t, &a| _mm512_add_epi32(t, a));
+            let s2 = s2[1..].iter().fold(s2[0], |t, &a| _mm512_add_epi32(t, a));
+            let scaled = _mm512_sub_epi32(_mm512_add_epi32(s1, _mm512_add_epi32(s1, s1)), s2);
+            total = _mm512_add_epi32(total, _mm512_srai_epi32::<8>(scaled));
+            run = end;
+        }
+        // SAFETY: `out` has at least 16 elements.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), total) };
     }
 }
 
@@ -128,7 +189,7 @@ unsafe fn one_token<const P: usize, U: Planes<P>>(
     unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), total) };
 }
 
-/// `M` tokens at once: each block is unpacked once and used `P · M` times.
+/// `M` tokens at once: each block is unpacked once and used `P · M` times. Returns `M`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>>(
     codes: &[u8],
@@ -136,7 +197,7 @@ unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>>(
     x: &QuantizedActs,
     t0: usize,
     out: &mut [i32],
-) {
+) -> usize {
     debug_assert!(codes.len() >= k_blocks * 64 && out.len() >= M * 16 && t0 + M <= x.tokens);
     let rows: [*const i8; M] = std::array::from_fn(|m| x.row(t0 + m).as_ptr());
     let mut acc = [_mm512_setzero_si512(); M];
@@ -158,6 +219,7 @@ unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>>(
         // SAFETY: `out` holds M · 16 accumulators.
         unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(m * 16).cast(), v) };
     }
+    M
 }
 
 /// `Σ a[i] · b[i]` in f32 with 16-lane FMAs.

@@ -55,9 +55,83 @@ macro_rules! dpbusd_mac {
     };
 }
 
+/// Defines `base3_one_token` on a `vpdpbusd` form (see [`dpbusd_mac!`] for why two).
+macro_rules! base3_one_token {
+    ($features:literal, $dpbusd:ident) => {
+        /// [`super::ternary_matmul`] for one token of `base3` without unpacking digits, as
+        /// `avx512::Base3::one_token` does (the identity and the i32 bound are proved there; the
+        /// runs here are as long). Each 64-byte block is two 32-byte halves (rows 0–7, 8–15);
+        /// each half's two sums alternate between two accumulators by plane, so that eight
+        /// `vpdpbusd` chains are in flight.
+        ///
+        /// # Safety
+        /// The CPU must support this path's features; `w.tile_rows` must be 16, `x.tokens` 1, and
+        /// the slice lengths as `ternary_matmul` asserts.
+        #[target_feature(enable = $features)]
+        pub unsafe fn base3_one_token(
+            w: &TernaryMatrix,
+            x: &QuantizedActs,
+            tiles: Range<usize>,
+            out: &mut [i32],
+        ) {
+            const RUN: usize = 512;
+            let (k_blocks, tile_bytes, q) = (w.k_blocks(), w.tile_bytes(), x.row(0));
+            debug_assert!(x.tokens == 1 && q.len() >= k_blocks * 20);
+            for (i, tile) in tiles.enumerate() {
+                let codes = &w.codes[tile * tile_bytes..(tile + 1) * tile_bytes];
+                let mut total = [_mm256_set1_epi32(-x.sum[0]); 2];
+                let mut run = 0;
+                while run < k_blocks {
+                    let end = k_blocks.min(run + RUN);
+                    let mut s1 = [[_mm256_setzero_si256(); 2]; 2];
+                    let mut s2 = s1;
+                    for kb in run..end {
+                        $crate::kernels::prefetch(codes, kb * 64);
+                        // SAFETY: `kb < k_blocks`: the block's 64 bytes and its 20 codes exist.
+                        let (mut v, quads) = unsafe {
+                            (
+                                [0, 1].map(|h| {
+                                    _mm256_loadu_si256(codes.as_ptr().add(kb * 64 + 32 * h).cast())
+                                }),
+                                q.as_ptr().add(kb * 20).cast::<i32>(),
+                            )
+                        };
+                        for p in 0..5 {
+                            // SAFETY: quad `p < 5` of the block's 20 codes.
+                            let a = _mm256_set1_epi32(unsafe { quads.add(p).read_unaligned() });
+                            for h in 0..2 {
+                                s1[h][p % 2] = $dpbusd(s1[h][p % 2], v[h], a);
+                                v[h] =
+                                    $crate::kernels::avx2::times3!(v[h], _mm256_add_epi8, ymm_reg);
+                                s2[h][p % 2] = $dpbusd(s2[h][p % 2], v[h], a);
+                            }
+                        }
+                    }
+                    for h in 0..2 {
+                        let s1 = _mm256_add_epi32(s1[h][0], s1[h][1]);
+                        let s2 = _mm256_add_epi32(s2[h][0], s2[h][1]);
+                        let scaled =
+                            _mm256_sub_epi32(_mm256_add_epi32(s1, _mm256_add_epi32(s1, s1)), s2);
+                        total[h] = _mm256_add_epi32(total[h], _mm256_srai_epi32::<8>(scaled));
+                    }
+                    run = end;
+                }
+                for (h, total) in total.into_iter().enumerate() {
+                    // SAFETY: `out` holds 16 accumulators per tile of `tiles`.
+                    unsafe {
+                        _mm256_storeu_si256(out.as_mut_ptr().add(16 * i + 8 * h).cast(), total)
+                    };
+                }
+            }
+        }
+    };
+}
+
 dpbusd_mac!(Dpbusd, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
 
 super::avx2::ternary_kernel!("avx2,avxvnni", Dpbusd);
+
+base3_one_token!("avx2,avxvnni", _mm256_dpbusd_avx_epi32);
 
 /// The AVX-VNNI kernel's code run with the AVX-512 VL form of `vpdpbusd`, which computes the same:
 /// CPUs with AVX-512 VNNI but without AVX-VNNI (this project's CI machine, AMD Zen 4, Intel Ice
@@ -80,6 +154,7 @@ mod tests {
         use crate::kernels::ternary::TernaryMatrix;
 
         crate::kernels::avx2::ternary_kernel!("avx2,avx512vnni,avx512vl", super::DpbusdEvex);
+        base3_one_token!("avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
     }
 
     #[test]
@@ -98,10 +173,13 @@ mod tests {
             (seed >> 33) as i64
         };
         // 1–9 tokens: every register block size and mix of tails; 40 rows: a partial last tile;
-        // 343 columns: a partial last block. The last case puts every activation at -128.
-        let cases = (1..=9).map(|t| (t, false)).chain([(5, true)]);
+        // 343 columns: a partial last block. The last two cases put every activation at -128,
+        // one token of them over the 100B shape's longest rows (45568 columns: several runs of
+        // the one-token `base3` kernel).
+        let cases = (1..=9).map(|t| (t, false)).chain([(5, true), (1, true)]);
         for ((tokens, extreme), base3) in cases.flat_map(|c| [(c, false), (c, true)]) {
-            let (rows, cols) = (40usize, 343usize);
+            let rows = 40usize;
+            let cols = if extreme && tokens == 1 { 45568 } else { 343 };
             let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3 - 1) as i8).collect();
             let (layout, packing) = if base3 {
                 (TernaryLayout::Base3 { tile_rows: 16 }, Packing::Base3)
@@ -145,7 +223,9 @@ mod tests {
             // SAFETY: the CPU has AVX-512 VNNI and VL (checked above) and AVX2 (every AVX-512
             // CPU has it); the lengths are those `ternary_matmul` asserts.
             unsafe {
-                if base3 {
+                if base3 && tokens == 1 {
+                    evex::base3_one_token(&w, &x, 0..w.tiles(), &mut got)
+                } else if base3 {
                     evex::ternary_tiles::<5, avx2::Base3>(&w, &x, 0..w.tiles(), &mut got)
                 } else {
                     evex::ternary_tiles::<4, avx2::Bits2>(&w, &x, 0..w.tiles(), &mut got)

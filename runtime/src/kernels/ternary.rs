@@ -111,11 +111,15 @@ pub fn ternary_matmul(
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => {
             assert_eq!(w.tile_rows, 16);
-            // SAFETY (both): the CPU has AVX2 and AVX-VNNI (a `KernelPath` proves it); lengths
-            // asserted above.
+            // SAFETY (all): the CPU has AVX2 and AVX-VNNI (a `KernelPath` proves it); lengths
+            // asserted above. One token of `base3` has its own kernel, which multiplies the code
+            // bytes without unpacking digits (cheaper once, dearer when shared by several tokens).
             match w.packing {
                 Packing::Bits2 => unsafe {
                     avxvnni::ternary_tiles::<4, avx2::Bits2>(w, x, tiles, out)
+                },
+                Packing::Base3 if x.tokens == 1 => unsafe {
+                    avxvnni::base3_one_token(w, x, tiles, out)
                 },
                 Packing::Base3 => unsafe {
                     avxvnni::ternary_tiles::<5, avx2::Base3>(w, x, tiles, out)
