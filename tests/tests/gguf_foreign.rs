@@ -271,3 +271,243 @@ fn other_ggml_types_are_refused_naming_the_tensor_and_type() {
     );
     assert!(!out.exists());
 }
+
+/// The values and multiplier of a packed `U8 [out/4, in]` projection of a Hugging Face BitNet
+/// checkpoint, unpacked as transformers' `unpack_weights` does (row `q * out/4 + r` in bits
+/// `2q` of packed row `r`), with its `weight_scale` a divisor (no `linear_class`: BitLinear).
+fn packed_projection(
+    tensors: &[convert_support::OwnedTensor],
+    hf: &str,
+    rows: usize,
+    cols: usize,
+) -> (Vec<i8>, f32) {
+    let w = tensors.iter().find(|t| t.name == hf).unwrap();
+    assert_eq!(w.dtype, safetensors::Dtype::U8, "{hf}");
+    let r = rows / 4;
+    let mut values = vec![0i8; rows * cols];
+    for pr in 0..r {
+        for c in 0..cols {
+            let byte = w.data[pr * cols + c];
+            for q in 0..4 {
+                values[(q * r + pr) * cols + c] = ((byte >> (2 * q)) & 3) as i8 - 1;
+            }
+        }
+    }
+    let s = tensors
+        .iter()
+        .find(|t| t.name == hf.replace(".weight", ".weight_scale"))
+        .unwrap();
+    (values, 1.0 / convert_support::to_f32(s)[0])
+}
+
+/// `testdata/gguf/bitnet_cpp/falcon_e_i2s.gguf` is the Falcon-E fixture as bitnet.cpp itself
+/// writes it (microsoft/BitNet @ 1876a3e, x86 build; `tools/gguf/bitnet_cpp_i2s.sh`): its
+/// `utils/convert-hf-to-gguf-bitnet.py --outtype f32`, which unpacks the checkpoint's codes and
+/// divides them by `weight_scale`, then `llama-quantize ... I2_S 1`, whose `quantize_i2_s` keeps
+/// each value's sign and takes the largest |value| as the tensor's scale. So no value is
+/// requantized: the file must hold the checkpoint's own ternary codes and 1/weight_scale (f32),
+/// and, imported, must be the model that converting the checkpoint directly gives.
+///
+/// The 28 bytes after each I2_S scale are never written by llama-quantize: in this file they are
+/// neither zero nor the scale repeated (as bitnet.cpp's `utils/convert-ms-to-gguf-bitnet.py`
+/// writes them, `np.tile(scale, 8)`) but what its reused
+/// work buffer held before. After the first I2_S tensor, blk.0.ffn_down, they are bytes
+/// 5572..5600 of the f16 token_embd converted just before it (58b3c035 582fc036 ...); after
+/// blk.0.attn_k, bytes 772..800 of blk.0.ffn_up's I2_S codes. The import ignores them.
+#[test]
+fn an_i2s_file_written_by_bitnet_cpps_llama_quantize_imports_as_its_checkpoint() {
+    use bitnet_run::kernels::KernelPath;
+    use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
+    use bitnet_run::tokenizer::Tokenizer;
+    use convert_support::{PROJECTIONS, hf_projection, ids, options, read_json, read_npy};
+    use gguf_rs_lib::format::metadata::MetadataValue;
+
+    let src = gguf_fixture("bitnet_cpp/falcon_e_i2s.gguf");
+    let checkpoint = convert_support::fixture("falcon-e");
+
+    // The file as bitnet.cpp wrote it.
+    let bytes = std::fs::read(&src).unwrap();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let text = |k: &str| match file.get(k) {
+        Some(MetadataValue::String(s)) => s.clone(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(text("general.architecture"), "llama");
+    assert_eq!(text("tokenizer.ggml.pre"), "falcon_e");
+    assert!(file.get("tokenizer.huggingface.json").is_none());
+    // LLAMA_FTYPE_MOSTLY_I2_S, as llama-quantize records it.
+    assert!(matches!(
+        file.get("general.file_type"),
+        Some(MetadataValue::U32(40))
+    ));
+    let count = |ty: u32| file.tensors.iter().filter(|t| t.ggml_type == ty).count();
+    assert_eq!(
+        (count(36), count(1), count(0)),
+        (14, 2, 5),
+        "I2_S, F16, F32"
+    );
+    let first = file.tensors.iter().find(|t| t.ggml_type == 36).unwrap();
+    assert_eq!(first.name, "blk.0.ffn_down.weight");
+    let mut pads = Vec::new();
+    for t in file.tensors.iter().filter(|t| t.ggml_type == 36) {
+        let data = file.data(t);
+        let codes = (t.dims[0] * t.dims[1] / 4) as usize;
+        assert_eq!(data.len(), codes + 32, "{}", t.name);
+        let (scale, pad) = (&data[codes..codes + 4], &data[codes + 4..]);
+        assert!(pad.iter().any(|&b| b != 0), "{}: zero padding", t.name);
+        assert!(
+            pad.chunks(4).any(|c| c != &scale[..c.len()]),
+            "{}: the scale repeated",
+            t.name
+        );
+        pads.push(pad.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    }
+    assert_eq!(
+        pads[0],
+        "58b3c035582fc036c83148b190a52821d8a45036d8b4003780278830"
+    );
+    drop(file);
+
+    // Imported, and converted directly from the checkpoint with f16 embeddings, as in the file.
+    let dir = tempfile::tempdir().unwrap();
+    let imported = dir.path().join("imported.bitnet");
+    let report = gguf::import_gguf(&ImportOptions::new(&src, &imported)).unwrap();
+    assert_eq!(report.architecture, "llama");
+    assert_eq!(report.ternary_types.get("I2_S"), Some(&14));
+    // Random weights: the data cannot show the block size, so x86's 128 is read, with a warning.
+    assert_eq!(report.i2s_block, Some(128));
+    let direct = dir.path().join("direct.bitnet");
+    let mut o = options(&checkpoint, &direct);
+    o.embeddings = EmbeddingsChoice::F16;
+    bitnet_convert::convert(&o).unwrap();
+    let (fi, fd) = (
+        BitnetFile::open(&imported).unwrap(),
+        BitnetFile::open(&direct).unwrap(),
+    );
+    fi.verify().unwrap();
+    assert_eq!(fi.header().model, fd.header().model);
+    assert_eq!(fi.header().model.family, "falcon-e");
+
+    // Every projection: the checkpoint's codes and 1/weight_scale, read from the safetensors file
+    // here, independently of bitnet-convert; q and k rows back in Hugging Face order.
+    let tensors = convert_support::read_safetensors(&checkpoint.join("model.safetensors"));
+    for l in 0..2 {
+        for p in PROJECTIONS {
+            let view = fi.tensor(&format!("blk.{l}.{p}")).unwrap();
+            let (rows, cols) = view.info.matrix_dims().unwrap();
+            let (values, scale) = view.unpack_ternary().unwrap();
+            let (want, want_scale) = packed_projection(&tensors, &hf_projection(l, p), rows, cols);
+            assert!(values == want, "blk.{l}.{p}: ternary values");
+            assert_eq!(scale.to_bits(), want_scale.to_bits(), "blk.{l}.{p}: scale");
+        }
+    }
+    let reference = read_json(&checkpoint.join("reference.json"));
+    let (_, q0) = read_npy(&checkpoint.join("ternary_q0.npy"));
+    let (q, s) = fi.tensor("blk.0.attn_q").unwrap().unpack_ternary().unwrap();
+    assert!(q.iter().zip(&q0).all(|(&a, &b)| a as f64 == b));
+    assert_eq!(
+        s,
+        reference["ternary_q0"]["multiplier_equivalent"]
+            .as_f64()
+            .unwrap() as f32
+    );
+    // And every tensor equals the direct conversion's: the same ternary values and scales, the
+    // same f16 embeddings and output matrix (the checkpoint's bf16 values, all exact in f16), the
+    // same f32 norms.
+    assert_eq!(fi.tensors().len(), fd.tensors().len());
+    for ti in fi.tensors() {
+        let td = fd.index().get(&ti.name).unwrap();
+        assert_eq!(
+            (&ti.shape, ti.encoding),
+            (&td.shape, td.encoding),
+            "{}",
+            ti.name
+        );
+        let (vi, vd) = (fi.view(ti), fd.view(td));
+        match ti.encoding {
+            Encoding::Ternary(_) => {
+                let ((a, sa), (b, sb)) =
+                    (vi.unpack_ternary().unwrap(), vd.unpack_ternary().unwrap());
+                assert!(a == b && sa.to_bits() == sb.to_bits(), "{}", ti.name);
+            }
+            _ => assert_eq!(vi.data, vd.data, "{}", ti.name),
+        }
+    }
+
+    // The tokenizer rebuilt from bitnet.cpp's tokenizer.ggml.* encodes as transformers' did.
+    let tok = Tokenizer::from_info(fi.header().tokenizer.as_ref()).unwrap();
+    let example = &reference["tokenizer_example"];
+    assert_eq!(
+        tok.encode_prompt(example["text"].as_str().unwrap())
+            .unwrap(),
+        ids(&example["ids_with_special_tokens"])
+    );
+    let chat = read_json(&checkpoint.join("chat.json"));
+    assert_eq!(
+        tok.encode(chat["rendered"].as_str().unwrap(), false)
+            .unwrap(),
+        ids(&chat["token_ids"])
+    );
+
+    // Logits: bit for bit those of the direct conversion on every kernel path, and transformers'
+    // within the bounds of tests/tests/runtime_fixtures.rs.
+    let f32_cache = KvTypes {
+        keys: KvType::F32,
+        values: KvType::F32,
+    };
+    for path in KernelPath::available() {
+        let mi = Model::load(BitnetFile::open(&imported).unwrap(), path, 2).unwrap();
+        let md = Model::load(BitnetFile::open(&direct).unwrap(), path, 2).unwrap();
+        for seq in reference["sequences"].as_array().unwrap() {
+            let tokens = ids(&seq["token_ids"]);
+            let got = Session::new(&mi, tokens.len(), f32_cache)
+                .forward(&tokens, Logits::All)
+                .unwrap();
+            let want = Session::new(&md, tokens.len(), f32_cache)
+                .forward(&tokens, Logits::All)
+                .unwrap();
+            let label = format!("{:?} {path:?}", seq["name"]);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{label}: logits differ from the direct conversion's"
+            );
+            let (_, hf) = read_npy(&checkpoint.join(seq["logits_file"].as_str().unwrap()));
+            let max = got
+                .iter()
+                .zip(&hf)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            let mean = got
+                .iter()
+                .zip(&hf)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .sum::<f64>()
+                / got.len() as f64;
+            if tokens.len() <= 16 {
+                assert!(max < 1e-3, "{label}: max |Δ| {max} from transformers");
+            } else {
+                assert!(mean < 1e-2, "{label}: mean |Δ| {mean} from transformers");
+            }
+        }
+    }
+
+    // The block size matters: read as an ARM build's (64), the rows hold other values.
+    let arm = dir.path().join("arm.bitnet");
+    let mut o = ImportOptions::new(&src, &arm);
+    o.i2s_block = Some(64);
+    gguf::import_gguf(&o).unwrap();
+    let (v64, _) = BitnetFile::open(&arm)
+        .unwrap()
+        .tensor("blk.0.ffn_down")
+        .unwrap()
+        .unpack_ternary()
+        .unwrap();
+    let (v128, _) = fi
+        .tensor("blk.0.ffn_down")
+        .unwrap()
+        .unpack_ternary()
+        .unwrap();
+    assert!(v64 != v128);
+}

@@ -663,6 +663,43 @@ fn unsupported_or_inconsistent_files_fail_naming_what_is_wrong() {
     assert!(import_err(&bad, dir.path()).contains("not a GGUF file"));
 }
 
+/// bitnet.cpp's `llama-quantize` encodes an I2_S tensor in whole blocks of 128 only and stores
+/// the scale right after the first n/4 bytes, so a tensor whose element count is not a multiple
+/// of 128 loses its last values. Seen with its own build (microsoft/BitNet @ 1876a3e, x86) on the
+/// 1bitLLM fixture (K = 120): blk.0.attn_q's 14400 elements give 112 whole blocks, bytes
+/// 3584..3600 left zero and the scale at byte 3600. Such a file is refused, saying why.
+#[test]
+fn an_i2s_tensor_that_bitnet_cpp_cannot_write_whole_is_refused_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.bitnet");
+    convert_dir(&fixture("bitnet-1bitllm"), &src);
+    let g = dir.path().join("m.gguf");
+    export(&src, &g, ExportType::I2s);
+    let bad = dir.path().join("bitnet_cpp.gguf");
+    edited(&g, &bad, |_, tensors| {
+        for (info, data) in tensors.iter_mut().filter(|(i, _)| i.ggml_type == 36) {
+            let n = info.dims.iter().product::<u64>() as usize;
+            if n.is_multiple_of(128) {
+                continue;
+            }
+            // Our layout pads the last block (code 1) and puts the scale after it; bitnet.cpp's
+            // leaves the partial block unwritten (zero) and puts the scale at n/4.
+            let padded = n.div_ceil(128) * 32;
+            let scale: [u8; 4] = data[padded..padded + 4].try_into().unwrap();
+            data[n / 128 * 32..].fill(0);
+            data[n / 4..n / 4 + 4].copy_from_slice(&scale);
+        }
+    });
+    let e = import_err(&bad, dir.path());
+    assert!(
+        e.contains("blk.0.attn_q.weight")
+            && e.contains("its 14400 elements are not a multiple of the I2_S block of 128")
+            && e.contains("llama-quantize cannot write")
+            && e.contains("the last 64 values are lost"),
+        "{e}"
+    );
+}
+
 #[test]
 fn the_parser_survives_truncation_and_corruption() {
     let dir = tempfile::tempdir().unwrap();

@@ -255,6 +255,21 @@ pub fn decode_i2s(data: &[u8], n: usize, block: usize) -> Result<(Vec<i8>, f32),
     Ok((values, scale))
 }
 
+/// Why an I2_S tensor whose element count `n` is not a multiple of `block` fails to decode, if
+/// bitnet.cpp wrote it: its `quantize_i2_s` encodes only the whole blocks and stores the scale
+/// right after the first `n / 4` bytes (its tensor size is `n / 4 + 32`), so the last block's
+/// values are never written and the scale lies where the padded layout has codes.
+pub fn i2s_partial_block_hint(detail: String, n: usize, block: usize) -> String {
+    format!(
+        "{detail}; its {n} elements are not a multiple of the I2_S block of {block}, which \
+         bitnet.cpp's llama-quantize cannot write: it encodes only whole blocks and puts the \
+         scale right after the first {} bytes, so the last {} values are lost (convert the \
+         checkpoint itself instead)",
+        n / 4,
+        n % block
+    )
+}
+
 /// Correlation across the feed-forward units of one layer between the non-zero weights each unit
 /// reads (its rows of `ffn_up` and `ffn_gate`, `[units, hidden]`) and writes (its column of
 /// `ffn_down`, `[hidden, units]`): strong in trained models, whose units' input and output weights

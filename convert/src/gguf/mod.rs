@@ -1026,7 +1026,14 @@ impl Tensors<'_> {
                 None => Err(NOT_TERNARY.to_string()),
             },
         }
-        .map_err(|d| self.error(t, d))?;
+        .map_err(|d| {
+            let (n, block) = (rows * cols, self.i2s_block);
+            if t.ggml_type == GGML_TYPE_I2_S && !n.is_multiple_of(block) {
+                self.error(t, codec::i2s_partial_block_hint(d, n, block))
+            } else {
+                self.error(t, d)
+            }
+        })?;
         if let Some(m) = multiplier {
             scale *= m;
         }
