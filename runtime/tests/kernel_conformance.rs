@@ -175,7 +175,14 @@ fn real_model_shapes_match_on_every_path() {
 
 #[test]
 fn float_kernels_agree_across_paths() {
-    let (rows, cols, tokens) = (7, 203, 3);
+    // 9 tokens: groups of four, four and one; 203 columns: a tail after whole vectors.
+    for tokens in [1, 2, 3, 9] {
+        float_kernels_agree_at(tokens);
+    }
+}
+
+fn float_kernels_agree_at(tokens: usize) {
+    let (rows, cols) = (7, 203);
     let values: Vec<f32> = (0..rows * cols)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 16.0)
         .collect();
@@ -218,7 +225,7 @@ fn float_kernels_agree_across_paths() {
                     .sum();
                 assert!(
                     (reference[r * tokens + t] as f64 - exact).abs() < 1e-3,
-                    "{kind:?}"
+                    "{kind:?} {tokens} tokens"
                 );
             }
         }
@@ -228,7 +235,7 @@ fn float_kernels_agree_across_paths() {
             for (a, b) in out.iter().zip(&reference) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "{path:?} {kind:?}: {a} vs {b}"
+                    "{path:?} {kind:?} {tokens} tokens: {a} vs {b}"
                 );
             }
         }
@@ -239,10 +246,18 @@ fn float_kernels_agree_across_paths() {
 type ValueOf<'a> = Box<dyn Fn(usize, usize) -> f64 + 'a>;
 
 #[test]
-fn single_token_dense_products_agree_with_f64_on_every_path() {
-    // The generation case (one token) takes the fused kernels: odd sizes hit the 4-row and lane tails.
-    for (rows, cols) in [(1usize, 5usize), (7, 203), (10, 64), (13, 2560)] {
-        let x: Vec<f32> = (0..cols)
+fn fused_dense_products_agree_with_f64_on_every_path() {
+    // The fused kernels take one token (generation) or several (a batched step) in groups of up to
+    // four: odd sizes hit the lane tails, 6 tokens a group of four and one of two.
+    for (rows, cols, tokens) in [
+        (1usize, 5usize, 1usize),
+        (7, 203, 1),
+        (7, 203, 6),
+        (10, 64, 3),
+        (13, 2560, 1),
+        (13, 2560, 6),
+    ] {
+        let x: Vec<f32> = (0..tokens * cols)
             .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
             .collect();
         let values: Vec<f32> = (0..rows * cols)
@@ -287,13 +302,16 @@ fn single_token_dense_products_agree_with_f64_on_every_path() {
                 kind: *kind,
             };
             for path in available_paths() {
-                let mut out = vec![0.0f32; rows - 1];
+                let mut out = vec![0.0f32; (rows - 1) * tokens];
                 float::matmul(path, &w, &x, 1..rows, &mut out);
-                for (i, got) in out.iter().enumerate() {
-                    let exact: f64 = (0..cols).map(|c| value(i + 1, c) * x[c] as f64).sum();
+                for (j, got) in out.iter().enumerate() {
+                    let (i, t) = (j / tokens, j % tokens);
+                    let exact: f64 = (0..cols)
+                        .map(|c| value(i + 1, c) * x[t * cols + c] as f64)
+                        .sum();
                     assert!(
                         (*got as f64 - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
-                        "{path:?} {kind:?} {rows}x{cols} row {}: {got} vs {exact}",
+                        "{path:?} {kind:?} {rows}x{cols} row {} token {t}: {got} vs {exact}",
                         i + 1
                     );
                 }

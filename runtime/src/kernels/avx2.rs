@@ -502,24 +502,122 @@ pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
     }
 }
 
-/// See [`super::avx512::dense_rows_dot`]; 8 lanes.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; sizes as for the AVX-512 version.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dense_rows_dot(
-    data: &[u8],
-    elem_bytes: usize,
-    kind: u8,
-    rows: Range<usize>,
-    x: &[f32],
-    out: &mut [f32],
-) {
-    let cols = x.len();
-    let row_bytes = cols * elem_bytes;
-    debug_assert!(data.len() >= rows.end * row_bytes && out.len() == rows.len());
-    // SAFETY (all loads below): `p` points at element `i` of a row with `i + 8 <= cols`.
-    let widen = |p: *const u8| -> __m256 {
+/// Defines `dense_rows_dot` (and its helper `dense_row_group`) for one vector width: `$vec` of
+/// `$lanes` f32 lanes, `$widen` a closure `(pointer, kind) -> $vec` widening `$lanes` elements of a
+/// row in registers, `$hsum` the horizontal sum.
+macro_rules! dense_rows_kernel {
+    ($features:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $fma:ident, $add:ident,
+     $hsum:path, $widen:expr) => {
+        /// `out[(r - rows.start) · tokens + t] = row(r) · x[t]` for a dense matrix of `kind` (0 f16,
+        /// 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens = x.len() /
+        /// cols` token rows of `x`. One row at a time: a single sequential stream per thread, which
+        /// the hardware prefetcher follows best (interleaving four rows to share activation loads
+        /// decoded a third slower, BENCHMARKS.md). Each chunk of a row is widened once per group of
+        /// up to four tokens, so the row comes from memory once and from L1 for further groups.
+        ///
+        /// # Safety
+        /// The CPU must support the features above; `data` holds `rows.end` rows of `cols`
+        /// elements of `kind` (`elem_bytes` each), `x.len()` is a multiple of `cols`, and
+        /// `out.len() == rows.len() · tokens`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn dense_rows_dot(
+            data: &[u8],
+            elem_bytes: usize,
+            kind: u8,
+            rows: Range<usize>,
+            cols: usize,
+            x: &[f32],
+            out: &mut [f32],
+        ) {
+            let tokens = x.len() / cols;
+            let row_bytes = cols * elem_bytes;
+            assert!(data.len() >= rows.end * row_bytes && out.len() == rows.len() * tokens);
+            for (i, r) in rows.enumerate() {
+                let row = &data[r * row_bytes..(r + 1) * row_bytes];
+                let out = &mut out[i * tokens..(i + 1) * tokens];
+                let mut t = 0;
+                while t < tokens {
+                    let (xs, o) = (&x[t * cols..], &mut out[t..]);
+                    // SAFETY (all): the features of this function; `row` holds `cols` elements and
+                    // `xs` the rows of tokens `t..tokens`, at least as many as each group takes.
+                    t += unsafe {
+                        match tokens - t {
+                            1 => dense_row_group::<1, 4>(kind, row, elem_bytes, xs, cols, o),
+                            2 => dense_row_group::<2, 2>(kind, row, elem_bytes, xs, cols, o),
+                            3 => dense_row_group::<3, 2>(kind, row, elem_bytes, xs, cols, o),
+                            _ => dense_row_group::<4, 2>(kind, row, elem_bytes, xs, cols, o),
+                        }
+                    };
+                }
+            }
+        }
+
+        /// `M` tokens' dot products with one row, `out[..M]`: each widened chunk feeds `M`
+        /// accumulators, with `U` chunks in flight per token (independent FMA chains hide the
+        /// latency). Returns `M`.
+        ///
+        /// # Safety
+        /// The features of [`dense_rows_dot`]; `row` holds `cols` elements of `elem_bytes`, `xs`
+        /// at least `M · cols` values and `out` at least `M`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dense_row_group<const M: usize, const U: usize>(
+            kind: u8,
+            row: &[u8],
+            elem_bytes: usize,
+            xs: &[f32],
+            cols: usize,
+            out: &mut [f32],
+        ) -> usize {
+            debug_assert!(row.len() == cols * elem_bytes && xs.len() >= M * cols && out.len() >= M);
+            let widen = $widen;
+            let (base, xp) = (row.as_ptr(), xs.as_ptr());
+            let full = cols / $lanes * $lanes;
+            let mut acc: [[$vec; M]; U] = [[$zero(); M]; U];
+            let mut i = 0;
+            // SAFETY (both closures' callers): `k + $lanes <= cols`, so element `k` of the row and
+            // of each token's row exist.
+            let step = |acc: &mut [$vec; M], k: usize| {
+                let w = unsafe { widen(base.add(k * elem_bytes), kind) };
+                for (m, a) in acc.iter_mut().enumerate() {
+                    *a = $fma(w, unsafe { $load(xp.add(m * cols + k)) }, *a);
+                }
+            };
+            while i + U * $lanes <= full {
+                for (u, acc) in acc.iter_mut().enumerate() {
+                    step(acc, i + u * $lanes);
+                }
+                i += U * $lanes;
+            }
+            while i < full {
+                step(&mut acc[0], i);
+                i += $lanes;
+            }
+            for (m, o) in out.iter_mut().enumerate().take(M) {
+                let x = &xs[m * cols..(m + 1) * cols];
+                let tail: f32 = (full..cols)
+                    .map(|k| $crate::kernels::float::dense_element(kind, row, k) * x[k])
+                    .sum();
+                let sum = acc[1..].iter().fold(acc[0][m], |s, a| $add(s, a[m]));
+                *o = $hsum(sum) + tail;
+            }
+            M
+        }
+    };
+}
+pub(super) use dense_rows_kernel;
+
+dense_rows_kernel!(
+    "avx2,fma,f16c",
+    __m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    hsum,
+    // SAFETY: the caller passes a pointer with 8 elements readable.
+    |p: *const u8, kind: u8| -> __m256 {
         unsafe {
             match kind {
                 0 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
@@ -529,49 +627,8 @@ pub unsafe fn dense_rows_dot(
                 _ => _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))),
             }
         }
-    };
-    let full = cols / 8 * 8;
-    // One row at a time, as the AVX-512 version.
-    for r in rows.clone() {
-        let base = data[r * row_bytes..].as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= full {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let k = i + 8 * j;
-                // SAFETY: k + 8 <= cols, so element k of row r and of x are in bounds.
-                let (w, xv) = unsafe {
-                    (
-                        widen(base.add(k * elem_bytes)),
-                        _mm256_loadu_ps(x.as_ptr().add(k)),
-                    )
-                };
-                *a = _mm256_fmadd_ps(w, xv, *a);
-            }
-            i += 32;
-        }
-        while i < full {
-            // SAFETY: as above.
-            let (w, xv) = unsafe {
-                (
-                    widen(base.add(i * elem_bytes)),
-                    _mm256_loadu_ps(x.as_ptr().add(i)),
-                )
-            };
-            acc[0] = _mm256_fmadd_ps(w, xv, acc[0]);
-            i += 8;
-        }
-        let row = &data[r * row_bytes..(r + 1) * row_bytes];
-        let tail: f32 = (full..cols)
-            .map(|k| super::float::dense_element(kind, row, k) * x[k])
-            .sum();
-        let t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let quad = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        let sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
-        out[r - rows.start] = sum + tail;
     }
-}
+);
 
 /// See [`super::avx512::q4_rows`] (one row at a time); each group of four blocks is two 32-byte halves, multiplied with
 /// `vpmaddubsw` (nibble × code pair sums stay within ±3810, and low plus high within ±7620, so

@@ -377,28 +377,17 @@ pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
     }
 }
 
-/// `out[i] = row(rows.start + i) · x` for a dense matrix of `kind` (f16, bf16 or i8 codes; for i8 the
-/// caller multiplies by the row scale), widening in registers. One row at a time: interleaving four
-/// rows to share activation loads made four memory streams per thread and decoded a third slower
-/// (BENCHMARKS.md), while `x` is read from L1 either way.
-///
-/// # Safety
-/// The CPU must support AVX-512 F; `data` holds `rows.end` rows of `x.len()` elements of `kind`
-/// (`elem_bytes` each), and `out.len() == rows.len()`.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn dense_rows_dot(
-    data: &[u8],
-    elem_bytes: usize,
-    kind: u8,
-    rows: Range<usize>,
-    x: &[f32],
-    out: &mut [f32],
-) {
-    let cols = x.len();
-    let row_bytes = cols * elem_bytes;
-    debug_assert!(data.len() >= rows.end * row_bytes && out.len() == rows.len());
-    // SAFETY (all loads below): `p` points at element `i` of a row with `i + 16 <= cols`.
-    let widen = |p: *const u8| -> __m512 {
+super::avx2::dense_rows_kernel!(
+    "avx512f",
+    __m512,
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_reduce_add_ps,
+    // SAFETY: the caller passes a pointer with 16 elements readable.
+    |p: *const u8, kind: u8| -> __m512 {
         unsafe {
             match kind {
                 0 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
@@ -408,47 +397,8 @@ pub unsafe fn dense_rows_dot(
                 _ => _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))),
             }
         }
-    };
-    let full = cols / 16 * 16;
-    // One row at a time: a single sequential stream per thread, which the hardware prefetcher
-    // follows best; `x` stays in L1. Four accumulators over consecutive chunks hide FMA latency.
-    for r in rows.clone() {
-        let base = data[r * row_bytes..].as_ptr();
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= full {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let k = i + 16 * j;
-                // SAFETY: k + 16 <= cols, so element k of row r and of x are in bounds.
-                let (w, xv) = unsafe {
-                    (
-                        widen(base.add(k * elem_bytes)),
-                        _mm512_loadu_ps(x.as_ptr().add(k)),
-                    )
-                };
-                *a = _mm512_fmadd_ps(w, xv, *a);
-            }
-            i += 64;
-        }
-        while i < full {
-            // SAFETY: as above.
-            let (w, xv) = unsafe {
-                (
-                    widen(base.add(i * elem_bytes)),
-                    _mm512_loadu_ps(x.as_ptr().add(i)),
-                )
-            };
-            acc[0] = _mm512_fmadd_ps(w, xv, acc[0]);
-            i += 16;
-        }
-        let row = &data[r * row_bytes..(r + 1) * row_bytes];
-        let tail: f32 = (full..cols)
-            .map(|k| super::float::dense_element(kind, row, k) * x[k])
-            .sum();
-        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        out[r - rows.start] = _mm512_reduce_add_ps(sum) + tail;
     }
-}
+);
 
 /// See [`super::q4::matmul`]. One row at a time (one sequential stream of codes and one of scales,
 /// which the hardware prefetcher follows best; the activations stay in L1). Per group of four

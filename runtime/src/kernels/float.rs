@@ -141,9 +141,10 @@ pub fn encode_f16(path: KernelPath, src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// One token on an x86 SIMD path: rows widened in registers, four at a time (generation's case, where
-/// the output matrix is streamed once per token). Returns false where there is no such kernel.
-fn fused_matvec(
+/// On an x86 SIMD path: rows widened in registers, each chunk once for up to four tokens (the
+/// output matrix is streamed from memory once per step, for every token). Returns false where
+/// there is no such kernel.
+fn fused_rows(
     path: KernelPath,
     w: &DenseMatrix,
     x: &[f32],
@@ -159,20 +160,24 @@ fn fused_matvec(
             DenseKind::Float(FloatKind::F32) | DenseKind::Q4B32 => return false,
         };
         match path.isa() {
-            // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F; `data` holds all `w.rows`
-            // rows of `w.cols` elements and `out` has one slot per row.
+            // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512
+            // F; `data` holds all `w.rows` rows of `w.cols` elements, `x` whole token rows and
+            // `out` one slot per row and token (asserted by `matmul`).
             Isa::Avx512 => unsafe {
-                super::avx512::dense_rows_dot(data, bytes, kind, rows.clone(), x, out)
+                super::avx512::dense_rows_dot(data, bytes, kind, rows.clone(), w.cols, x, out)
             },
             // SAFETY: as above, for AVX2/FMA/F16C.
             Isa::Avx2 | Isa::AvxVnni => unsafe {
-                super::avx2::dense_rows_dot(data, bytes, kind, rows.clone(), x, out)
+                super::avx2::dense_rows_dot(data, bytes, kind, rows.clone(), w.cols, x, out)
             },
             _ => return false,
         }
         if w.kind == DenseKind::I8Row {
-            for (o, r) in out.iter_mut().zip(rows) {
-                *o *= f32::from_le_bytes(w.data[4 * r..4 * r + 4].try_into().expect("4 bytes"));
+            let tokens = x.len() / w.cols;
+            for (o, r) in out.chunks_exact_mut(tokens).zip(rows) {
+                let scale =
+                    f32::from_le_bytes(w.data[4 * r..4 * r + 4].try_into().expect("4 bytes"));
+                o.iter_mut().for_each(|v| *v *= scale);
             }
         }
         true
@@ -246,7 +251,7 @@ pub fn matmul(path: KernelPath, w: &DenseMatrix, x: &[f32], rows: Range<usize>, 
         q4::matmul(path, w.q4_geometry(), w.data, &acts, rows, out);
         return;
     }
-    if tokens == 1 && fused_matvec(path, w, x, rows.clone(), out) {
+    if fused_rows(path, w, x, rows.clone(), out) {
         return;
     }
     let mut row = vec![0.0f32; w.cols];
