@@ -510,10 +510,11 @@ macro_rules! dense_rows_kernel {
      $hsum:path, $widen:expr) => {
         /// `out[(r - rows.start) · tokens + t] = row(r) · x[t]` for a dense matrix of `kind` (0 f16,
         /// 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens = x.len() /
-        /// cols` token rows of `x`. One row at a time: a single sequential stream per thread, which
-        /// the hardware prefetcher follows best (interleaving four rows to share activation loads
-        /// decoded a third slower, BENCHMARKS.md). Each chunk of a row is widened once per group of
-        /// up to four tokens, so the row comes from memory once and from L1 for further groups.
+        /// cols` token rows of `x`. For one or two tokens, one row at a time: a single sequential
+        /// stream per thread, which the hardware prefetcher follows best (interleaving four rows to
+        /// share activation loads decoded a third slower, BENCHMARKS.md); for more, two rows at a
+        /// time. Each chunk of a row is widened once per group of up to four tokens, so the row
+        /// comes from memory once and from L1 for further groups.
         ///
         /// # Safety
         /// The CPU must support the features above; `data` holds `rows.end` rows of `cols`
@@ -532,55 +533,72 @@ macro_rules! dense_rows_kernel {
             let tokens = x.len() / cols;
             let row_bytes = cols * elem_bytes;
             assert!(data.len() >= rows.end * row_bytes && out.len() == rows.len() * tokens);
-            for (i, r) in rows.enumerate() {
-                let row = &data[r * row_bytes..(r + 1) * row_bytes];
-                let out = &mut out[i * tokens..(i + 1) * tokens];
+            let row = |r: usize| &data[r * row_bytes..(r + 1) * row_bytes];
+            let mut r = rows.start;
+            while r < rows.end {
+                // One or two tokens stream one row at a time (memory-bound: one stream per thread
+                // is what the prefetcher follows best). Three or more are compute-bound: two rows
+                // at a time halve the activation loads per multiply-add.
+                let pair = tokens > 2 && r + 1 < rows.end;
+                let out = &mut out[(r - rows.start) * tokens..];
                 let mut t = 0;
                 while t < tokens {
                     let (xs, o) = (&x[t * cols..], &mut out[t..]);
-                    // SAFETY (all): the features of this function; `row` holds `cols` elements and
-                    // `xs` the rows of tokens `t..tokens`, at least as many as each group takes.
+                    let g = (kind, elem_bytes, xs, cols, tokens);
+                    // SAFETY (all): the features of this function; each row holds `cols` elements,
+                    // `xs` the rows of tokens `t..tokens`, at least as many as each group takes,
+                    // and `o` the outputs of those tokens in this row and the next. `U` depends on
+                    // the group's size only, never on pairing, so that a row's sums are the same
+                    // wherever a thread's range of rows starts.
                     t += unsafe {
-                        match tokens - t {
-                            1 => dense_row_group::<1, 4>(kind, row, elem_bytes, xs, cols, o),
-                            2 => dense_row_group::<2, 2>(kind, row, elem_bytes, xs, cols, o),
-                            3 => dense_row_group::<3, 2>(kind, row, elem_bytes, xs, cols, o),
-                            _ => dense_row_group::<4, 2>(kind, row, elem_bytes, xs, cols, o),
+                        match (pair, tokens - t) {
+                            (false, 1) if tokens == 1 => dense_row_group::<1, 1, 4>([row(r)], g, o),
+                            (false, 1) => dense_row_group::<1, 1, 2>([row(r)], g, o),
+                            (false, 2) => dense_row_group::<1, 2, 2>([row(r)], g, o),
+                            (false, 3) => dense_row_group::<1, 3, 1>([row(r)], g, o),
+                            (false, _) => dense_row_group::<1, 4, 1>([row(r)], g, o),
+                            (true, 1) => dense_row_group::<2, 1, 2>([row(r), row(r + 1)], g, o),
+                            (true, 2) => dense_row_group::<2, 2, 2>([row(r), row(r + 1)], g, o),
+                            (true, 3) => dense_row_group::<2, 3, 1>([row(r), row(r + 1)], g, o),
+                            (true, _) => dense_row_group::<2, 4, 1>([row(r), row(r + 1)], g, o),
                         }
                     };
                 }
+                r += if pair { 2 } else { 1 };
             }
         }
 
-        /// `M` tokens' dot products with one row, `out[..M]`: each widened chunk feeds `M`
-        /// accumulators, with `U` chunks in flight per token (independent FMA chains hide the
-        /// latency). Returns `M`.
+        /// The dot products of `R` rows with `M` tokens: each widened chunk of a row feeds `M`
+        /// accumulators and each loaded chunk of a token `R`, with `U` chunks in flight
+        /// (independent FMA chains hide the latency). `g` is (kind, element bytes, the tokens'
+        /// rows, columns, the stride of `out` between rows); writes `out[i · stride + m]` for row
+        /// `i` and token `m`, and returns `M`.
         ///
         /// # Safety
-        /// The features of [`dense_rows_dot`]; `row` holds `cols` elements of `elem_bytes`, `xs`
-        /// at least `M · cols` values and `out` at least `M`.
+        /// The features of [`dense_rows_dot`]; each row holds `cols` elements of `elem_bytes`, `xs`
+        /// at least `M · cols` values and `out` at least `(R − 1) · stride + M`.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn dense_row_group<const M: usize, const U: usize>(
-            kind: u8,
-            row: &[u8],
-            elem_bytes: usize,
-            xs: &[f32],
-            cols: usize,
+        unsafe fn dense_row_group<const R: usize, const M: usize, const U: usize>(
+            rows: [&[u8]; R],
+            (kind, elem_bytes, xs, cols, stride): (u8, usize, &[f32], usize, usize),
             out: &mut [f32],
         ) -> usize {
-            debug_assert!(row.len() == cols * elem_bytes && xs.len() >= M * cols && out.len() >= M);
+            debug_assert!(xs.len() >= M * cols && out.len() >= (R - 1) * stride + M);
             let widen = $widen;
-            let (base, xp) = (row.as_ptr(), xs.as_ptr());
+            let xp = xs.as_ptr();
             let full = cols / $lanes * $lanes;
-            let mut acc: [[$vec; M]; U] = [[$zero(); M]; U];
+            let mut acc: [[[$vec; M]; R]; U] = [[[$zero(); M]; R]; U];
             let mut i = 0;
-            // SAFETY (both closures' callers): `k + $lanes <= cols`, so element `k` of the row and
-            // of each token's row exist.
-            let step = |acc: &mut [$vec; M], k: usize| {
-                let w = unsafe { widen(base.add(k * elem_bytes), kind) };
-                for (m, a) in acc.iter_mut().enumerate() {
-                    *a = $fma(w, unsafe { $load(xp.add(m * cols + k)) }, *a);
+            // SAFETY (the closure's loads): `k + $lanes <= cols`, so element `k` of each row and of
+            // each token's row exist.
+            let step = |acc: &mut [[$vec; M]; R], k: usize| {
+                let a: [$vec; M] = std::array::from_fn(|m| unsafe { $load(xp.add(m * cols + k)) });
+                for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+                    let w = unsafe { widen(row.as_ptr().add(k * elem_bytes), kind) };
+                    for (acc, a) in acc.iter_mut().zip(a) {
+                        *acc = $fma(w, a, *acc);
+                    }
                 }
             };
             while i + U * $lanes <= full {
@@ -593,13 +611,16 @@ macro_rules! dense_rows_kernel {
                 step(&mut acc[0], i);
                 i += $lanes;
             }
-            for (m, o) in out.iter_mut().enumerate().take(M) {
-                let x = &xs[m * cols..(m + 1) * cols];
-                let tail: f32 = (full..cols)
-                    .map(|k| $crate::kernels::float::dense_element(kind, row, k) * x[k])
-                    .sum();
-                let sum = acc[1..].iter().fold(acc[0][m], |s, a| $add(s, a[m]));
-                *o = $hsum(sum) + tail;
+            for (j, row) in rows.iter().enumerate() {
+                debug_assert!(row.len() == cols * elem_bytes);
+                for m in 0..M {
+                    let x = &xs[m * cols..(m + 1) * cols];
+                    let tail: f32 = (full..cols)
+                        .map(|k| $crate::kernels::float::dense_element(kind, row, k) * x[k])
+                        .sum();
+                    let sum = acc[1..].iter().fold(acc[0][j][m], |s, a| $add(s, a[j][m]));
+                    out[j * stride + m] = $hsum(sum) + tail;
+                }
             }
             M
         }
