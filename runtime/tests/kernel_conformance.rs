@@ -248,12 +248,14 @@ type ValueOf<'a> = Box<dyn Fn(usize, usize) -> f64 + 'a>;
 #[test]
 fn fused_dense_products_agree_with_f64_on_every_path() {
     // The fused kernels take one token (generation) or several (a batched step) in groups of up to
-    // four: odd sizes hit the lane tails, 6 tokens a group of four and one of two.
+    // four, from three tokens in pairs of rows: odd sizes hit the lane tails and an unpaired row,
+    // 6 tokens a group of four and one of two.
     for (rows, cols, tokens) in [
         (1usize, 5usize, 1usize),
         (7, 203, 1),
         (7, 203, 6),
         (10, 64, 3),
+        (5, 1100, 3),
         (13, 2560, 1),
         (13, 2560, 6),
     ] {
