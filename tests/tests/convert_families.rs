@@ -83,45 +83,6 @@ fn expect(name: &str) -> Expect {
     }
 }
 
-/// The per-tensor multiplier a projection must get, computed here without the converter: the
-/// stored `weight_scale` (autobitlinear multiplies), its reciprocal (bitlinear divides), or the f64
-/// mean of |W| rounded once to f32 (latent weights).
-fn oracle(
-    tensors: &[OwnedTensor],
-    hf: &str,
-    config: &Value,
-    rows: usize,
-    cols: usize,
-) -> (Vec<i8>, f32) {
-    let w = tensors.iter().find(|t| t.name == hf).unwrap();
-    if w.dtype == safetensors::Dtype::U8 {
-        let r = rows / 4;
-        let mut values = vec![0i8; rows * cols];
-        for pr in 0..r {
-            for c in 0..cols {
-                let byte = w.data[pr * cols + c];
-                for q in 0..4 {
-                    values[(q * r + pr) * cols + c] = ((byte >> (2 * q)) & 3) as i8 - 1;
-                }
-            }
-        }
-        let scale_name = hf.replace(".weight", ".weight_scale");
-        let s = tensors.iter().find(|t| t.name == scale_name).unwrap();
-        let stored = to_f32(s)[0];
-        let multiply = config["quantization_config"]["linear_class"] == "autobitlinear";
-        (values, if multiply { stored } else { 1.0 / stored })
-    } else {
-        let x = to_f32(w);
-        let mean = x.iter().map(|v| v.abs() as f64).sum::<f64>() / x.len() as f64;
-        let scale = (mean as f32).max(1e-5);
-        let values = x
-            .iter()
-            .map(|v| (v / scale).round_ties_even().clamp(-1.0, 1.0) as i8)
-            .collect();
-        (values, scale)
-    }
-}
-
 #[test]
 fn every_family_converts_to_the_canonical_tensors_and_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +217,7 @@ fn every_projection_equals_an_independent_oracle_and_the_reference_scales() {
                 let (rows, cols) = view.info.matrix_dims().unwrap();
                 let (values, scale) = view.unpack_ternary().unwrap();
                 let hf = hf_projection(l, p);
-                let (want, want_scale) = oracle(&tensors, &hf, &config, rows, cols);
+                let (want, want_scale) = projection_oracle(&tensors, &hf, &config, rows, cols);
                 assert_eq!(values, want, "{name}: {canonical}");
                 assert_eq!(scale.to_bits(), want_scale.to_bits(), "{name}: {canonical}");
                 let listed = reference["all_projection_scales"][&hf].as_f64().unwrap() as f32;

@@ -272,34 +272,6 @@ fn other_ggml_types_are_refused_naming_the_tensor_and_type() {
     assert!(!out.exists());
 }
 
-/// The values and multiplier of a packed `U8 [out/4, in]` projection of a Hugging Face BitNet
-/// checkpoint, unpacked as transformers' `unpack_weights` does (row `q * out/4 + r` in bits
-/// `2q` of packed row `r`), with its `weight_scale` a divisor (no `linear_class`: BitLinear).
-fn packed_projection(
-    tensors: &[convert_support::OwnedTensor],
-    hf: &str,
-    rows: usize,
-    cols: usize,
-) -> (Vec<i8>, f32) {
-    let w = tensors.iter().find(|t| t.name == hf).unwrap();
-    assert_eq!(w.dtype, safetensors::Dtype::U8, "{hf}");
-    let r = rows / 4;
-    let mut values = vec![0i8; rows * cols];
-    for pr in 0..r {
-        for c in 0..cols {
-            let byte = w.data[pr * cols + c];
-            for q in 0..4 {
-                values[(q * r + pr) * cols + c] = ((byte >> (2 * q)) & 3) as i8 - 1;
-            }
-        }
-    }
-    let s = tensors
-        .iter()
-        .find(|t| t.name == hf.replace(".weight", ".weight_scale"))
-        .unwrap();
-    (values, 1.0 / convert_support::to_f32(s)[0])
-}
-
 /// `testdata/gguf/bitnet_cpp/falcon_e_i2s.gguf` is the Falcon-E fixture as bitnet.cpp itself
 /// writes it (microsoft/BitNet @ 1876a3e, x86 build; `tools/gguf/bitnet_cpp_i2s.sh`): its
 /// `utils/convert-hf-to-gguf-bitnet.py --outtype f32`, which unpacks the checkpoint's codes and
@@ -391,12 +363,19 @@ fn an_i2s_file_written_by_bitnet_cpps_llama_quantize_imports_as_its_checkpoint()
     // Every projection: the checkpoint's codes and 1/weight_scale, read from the safetensors file
     // here, independently of bitnet-convert; q and k rows back in Hugging Face order.
     let tensors = convert_support::read_safetensors(&checkpoint.join("model.safetensors"));
+    let config = read_json(&checkpoint.join("config.json"));
     for l in 0..2 {
         for p in PROJECTIONS {
             let view = fi.tensor(&format!("blk.{l}.{p}")).unwrap();
             let (rows, cols) = view.info.matrix_dims().unwrap();
             let (values, scale) = view.unpack_ternary().unwrap();
-            let (want, want_scale) = packed_projection(&tensors, &hf_projection(l, p), rows, cols);
+            let (want, want_scale) = convert_support::projection_oracle(
+                &tensors,
+                &hf_projection(l, p),
+                &config,
+                rows,
+                cols,
+            );
             assert!(values == want, "blk.{l}.{p}: ternary values");
             assert_eq!(scale.to_bits(), want_scale.to_bits(), "blk.{l}.{p}: scale");
         }

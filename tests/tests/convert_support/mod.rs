@@ -297,3 +297,43 @@ pub fn to_f32(t: &OwnedTensor) -> Vec<f32> {
         other => panic!("{other:?} is not a float dtype"),
     }
 }
+
+/// The ternary values and per-tensor multiplier a projection must get, computed here without the
+/// converter (packed `U8` codes unpacked as transformers' `unpack_weights` does): the
+/// stored `weight_scale` (autobitlinear multiplies), its reciprocal (bitlinear divides), or the f64
+/// mean of |W| rounded once to f32 (latent weights).
+pub fn projection_oracle(
+    tensors: &[OwnedTensor],
+    hf: &str,
+    config: &Value,
+    rows: usize,
+    cols: usize,
+) -> (Vec<i8>, f32) {
+    let w = tensors.iter().find(|t| t.name == hf).unwrap();
+    if w.dtype == safetensors::Dtype::U8 {
+        let r = rows / 4;
+        let mut values = vec![0i8; rows * cols];
+        for pr in 0..r {
+            for c in 0..cols {
+                let byte = w.data[pr * cols + c];
+                for q in 0..4 {
+                    values[(q * r + pr) * cols + c] = ((byte >> (2 * q)) & 3) as i8 - 1;
+                }
+            }
+        }
+        let scale_name = hf.replace(".weight", ".weight_scale");
+        let s = tensors.iter().find(|t| t.name == scale_name).unwrap();
+        let stored = to_f32(s)[0];
+        let multiply = config["quantization_config"]["linear_class"] == "autobitlinear";
+        (values, if multiply { stored } else { 1.0 / stored })
+    } else {
+        let x = to_f32(w);
+        let mean = x.iter().map(|v| v.abs() as f64).sum::<f64>() / x.len() as f64;
+        let scale = (mean as f32).max(1e-5);
+        let values = x
+            .iter()
+            .map(|v| (v / scale).round_ties_even().clamp(-1.0, 1.0) as i8)
+            .collect();
+        (values, scale)
+    }
+}
