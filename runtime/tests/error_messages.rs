@@ -4,7 +4,7 @@ use bitnet_format::{error_chain, repeated_clause};
 use bitnet_run::engine::{EngineError, SubmitError};
 use bitnet_run::kernels::KernelError;
 use bitnet_run::model::{ModelError, UnknownKvType};
-use bitnet_run::tokenizer::TokenizerError;
+use bitnet_run::tokenizer::{TokenizerError, UserDefinedError};
 
 fn check(errors: Vec<Box<dyn std::error::Error>>) {
     for e in errors {
@@ -37,6 +37,19 @@ fn tokenizer_index(e: &TokenizerError) -> usize {
         Load(_) => 1,
         Encode(_) => 2,
         Decode(_) => 3,
+        UserDefined(e) => 4 + user_defined_index(e),
+    }
+}
+
+fn user_defined_index(e: &UserDefinedError) -> usize {
+    use UserDefinedError::*;
+    match e {
+        UnknownMark(_) => 0,
+        Model(_) => 1,
+        PreTokenizer(_) => 2,
+        Malformed(_) => 3,
+        Stripped { .. } => 4,
+        NotInModel { .. } => 5,
     }
 }
 
@@ -108,8 +121,22 @@ fn every_variant_prints_each_clause_once() {
         TokenizerError::Load("expected value at line 1 column 1".into()),
         TokenizerError::Encode("bad input".into()),
         TokenizerError::Decode("id 9 unknown".into()),
+        UserDefinedError::UnknownMark("\"llama.cpp\"".into()).into(),
+        UserDefinedError::Model("\"WordPiece\"".into()).into(),
+        UserDefinedError::PreTokenizer("{\"type\":\"Whitespace\"}".into()).into(),
+        UserDefinedError::Malformed("{\"id\":-1}".into()).into(),
+        UserDefinedError::Stripped {
+            content: "<sep>".into(),
+        }
+        .into(),
+        UserDefinedError::NotInModel {
+            content: "<sep>".into(),
+            id: 9,
+            found: Some("▁a".into()),
+        }
+        .into(),
     ];
-    covers(&tokenizer, tokenizer_index, 4);
+    covers(&tokenizer, tokenizer_index, 10);
     let submit = vec![
         SubmitError::EmptyPrompt,
         SubmitError::PromptTooLong { tokens: 9, ctx: 8 },

@@ -47,7 +47,7 @@ fn model_and_info(dir: &Path) -> (SentencePieceModel, TokenizerInfo) {
     let options = sp::ConvertOptions {
         add_bos: false,
         add_eos: false,
-        added: Vec::new(),
+        ..Default::default()
     };
     let json = to_tokenizer_json(&model, &options).unwrap();
     (model, tokenizer_info(&json))

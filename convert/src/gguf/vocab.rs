@@ -8,7 +8,8 @@
 //!   unused `[PAD…]` fillers are dropped; merges from `tokenizer.ggml.merges`; the pre-tokenizer
 //!   named by `tokenizer.ggml.pre` (table [`PRE_TOKENIZERS`]; another name is an error naming it).
 //! - `model = "llama"` (SentencePiece BPE): the same document the converter makes from a
-//!   `tokenizer.model` (see `tokenizer::sentencepiece`), from the tokens, their scores and types.
+//!   `tokenizer.model` (see `tokenizer::sentencepiece`), from the tokens, their scores and types,
+//!   except that user-defined tokens split the text before it is normalized, as llama.cpp does.
 //!
 //! Export writes `tokenizer.ggml.*` (padding the token list to the model's vocabulary with unused
 //! `[PAD{id}]` tokens, as llama.cpp's converter does) and, optionally, the exact document as
@@ -409,6 +410,8 @@ fn spm_json(
         add_bos,
         add_eos,
         added: Vec::new(),
+        // llama.cpp splits the text at user-defined tokens before normalizing it.
+        user_defined: sentencepiece::UserDefinedPieces::SplitFirst,
     };
     sentencepiece::to_tokenizer_json(&model, &options)
 }
@@ -571,6 +574,17 @@ pub fn export(
         })
         .collect();
     let normalizer = SentencePieceNormalizer::of(&doc["normalizer"])?;
+    let in_normalization = doc["added_tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["normalized"] == true && t["special"] != true);
+    if doc["normalizer"]["user_defined_pieces"] == "sentencepiece" && in_normalization {
+        notes.push(
+            "llama.cpp splits the text at user-defined pieces and normalizes each part on its own (a dummy prefix each); this tokenizer normalizes the whole text as sentencepiece does, so text around user-defined pieces tokenizes differently there"
+                .into(),
+        );
+    }
     if unigram {
         push("tokenizer.ggml.model", string("t5"));
         push("tokenizer.ggml.pre", string("default"));

@@ -231,6 +231,7 @@ fn convert_sentencepiece(
         add_bos: flag("add_bos_token", true),
         add_eos: flag("add_eos_token", false),
         added,
+        user_defined: sentencepiece::UserDefinedPieces::SentencePiece,
     };
     let json = sentencepiece::to_tokenizer_json(&model, &options)
         .map_err(|e| invalid("tokenizer.model", e))?;

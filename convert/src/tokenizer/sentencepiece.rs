@@ -2,9 +2,10 @@
 //! Face `tokenizer.json`: the BPE or Unigram model with its scores and byte fallback, and a
 //! normalizer that does what sentencepiece's does, in its order: the precompiled character map
 //! (`Precompiled`, which the runtime applies with sentencepiece's longest-match rule), then
-//! `remove_extra_whitespaces` (strip spaces at both ends, collapse runs), the dummy prefix, and
-//! spaces escaped as `▁`. The decoder turns `▁` back into spaces, byte pieces into bytes, and drops
-//! the dummy prefix.
+//! `remove_extra_whitespaces` (strip spaces at the start, collapse runs), the dummy prefix, spaces
+//! escaped as `▁`, and the space symbols the result ends with stripped. The decoder turns `▁` back
+//! into spaces, byte pieces into bytes, and drops the dummy prefix. User-defined pieces are added
+//! tokens that, by default, the runtime matches as sentencepiece does ([`UserDefinedPieces`]).
 //!
 //! The dummy prefix is a `Prepend` in the normalizer (transformers' "legacy" form) whatever `legacy`
 //! says in `tokenizer_config.json`: it encodes plain text exactly as sentencepiece does
@@ -303,6 +304,19 @@ fn parse_piece(bytes: &[u8]) -> Result<Piece, String> {
     Ok(piece)
 }
 
+/// How text around user-defined pieces is tokenized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserDefinedPieces {
+    /// As sentencepiece does: the whole text is normalized once with the pieces kept whole, then
+    /// BPE takes each piece as a symbol of its own and Unigram scores it as sentencepiece does.
+    /// The tokenizer.json says so with the normalizer's `user_defined_pieces` (SPEC §3.2).
+    #[default]
+    SentencePiece,
+    /// Split from the text before normalization, each part normalized on its own (a dummy prefix
+    /// each): what llama.cpp does with a GGUF vocabulary's user-defined tokens.
+    SplitFirst,
+}
+
 /// Options from `tokenizer_config.json` that shape the result.
 #[derive(Debug, Clone, Default)]
 pub struct ConvertOptions {
@@ -313,6 +327,7 @@ pub struct ConvertOptions {
     /// Added tokens by id beyond (or overriding) the model's pieces, e.g. `<pad>`:
     /// `(id, content, special)`.
     pub added: Vec<(u32, String, bool)>,
+    pub user_defined: UserDefinedPieces,
 }
 
 /// BPE merges: every split of a piece into two pieces, ordered as sentencepiece applies them
@@ -342,6 +357,13 @@ fn merges(model: &SentencePieceModel, ids: &HashMap<&str, usize>) -> Vec<Value> 
     }
     merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
     merges.into_iter().map(|(_, l, r)| json!([l, r])).collect()
+}
+
+/// The score sentencepiece's Unigram encoder gives a user-defined piece instead of its own: 0.1
+/// per byte after the first, in f32 (sentencepiece 0.2.3's `GetUserDefinedScore`), so that it
+/// wins over normal pieces, whose scores are log probabilities, and longer pieces over shorter.
+fn user_defined_score(piece: &str) -> f32 {
+    (0.1 * (piece.len() as f64 - 1.0)) as f32
 }
 
 /// Build the `tokenizer.json` document.
@@ -381,11 +403,28 @@ pub fn to_tokenizer_json(
         }
         added.insert(*id, (content.clone(), *special));
     }
+    // User-defined pieces that stay non-special are matched inside normalization (sentencepiece's
+    // way) when asked for: `normalized: true` names them, the normalizer's mark says how.
+    let in_normalization: HashSet<u32> = match options.user_defined {
+        UserDefinedPieces::SentencePiece => added
+            .iter()
+            .filter(|&(&id, (_, special))| {
+                !special
+                    && model
+                        .pieces
+                        .get(id as usize)
+                        .is_some_and(|p| p.kind == PieceType::UserDefined)
+            })
+            .map(|(&id, _)| id)
+            .collect(),
+        UserDefinedPieces::SplitFirst => HashSet::new(),
+    };
     let added_tokens: Vec<Value> = added
         .iter()
         .map(|(id, (content, special))| {
             json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": special})
+                   "rstrip": false, "normalized": in_normalization.contains(id),
+                   "special": special})
         })
         .collect();
 
@@ -395,9 +434,9 @@ pub fn to_tokenizer_json(
         normalizers.push(json!({"type": "Precompiled",
             "precompiled_charsmap": BASE64_STANDARD.encode(&model.precompiled_charsmap)}));
     }
+    let regex = |pattern: &str, content: &str| json!({"type": "Replace", "pattern": {"Regex": pattern}, "content": content});
     if model.remove_extra_whitespaces {
-        let regex = |pattern: &str, content: &str| json!({"type": "Replace", "pattern": {"Regex": pattern}, "content": content});
-        normalizers.push(regex(r"\A +| +\z", ""));
+        normalizers.push(regex(r"\A +", ""));
         normalizers.push(regex(" {2,}", " "));
     }
     if model.add_dummy_prefix {
@@ -405,6 +444,15 @@ pub fn to_tokenizer_json(
     }
     if model.escape_whitespaces {
         normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
+    }
+    // sentencepiece strips the space symbols its result ends with, `▁` characters of the text
+    // included.
+    if model.remove_extra_whitespaces {
+        normalizers.push(regex(&format!("{space}+\\z"), ""));
+    }
+    let mut normalizer = json!({"type": "Sequence", "normalizers": normalizers});
+    if !in_normalization.is_empty() {
+        normalizer["user_defined_pieces"] = json!("sentencepiece");
     }
 
     // sentencepiece decodes `▁` as a space whether or not it escapes spaces, and drops the dummy
@@ -458,7 +506,14 @@ pub fn to_tokenizer_json(
         let vocab: Vec<Value> = model
             .pieces
             .iter()
-            .map(|p| json!([p.piece, p.score]))
+            .enumerate()
+            .map(|(id, p)| {
+                if in_normalization.contains(&(id as u32)) {
+                    json!([p.piece, user_defined_score(&p.piece)])
+                } else {
+                    json!([p.piece, p.score])
+                }
+            })
             .collect();
         json!({"type": "Unigram", "unk_id": model.unk_id, "vocab": vocab,
                "byte_fallback": model.byte_fallback})
@@ -481,7 +536,7 @@ pub fn to_tokenizer_json(
         "truncation": null,
         "padding": null,
         "added_tokens": added_tokens,
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "normalizer": normalizer,
         "pre_tokenizer": null,
         "post_processor": post_processor,
         "decoder": {"type": "Sequence", "decoders": decoders},
@@ -570,6 +625,7 @@ mod tests {
             add_bos: true,
             add_eos: false,
             added: vec![(8, "<pad>".into(), true)],
+            ..Default::default()
         };
         let j = to_tokenizer_json(&m, &options).unwrap();
         assert_eq!(j["model"]["merges"], json!([["\u{2581}", "a"], ["a", "b"]]));
@@ -584,6 +640,55 @@ mod tests {
             j["post_processor"]["single"][0]["SpecialToken"]["id"],
             "<s>"
         );
+    }
+
+    #[test]
+    fn user_defined_pieces_are_marked_for_sentencepieces_matching_unless_split_first() {
+        let mut m = SentencePieceModel::parse(&model()).unwrap();
+        m.pieces.push(Piece {
+            piece: "<x>".into(),
+            score: 0.0,
+            kind: PieceType::UserDefined,
+        });
+        let added = |j: &Value| -> Vec<(String, bool)> {
+            j["added_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["content"].as_str().unwrap().to_string(),
+                        t["normalized"] == true,
+                    )
+                })
+                .collect()
+        };
+        let j = to_tokenizer_json(&m, &ConvertOptions::default()).unwrap();
+        assert_eq!(j["normalizer"]["user_defined_pieces"], "sentencepiece");
+        assert_eq!(added(&j)[3], ("<x>".to_string(), true));
+        assert!(added(&j)[..3].iter().all(|(_, normalized)| !normalized));
+
+        let split = ConvertOptions {
+            user_defined: UserDefinedPieces::SplitFirst,
+            ..Default::default()
+        };
+        let j = to_tokenizer_json(&m, &split).unwrap();
+        assert!(j["normalizer"].get("user_defined_pieces").is_none());
+        assert_eq!(added(&j)[3], ("<x>".to_string(), false));
+
+        // Made special by tokenizer_config.json: split first, as any special token.
+        let special = ConvertOptions {
+            added: vec![(8, "<x>".into(), true)],
+            ..Default::default()
+        };
+        let j = to_tokenizer_json(&m, &special).unwrap();
+        assert!(j["normalizer"].get("user_defined_pieces").is_none());
+
+        // Unigram: the piece scores what sentencepiece's encoder gives it, 0.1 a byte after the first.
+        m.model_type = 1;
+        let j = to_tokenizer_json(&m, &ConvertOptions::default()).unwrap();
+        assert_eq!(j["model"]["vocab"][8], json!(["<x>", 0.2f32]));
+        assert_eq!(j["model"]["vocab"][3], json!(["\u{2581}a", -1.0]));
     }
 
     #[test]

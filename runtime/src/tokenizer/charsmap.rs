@@ -11,6 +11,8 @@
 
 use tokenizers::NormalizedString;
 
+use super::user_defined::UserDefinedPieces;
+
 /// A parsed character map.
 #[derive(Debug, Clone)]
 pub struct CharsMap {
@@ -102,11 +104,21 @@ impl CharsMap {
     }
 
     /// `text` normalized as sentencepiece does, as pieces: for each step, the original text it
-    /// consumed and what it becomes.
-    fn steps<'t>(&'t self, text: &'t str) -> impl Iterator<Item = (&'t str, &'t str)> + 't {
+    /// consumed and what it becomes. A user-defined piece of `whole` that the rest of the text
+    /// starts with is one step that keeps it, tried before the map, as sentencepiece does.
+    fn steps<'t>(
+        &'t self,
+        text: &'t str,
+        whole: Option<&'t UserDefinedPieces>,
+    ) -> impl Iterator<Item = (&'t str, &'t str)> + 't {
         let mut rest = text;
         std::iter::from_fn(move || {
             let c = rest.chars().next()?;
+            if let Some((piece, _)) = whole.and_then(|w| w.longest_prefix(rest)) {
+                let (consumed, tail) = rest.split_at(piece.len());
+                rest = tail;
+                return Some((consumed, consumed));
+            }
             let (len, replacement) = match self.longest_match(rest.as_bytes()) {
                 // A key that ends inside a character, or a replacement that is not UTF-8,
                 // cannot come from sentencepiece's builder: keep the character.
@@ -122,8 +134,9 @@ impl CharsMap {
         })
     }
 
-    /// Normalize in place, keeping the alignments to the original text.
-    pub fn normalize(&self, normalized: &mut NormalizedString) {
+    /// Normalize in place, keeping the alignments to the original text and the pieces of `whole`
+    /// as they are.
+    pub fn normalize(&self, normalized: &mut NormalizedString, whole: Option<&UserDefinedPieces>) {
         // `transform` takes every output character with the change it makes to the length:
         // 0 for a one-to-one replacement, 1 for each inserted character, -n on the last character
         // of a replacement for n characters it removed; removals before any output are the
@@ -131,7 +144,7 @@ impl CharsMap {
         let mut changes: Vec<(char, isize)> = Vec::with_capacity(normalized.get().len());
         let mut removed_first = 0usize;
         let mut modified = false;
-        for (consumed, replacement) in self.steps(normalized.get()) {
+        for (consumed, replacement) in self.steps(normalized.get(), whole) {
             modified |= consumed != replacement;
             let old = consumed.chars().count() as isize;
             let new = replacement.chars().count() as isize;
@@ -163,7 +176,7 @@ mod tests {
     use super::*;
 
     fn normalize_str(m: &CharsMap, text: &str) -> String {
-        m.steps(text).map(|(_, r)| r).collect()
+        m.steps(text, None).map(|(_, r)| r).collect()
     }
 
     /// A darts-clone trie built by hand for "a" → "x", "ab" → "yz" and "b" → "". A child of the
@@ -199,11 +212,27 @@ mod tests {
     }
 
     #[test]
+    fn user_defined_pieces_are_kept_where_a_step_starts() {
+        let m = tiny();
+        let whole = UserDefinedPieces::new([("b<".to_string(), 9)]);
+        let normalize =
+            |text: &str| -> String { m.steps(text, Some(&whole)).map(|(_, r)| r).collect() };
+        // The map would drop "b"; the piece "b<" stays whole, except inside the key "ab", which
+        // a step starting at "a" takes first.
+        assert_eq!(normalize("b<a"), "b<x");
+        assert_eq!(normalize("bb<"), "b<");
+        assert_eq!(normalize("ab<b<"), "yz<b<");
+        let mut n = NormalizedString::from("cab<b<");
+        m.normalize(&mut n, Some(&whole));
+        assert_eq!(n.get(), "cyz<b<");
+    }
+
+    #[test]
     fn alignments_follow_the_replacements() {
         let m = tiny();
         for text in ["ab", "bab", "abbb", "cab", "b", "ééab"] {
             let mut n = NormalizedString::from(text);
-            m.normalize(&mut n);
+            m.normalize(&mut n, None);
             assert_eq!(n.get(), normalize_str(&m, text), "{text:?}");
             // Every normalized byte maps back to a range of the original.
             for i in 0..n.get().len() {

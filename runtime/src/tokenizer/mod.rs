@@ -3,15 +3,25 @@
 
 mod charsmap;
 mod normalizer;
+mod user_defined;
+
+use std::sync::Arc;
 
 use bitnet_format::TokenizerInfo;
-use tokenizers::{DecoderWrapper, ModelWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+use serde_json::Value;
+use tokenizers::{DecoderWrapper, ModelWrapper, PostProcessorWrapper};
 
-/// The `tokenizers` pipeline with this crate's normalizer (see [`normalizer`]).
+use normalizer::Normalizer;
+use user_defined::{PreTokenizer, UserDefinedPieces};
+
+pub use user_defined::UserDefinedError;
+
+/// The `tokenizers` pipeline with this crate's normalizer and pre-tokenizer (see [`normalizer`]
+/// and [`user_defined`]).
 type Inner = tokenizers::TokenizerImpl<
     ModelWrapper,
-    normalizer::Normalizer,
-    PreTokenizerWrapper,
+    Normalizer,
+    PreTokenizer,
     PostProcessorWrapper,
     DecoderWrapper,
 >;
@@ -23,6 +33,8 @@ pub enum TokenizerError {
     Missing,
     #[error("the embedded tokenizer.json cannot be loaded: {0}")]
     Load(String),
+    #[error("the embedded tokenizer.json cannot be loaded")]
+    UserDefined(#[from] UserDefinedError),
     #[error("cannot encode the input: {0}")]
     Encode(String),
     #[error("cannot decode token ids: {0}")]
@@ -41,11 +53,25 @@ impl Tokenizer {
     /// Load the header's tokenizer; `None` in the header is [`TokenizerError::Missing`].
     pub fn from_info(info: Option<&TokenizerInfo>) -> Result<Self, TokenizerError> {
         let info = info.ok_or(TokenizerError::Missing)?;
-        let inner: Inner = info
-            .tokenizer_json
-            .get()
-            .parse()
-            .map_err(|e: tokenizers::Error| TokenizerError::Load(e.to_string()))?;
+        let load = |e: &dyn std::fmt::Display| TokenizerError::Load(e.to_string());
+        let mut doc: Value =
+            serde_json::from_str(info.tokenizer_json.get()).map_err(|e| load(&e))?;
+        let pieces = UserDefinedPieces::take(&mut doc)?.map(Arc::new);
+        // The normalizer is built here because it needs the pieces.
+        let normalizer = match doc.get_mut("normalizer").map(Value::take) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(Normalizer::from_value(v, pieces.as_ref()).map_err(|e| load(&e))?),
+        };
+        let mut inner: Inner = serde_json::from_value(doc).map_err(|e| load(&e))?;
+        inner.with_normalizer(normalizer).map_err(|e| load(&e))?;
+        if let Some(pieces) = pieces {
+            pieces.check(inner.get_model())?;
+            // sentencepiece's BPE takes each piece as a symbol of its own; its Unigram lattice
+            // holds them like any other piece, which the model already does.
+            if matches!(inner.get_model(), ModelWrapper::BPE(_)) {
+                inner.with_pre_tokenizer(Some(PreTokenizer::UserDefined(pieces)));
+            }
+        }
         Ok(Tokenizer {
             inner,
             bos: info.bos_token_id,
