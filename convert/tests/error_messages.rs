@@ -530,7 +530,7 @@ fn gguf() -> Vec<GgufError> {
         },
         GgufError::Tokenizer {
             path: gguf(),
-            detail: "tokenizer.ggml.pre \"qwen2\" is not supported".into(),
+            detail: "tokenizer.ggml.pre \"deepseek-llm\" is not supported".into(),
         },
         GgufError::Model {
             path: gguf(),

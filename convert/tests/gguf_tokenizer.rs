@@ -1,7 +1,7 @@
 //! A tokenizer rebuilt from GGUF `tokenizer.ggml.*` metadata (without the exact
 //! `tokenizer.huggingface.json`) tokenizes exactly like the original: byte-level BPE with the
-//! Llama 3 pre-tokenizer (the 2B-4T fixture's `tokenizer.json`), with Falcon-E's `falcon_e` one
-//! (the falcon-e fixture's `tokenizer.json` and transformers' ids), and SentencePiece (the 1bitLLM
+//! Llama 3 pre-tokenizer (the 2B-4T fixture's `tokenizer.json`), with Qwen2's (`qwen2`), with
+//! Falcon-E's `falcon_e` one (the falcon-e fixture's `tokenizer.json` and transformers' ids), and SentencePiece (the 1bitLLM
 //! fixture, against Python sentencepiece's ids).
 
 use std::path::{Path, PathBuf};
@@ -91,6 +91,23 @@ fn byte_level_bpe_from_gguf_metadata_tokenizes_like_the_original() {
     assert_eq!(rebuilt.bos_token_id, original.bos_token_id);
     assert_eq!(rebuilt.eos_token_ids, original.eos_token_ids);
     assert_eq!(rebuilt.add_bos_token, original.add_bos_token);
+}
+
+/// Qwen2's pre-tokenizer (single digits) travels as llama.cpp's `qwen2`.
+#[test]
+fn qwen2_pre_tokenizer_travels_as_qwen2_and_tokenizes_like_the_original() {
+    let (original, rebuilt) = through_gguf("qwen2-bitnet");
+    let reference = Tokenizer::from_file(fixture("qwen2-bitnet").join("tokenizer.json")).unwrap();
+    let ours = Tokenizer::from_str(rebuilt.tokenizer_json.get()).unwrap();
+    for text in TEXTS.iter().chain(&["In 2024: 1024 × 768 = 786432 pixels"]) {
+        for special in [false, true] {
+            let want = reference.encode(*text, special).unwrap();
+            let got = ours.encode(*text, special).unwrap();
+            assert_eq!(got.get_ids(), want.get_ids(), "{text:?} special={special}");
+        }
+    }
+    assert_eq!(rebuilt.chat_template, original.chat_template);
+    assert_eq!(rebuilt.eos_token_ids, original.eos_token_ids);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! GGUF import and export end to end: every family fixture survives `.bitnet` → GGUF (I2_S) →
 //! `.bitnet` with identical ternary tensors, scales, full-precision tensors, model configuration
-//! and tokenizer; TQ2_0 and TQ1_0 round-trip a model whose K dimensions are multiples of 256 (with
+//! and tokenizer (Qwen2 and Qwen3 as llama.cpp's `qwen2` and `qwen3`, biases and q/k norms under
+//! llama.cpp's names); TQ2_0 and TQ1_0 round-trip a model whose K dimensions are multiples of 256 (with
 //! scales rounded to f16, values exact), and refuse the fixtures' K naming the tensor; the
 //! Llama-architecture RoPE row permutation is undone on import; `q4_b32` embeddings travel as Q4_0
 //! and come back byte for byte; bad files fail with errors that name what is wrong, and the parser
@@ -66,17 +67,36 @@ fn every_family_fixture_round_trips_through_i2s_bit_exactly() {
         let src = dir.path().join(format!("{name}.bitnet"));
         convert_dir(&fixture(name), &src);
         let g = dir.path().join(format!("{name}.gguf"));
-        let model = BitnetFile::open(&src).unwrap().header().model.clone();
-        if model.attention_bias || model.qk_norm {
-            // Not written yet (llama.cpp's qwen2/qwen3 architectures): refused, saying why.
-            let err = gguf::export_gguf(&ExportOptions::new(&src, &g, ExportType::I2s))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("Qwen2") && err.contains("qwen3"), "{err}");
-            assert!(!g.exists());
-            continue;
-        }
         let report = export(&src, &g, ExportType::I2s);
+        // Qwen's biases and q/k norms under the architectures and names llama.cpp reads them by.
+        let bytes = std::fs::read(&g).unwrap();
+        let written = GgufFile::parse(&bytes).unwrap();
+        let (bias, qk_norm) = (name == "qwen2-bitnet", name == "qwen3-bitnet");
+        let arch = match (bias, qk_norm) {
+            (true, _) => "qwen2",
+            (_, true) => "qwen3",
+            _ => report.architecture.as_str(),
+        };
+        assert_eq!(report.architecture, arch, "{name}");
+        for (tensor, present) in [
+            ("blk.0.attn_q.bias", bias),
+            ("blk.1.attn_v.bias", bias),
+            ("blk.0.attn_q_norm.weight", qk_norm),
+            ("blk.1.attn_k_norm.weight", qk_norm),
+        ] {
+            assert_eq!(
+                written.tensor(tensor).is_some(),
+                present,
+                "{name}: {tensor}"
+            );
+        }
+        assert!(
+            written
+                .tensors
+                .iter()
+                .all(|t| !t.name.ends_with("_bias.weight")),
+            "{name}"
+        );
         let back = dir.path().join(format!("{name}.back.bitnet"));
         let imported = import(&g, &back);
         assert_eq!(imported.architecture, report.architecture, "{name}");

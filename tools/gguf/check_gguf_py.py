@@ -9,8 +9,10 @@
    other tensor (embeddings, output, norms; F16, BF16, F32 or block types such as Q8_0, Q6_K and
    Q4_0) exactly the dequantized values.
 2. Export: those .bitnet files exported with `export-gguf --type tq2_0` and `--type tq1_0` must
-   parse with `gguf.GGUFReader`, name the architecture and keys llama.cpp reads, and dequantize
-   with `gguf.quants` to the .bitnet ternary values × their scale rounded to f16.
+   parse with `gguf.GGUFReader`, name the architecture, keys, pre-tokenizer and tensors as the
+   fixture did (llama.cpp's names, e.g. Qwen2's `blk.0.attn_q.bias`), and dequantize with
+   `gguf.quants` to the .bitnet ternary values × their scale rounded to f16 and the other tensors
+   as imported.
 3. q4 embeddings: testdata/demo converted with `--embeddings q4` and exported with `--type tq2_0`
    must store token_embd as Q4_0 that dequantizes with `gguf.quants` to exactly its q4_b32 values.
 
@@ -45,6 +47,11 @@ def check(cond, what):
 def permute(w, n_head):
     d = w.shape[0] // n_head
     return w.reshape(n_head, 2, d // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name(name):
+    """The GGUF name of a .bitnet tensor: llama.cpp's `.bias` for q/k/v biases, else `.weight`."""
+    return name[:-len("_bias")] + ".bias" if name.endswith("_bias") else name + ".weight"
 
 
 def field(reader, key):
@@ -111,7 +118,7 @@ def main():
         header, weights, full = bitnet_weights(out)
         gt = {t.name: t for t in reader.tensors}
         for name, (vals, scale) in weights.items():
-            want = dequant(gt[name + ".weight"])
+            want = dequant(gt[gguf_name(name)])
             mine = vals * scale
             if arch == "llama" and name.endswith("attn_q"):
                 mine = permute(mine, heads)
@@ -121,7 +128,7 @@ def main():
         # Embeddings, output and norms: exactly the dequantized values (F16/BF16 kept, block
         # types such as Q8_0 and Q6_K as f32, Q4_0 as q4_b32).
         for name, (vals, enc) in full.items():
-            t = gt[name + ".weight"]
+            t = gt[gguf_name(name)]
             check(np.array_equal(vals, dequant(t)),
                   f"{fx.name}: {name} ({t.tensor_type.name} -> {enc}) imports as gguf.quants dequantizes it")
             if t.tensor_type == gguf.GGMLQuantizationType.Q4_0:
@@ -148,8 +155,19 @@ def main():
             check(field(rd, f"{earch}.block_count") == header["model"]["num_layers"], f"{g.name}: block_count")
             if header["model"]["activation"] == "relu2":
                 check(field(rd, f"{earch}.hidden_act") == "relu2", f"{g.name}: hidden_act relu2 recorded")
-            check(len(field(rd, "tokenizer.ggml.tokens")) == header["model"]["vocab_size"], f"{g.name}: token list")
+            if field(reader, "tokenizer.ggml.tokens") is None:
+                check(field(rd, "tokenizer.ggml.model") == "no_vocab", f"{g.name}: no tokenizer, no_vocab")
+            else:
+                check(len(field(rd, "tokenizer.ggml.tokens")) == header["model"]["vocab_size"], f"{g.name}: token list")
+            pre = field(reader, "tokenizer.ggml.pre")
+            if pre is not None:
+                check(field(rd, "tokenizer.ggml.pre") == pre, f"{g.name}: tokenizer.ggml.pre {pre}")
             et = {t.name: t for t in rd.tensors}
+            # The fixture's names are the gguf package's (llama.cpp's): the export must use them.
+            check(set(et) == set(gt), f"{g.name}: tensor names {sorted(set(et) ^ set(gt))} differ from {fx.name}'s")
+            for name, (vals, enc) in full.items():
+                check(np.array_equal(dequant(et[gguf_name(name)]), dequant(gt[gguf_name(name)])),
+                      f"{g.name}: {name} exports as it was imported")
             for name, (vals, scale) in weights.items():
                 t = et[name + ".weight"]
                 check(t.tensor_type == qt, f"{g.name}: {name} is {ty}")

@@ -18,6 +18,12 @@ They are files another program wrote (not bitnet-convert), for the import tests:
 - blocks/dequant.gguf: not a model but test vectors of every block type bitnet-convert
   dequantizes (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): tensor `<TYPE>` holds random
   blocks with finite f16 scales, `<TYPE>.f32` what `gguf.quants.dequantize` makes of them.
+- qwen2_tq.gguf: architecture `qwen2` (tied, q/k/v biases in F32), TQ2_0 and TQ1_0 projections,
+  and the byte-level BPE tokenizer of testdata/fixtures/qwen2-bitnet/tokenizer.json with
+  `tokenizer.ggml.pre = qwen2`; every tensor named by the `gguf` package's own map from the
+  Hugging Face names (as llama.cpp's converter names them: `blk.0.attn_q.bias`).
+- qwen3_tq.gguf: architecture `qwen3` (untied, per-head q/k RMSNorm, heads × head_dim ≠ hidden),
+  TQ2_0 projections, named the same way, no tokenizer.
 - llama_f16_ternary.gguf: architecture `llama` (no sub-norms, SiLU, untied, head_dim 40 as
   Falcon3) whose projections are F16, BF16 and F32 tensors holding ternary values times one
   scale (what llama.cpp's converter writes for --outtype f16; K need not be a multiple of 256),
@@ -59,9 +65,9 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, d // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def add_bpe_tokenizer(w):
-    tj = json.loads((FIX / "bitnet-2b4t" / "tokenizer.json").read_text())
-    cfg = json.loads((FIX / "bitnet-2b4t" / "tokenizer_config.json").read_text())
+def add_bpe_tokenizer(w, fixture="bitnet-2b4t", pre="llama-bpe"):
+    tj = json.loads((FIX / fixture / "tokenizer.json").read_text())
+    cfg = json.loads((FIX / fixture / "tokenizer_config.json").read_text())
     vocab = tj["model"]["vocab"]
     added = {t["id"]: t for t in tj["added_tokens"]}
     n = max(list(vocab.values()) + list(added)) + 1
@@ -73,7 +79,7 @@ def add_bpe_tokenizer(w):
         types[i] = gguf.TokenType.CONTROL if t["special"] else gguf.TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
@@ -181,6 +187,47 @@ def bitnet_tq(path):
     for i, (name, shape) in enumerate(shapes.items()):
         qtype = T.TQ2_0 if i % 2 == 0 else T.TQ1_0
         proj(w, p + name + ".weight", ternary(rng, *shape, zero_blocks=2), 0.0625 + i / 64, qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def qwen(path, arch):
+    """A one-layer Qwen2 or Qwen3 model, its tensors named by gguf's map from Hugging Face names."""
+    rng = np.random.default_rng({"qwen2": 2, "qwen3": 3}[arch])
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"{arch}-bitnet-fixture")
+    h, ff, heads, kv = 256, 512, 4, 2
+    hd = 64 if arch == "qwen2" else 128  # qwen3: heads x head_dim = 512 != 256
+    n_vocab = add_bpe_tokenizer(w, "qwen2-bitnet", "qwen2") if arch == "qwen2" else 64
+    model_keys(w, h, ff, 1, heads, kv, theta=1000000.0, eps=1e-6, vocab=n_vocab)
+    if arch == "qwen3":
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2 if arch == "qwen2" else gguf.MODEL_ARCH.QWEN3, 1)
+
+    def name(hf):
+        return names.get_name(hf, try_suffixes=(".weight", ".bias"))
+
+    w.add_tensor(name("model.embed_tokens.weight"), (rng.standard_normal((n_vocab, h)) * 0.5).astype(np.float16))
+    if arch == "qwen3":
+        w.add_tensor(name("lm_head.weight"), (rng.standard_normal((n_vocab, h)) * 0.5).astype(np.float16))
+    norms(w, rng, name("model.norm.weight"), h)
+    p = "model.layers.0."
+    norms(w, rng, name(p + "input_layernorm.weight"), h)
+    norms(w, rng, name(p + "post_attention_layernorm.weight"), h)
+    shapes = {"self_attn.q_proj": (heads * hd, h), "self_attn.k_proj": (kv * hd, h),
+              "self_attn.v_proj": (kv * hd, h), "self_attn.o_proj": (h, heads * hd),
+              "mlp.gate_proj": (ff, h), "mlp.up_proj": (ff, h), "mlp.down_proj": (h, ff)}
+    for i, (hf, shape) in enumerate(shapes.items()):
+        qtype = T.TQ1_0 if arch == "qwen2" and i % 2 else T.TQ2_0
+        proj(w, name(p + hf + ".weight"), ternary(rng, *shape), 0.125 + i / 32, qtype)
+        if arch == "qwen2" and hf in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            w.add_tensor(name(p + hf + ".bias"), (rng.standard_normal(shape[0]) * 0.1).astype(np.float32))
+    if arch == "qwen3":
+        norms(w, rng, name(p + "self_attn.q_norm.weight"), hd)
+        norms(w, rng, name(p + "self_attn.k_norm.weight"), hd)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -307,6 +354,8 @@ FIXTURES = {
     "llama_f16_ternary.gguf": llama_f16_ternary,
     "llama_q8_0_q6_k.gguf": llama_q8_0_q6_k,
     "bitnet_q4_0.gguf": bitnet_q4_0,
+    "qwen2_tq.gguf": lambda path: qwen(path, "qwen2"),
+    "qwen3_tq.gguf": lambda path: qwen(path, "qwen3"),
     "blocks/dequant.gguf": dequant_vectors,
 }
 

@@ -16,6 +16,8 @@
 //! | `bitnet-b1.58`, `bitnet-25` | bitnet.cpp (2B-4T) | sub-norms, ReLU² | as Hugging Face (rotate-half) |
 //! | `bitnet` | llama.cpp and bitnet.cpp (1bitLLM; 2B-4T with `bitnet.hidden_act = relu2`) | sub-norms, SiLU unless `hidden_act` says otherwise | as Hugging Face |
 //! | `llama` | both (Llama3-8B-1.58, Falcon3-1.58bit, Falcon-E) | no sub-norms, SiLU | llama.cpp's interleaved pairs: permuted on export, un-permuted on import |
+//! | `qwen2` | llama.cpp | no sub-norms, SiLU, q/k/v biases (`blk.N.attn_q.bias`) | as Hugging Face (llama.cpp's NEOX RoPE) |
+//! | `qwen3` | llama.cpp | no sub-norms, SiLU, per-head q/k norms (`blk.N.attn_q_norm.weight`) | as Hugging Face |
 
 pub mod blocks;
 pub mod codec;
@@ -60,7 +62,8 @@ pub enum GgufError {
         source: ContainerError,
     },
     #[error(
-        "{path}: architecture {arch:?} is not supported (supported: bitnet-b1.58, bitnet-25, bitnet, llama)"
+        "{path}: architecture {arch:?} is not supported (supported: {})",
+        ARCHITECTURES.join(", ")
     )]
     Architecture { path: PathBuf, arch: String },
     #[error("{path}: metadata {key}: {detail}")]
@@ -118,7 +121,14 @@ impl From<String> for GgufError {
 pub const GENERATION_KEY: &str = "bitnet_rs.generation";
 
 /// The GGUF architectures this module reads.
-pub const ARCHITECTURES: [&str; 4] = ["bitnet-b1.58", "bitnet-25", "bitnet", "llama"];
+pub const ARCHITECTURES: [&str; 6] = [
+    "bitnet-b1.58",
+    "bitnet-25",
+    "bitnet",
+    "llama",
+    "qwen2",
+    "qwen3",
+];
 
 /// Whether `arch` stores `attn_q`/`attn_k` rows in llama.cpp's interleaved RoPE order.
 fn interleaved_rope(arch: &str) -> bool {
@@ -242,6 +252,8 @@ fn model_from_metadata(
                 });
             }
         },
+        "qwen2" => (Activation::Silu, false, "qwen2-bitnet"),
+        "qwen3" => (Activation::Silu, false, "qwen3-bitnet"),
         _ => {
             // Informative only. bitnet.cpp's Falcon-E files say so by their pre-tokenizer.
             let name = f.meta_str("general.name").unwrap_or("").to_lowercase();
@@ -276,8 +288,8 @@ fn model_from_metadata(
         activation,
         sub_norms,
         tied_embeddings: f.tensor("output.weight").is_none(),
-        attention_bias: false,
-        qk_norm: false,
+        attention_bias: arch == "qwen2",
+        qk_norm: arch == "qwen3",
     };
     config.validate().map_err(|detail| GgufError::Model {
         path: path.into(),
@@ -505,10 +517,27 @@ fn same_shape(dims: &[u64], shape: &[u64]) -> bool {
 }
 
 fn is_projection(canonical: &str) -> Option<LayerTensor> {
+    layer_tensor(canonical).filter(|t| t.is_projection())
+}
+
+/// The layer tensor that a canonical name `blk.N.SUFFIX` names.
+fn layer_tensor(canonical: &str) -> Option<LayerTensor> {
     let suffix = canonical.strip_prefix("blk.")?.split_once('.')?.1;
-    LayerTensor::ALL
-        .into_iter()
-        .find(|t| t.suffix() == suffix && t.is_projection())
+    LayerTensor::ALL.into_iter().find(|t| t.suffix() == suffix)
+}
+
+/// A tensor's GGUF name: `CANONICAL.weight`, except the q/k/v biases, which llama.cpp names
+/// `blk.N.attn_q.bias` where `.bitnet` says `blk.N.attn_q_bias`.
+fn gguf_name(canonical: &str) -> String {
+    match layer_tensor(canonical) {
+        Some(LayerTensor::AttnQBias | LayerTensor::AttnKBias | LayerTensor::AttnVBias) => {
+            format!(
+                "{}.bias",
+                canonical.strip_suffix("_bias").unwrap_or(canonical)
+            )
+        }
+        _ => format!("{canonical}.weight"),
+    }
 }
 
 /// Read the floats of a tensor of type F32, F16 or BF16.
@@ -738,13 +767,11 @@ fn plan<'a>(
     let expected = expected_tensors(&config, config.tied_embeddings);
     let i2s_block = resolve_i2s_block(path, &file, options.i2s_block, &mut notes, &mut warnings)?;
     let expected_names: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let expected_gguf: HashSet<String> = expected.iter().map(|(n, _)| gguf_name(n)).collect();
     // Every tensor of the file must be expected (or a projection's optional `.scale`).
     let mut unknown = Vec::new();
     for t in &file.tensors {
-        let known = t
-            .name
-            .strip_suffix(".weight")
-            .is_some_and(|c| expected_names.contains(c))
+        let known = expected_gguf.contains(&t.name)
             || t.name
                 .strip_suffix(".scale")
                 .is_some_and(|c| is_projection(c).is_some() && expected_names.contains(c));
@@ -764,7 +791,7 @@ fn plan<'a>(
     let mut planned = Vec::with_capacity(expected.len());
     let mut ternary_types: BTreeMap<String, usize> = BTreeMap::new();
     for (canonical, shape) in &expected {
-        let gname = format!("{canonical}.weight");
+        let gname = gguf_name(canonical);
         let t = file.tensor(&gname).ok_or_else(|| GgufError::Model {
             path: path.into(),
             detail: format!("tensor {gname} is missing"),
@@ -1390,11 +1417,25 @@ const RELU2_LLAMA_CPP_WARNING: &str = "this model uses ReLU², but mainline llam
 
 /// The GGUF architecture an export of `model` to `ty` uses, or why there is none.
 pub fn export_architecture(model: &ModelConfig, ty: ExportType) -> Result<&'static str, String> {
-    if model.attention_bias || model.qk_norm {
-        return Err(
-            "q/k/v biases (Qwen2) and per-head q/k norms (Qwen3) are not written to GGUF: llama.cpp reads them only under its qwen2 and qwen3 architectures, which this exporter does not write yet"
-                .into(),
-        );
+    // llama.cpp reads q/k/v biases only under `qwen2` and per-head q/k norms only under `qwen3`,
+    // whose layers are otherwise Llama's.
+    let qwen = match (model.attention_bias, model.qk_norm) {
+        (false, false) => None,
+        (true, false) => Some("qwen2"),
+        (false, true) => Some("qwen3"),
+        (true, true) => {
+            return Err(
+                "no llama.cpp architecture has both q/k/v biases and per-head q/k norms".into(),
+            );
+        }
+    };
+    if let Some(arch) = qwen {
+        if model.sub_norms || model.activation != Activation::Silu {
+            return Err(format!(
+                "llama.cpp's {arch} architecture has no sub-norms and uses SiLU, unlike this model"
+            ));
+        }
+        return Ok(arch);
     }
     match (model.sub_norms, model.activation, ty) {
         (false, Activation::Silu, _) => Ok("llama"),
@@ -1444,7 +1485,7 @@ pub fn export_gguf(options: &ExportOptions) -> Result<ExportReport, GgufError> {
     let mut planned = Vec::new();
     for info in file.tensors() {
         let view = file.view(info);
-        let name = format!("{}.weight", info.name);
+        let name = gguf_name(&info.name);
         let dims: Vec<u64> = info.shape.iter().rev().copied().collect();
         let ty = match view.info.encoding {
             Encoding::Ternary(_) => {

@@ -26,8 +26,26 @@ use crate::tokenizer::sentencepiece::{self, Piece, PieceType, SentencePieceModel
 /// The Llama 3 pre-tokenizer regex (llama.cpp's `llama-bpe`).
 pub const LLAMA3_REGEX: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+/// The Qwen2 pre-tokenizer regex (llama.cpp's `qwen2`): Llama 3's with single digits.
+pub const QWEN2_REGEX: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
 /// `tokenizer.ggml.pre` names this importer understands.
-pub const PRE_TOKENIZERS: &[&str] = &["llama-bpe", "llama3", "default", "gpt2", "falcon_e"];
+pub const PRE_TOKENIZERS: &[&str] = &[
+    "llama-bpe",
+    "llama3",
+    "qwen2",
+    "default",
+    "gpt2",
+    "falcon_e",
+];
+
+/// A pre-tokenizer that splits by `regex`, then maps bytes to characters (Llama 3's and Qwen2's
+/// form).
+fn split_then_byte_level(regex: &str) -> Value {
+    json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]})
+}
 
 /// Falcon-E's pre-tokenizer (`falcon_e`) as `tokenizer.json` writes it: punctuation runs, the GPT-2
 /// regex, single digits. This is the Hugging Face form of the three regexes llama.cpp forks give
@@ -246,12 +264,9 @@ fn bpe_json(
     bos: Option<u32>,
 ) -> Result<Value, String> {
     let (pre_tokenizer, ignore_merges) = match pre {
-        "llama-bpe" | "llama3" => (
-            json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
-            true,
-        ),
+        // llama.cpp ignores merges for a word in the vocabulary only with Llama 3's.
+        "llama-bpe" | "llama3" => (split_then_byte_level(LLAMA3_REGEX), true),
+        "qwen2" => (split_then_byte_level(QWEN2_REGEX), false),
         "default" | "gpt2" => (
             json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
             false,
@@ -693,8 +708,11 @@ pub fn export(
     } else {
         let pre = &doc["pre_tokenizer"];
         let pre_text = pre.to_string();
+        let split_regex = pre["pretokenizers"][0]["pattern"]["Regex"].as_str();
         let name = if pre_text.contains("Split") && pre_text.contains("\\\\p{N}{1,3}") {
             "llama-bpe"
+        } else if split_regex == Some(QWEN2_REGEX) {
+            "qwen2"
         } else if *pre == falcon_e_pre_tokenizer() {
             notes.push(
                 "pre-tokenizer written as \"falcon_e\" (bitnet.cpp knows it; ggml-org llama.cpp does not)"
