@@ -3,7 +3,8 @@
 use bitnet_format::{error_chain, repeated_clause};
 use bitnet_run::engine::{EngineError, SubmitError};
 use bitnet_run::kernels::KernelError;
-use bitnet_run::model::{ModelError, UnknownKvType};
+use bitnet_run::model::memory::{MemoryError, MemoryNeed};
+use bitnet_run::model::{KvType, KvTypes, ModelError, UnknownKvType};
 use bitnet_run::tokenizer::{TokenizerError, UserDefinedError};
 
 fn check(errors: Vec<Box<dyn std::error::Error>>) {
@@ -76,6 +77,13 @@ fn kernel_index(e: &KernelError) -> usize {
     match e {
         KernelError::Unknown(_) => 0,
         KernelError::Unsupported(..) => 1,
+    }
+}
+
+fn memory_index(e: &MemoryError) -> usize {
+    match e {
+        MemoryError::TooLarge { .. } => 0,
+        MemoryError::BadOverride { .. } => 1,
     }
 }
 
@@ -157,7 +165,30 @@ fn every_variant_prints_each_clause_once() {
     ];
     covers(&kernel, kernel_index, 2);
 
+    let need = MemoryNeed {
+        mapped: 20 << 30,
+        repacked: 0,
+        repacked_tensors: 0,
+        kv_cache: 1 << 30,
+        positions: 4096,
+        slots: 8,
+        kv_types: KvTypes::uniform(KvType::F16),
+    };
+    let memory = vec![
+        MemoryError::TooLarge {
+            file: "b100.bitnet".into(),
+            need,
+            available: 16 << 30,
+            advice: "lower -c".into(),
+        },
+        MemoryError::BadOverride {
+            value: "lots".into(),
+        },
+    ];
+    covers(&memory, memory_index, 2);
+
     let mut all: Vec<Box<dyn std::error::Error>> = Vec::new();
+    all.extend(memory.into_iter().map(|e| Box::new(e) as _));
     all.extend(model.into_iter().map(|e| Box::new(e) as _));
     all.extend(tokenizer.into_iter().map(|e| Box::new(e) as _));
     all.extend(submit.into_iter().map(|e| Box::new(e) as _));

@@ -55,6 +55,9 @@ pub struct Args {
     /// File holding the API key (first line)
     #[arg(long = "api-key-file", conflicts_with = "api_key")]
     pub api_key_file: Option<PathBuf>,
+    /// Load the model even if it and the slots' KV caches need more memory than is available
+    #[arg(long = "no-memory-check")]
+    pub no_memory_check: bool,
     /// Model name reported by /v1/models (default: the file name)
     #[arg(short = 'a', long = "alias")]
     pub alias: Option<String>,

@@ -18,6 +18,7 @@ use bitnet_format::BitnetFile;
 use bitnet_run::chat::ChatTemplate;
 use bitnet_run::engine::{Engine, EngineConfig};
 use bitnet_run::kernels::KernelPath;
+use bitnet_run::model::memory::{self, MemoryNeed};
 use bitnet_run::model::{KvTypes, Model};
 use bitnet_run::sampling::SamplerConfig;
 use bitnet_run::tokenizer::{Tokenizer, TokenizerError};
@@ -146,17 +147,41 @@ fn load(args: &Args) -> Result<Loaded> {
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    let (file, model_id) = match &args.model {
+    let (file, model_id, name) = match &args.model {
         Some(p) => (
             BitnetFile::open(p).with_context(|| format!("cannot open model {}", p.display()))?,
             p.file_stem()
                 .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+            p.display().to_string(),
         ),
         None => {
             eprintln!("note: {}", bitnet_run::demo::NOTE);
-            (bitnet_run::demo::open()?, "bitnet-demo".to_string())
+            let id = "bitnet-demo".to_string();
+            (bitnet_run::demo::open()?, id.clone(), id)
         }
     };
+    let trained = file.header().model.context_length as usize;
+    let ctx = match args.ctx {
+        Some(c) if c < 2 => bail!("-c/--ctx-size must be at least 2"),
+        Some(c) if c > trained => {
+            bail!("-c/--ctx-size {c} exceeds the model's context length {trained}")
+        }
+        Some(c) => c,
+        None => trained.min(4096),
+    };
+    let slots = args.parallel as usize;
+    let cache = KvTypes {
+        keys: args.cache_type_k,
+        values: args.cache_type_v,
+    };
+    if !args.no_memory_check {
+        // Every slot's cache may fill to the context.
+        let need = MemoryNeed::of(&file, path, ctx, cache).with_slots(slots);
+        let smaller = "lower -c (positions per slot) or -np (slots), which the KV caches hold";
+        if let Some(warning) = memory::check_system(&name, &need, smaller)? {
+            eprintln!("warning: {warning}");
+        }
+    }
     let model = Model::load(file, path, threads).context("cannot load the model")?;
     let header = model.file().header();
     let info = header.tokenizer.as_ref();
@@ -170,18 +195,8 @@ fn load(args: &Args) -> Result<Loaded> {
             .context("the model's chat template does not compile")?,
         None => None,
     };
-    let trained = model.config.context_length as usize;
-    let ctx = match args.ctx {
-        Some(c) if c < 2 => bail!("-c/--ctx-size must be at least 2"),
-        Some(c) if c > trained => {
-            bail!("-c/--ctx-size {c} exceeds the model's context length {trained}")
-        }
-        Some(c) => c,
-        None => trained.min(4096),
-    };
     let defaults = SamplerConfig::for_file(&header.generation);
     let vocab = model.config.vocab_size;
-    let slots = args.parallel as usize;
     let engine = Engine::start(
         Arc::new(model),
         EngineConfig {
@@ -189,10 +204,7 @@ fn load(args: &Args) -> Result<Loaded> {
             ctx,
             step_tokens: args.batch_tokens as usize,
             max_waiting: args.queue,
-            cache: KvTypes {
-                keys: args.cache_type_k,
-                values: args.cache_type_v,
-            },
+            cache,
         },
     )?;
     let metrics = Metrics::new(Arc::clone(engine.stats()), slots);

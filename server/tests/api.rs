@@ -537,6 +537,65 @@ fn sigterm_stops_the_server_with_exit_status_0() {
     assert_eq!(exit.code(), Some(0));
 }
 
+/// The model and every slot's KV cache must fit in the available memory (`BITNET_MEM_AVAILABLE`
+/// stands in for `MemAvailable`): otherwise the server exits before loading, saying what is
+/// needed, what is available and which options shrink it; `--no-memory-check` starts it anyway.
+#[test]
+fn slots_whose_caches_do_not_fit_in_memory_are_refused_at_start() {
+    let file = bitnet_format::BitnetFile::open(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/demo/demo.bitnet"),
+    )
+    .unwrap();
+    let tensors: u64 = file.tensors().iter().map(|t| t.length).sum();
+    let m = &file.header().model;
+    // 8 slots of 256 positions, f16 keys and values.
+    let need =
+        tensors + 8 * 256 * m.num_layers as u64 * m.num_kv_heads as u64 * m.head_dim as u64 * 4;
+    let run = |available: u64, extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet-serve"))
+            .args(["--port", "0", "-np", "8", "-c", "256"])
+            .args(extra)
+            .env("BITNET_MEM_AVAILABLE", available.to_string())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut text = String::new();
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < Duration::from_secs(30), "{text}");
+            let Some(line) = lines.next() else { break };
+            let line = line.unwrap();
+            text += &line;
+            text.push('\n');
+            if line.contains("ready:") {
+                child.kill().unwrap();
+                break;
+            }
+        }
+        (child.wait().unwrap(), text)
+    };
+    let (status, text) = run(need - 1, &[]);
+    assert_eq!(status.code(), Some(1), "{text}");
+    for needle in [
+        "for 8 slots of 256 positions in f16",
+        "-np",
+        "--no-memory-check",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    let (_, text) = run(need, &[]);
+    assert!(
+        text.contains("warning:") && text.contains("ready:"),
+        "{text}"
+    );
+    let (_, text) = run(need - 1, &["--no-memory-check"]);
+    assert!(
+        text.contains("ready:") && !text.contains("warning:"),
+        "{text}"
+    );
+}
+
 #[test]
 fn logprobs_come_with_each_token_in_both_shapes() {
     let s = Server::start(&["-np", "2"]);

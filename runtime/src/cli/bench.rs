@@ -166,7 +166,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             super::check_memory(
                 &file_name,
                 MemoryNeed::of(&file, path, positions, cache),
-                "use smaller -p, -n and -d (the KV cache), or load it anyway with --no-memory-check",
+                "use smaller -p, -n and -d (the KV cache)",
             )?;
         }
         let model = Model::load(file, path, t)?;

@@ -284,7 +284,7 @@ fn load_model(
         check_memory(
             &name,
             MemoryNeed::of(&file, path, ctx, args.cache_types()),
-            "lower the context with -c (its KV cache), or load it anyway with --no-memory-check",
+            "lower the context with -c (its KV cache)",
         )?;
     }
     if args.verify {
@@ -304,21 +304,12 @@ fn load_model(
     Ok((model, ctx))
 }
 
-/// Refuse a model that needs more memory than is available, with `hint` on what to do, and warn
-/// when it needs more than 90% of it ([`bitnet_run::model::memory`]). Where the available memory
-/// is unknown (not Linux), nothing is checked.
-fn check_memory(name: &str, need: MemoryNeed, hint: &str) -> Result<()> {
-    let Some(available) = memory::available()? else {
-        return Ok(());
-    };
-    match memory::check(name, &need, available) {
-        Ok(Some(warning)) => eprintln!("warning: {warning}"),
-        Ok(None) => {}
-        // A shorter context cannot help when the tensors alone are too large.
-        Err(e) if need.tensors() > available => bail!(
-            "{e}; its tensors alone do not fit: in a 2-bit layout, convert it with `bitnet-convert --layout compact` (1.6 bits per weight), or load it anyway with --no-memory-check"
-        ),
-        Err(e) => bail!("{e}; {hint}"),
+/// Refuse a model that needs more memory than is available, with `smaller_cache` on how to shrink
+/// its KV cache, and warn when it needs more than 90% of it ([`bitnet_run::model::memory`]). Where
+/// the available memory is unknown (not Linux), nothing is checked.
+fn check_memory(name: &str, need: MemoryNeed, smaller_cache: &str) -> Result<()> {
+    if let Some(warning) = memory::check_system(name, &need, smaller_cache)? {
+        eprintln!("warning: {warning}");
     }
     Ok(())
 }

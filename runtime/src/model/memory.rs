@@ -2,8 +2,8 @@
 //!
 //! A model mapped from a file larger than the memory available still "loads" (the map is lazy), but
 //! every token then reads the weights from disk again: generation slows from tokens per second to
-//! minutes per token and the whole machine thrashes. So the CLI compares what the model needs with
-//! what the system has before loading, and refuses (or warns when it is close).
+//! minutes per token and the whole machine thrashes. So `bitnet-run` and `bitnet-serve` compare what
+//! the model needs with what the system has before loading, and refuse (or warn when it is close).
 
 use bitnet_format::{BitnetFile, Encoding};
 
@@ -18,6 +18,9 @@ pub const AVAILABLE_ENV: &str = "BITNET_MEM_AVAILABLE";
 /// Within this fraction of the available memory, a model that fits gets a warning.
 const TIGHT: f64 = 0.9;
 
+/// The way out when the tensors alone do not fit, where a smaller KV cache cannot help.
+const TENSORS_DO_NOT_FIT: &str = "its tensors alone do not fit: in a 2-bit layout, convert it with `bitnet-convert --layout compact` (1.6 bits per weight)";
+
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// The memory a model needs to run: its tensors as the runtime binds them, and the KV cache.
@@ -30,9 +33,10 @@ pub struct MemoryNeed {
     pub repacked: u64,
     /// How many tensors are repacked.
     pub repacked_tensors: usize,
-    /// Bytes of one sequence's KV cache holding `positions` positions.
+    /// Bytes of the KV caches: `slots` sequences of `positions` positions each.
     pub kv_cache: u64,
     pub positions: usize,
+    pub slots: usize,
     pub kv_types: KvTypes,
 }
 
@@ -49,6 +53,7 @@ impl MemoryNeed {
                 .bytes_per_position(&file.header().model)
                 .saturating_mul(positions as u64),
             positions,
+            slots: 1,
             kv_types,
         };
         for t in file.tensors() {
@@ -63,6 +68,15 @@ impl MemoryNeed {
             }
         }
         need
+    }
+
+    /// The same with `slots` sequences, each with a KV cache of its own (a server's slots).
+    pub fn with_slots(self, slots: usize) -> Self {
+        MemoryNeed {
+            kv_cache: self.kv_cache.saturating_mul(slots as u64),
+            slots,
+            ..self
+        }
     }
 
     /// Bytes of its tensors, mapped or repacked.
@@ -97,12 +111,15 @@ impl MemoryNeed {
         } else {
             String::new()
         };
+        let positions = match self.slots {
+            1 => format!("{} positions", self.positions),
+            n => format!("{n} slots of {} positions", self.positions),
+        };
         format!(
-            "{} of memory (tensors {} mapped{repacked}, KV cache {} for {} positions in {types})",
+            "{} of memory (tensors {} mapped{repacked}, KV cache {} for {positions} in {types})",
             gib(self.total()),
             gib(self.mapped),
             gib(self.kv_cache),
-            self.positions
         )
     }
 }
@@ -112,7 +129,7 @@ impl MemoryNeed {
 pub enum MemoryError {
     #[error(
         "{file} needs {need}, but {available:.2} GiB is available: it would run from disk, \
-         many times slower",
+         many times slower; {advice}, or load it anyway with --no-memory-check",
         need = need.describe(),
         available = *available as f64 / GIB
     )]
@@ -120,20 +137,34 @@ pub enum MemoryError {
         file: String,
         need: MemoryNeed,
         available: u64,
+        /// What makes it fit.
+        advice: String,
     },
     #[error("{AVAILABLE_ENV}={value:?} is not a number of bytes")]
     BadOverride { value: String },
 }
 
 /// Compare what `file` (its name for messages) needs with `available` bytes: an error when it
-/// needs more, a warning (returned) when it needs more than 90% of it.
-pub fn check(file: &str, need: &MemoryNeed, available: u64) -> Result<Option<String>, MemoryError> {
+/// needs more, a warning (returned) when it needs more than 90% of it. `smaller_cache` says how
+/// to shrink the KV cache, the advice unless the tensors alone do not fit.
+pub fn check(
+    file: &str,
+    need: &MemoryNeed,
+    available: u64,
+    smaller_cache: &str,
+) -> Result<Option<String>, MemoryError> {
     let total = need.total();
     if total > available {
+        let advice = if need.tensors() > available {
+            TENSORS_DO_NOT_FIT
+        } else {
+            smaller_cache
+        };
         return Err(MemoryError::TooLarge {
             file: file.to_string(),
             need: *need,
             available,
+            advice: advice.to_string(),
         });
     }
     Ok((total as f64 > TIGHT * available as f64).then(|| {
@@ -144,6 +175,19 @@ pub fn check(file: &str, need: &MemoryNeed, available: u64) -> Result<Option<Str
             available as f64 / GIB
         )
     }))
+}
+
+/// [`check`] against this system's [`available`] memory; `Ok(None)` where that is unknown (nothing
+/// is checked).
+pub fn check_system(
+    file: &str,
+    need: &MemoryNeed,
+    smaller_cache: &str,
+) -> Result<Option<String>, MemoryError> {
+    match available()? {
+        Some(available) => check(file, need, available, smaller_cache),
+        None => Ok(None),
+    }
 }
 
 /// The memory available to a new program: [`AVAILABLE_ENV`] if set, else `MemAvailable` from
@@ -184,6 +228,7 @@ mod tests {
             repacked_tensors: usize::from(repacked > 0),
             kv_cache,
             positions: 2048,
+            slots: 1,
             kv_types: KvTypes::uniform(KvType::F16),
         }
     }
@@ -193,7 +238,7 @@ mod tests {
     #[test]
     fn more_than_available_is_refused_with_both_figures_and_the_file() {
         let n = need(20 * G, 0, 4 * G + G / 2);
-        let e = check("big.bitnet", &n, 22 * G).unwrap_err();
+        let e = check("big.bitnet", &n, 22 * G, "lower -c").unwrap_err();
         let text = e.to_string();
         assert!(text.starts_with("big.bitnet needs 24.50 GiB"), "{text}");
         assert!(text.contains("22.00 GiB is available"), "{text}");
@@ -201,8 +246,28 @@ mod tests {
             text.contains("KV cache 4.50 GiB for 2048 positions in f16"),
             "{text}"
         );
+        assert!(text.ends_with("; lower -c, or load it anyway with --no-memory-check"));
         // One byte short is still too much.
-        assert!(check("big.bitnet", &n, n.total() - 1).is_err());
+        assert!(check("big.bitnet", &n, n.total() - 1, "lower -c").is_err());
+        // When the tensors alone are too large, a smaller cache is no way out.
+        let text = check("big.bitnet", &n, 19 * G, "lower -c")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("tensors alone do not fit"), "{text}");
+        assert!(!text.contains("lower -c"), "{text}");
+    }
+
+    #[test]
+    fn slots_multiply_the_kv_cache_and_are_named() {
+        let n = need(G, 0, G / 2).with_slots(8);
+        assert_eq!(n.total(), 5 * G);
+        let text = check("s.bitnet", &n, 4 * G, "lower -c or -np")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("KV cache 4.00 GiB for 8 slots of 2048 positions in f16"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -210,16 +275,19 @@ mod tests {
         let n = need(8 * G, G, G);
         assert_eq!(n.total(), 10 * G);
         // Exactly all of it fits, with a warning; so does 10.9 GiB available (10 / 10.9 > 0.9).
-        let w = check("m.bitnet", &n, 10 * G).unwrap().unwrap();
+        let w = check("m.bitnet", &n, 10 * G, "lower -c").unwrap().unwrap();
         assert!(w.contains("m.bitnet needs 10.00 GiB"), "{w}");
         assert!(w.contains("1.00 GiB repacked at load (1 tensors)"), "{w}");
         assert!(
-            check("m.bitnet", &n, 10 * G + 9 * G / 10)
+            check("m.bitnet", &n, 10 * G + 9 * G / 10, "lower -c")
                 .unwrap()
                 .is_some()
         );
         // 10 / 11.2 < 0.9: no remark.
-        assert_eq!(check("m.bitnet", &n, 11 * G + G / 5).unwrap(), None);
+        assert_eq!(
+            check("m.bitnet", &n, 11 * G + G / 5, "lower -c").unwrap(),
+            None
+        );
     }
 
     /// Tensors the kernels read count at their length in the file; the others at the length of
