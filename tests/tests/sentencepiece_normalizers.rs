@@ -8,49 +8,24 @@ mod convert_support;
 
 use std::path::{Path, PathBuf};
 
-use std::collections::HashMap;
-
 use bitnet_convert::gguf::vocab::{self, Meta};
-use bitnet_convert::tokenizer::sentencepiece::{self as sp, SentencePieceModel, to_tokenizer_json};
+use bitnet_convert::tokenizer::sentencepiece::SentencePieceModel;
 use bitnet_format::BitnetFile;
 use bitnet_format::TokenizerInfo;
 use bitnet_run::tokenizer::Tokenizer;
-use convert_support::{bad_checkpoint, convert_dir, ids, read_json};
-use gguf_rs_lib::format::metadata::MetadataValue;
+use convert_support::{
+    Metadata, assert_decodes_like_sentencepiece, bad_checkpoint, bare_tokenizer, convert_dir, ids,
+    read_json, sentencepiece_json, testdata_dirs,
+};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/sentencepiece");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-fn tokenizer_info(json: &Value) -> TokenizerInfo {
-    TokenizerInfo {
-        tokenizer_json: RawValue::from_string(json.to_string()).unwrap(),
-        chat_template: None,
-        bos_token_id: None,
-        eos_token_ids: Vec::new(),
-        pad_token_id: None,
-        add_bos_token: false,
-    }
+    testdata_dirs("sentencepiece")
 }
 
 fn model_and_info(dir: &Path) -> (SentencePieceModel, TokenizerInfo) {
-    let bytes = std::fs::read(dir.join("tokenizer.model")).unwrap();
-    let model = SentencePieceModel::parse(&bytes).unwrap();
-    let options = sp::ConvertOptions {
-        add_bos: false,
-        add_eos: false,
-        ..Default::default()
-    };
-    let json = to_tokenizer_json(&model, &options).unwrap();
-    (model, tokenizer_info(&json))
+    let (model, json) = sentencepiece_json(dir);
+    (model, bare_tokenizer(&json))
 }
 
 fn tokenizer(dir: &Path) -> (SentencePieceModel, Tokenizer) {
@@ -93,27 +68,11 @@ fn decoding_gives_sentencepieces_text() {
     let mut compared = 0;
     for dir in fixtures() {
         let (model, tok) = tokenizer(&dir);
-        for case in cases(&dir) {
-            let ids = ids(&case["ids"]);
-            if ids.contains(&(model.unk_id as u32))
-                || case["text"].as_str().unwrap().starts_with('\u{2581}')
-            {
-                continue;
-            }
-            let text = tok.decode(&ids).unwrap();
-            assert_eq!(text, case["decoded"].as_str().unwrap(), "{}", dir.display());
-            compared += 1;
-        }
+        let decode = |ids: &[u32]| tok.decode(ids).unwrap();
+        compared +=
+            assert_decodes_like_sentencepiece(decode, model.unk_id as u32, &cases(&dir), &dir);
     }
     assert!(compared >= 80, "{compared}");
-}
-
-struct Metadata(HashMap<String, MetadataValue>);
-
-impl Meta for Metadata {
-    fn meta(&self, key: &str) -> Option<&MetadataValue> {
-        self.0.get(key)
-    }
 }
 
 /// Through GGUF and back: a Unigram tokenizer becomes llama.cpp's `t5` vocabulary with its
@@ -159,7 +118,7 @@ fn gguf_export_keeps_unigram_normalizers_and_names_what_it_drops() {
             continue;
         }
         let imported = vocab::import(&meta).unwrap().unwrap();
-        let tok = Tokenizer::from_info(Some(&tokenizer_info(&imported.tokenizer_json))).unwrap();
+        let tok = Tokenizer::from_info(Some(&bare_tokenizer(&imported.tokenizer_json))).unwrap();
         for case in cases(&dir) {
             let text = case["text"].as_str().unwrap();
             assert_eq!(

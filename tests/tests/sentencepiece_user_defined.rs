@@ -7,53 +7,23 @@
 
 mod convert_support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bitnet_convert::gguf::vocab::{self, Meta};
-use bitnet_convert::tokenizer::sentencepiece::{self as sp, SentencePieceModel, to_tokenizer_json};
-use bitnet_format::TokenizerInfo;
+use bitnet_convert::gguf::vocab::{self};
+use bitnet_convert::tokenizer::sentencepiece::SentencePieceModel;
 use bitnet_run::tokenizer::Tokenizer;
-use convert_support::{ids, read_json};
-use gguf_rs_lib::format::metadata::MetadataValue;
+use convert_support::{
+    Metadata, assert_decodes_like_sentencepiece, bare_tokenizer, ids, read_json,
+    sentencepiece_json, testdata_dirs,
+};
 use serde_json::Value;
-use serde_json::value::RawValue;
-
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/sentencepiece-user-defined");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-fn tokenizer_info(json: &Value) -> TokenizerInfo {
-    TokenizerInfo {
-        tokenizer_json: RawValue::from_string(json.to_string()).unwrap(),
-        chat_template: None,
-        bos_token_id: None,
-        eos_token_ids: Vec::new(),
-        pad_token_id: None,
-        add_bos_token: false,
-    }
-}
-
-fn model_and_json(dir: &Path) -> (SentencePieceModel, Value) {
-    let bytes = std::fs::read(dir.join("tokenizer.model")).unwrap();
-    let model = SentencePieceModel::parse(&bytes).unwrap();
-    let options = sp::ConvertOptions {
-        add_bos: false,
-        add_eos: false,
-        ..Default::default()
-    };
-    let json = to_tokenizer_json(&model, &options).unwrap();
-    (model, json)
-}
 
 fn tokenizer(json: &Value) -> Tokenizer {
-    Tokenizer::from_info(Some(&tokenizer_info(json))).unwrap()
+    Tokenizer::from_info(Some(&bare_tokenizer(json))).unwrap()
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    testdata_dirs("sentencepiece-user-defined")
 }
 
 fn cases(dir: &Path, key: &str) -> Vec<Value> {
@@ -92,7 +62,7 @@ fn user_defined_pieces_tokenize_as_python_sentencepiece_does() {
     assert_eq!(dirs.len(), 8, "{dirs:?}");
     let mut settings = std::collections::HashSet::new();
     for dir in &dirs {
-        let (model, json) = model_and_json(dir);
+        let (model, json) = sentencepiece_json(dir);
         assert!(!model.precompiled_charsmap.is_empty(), "{}", dir.display());
         settings.insert((
             model.model_type,
@@ -115,7 +85,7 @@ fn user_defined_pieces_tokenize_as_python_sentencepiece_does() {
 #[test]
 fn control_pieces_split_the_text_before_normalization() {
     for dir in fixtures() {
-        let (_, json) = model_and_json(&dir);
+        let (_, json) = sentencepiece_json(&dir);
         let tok = tokenizer(&json);
         for case in cases(&dir, "special_cases") {
             let text = case["text"].as_str().unwrap();
@@ -136,19 +106,15 @@ fn control_pieces_split_the_text_before_normalization() {
 fn decoding_gives_sentencepieces_text() {
     let mut compared = 0;
     for dir in fixtures() {
-        let (model, json) = model_and_json(&dir);
+        let (model, json) = sentencepiece_json(&dir);
         let tok = tokenizer(&json);
-        for case in cases(&dir, "cases") {
-            let ids = ids(&case["ids"]);
-            if ids.contains(&(model.unk_id as u32))
-                || case["text"].as_str().unwrap().starts_with('\u{2581}')
-            {
-                continue;
-            }
-            let text = tok.decode(&ids).unwrap();
-            assert_eq!(text, case["decoded"].as_str().unwrap(), "{}", dir.display());
-            compared += 1;
-        }
+        let decode = |ids: &[u32]| tok.decode(ids).unwrap();
+        compared += assert_decodes_like_sentencepiece(
+            decode,
+            model.unk_id as u32,
+            &cases(&dir, "cases"),
+            &dir,
+        );
     }
     assert!(compared >= 150, "{compared}");
 }
@@ -160,7 +126,7 @@ fn decoding_gives_sentencepieces_text() {
 #[test]
 fn files_without_the_mark_split_at_user_defined_pieces_first() {
     for dir in fixtures() {
-        let (model, mut json) = model_and_json(&dir);
+        let (model, mut json) = sentencepiece_json(&dir);
         let tok = tokenizer(&json);
         let normalizer = json["normalizer"].as_object_mut().unwrap();
         assert!(normalizer.remove("user_defined_pieces").is_some());
@@ -186,21 +152,13 @@ fn files_without_the_mark_split_at_user_defined_pieces_first() {
     }
 }
 
-struct Metadata(HashMap<String, MetadataValue>);
-
-impl Meta for Metadata {
-    fn meta(&self, key: &str) -> Option<&MetadataValue> {
-        self.0.get(key)
-    }
-}
-
 /// llama.cpp splits the text at user-defined tokens before normalizing it, so the export says so;
 /// with `tokenizer.huggingface.json` the import is exact again.
 #[test]
 fn gguf_export_notes_user_defined_pieces_and_the_embedded_document_stays_exact() {
     for dir in fixtures() {
-        let (model, json) = model_and_json(&dir);
-        let info = tokenizer_info(&json);
+        let (model, json) = sentencepiece_json(&dir);
+        let info = bare_tokenizer(&json);
         let exported = vocab::export(&info, model.pieces.len() as u32, true).unwrap();
         let notes = exported.notes.join("\n");
         assert!(

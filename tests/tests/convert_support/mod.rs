@@ -8,9 +8,14 @@ pub mod hub;
 
 use std::path::{Path, PathBuf};
 
+use bitnet_convert::gguf::vocab::Meta;
+use bitnet_convert::tokenizer::sentencepiece::{self as sp, SentencePieceModel};
 use bitnet_convert::{ConvertOptions, ConvertReport, HubOptions, SourceSpec};
+use bitnet_format::TokenizerInfo;
+use gguf_rs_lib::format::metadata::MetadataValue;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 pub const FIXTURES: [&str; 9] = [
     "bitnet-2b4t",
@@ -32,6 +37,79 @@ pub fn fixture(name: &str) -> PathBuf {
 
 pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The fixture directories under `testdata/{name}`, sorted.
+pub fn testdata_dirs(name: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(name);
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A tokenizer entry holding only `json`: no chat template, special token ids or BOS.
+pub fn bare_tokenizer(json: &Value) -> TokenizerInfo {
+    TokenizerInfo {
+        tokenizer_json: RawValue::from_string(json.to_string()).unwrap(),
+        chat_template: None,
+        bos_token_id: None,
+        eos_token_ids: Vec::new(),
+        pad_token_id: None,
+        add_bos_token: false,
+    }
+}
+
+/// `dir/tokenizer.model`, and the tokenizer.json the converter makes of it (without BOS or EOS).
+pub fn sentencepiece_json(dir: &Path) -> (SentencePieceModel, Value) {
+    let bytes = std::fs::read(dir.join("tokenizer.model")).unwrap();
+    let model = SentencePieceModel::parse(&bytes).unwrap();
+    let options = sp::ConvertOptions {
+        add_bos: false,
+        add_eos: false,
+        ..Default::default()
+    };
+    let json = sp::to_tokenizer_json(&model, &options).unwrap();
+    (model, json)
+}
+
+/// `decode` gives sentencepiece's text (`decoded`) for each of `cases` (`text`, `ids`), except
+/// those with the unknown piece (printed as its own text here, ` ⁇ ` by sentencepiece) or whose
+/// text starts with a literal `▁`; returns how many were compared.
+pub fn assert_decodes_like_sentencepiece(
+    decode: impl Fn(&[u32]) -> String,
+    unk_id: u32,
+    cases: &[Value],
+    dir: &Path,
+) -> usize {
+    let mut compared = 0;
+    for case in cases {
+        let ids = ids(&case["ids"]);
+        if ids.contains(&unk_id) || case["text"].as_str().unwrap().starts_with('\u{2581}') {
+            continue;
+        }
+        assert_eq!(
+            decode(&ids),
+            case["decoded"].as_str().unwrap(),
+            "{}",
+            dir.display()
+        );
+        compared += 1;
+    }
+    compared
+}
+
+/// GGUF metadata as a map, for the tokenizer import.
+pub struct Metadata(pub std::collections::HashMap<String, MetadataValue>);
+
+impl Meta for Metadata {
+    fn meta(&self, key: &str) -> Option<&MetadataValue> {
+        self.0.get(key)
+    }
 }
 
 /// A JSON array of token ids.
