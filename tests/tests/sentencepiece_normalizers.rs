@@ -114,6 +114,12 @@ fn gguf_export_keeps_unigram_normalizers_and_names_what_it_drops() {
             "{}: {notes}",
             dir.display()
         );
+        assert_eq!(
+            notes.contains("no byte fallback"),
+            model.model_type == 1 && model.byte_fallback,
+            "{}: {notes}",
+            dir.display()
+        );
         if lossy_bpe || !model.escape_whitespaces {
             continue;
         }

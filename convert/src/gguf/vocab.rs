@@ -638,6 +638,12 @@ pub fn export(
                     .into(),
             );
         }
+        if model["byte_fallback"].as_bool() == Some(true) {
+            notes.push(
+                "llama.cpp's Unigram (t5) tokenizer has no byte fallback: a character outside the vocabulary becomes the unknown token there, where this tokenizer gives its bytes"
+                    .into(),
+            );
+        }
         push(
             "tokenizer.ggml.tokens",
             array(GGUFValueType::String, tokens.iter().map(string).collect()),
