@@ -484,6 +484,67 @@ fn attention_kernels_equal_the_reference_bit_for_bit_and_f64_closely() {
     }
 }
 
+/// The exponential attention uses is within 2 ulp of the exact one (f64) over its whole range,
+/// 1 at 0, and 0 below its cut-off; every path's softmax equals the reference bit for bit and the
+/// exact softmax closely, for rows on and off the SIMD kernels' 16-value steps, with far-apart
+/// scores and ties.
+#[test]
+fn attention_softmax_is_exact_to_2_ulp_and_equal_on_every_path() {
+    use bitnet_run::kernels::attention::{exp, softmax_rows};
+    let ulps = |got: f32, want: f64| {
+        let w = want as f32;
+        (got.to_bits() as i64 - w.to_bits() as i64).abs()
+    };
+    let mut worst = 0;
+    for i in 0..=870_000 {
+        let x = -(i as f32) * 1e-4;
+        let want = (x as f64).exp();
+        if want >= f32::MIN_POSITIVE as f64 {
+            worst = worst.max(ulps(exp(x), want));
+        }
+    }
+    assert!(worst <= 2, "{worst} ulp");
+    assert_eq!(exp(0.0), 1.0);
+    assert_eq!(exp(-87.5), 0.0);
+    assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+
+    for n in [1, 2, 7, 15, 16, 17, 31, 32, 33, 100, 257] {
+        // Three rows: close scores (every term counts in the sum, so its order shows), spread
+        // ones, and spread ones with outliers far below and above.
+        let rows = 3;
+        let x: Vec<f32> = (0..rows * n)
+            .map(|i| match (i / n, i % 11) {
+                (0, _) => -((i * 7919 % 1000) as f32) / 997.0,
+                (2, 0) => -200.0,
+                (2, 5) => 30.0,
+                _ => ((i * 37 % 101) as f32 - 50.0) / 7.0,
+            })
+            .collect();
+        let run = |path| {
+            let mut y = x.clone();
+            softmax_rows(path, &mut y, n);
+            y
+        };
+        let reference = run(KernelPath::SCALAR);
+        for path in available_paths() {
+            assert_eq!(run(path), reference, "{path:?} n = {n}");
+        }
+        for (row, y) in x.chunks(n).zip(reference.chunks(n)) {
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let total: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for (&v, &p) in row.iter().zip(y) {
+                let want = (v as f64 - max).exp() / total;
+                // `v − max` is rounded to f32: a relative error of |v − max| · 2^-24 in e^(v − max).
+                let tolerance = (2e-6 + (v as f64 - max).abs() * 6e-8) * want + 1e-30;
+                assert!(
+                    (p as f64 - want).abs() <= tolerance,
+                    "n = {n}: {p} vs {want}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn f16_encoding_rounds_like_the_half_crate_on_every_path() {
     // Ties, subnormals, overflow to infinity, signed zeros and NaN, then a sweep of ordinary values;

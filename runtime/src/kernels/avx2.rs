@@ -720,6 +720,91 @@ pub unsafe fn q4_rows(
     }
 }
 
+/// `e^x` of 8 values as [`super::attention::exp`] computes each, bit for bit.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn exp8(x: __m256) -> __m256 {
+    use super::attention::{EXP_MIN, EXP_P, EXP_ROUND, LN2_HI, LN2_LO, LOG2_E};
+    let round = _mm256_set1_ps(EXP_ROUND);
+    let n = _mm256_sub_ps(
+        _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2_E)), round),
+        round,
+    );
+    let r = _mm256_sub_ps(
+        _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
+        _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
+    );
+    let poly = EXP_P[1..].iter().fold(_mm256_set1_ps(EXP_P[0]), |acc, &c| {
+        _mm256_add_ps(_mm256_mul_ps(acc, r), _mm256_set1_ps(c))
+    });
+    let e = _mm256_add_ps(
+        _mm256_add_ps(_mm256_mul_ps(poly, _mm256_mul_ps(r, r)), r),
+        _mm256_set1_ps(1.0),
+    );
+    let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    // Below EXP_MIN (and NaN) the mask is 0, as the reference returns.
+    let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(EXP_MIN));
+    _mm256_and_ps(_mm256_mul_ps(e, _mm256_castsi256_ps(two_n)), keep)
+}
+
+/// One row of [`super::attention::softmax_rows`], bit for bit as its reference: the exponentials
+/// 16 at a time into the reference's 16 lane sums (lanes 0–7 and 8–15 in two registers), the
+/// tail's one by one.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn softmax(x: &mut [f32]) {
+    use super::attention::{exp, fold_lanes};
+    let n = x.len();
+    let body = n - n % 16;
+    let p = x.as_mut_ptr();
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    for c in (0..body).step_by(8) {
+        // SAFETY: c + 8 <= body <= n.
+        m = _mm256_max_ps(m, unsafe { _mm256_loadu_ps(p.add(c)) });
+    }
+    let mut lanes = [0.0f32; 16];
+    // SAFETY: 8 writable values.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+    let max = lanes[..8]
+        .iter()
+        .chain(&x[body..])
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let vmax = _mm256_set1_ps(max);
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for c in (0..body).step_by(16) {
+        // SAFETY: c + 16 <= body <= n.
+        unsafe {
+            let e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(c)), vmax));
+            let e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(c + 8)), vmax));
+            _mm256_storeu_ps(p.add(c), e0);
+            _mm256_storeu_ps(p.add(c + 8), e1);
+            lo = _mm256_add_ps(lo, e0);
+            hi = _mm256_add_ps(hi, e1);
+        }
+    }
+    // SAFETY: 16 writable values.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    for (c, v) in x.iter_mut().enumerate().skip(body) {
+        *v = exp(*v - max);
+        lanes[c % 16] += *v;
+    }
+    let sum = fold_lanes(&lanes);
+    let vsum = _mm256_set1_ps(sum);
+    for c in (0..body).step_by(8) {
+        // SAFETY: c + 8 <= body <= n.
+        unsafe { _mm256_storeu_ps(p.add(c), _mm256_div_ps(_mm256_loadu_ps(p.add(c)), vsum)) };
+    }
+    x[body..].iter_mut().for_each(|v| *v /= sum);
+}
+
 /// Horizontal sum of 8 lanes.
 #[target_feature(enable = "avx2")]
 fn hsum(v: __m256) -> f32 {

@@ -7,7 +7,7 @@ use crate::kernels::activation::QuantizedActs;
 use crate::kernels::{TernaryMatrix, attention as attn, float, ternary_matmul};
 
 use super::kv_cache::{KvCache, KvTypes};
-use super::ops::{Rope, gated_activation, rms_norm_rows, softmax};
+use super::ops::{Rope, gated_activation, rms_norm_rows};
 use super::weights::TernaryWeight;
 use super::{Model, ModelError};
 
@@ -344,7 +344,7 @@ fn attention(
                 let qg = &q[row * q_dim + kv * group * d..][..group * d];
                 let s = &mut scores[..group * n];
                 attn::scores(path, qg, keys, scale, s);
-                s.chunks_exact_mut(n).for_each(softmax);
+                attn::softmax_rows(path, s, n);
                 // SAFETY: the query heads of KV head `kv` in row `row` are written by this task
                 // only, and lie within `out`.
                 let o = unsafe { dst.slice(row * q_dim + kv * group * d, group * d) };

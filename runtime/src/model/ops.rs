@@ -37,19 +37,6 @@ pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// In-place softmax.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in x.iter_mut() {
-        *v /= sum;
-    }
-}
-
 /// Rotary position embedding, rotate-half style, with the inverse frequencies computed as Hugging Face
 /// does (in f32), including its `linear` and `llama3` scalings.
 ///
@@ -139,14 +126,6 @@ mod tests {
         let mut out = [0.0; 4];
         rms_norm(&[3.0; 4], &[1.0, 2.0, 3.0, 4.0], 0.0, &mut out);
         assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
-    }
-
-    #[test]
-    fn softmax_sums_to_one_and_keeps_order() {
-        let mut x = [1.0, 3.0, 2.0, -1000.0];
-        softmax(&mut x);
-        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(x[1] > x[2] && x[2] > x[0] && x[3] == 0.0);
     }
 
     #[test]
