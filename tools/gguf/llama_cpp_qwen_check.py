@@ -16,50 +16,28 @@ products, float elsewhere; bitnet-run: int8 per token, as BitNet does), so the f
 closeness, not an equality.
 """
 
-import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from llama_server import llama_server, post, run
+
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = ROOT / "target" / "release"
-PORT = 18556
-
-
-def run(*args):
-    r = subprocess.run([str(a) for a in args], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(map(str, args))} failed:\n{r.stdout}{r.stderr}")
 
 
 def completion(prompt):
-    body = json.dumps({"prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0,
-                       "cache_prompt": False, "ignore_eos": True}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/completion", data=body,
-                                 headers={"Content-Type": "application/json"})
-    reply = json.load(urllib.request.urlopen(req, timeout=60))
+    reply = post("/completion", {"prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0,
+                                 "cache_prompt": False, "ignore_eos": True})
     # llama-server holds back the probabilities of a token that ends inside a UTF-8 character.
     probs = reply.get("completion_probabilities")
     return probs[0]["top_logprobs"] if probs else None
 
 
 def compare(server, gguf, model, vocab, work):
-    p = subprocess.Popen([server, "-m", gguf, "--host", "127.0.0.1", "--port", str(PORT), "-t", "2",
-                          "-c", "128"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if time.time() > deadline or p.poll() is not None:
-                    sys.exit(f"llama-server did not start on {gguf}")
-                time.sleep(0.2)
+    with llama_server(server, gguf, 128):
         rng = np.random.default_rng(1)
         agree, worst, n = 0, 0.0, 0
         while n < 20:
@@ -77,9 +55,6 @@ def compare(server, gguf, model, vocab, work):
             agree += int(np.argmax(logits)) == top[0]["id"]
             worst = max(worst, max(abs(logp[t["id"]] - t["logprob"]) for t in top))
         return agree, n, worst
-    finally:
-        p.terminate()
-        p.wait()
 
 
 def main():

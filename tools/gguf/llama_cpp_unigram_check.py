@@ -16,27 +16,16 @@ position of the others; the export's notes say where llama.cpp's tokenizer is kn
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from llama_server import llama_server, post, run
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVERT = ROOT / "target" / "release" / "bitnet-convert"
-PORT = 18555
-
-
-def run(*args):
-    r = subprocess.run([str(a) for a in args], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(map(str, args))} failed:\n{r.stderr}")
-    return r.stderr
 
 
 def tokenize(text):
-    body = json.dumps({"content": text, "add_special": False}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/tokenize", data=body,
-                                 headers={"Content-Type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=30))["tokens"]
+    return post("/tokenize", {"content": text, "add_special": False})["tokens"]
 
 
 def without_byte_fallback(case, unk):
@@ -54,18 +43,7 @@ def without_byte_fallback(case, unk):
 
 
 def check(server, gguf, cases, unk):
-    p = subprocess.Popen([server, "-m", gguf, "--host", "127.0.0.1", "--port", str(PORT), "-t", "2",
-                          "-c", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if time.time() > deadline or p.poll() is not None:
-                    sys.exit(f"llama-server did not start on {gguf}")
-                time.sleep(0.2)
+    with llama_server(server, gguf, 256):
         diffs, byte_fallback_only = [], 0
         for case in cases:
             got, want = tokenize(case["text"]), case["ids"]
@@ -76,9 +54,6 @@ def check(server, gguf, cases, unk):
                 diffs.append(f"  {case['text'][:50]!r}: at {i}, llama.cpp {got[i:i + 4]}, "
                              f"sentencepiece {want[i:i + 4]} {case['pieces'][i:i + 4]}")
         return diffs, byte_fallback_only
-    finally:
-        p.terminate()
-        p.wait()
 
 
 def main():
