@@ -393,43 +393,24 @@ fn an_i2s_file_written_by_bitnet_cpps_llama_quantize_imports_as_its_checkpoint()
     // And every tensor equals the direct conversion's: the same ternary values and scales, the
     // same f16 embeddings and output matrix (the checkpoint's bf16 values, all exact in f16), the
     // same f32 norms.
-    assert_eq!(fi.tensors().len(), fd.tensors().len());
-    for ti in fi.tensors() {
-        let td = fd.index().get(&ti.name).unwrap();
-        assert_eq!(
-            (&ti.shape, ti.encoding),
-            (&td.shape, td.encoding),
-            "{}",
-            ti.name
-        );
-        let (vi, vd) = (fi.view(ti), fd.view(td));
-        match ti.encoding {
-            Encoding::Ternary(_) => {
-                let ((a, sa), (b, sb)) =
-                    (vi.unpack_ternary().unwrap(), vd.unpack_ternary().unwrap());
-                assert!(a == b && sa.to_bits() == sb.to_bits(), "{}", ti.name);
-            }
-            _ => assert_eq!(vi.data, vd.data, "{}", ti.name),
-        }
-    }
+    let encodings = |f: &BitnetFile| {
+        let mut e: Vec<_> = f
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.encoding))
+            .collect();
+        e.sort_by(|a, b| a.0.cmp(&b.0));
+        e
+    };
+    assert_eq!(encodings(&fi), encodings(&fd));
+    convert_support::assert_same_tensors(&imported, &direct, |s| s);
 
     // The tokenizer rebuilt from bitnet.cpp's tokenizer.ggml.* encodes as transformers' did.
     let tok = Tokenizer::from_info(fi.header().tokenizer.as_ref()).unwrap();
-    let example = &reference["tokenizer_example"];
-    assert_eq!(
-        tok.encode_prompt(example["text"].as_str().unwrap())
-            .unwrap(),
-        ids(&example["ids_with_special_tokens"])
-    );
-    let chat = read_json(&checkpoint.join("chat.json"));
-    assert_eq!(
-        tok.encode(chat["rendered"].as_str().unwrap(), false)
-            .unwrap(),
-        ids(&chat["token_ids"])
-    );
+    convert_support::assert_tokenizes_like_transformers(&tok, &checkpoint);
 
     // Logits: bit for bit those of the direct conversion on every kernel path, and transformers'
-    // within the bounds of tests/tests/runtime_fixtures.rs.
+    // within the family tests' bounds.
     let f32_cache = KvTypes {
         keys: KvType::F32,
         values: KvType::F32,
@@ -453,22 +434,8 @@ fn an_i2s_file_written_by_bitnet_cpps_llama_quantize_imports_as_its_checkpoint()
                 "{label}: logits differ from the direct conversion's"
             );
             let (_, hf) = read_npy(&checkpoint.join(seq["logits_file"].as_str().unwrap()));
-            let max = got
-                .iter()
-                .zip(&hf)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(0.0, f64::max);
-            let mean = got
-                .iter()
-                .zip(&hf)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .sum::<f64>()
-                / got.len() as f64;
-            if tokens.len() <= 16 {
-                assert!(max < 1e-3, "{label}: max |Δ| {max} from transformers");
-            } else {
-                assert!(mean < 1e-2, "{label}: mean |Δ| {mean} from transformers");
-            }
+            let vocab = mi.config.vocab_size as usize;
+            convert_support::assert_logits_like_transformers(&got, &hf, vocab, &label);
         }
     }
 

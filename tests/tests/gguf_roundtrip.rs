@@ -22,7 +22,10 @@ use bitnet_format::{
     Activation, BitnetFile, Encoding, FileWriter, GenerationDefaults, Header, ModelConfig,
     Provenance, Source, TensorSpec, TernaryLayout, TokenizerInfo, ternary,
 };
-use convert_support::{FIXTURES, convert_dir, fixture, ids, options, read_json, read_npy};
+use convert_support::{
+    FIXTURES, assert_logits_like_transformers, assert_same_tensors,
+    assert_tokenizes_like_transformers, convert_dir, fixture, ids, options, read_json, read_npy,
+};
 use gguf_rs_lib::format::metadata::MetadataValue;
 
 fn export(input: &Path, output: &Path, ty: ExportType) -> gguf::ExportReport {
@@ -31,33 +34,6 @@ fn export(input: &Path, output: &Path, ty: ExportType) -> gguf::ExportReport {
 
 fn import(input: &Path, output: &Path) -> gguf::ImportReport {
     gguf::import_gguf(&ImportOptions::new(input, output)).unwrap()
-}
-
-/// Every tensor of `a` equals `b`'s: ternary values and scale (with `scale_map` applied to `a`'s
-/// scale), floats exactly.
-fn assert_same_tensors(a: &Path, b: &Path, scale_map: impl Fn(f32) -> f32) {
-    let (fa, fb) = (BitnetFile::open(a).unwrap(), BitnetFile::open(b).unwrap());
-    assert_eq!(fa.tensors().len(), fb.tensors().len());
-    for ta in fa.tensors() {
-        let tb = fb
-            .index()
-            .get(&ta.name)
-            .unwrap_or_else(|| panic!("{} missing", ta.name));
-        assert_eq!(ta.shape, tb.shape, "{}", ta.name);
-        let (va, vb) = (fa.view(ta), fb.view(tb));
-        match ta.encoding {
-            Encoding::Ternary(_) => {
-                let (xa, sa) = va.unpack_ternary().unwrap();
-                let (xb, sb) = vb.unpack_ternary().unwrap();
-                assert!(xa == xb, "{}: ternary values differ", ta.name);
-                assert_eq!(scale_map(sa).to_bits(), sb.to_bits(), "{}: scale", ta.name);
-            }
-            _ => {
-                assert_eq!(ta.encoding, tb.encoding, "{}", ta.name);
-                assert_eq!(va.data, vb.data, "{}: bytes", ta.name);
-            }
-        }
-    }
 }
 
 #[test]
@@ -150,7 +126,6 @@ fn every_family_fixture_round_trips_through_i2s_bit_exactly() {
 fn a_falcon_e_gguf_as_bitnet_cpp_writes_it_runs_like_transformers() {
     use bitnet_run::kernels::KernelPath;
     use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
-    use bitnet_run::sampling::argmax;
     use bitnet_run::tokenizer::Tokenizer;
 
     let dir = tempfile::tempdir().unwrap();
@@ -207,18 +182,7 @@ fn a_falcon_e_gguf_as_bitnet_cpp_writes_it_runs_like_transformers() {
 
     let reference = read_json(&fixture("falcon-e").join("reference.json"));
     let tok = Tokenizer::from_info(file.header().tokenizer.as_ref()).unwrap();
-    let example = &reference["tokenizer_example"];
-    let example_text = example["text"].as_str().unwrap();
-    assert_eq!(
-        tok.encode_prompt(example_text).unwrap(),
-        ids(&example["ids_with_special_tokens"])
-    );
-    let chat = read_json(&fixture("falcon-e").join("chat.json"));
-    assert_eq!(
-        tok.encode(chat["rendered"].as_str().unwrap(), false)
-            .unwrap(),
-        ids(&chat["token_ids"])
-    );
+    assert_tokenizes_like_transformers(&tok, &fixture("falcon-e"));
 
     let f32_cache = KvTypes {
         keys: KvType::F32,
@@ -235,35 +199,8 @@ fn a_falcon_e_gguf_as_bitnet_cpp_writes_it_runs_like_transformers() {
             let got = Session::new(&model, tokens.len(), f32_cache)
                 .forward(&tokens, Logits::All)
                 .unwrap();
-            let max = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(0.0, f64::max);
-            let mean = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .sum::<f64>()
-                / got.len() as f64;
-            let agree = (0..tokens.len())
-                .filter(|&t| {
-                    let w: Vec<f32> = want[t * vocab..(t + 1) * vocab]
-                        .iter()
-                        .map(|&v| v as f32)
-                        .collect();
-                    argmax(&got[t * vocab..(t + 1) * vocab]) == argmax(&w)
-                })
-                .count() as f64
-                / tokens.len() as f64;
             let label = format!("{:?} {path:?}", seq["name"]);
-            // The same bounds as tests/tests/runtime_fixtures.rs.
-            if tokens.len() <= 16 {
-                assert!(max < 1e-3, "{label}: max |Δ| {max}");
-            } else {
-                assert!(agree >= 0.9, "{label}: argmax agreement {agree}");
-                assert!(mean < 1e-2, "{label}: mean |Δ| {mean}");
-            }
+            assert_logits_like_transformers(&got, &want, vocab, &label);
         }
     }
 }

@@ -5,8 +5,9 @@
 //! Every path gives bit-identical results: the reference fixes the order of every float operation
 //! (a dot product is 16 lane sums, lane `l` taking the products at `c ≡ l mod 16` in order, then
 //! folded as an 8-lane register is; no fused multiply-adds; the softmax's exponential is this
-//! module's [`exp`]), and the SIMD kernels perform the same operations. A model's hidden state therefore does not depend on the CPU: attention feeds the
-//! int8 activation quantization, which turns a last-bit difference into a whole quantization step.
+//! module's [`exp`]), and the SIMD kernels perform the same operations. A model's hidden state
+//! therefore does not depend on the CPU: attention feeds the int8 activation quantization, which
+//! turns a last-bit difference into a whole quantization step.
 
 #[cfg(target_arch = "x86_64")]
 use super::Isa;

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use bitnet_convert::gguf::vocab::Meta;
 use bitnet_convert::tokenizer::sentencepiece::{self as sp, SentencePieceModel};
 use bitnet_convert::{ConvertOptions, ConvertReport, HubOptions, SourceSpec};
-use bitnet_format::TokenizerInfo;
+use bitnet_format::{BitnetFile, Encoding, TokenizerInfo};
+use bitnet_run::sampling::argmax;
+use bitnet_run::tokenizer::Tokenizer;
 use gguf_rs_lib::format::metadata::MetadataValue;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde_json::Value;
@@ -101,6 +103,87 @@ pub fn assert_decodes_like_sentencepiece(
         compared += 1;
     }
     compared
+}
+
+/// Every tensor of `a` equals `b`'s: the same shape, ternary values and scale (with `scale_map`
+/// applied to `a`'s scale), other tensors' encoding and bytes.
+pub fn assert_same_tensors(a: &Path, b: &Path, scale_map: impl Fn(f32) -> f32) {
+    let (fa, fb) = (BitnetFile::open(a).unwrap(), BitnetFile::open(b).unwrap());
+    assert_eq!(fa.tensors().len(), fb.tensors().len());
+    for ta in fa.tensors() {
+        let tb = fb
+            .index()
+            .get(&ta.name)
+            .unwrap_or_else(|| panic!("{} missing", ta.name));
+        assert_eq!(ta.shape, tb.shape, "{}", ta.name);
+        let (va, vb) = (fa.view(ta), fb.view(tb));
+        match ta.encoding {
+            Encoding::Ternary(_) => {
+                let (xa, sa) = va.unpack_ternary().unwrap();
+                let (xb, sb) = vb.unpack_ternary().unwrap();
+                assert!(xa == xb, "{}: ternary values differ", ta.name);
+                assert_eq!(scale_map(sa).to_bits(), sb.to_bits(), "{}: scale", ta.name);
+            }
+            _ => {
+                assert_eq!(ta.encoding, tb.encoding, "{}", ta.name);
+                assert_eq!(va.data, vb.data, "{}: bytes", ta.name);
+            }
+        }
+    }
+}
+
+/// The fixture's tokenizer example (with special tokens, as a prompt) and its rendered chat
+/// (`chat.json`) encode to transformers' ids.
+pub fn assert_tokenizes_like_transformers(tok: &Tokenizer, fixture_dir: &Path) {
+    let example = &read_json(&fixture_dir.join("reference.json"))["tokenizer_example"];
+    assert_eq!(
+        tok.encode_prompt(example["text"].as_str().unwrap())
+            .unwrap(),
+        ids(&example["ids_with_special_tokens"])
+    );
+    let chat = read_json(&fixture_dir.join("chat.json"));
+    assert_eq!(
+        tok.encode(chat["rendered"].as_str().unwrap(), false)
+            .unwrap(),
+        ids(&chat["token_ids"])
+    );
+}
+
+/// The fraction of positions whose argmax in `got` is transformers' (`want`).
+pub fn argmax_agreement(got: &[f32], want: &[f64], vocab: usize) -> f64 {
+    let positions = got.len() / vocab;
+    let agree = (0..positions)
+        .filter(|&t| {
+            let w: Vec<f32> = want[t * vocab..(t + 1) * vocab]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            argmax(&got[t * vocab..(t + 1) * vocab]) == argmax(&w)
+        })
+        .count();
+    agree as f64 / positions as f64
+}
+
+/// Every position's logits against transformers' with the family tests' bounds: max |Δ| < 1e-3
+/// for up to 16 tokens; beyond, where an activation code may round the other way, argmax
+/// agreement ≥ 0.9 and mean |Δ| < 1e-2. Prints the figures under `label`.
+pub fn assert_logits_like_transformers(got: &[f32], want: &[f64], vocab: usize, label: &str) {
+    assert_eq!(got.len(), want.len(), "{label}");
+    let diffs: Vec<f64> = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .collect();
+    let max = diffs.iter().cloned().fold(0.0, f64::max);
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let agree = argmax_agreement(got, want, vocab);
+    eprintln!("{label}: max |Δ| {max:.2e}, mean |Δ| {mean:.2e}, argmax agreement {agree:.3}");
+    if got.len() / vocab <= 16 {
+        assert!(max < 1e-3, "{label}: max |Δ| {max}");
+    } else {
+        assert!(agree >= 0.9, "{label}: argmax agreement {agree}");
+        assert!(mean < 1e-2, "{label}: mean |Δ| {mean}");
+    }
 }
 
 /// GGUF metadata as a map, for the tokenizer import.
