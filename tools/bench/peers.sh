@@ -110,11 +110,16 @@ commit_of() {
     if [ -f "$1/COMMIT" ]; then head -1 "$1/COMMIT"; else echo unknown; fi
 }
 
-# build NAME LOG CONFIGURE_COMMAND... -- TARGETS...: configure once (no CMakeCache.txt yet), then
-# build the targets into WORK_DIR/NAME$BUILD_SUFFIX-build; on failure, the log's tail.
+# A peer's build directory for this instruction set (its log beside it, DIR.log).
+build_dir() { echo "$W/$1$BUILD_SUFFIX-build"; }
+
+# build NAME CONFIGURE_COMMAND... -- TARGETS...: configure once (no CMakeCache.txt yet), then
+# build the targets into `build_dir NAME`; on failure, the log's tail.
 build() {
-    local name=$1 log=$2 dir=$W/$1$BUILD_SUFFIX-build
-    shift 2
+    local name=$1 dir log
+    dir=$(build_dir "$1")
+    log=$dir.log
+    shift
     local configure=() targets=()
     while [ "$1" != -- ]; do configure+=("$1"); shift; done
     shift
@@ -133,8 +138,7 @@ build() {
     # targets is checked.
     if [ "$ISA" = avx2 ]; then
         ninja -C "$dir" -t commands "${targets[@]}" >"$dir/commands.txt"
-        if grep -q -E -e '-mavx512|-march=native' "$dir/commands.txt"; then
-            grep -m3 -E -e '-mavx512|-march=native' "$dir/commands.txt" >&2
+        if grep -m3 -E -e '-mavx512|-march=native' "$dir/commands.txt" >&2; then
             echo "$name: the AVX2 build has AVX-512 or native compile flags ($dir/commands.txt)" >&2
             exit 1
         fi
@@ -163,7 +167,7 @@ else
 fi
 COMMON_FLAGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release "${ISA_FLAGS[@]}" -DBUILD_SHARED_LIBS=OFF
     -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF)
-build llama.cpp "$W/llama.cpp$BUILD_SUFFIX-build.log" cmake -S "$LLAMA" "${COMMON_FLAGS[@]}" \
+build llama.cpp cmake -S "$LLAMA" "${COMMON_FLAGS[@]}" \
     "${LLAMA_ISA_FLAGS[@]}" -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_COMMIT="$LLAMA_COMMIT" -DLLAMA_BUILD_NUMBER=0 -- llama-bench
@@ -176,7 +180,7 @@ else
     BITNET_CC=()
     echo "warning: clang not found, bitnet.cpp is built with the default compiler" >&2
 fi
-if [ -n "$BITNET_SRC" ] && [ ! -f "$W/bitnet.cpp$BUILD_SUFFIX-build/CMakeCache.txt" ]; then
+if [ -n "$BITNET_SRC" ] && [ ! -f "$(build_dir bitnet.cpp)/CMakeCache.txt" ]; then
     step "bitnet.cpp: utils/codegen_tl2.py (as setup_env.py for BitNet-b1.58-2B-4T)"
     (cd "$BITNET_SRC" && python3 utils/codegen_tl2.py --model bitnet_b1_58-3B \
         --BM 160,320,320 --BK 96,96,96 --bm 32,32,32) >"$W/bitnet.cpp$BUILD_SUFFIX-codegen.log" 2>&1 ||
@@ -189,19 +193,19 @@ if [ -n "$BITNET_SRC" ] && grep -q '^ *int8_t \* y_col = y + col \* by;' "$mad";
     step "bitnet.cpp: upstream's const fix (69bf64d) to src/ggml-bitnet-mad.cpp"
     sed -i 's/^\( *\)int8_t \* y_col = y + col \* by;/\1const int8_t * y_col = y + col * by;/' "$mad"
 fi
-[ -z "$BITNET_SRC" ] || build bitnet.cpp "$W/bitnet.cpp$BUILD_SUFFIX-build.log" cmake -S "$BITNET_SRC" "${COMMON_FLAGS[@]}" \
+[ -z "$BITNET_SRC" ] || build bitnet.cpp cmake -S "$BITNET_SRC" "${COMMON_FLAGS[@]}" \
     -DBITNET_X86_TL2=OFF "${BITNET_CC[@]}" -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_SERVER=ON -- llama-bench
 
-[ -z "$IK_SRC" ] || build ik_llama.cpp "$W/ik_llama.cpp$BUILD_SUFFIX-build.log" cmake -S "$IK_SRC" "${COMMON_FLAGS[@]}" \
+[ -z "$IK_SRC" ] || build ik_llama.cpp cmake -S "$IK_SRC" "${COMMON_FLAGS[@]}" \
     "${IK_ISA_FLAGS[@]}" -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF -- llama-bench llama-quantize
 
-LLAMA_BENCH=$W/llama.cpp$BUILD_SUFFIX-build/bin/llama-bench
-BITNET_BENCH=$W/bitnet.cpp$BUILD_SUFFIX-build/bin/llama-bench
-IK_BENCH=$W/ik_llama.cpp$BUILD_SUFFIX-build/bin/llama-bench
+LLAMA_BENCH=$(build_dir llama.cpp)/bin/llama-bench
+BITNET_BENCH=$(build_dir bitnet.cpp)/bin/llama-bench
+IK_BENCH=$(build_dir ik_llama.cpp)/bin/llama-bench
 # Requantizes only when WORK_DIR/models lacks the IQ2_BN/IQ1_BN files (both sets share them): the
 # ternary values are exact in every format, so the build that writes them does not matter.
-IK_QUANTIZE=$W/ik_llama.cpp$BUILD_SUFFIX-build/bin/llama-quantize
+IK_QUANTIZE=$(build_dir ik_llama.cpp)/bin/llama-quantize
 
 # 2. Ours.
 step "cargo build --release -p bitnet-run -p bitnet-convert"
@@ -283,7 +287,7 @@ mkdir -p "$OUT"
 JSONL=$OUT.jsonl
 ours=$(git -C "$ROOT" rev-parse --short=12 HEAD)
 git -C "$ROOT" diff --quiet HEAD -- || ours="$ours+dirty"
-cc_of() { sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$W/$1$BUILD_SUFFIX-build/CMakeCache.txt"; }
+cc_of() { sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$(build_dir "$1")/CMakeCache.txt"; }
 # The compiler, and for the AVX2 set the instruction set, of a peer's build.
 cc_version() {
     local v
