@@ -1,10 +1,13 @@
-//! Kernel micro-benchmarks on the real matrix shapes of BitNet b1.58 2B-4T: the ternary
-//! matrix-vector (generation) and matrix-matrix (prompt, 128 tokens) kernels of every tiled layout
-//! and path this CPU has, and the dense output-matrix row kernels (f16, bf16, i8_row, q4_b32). Single-threaded: these measure the
-//! kernels, `bitnet-run bench` measures the model.
+//! Kernel micro-benchmarks on the real shapes of BitNet b1.58 2B-4T: the ternary matrix-vector
+//! (generation) and matrix-matrix (prompt, 128 tokens) kernels of every tiled layout and path this
+//! CPU has, the dense output-matrix row kernels (f16, bf16, i8_row, q4_b32), and attention over an
+//! f16 KV cache at depth 2048 (every layer's and KV head's keys and values, 157 MB, more than the
+//! caches hold, as one generated token reads them). Single-threaded: these measure the kernels,
+//! `bitnet-run bench` measures the model.
 //!
 //! `cargo bench -p bitnet-run --bench kernels` (add `-- ternary/1` etc. to filter). Throughput is
-//! weight bytes per second for one token and multiply-accumulates per second for 128 tokens.
+//! weight bytes per second for one token, multiply-accumulates per second for 128 tokens, and cache
+//! bytes per second for attention.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use std::time::Duration;
 use bitnet_format::q4::Q4Geometry;
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
+use bitnet_run::kernels::attention::{self, CacheRows};
 use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
 use bitnet_run::kernels::{KernelPath, Packing, TernaryMatrix, ternary_matmul};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -158,5 +162,53 @@ fn dense_rows(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ternary_kernels, dense_rows);
+fn attention_at_depth(c: &mut Criterion) {
+    // The 2B-4T shape: 30 layers × 5 KV heads of 128 values, 4 query heads per KV head.
+    let (heads, depth, dim, group) = (30 * 5, 2048usize, 128usize, 4usize);
+    let cache = |seed: usize| -> Vec<Vec<u8>> {
+        (0..heads)
+            .map(|h| {
+                (0..depth * dim)
+                    .flat_map(|i| {
+                        let v = ((i * 7 + h * 13 + seed) % 29) as f32 * 0.02 - 0.28;
+                        half::f16::from_f32(v).to_le_bytes()
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (keys, values) = (cache(1), cache(2));
+    fn rows(data: &[u8], dim: usize, depth: usize) -> CacheRows<'_> {
+        CacheRows {
+            data,
+            kind: FloatKind::F16,
+            stride: dim * 2,
+            dim,
+            rows: depth,
+        }
+    }
+    let q: Vec<f32> = (0..group * dim).map(|i| (i % 11) as f32 * 0.05).collect();
+    let mut scores = vec![0.0f32; group * depth];
+    let mut out = vec![0.0f32; group * dim];
+    let mut g = c.benchmark_group("attention/2048");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .throughput(Throughput::Bytes((2 * heads * depth * dim * 2) as u64));
+    for path in KernelPath::available() {
+        g.bench_function(BenchmarkId::new(path.name(), "f16"), |b| {
+            b.iter(|| {
+                for (k, v) in keys.iter().zip(&values) {
+                    attention::scores(path, &q, rows(k, dim, depth), 0.088, &mut scores);
+                    attention::softmax_rows(path, &mut scores, depth);
+                    attention::accumulate(path, &scores, rows(v, dim, depth), &mut out);
+                }
+                black_box(&out);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ternary_kernels, dense_rows, attention_at_depth);
 criterion_main!(benches);

@@ -33,13 +33,20 @@ pub use ternary::{Packing, TernaryMatrix, ternary_matmul};
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 2048;
 
-/// Ask for the cache line [`PREFETCH_AHEAD`] bytes past `codes[at]` (a hint: an address past the
-/// end of `codes` is never dereferenced, and a prefetch never faults).
+/// Ask for the cache line [`PREFETCH_AHEAD`] bytes past `codes[at]`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch(codes: &[u8], at: usize) {
+    prefetch_line(codes, at + PREFETCH_AHEAD)
+}
+
+/// Ask for the cache line holding `data[at]` (a hint: an address past the end of `data` is never
+/// dereferenced, and a prefetch never faults).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_line(data: &[u8], at: usize) {
     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-    let p = codes.as_ptr().wrapping_add(at + PREFETCH_AHEAD);
+    let p = data.as_ptr().wrapping_add(at);
     // SAFETY: SSE is part of x86-64; `prefetcht0` only hints the cache and never faults, whatever
     // the address.
     unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
