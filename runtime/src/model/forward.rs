@@ -362,7 +362,7 @@ fn project(model: &Model, acts: &QuantizedActs, jobs: &mut [(&TernaryWeight, &mu
     let tokens = acts.tokens;
     let mut work = Vec::new();
     for (j, (w, out)) in jobs.iter_mut().enumerate() {
-        out.clear();
+        // Every output is written below: a buffer reused at the same size needs no clearing.
         out.resize(tokens * w.rows, 0.0);
         let tiles = w.rows.div_ceil(w.tile_rows);
         let chunk = tiles.div_ceil(4 * model.threads()).max(1);
@@ -382,18 +382,19 @@ fn project(model: &Model, acts: &QuantizedActs, jobs: &mut [(&TernaryWeight, &mu
         let m = &mats[j];
         let r_count = m.tile_rows;
         ACC.with_borrow_mut(|acc| {
-            acc.clear();
+            // The kernels write every accumulator (`ternary_matmul`): no clearing.
             acc.resize(tiles.len() * tokens * r_count, 0);
             ternary_matmul(model.path, m, acts, tiles.clone(), acc);
             for (i, tile) in tiles.enumerate() {
                 let rows = tile * r_count..((tile + 1) * r_count).min(m.rows);
-                for t in 0..tokens {
+                for (t, &s) in acts.scale.iter().enumerate().take(tokens) {
                     let base = (i * tokens + t) * r_count;
                     // SAFETY: these rows are written by this task only, and `t · rows + n` lies
                     // within the `tokens × rows` output.
                     let y = unsafe { outs[j].slice(t * m.rows + rows.start, rows.len()) };
-                    for (r, y) in y.iter_mut().enumerate() {
-                        *y = acc[base + r] as f32 / acts.scale[t] * m.scale;
+                    // A plain zip, so that the compiler divides 8 or 16 lanes at a time.
+                    for (y, &a) in y.iter_mut().zip(&acc[base..base + rows.len()]) {
+                        *y = a as f32 / s * m.scale;
                     }
                 }
             }
