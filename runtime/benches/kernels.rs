@@ -103,7 +103,8 @@ fn ternary_kernels(c: &mut Criterion) {
 }
 
 fn dense_rows(c: &mut Criterion) {
-    // 8192 rows of the 2B-4T output matrix (hidden 2560), one token: the generation case.
+    // 8192 rows of the 2B-4T output matrix (hidden 2560), one token: the generation case (and
+    // eight tokens for f16, a batched step).
     let (rows, cols) = (8192usize, 2560usize);
     let mut group = c.benchmark_group("output");
     group
@@ -111,6 +112,7 @@ fn dense_rows(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(300));
     let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 * 0.1).collect();
+    let x8: Vec<f32> = (0..8 * cols).map(|i| (i % 11) as f32 * 0.1).collect();
     for kind in [
         DenseKind::Float(FloatKind::F16),
         DenseKind::Float(FloatKind::Bf16),
@@ -154,9 +156,18 @@ fn dense_rows(c: &mut Criterion) {
                 DenseKind::I8Row => "i8_row".into(),
                 DenseKind::Q4B32 => "q4_b32".into(),
             };
-            group.bench_function(BenchmarkId::new(path.name(), label), |b| {
+            group.bench_function(BenchmarkId::new(path.name(), &label), |b| {
                 b.iter(|| float::matmul(path, black_box(&w), black_box(&x), 0..rows, &mut out))
             });
+            // Eight tokens at once, as a batched serving step with eight sequences generating.
+            if kind == DenseKind::Float(FloatKind::F16) {
+                let mut out8 = vec![0.0f32; rows * 8];
+                group.bench_function(BenchmarkId::new(path.name(), "f16 x8"), |b| {
+                    b.iter(|| {
+                        float::matmul(path, black_box(&w), black_box(&x8), 0..rows, &mut out8)
+                    })
+                });
+            }
         }
     }
     group.finish();

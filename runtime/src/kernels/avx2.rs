@@ -502,19 +502,22 @@ pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
     }
 }
 
-/// Defines `dense_rows_dot` (and its helper `dense_row_group`) for one vector width: `$vec` of
-/// `$lanes` f32 lanes, `$widen` a closure `(pointer, kind) -> $vec` widening `$lanes` elements of a
-/// row in registers, `$hsum` the horizontal sum.
+/// Defines `dense_rows_dot` (and its helpers `dense_rows_of` and `dense_row_group`) for one vector
+/// width: `$vec` of `$lanes` f32 lanes, `$max_rows` rows at a time for several tokens,
+/// `$i8_lone_chunks` chunks in flight for one token's `i8_row` rows, `$widen` a
+/// closure `(pointer, kind) -> $vec` widening `$lanes` elements of a row in registers, `$hsum` the
+/// horizontal sum.
 macro_rules! dense_rows_kernel {
-    ($features:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $fma:ident, $add:ident,
-     $hsum:path, $widen:expr) => {
+    ($features:literal, $vec:ty, $lanes:literal, $max_rows:literal, $i8_lone_chunks:literal,
+     $zero:ident, $load:ident, $fma:ident, $add:ident, $hsum:path, $widen:expr) => {
         /// `out[(r - rows.start) · tokens + t] = row(r) · x[t]` for a dense matrix of `kind` (0 f16,
         /// 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens = x.len() /
         /// cols` token rows of `x`. For one or two tokens, one row at a time: a single sequential
         /// stream per thread, which the hardware prefetcher follows best (interleaving four rows to
-        /// share activation loads decoded a third slower, BENCHMARKS.md); for more, two rows at a
-        /// time. Each chunk of a row is widened once per group of up to four tokens, so the row
-        /// comes from memory once and from L1 for further groups.
+        /// share activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows`
+        /// rows at a time (as many as the registers hold accumulators for). Each chunk of a row is
+        /// widened once per group of up to four tokens, so the row comes from memory once and from
+        /// L1 for further groups.
         ///
         /// # Safety
         /// The CPU must support the features above; `data` holds `rows.end` rows of `cols`
@@ -533,44 +536,105 @@ macro_rules! dense_rows_kernel {
             let tokens = x.len() / cols;
             let row_bytes = cols * elem_bytes;
             assert!(data.len() >= rows.end * row_bytes && out.len() == rows.len() * tokens);
+            if tokens > 2 {
+                let args = (data, row_bytes, elem_bytes, rows, cols, x, out);
+                // SAFETY: the features and sizes of this function.
+                unsafe {
+                    match kind {
+                        0 => dense_rows_of::<0>(args),
+                        1 => dense_rows_of::<1>(args),
+                        _ => dense_rows_of::<2>(args),
+                    }
+                }
+                return;
+            }
+            // One or two tokens stream one row at a time: memory-bound, and one stream per thread
+            // is what the prefetcher follows best. (A lone token's `i8_row` rows take
+            // `$i8_lone_chunks` chunks in flight, as measured fastest on each width: with four,
+            // the AVX-512 loop LLVM makes for them read at half the speed.)
+            for (i, r) in rows.enumerate() {
+                let row = [&data[r * row_bytes..(r + 1) * row_bytes]];
+                let (g, o) = ((elem_bytes, x, cols, tokens), &mut out[i * tokens..]);
+                // SAFETY: the features of this function; the row holds `cols` elements, `x` the
+                // `tokens` token rows and `o` their outputs in this row.
+                unsafe {
+                    match (tokens, kind) {
+                        (1, 0) => dense_row_group::<1, 1, 4, 0>(row, g, o),
+                        (1, 1) => dense_row_group::<1, 1, 4, 1>(row, g, o),
+                        (1, _) => dense_row_group::<1, 1, $i8_lone_chunks, 2>(row, g, o),
+                        (_, 0) => dense_row_group::<1, 2, 2, 0>(row, g, o),
+                        (_, 1) => dense_row_group::<1, 2, 2, 1>(row, g, o),
+                        (_, _) => dense_row_group::<1, 2, 2, 2>(row, g, o),
+                    }
+                };
+            }
+        }
+
+        /// [`dense_rows_dot`] for three or more tokens and rows of kind `KIND`: compute-bound, so
+        /// two or four rows at a time (`$max_rows`, as many as the registers hold accumulators
+        /// for) halve or quarter the activation loads per multiply-add. One copy per kind: with
+        /// the kind a constant the accumulators stay in registers (with a run-time kind, four
+        /// rows' went through the stack).
+        ///
+        /// # Safety
+        /// As [`dense_rows_dot`], with `row_bytes = cols · elem_bytes`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dense_rows_of<const KIND: u8>(
+            (data, row_bytes, elem_bytes, rows, cols, x, out): (
+                &[u8],
+                usize,
+                usize,
+                Range<usize>,
+                usize,
+                &[f32],
+                &mut [f32],
+            ),
+        ) {
+            let tokens = x.len() / cols;
             let row = |r: usize| &data[r * row_bytes..(r + 1) * row_bytes];
             let mut r = rows.start;
             while r < rows.end {
-                // One or two tokens stream one row at a time (memory-bound: one stream per thread
-                // is what the prefetcher follows best). Three or more are compute-bound: two rows
-                // at a time halve the activation loads per multiply-add.
-                let pair = tokens > 2 && r + 1 < rows.end;
+                let together = match rows.end - r {
+                    left if $max_rows >= 4 && left >= 4 => 4,
+                    left if left >= 2 => 2,
+                    _ => 1,
+                };
                 let out = &mut out[(r - rows.start) * tokens..];
                 let mut t = 0;
                 while t < tokens {
                     let (xs, o) = (&x[t * cols..], &mut out[t..]);
-                    let g = (kind, elem_bytes, xs, cols, tokens);
+                    let g = (elem_bytes, xs, cols, tokens);
                     // SAFETY (all): the features of this function; each row holds `cols` elements,
                     // `xs` the rows of tokens `t..tokens`, at least as many as each group takes,
-                    // and `o` the outputs of those tokens in this row and the next. `U` depends on
-                    // the group's size only, never on pairing, so that a row's sums are the same
-                    // wherever a thread's range of rows starts.
+                    // and `o` the outputs of those tokens in this row and the ones after. `U`
+                    // depends on the group's size only, never on how many rows go together, so
+                    // that a row's sums are the same wherever a thread's range of rows starts.
                     t += unsafe {
-                        match (pair, tokens - t) {
-                            (false, 1) if tokens == 1 => dense_row_group::<1, 1, 4>([row(r)], g, o),
-                            (false, 1) => dense_row_group::<1, 1, 2>([row(r)], g, o),
-                            (false, 2) => dense_row_group::<1, 2, 2>([row(r)], g, o),
-                            (false, 3) => dense_row_group::<1, 3, 1>([row(r)], g, o),
-                            (false, _) => dense_row_group::<1, 4, 1>([row(r)], g, o),
-                            (true, 1) => dense_row_group::<2, 1, 2>([row(r), row(r + 1)], g, o),
-                            (true, 2) => dense_row_group::<2, 2, 2>([row(r), row(r + 1)], g, o),
-                            (true, 3) => dense_row_group::<2, 3, 1>([row(r), row(r + 1)], g, o),
-                            (true, _) => dense_row_group::<2, 4, 1>([row(r), row(r + 1)], g, o),
+                        let (two, four) = ([r, r + 1], [r, r + 1, r + 2, r + 3]);
+                        match (together, tokens - t) {
+                            (1, 1) => dense_row_group::<1, 1, 2, KIND>([row(r)], g, o),
+                            (1, 2) => dense_row_group::<1, 2, 2, KIND>([row(r)], g, o),
+                            (1, 3) => dense_row_group::<1, 3, 1, KIND>([row(r)], g, o),
+                            (1, _) => dense_row_group::<1, 4, 1, KIND>([row(r)], g, o),
+                            (2, 1) => dense_row_group::<2, 1, 2, KIND>(two.map(row), g, o),
+                            (2, 2) => dense_row_group::<2, 2, 2, KIND>(two.map(row), g, o),
+                            (2, 3) => dense_row_group::<2, 3, 1, KIND>(two.map(row), g, o),
+                            (2, _) => dense_row_group::<2, 4, 1, KIND>(two.map(row), g, o),
+                            (_, 1) => dense_row_group::<4, 1, 2, KIND>(four.map(row), g, o),
+                            (_, 2) => dense_row_group::<4, 2, 2, KIND>(four.map(row), g, o),
+                            (_, 3) => dense_row_group::<4, 3, 1, KIND>(four.map(row), g, o),
+                            (_, _) => dense_row_group::<4, 4, 1, KIND>(four.map(row), g, o),
                         }
                     };
                 }
-                r += if pair { 2 } else { 1 };
+                r += together;
             }
         }
 
         /// The dot products of `R` rows with `M` tokens: each widened chunk of a row feeds `M`
         /// accumulators and each loaded chunk of a token `R`, with `U` chunks in flight
-        /// (independent FMA chains hide the latency). `g` is (kind, element bytes, the tokens'
+        /// (independent FMA chains hide the latency), for rows of kind `KIND`. `g` is (element bytes, the tokens'
         /// rows, columns, the stride of `out` between rows); writes `out[i · stride + m]` for row
         /// `i` and token `m`, and returns `M`.
         ///
@@ -579,9 +643,14 @@ macro_rules! dense_rows_kernel {
         /// at least `M · cols` values and `out` at least `(R − 1) · stride + M`.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn dense_row_group<const R: usize, const M: usize, const U: usize>(
+        unsafe fn dense_row_group<
+            const R: usize,
+            const M: usize,
+            const U: usize,
+            const KIND: u8,
+        >(
             rows: [&[u8]; R],
-            (kind, elem_bytes, xs, cols, stride): (u8, usize, &[f32], usize, usize),
+            (elem_bytes, xs, cols, stride): (usize, &[f32], usize, usize),
             out: &mut [f32],
         ) -> usize {
             debug_assert!(xs.len() >= M * cols && out.len() >= (R - 1) * stride + M);
@@ -595,7 +664,7 @@ macro_rules! dense_rows_kernel {
             let step = |acc: &mut [[$vec; M]; R], k: usize| {
                 let a: [$vec; M] = std::array::from_fn(|m| unsafe { $load(xp.add(m * cols + k)) });
                 for (row, acc) in rows.iter().zip(acc.iter_mut()) {
-                    let w = unsafe { widen(row.as_ptr().add(k * elem_bytes), kind) };
+                    let w = unsafe { widen(row.as_ptr().add(k * elem_bytes), KIND) };
                     for (acc, a) in acc.iter_mut().zip(a) {
                         *acc = $fma(w, a, *acc);
                     }
@@ -616,7 +685,7 @@ macro_rules! dense_rows_kernel {
                 for m in 0..M {
                     let x = &xs[m * cols..(m + 1) * cols];
                     let tail: f32 = (full..cols)
-                        .map(|k| $crate::kernels::float::dense_element(kind, row, k) * x[k])
+                        .map(|k| $crate::kernels::float::dense_element(KIND, row, k) * x[k])
                         .sum();
                     let sum = acc[1..].iter().fold(acc[0][j][m], |s, a| $add(s, a[j][m]));
                     out[j * stride + m] = $hsum(sum) + tail;
@@ -632,6 +701,8 @@ dense_rows_kernel!(
     "avx2,fma,f16c",
     __m256,
     8,
+    2,
+    4,
     _mm256_setzero_ps,
     _mm256_loadu_ps,
     _mm256_fmadd_ps,

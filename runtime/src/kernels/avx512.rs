@@ -381,6 +381,8 @@ super::avx2::dense_rows_kernel!(
     "avx512f",
     __m512,
     16,
+    4,
+    2,
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
