@@ -504,9 +504,8 @@ pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
 
 /// Defines `dense_rows_dot` (and its helpers `dense_rows_of` and `dense_row_group`) for one vector
 /// width: `$vec` of `$lanes` f32 lanes, `$max_rows` rows at a time for several tokens,
-/// `$i8_lone_chunks` chunks in flight for one token's `i8_row` rows, `$widen` a
-/// closure `(pointer, kind) -> $vec` widening `$lanes` elements of a row in registers, `$hsum` the
-/// horizontal sum.
+/// `$i8_lone_chunks` chunks in flight for one token's `i8_row` rows, `$widen` a closure `(pointer,
+/// kind) -> $vec` widening `$lanes` elements of a row in registers, `$hsum` the horizontal sum.
 macro_rules! dense_rows_kernel {
     ($features:literal, $vec:ty, $lanes:literal, $max_rows:literal, $i8_lone_chunks:literal,
      $zero:ident, $load:ident, $fma:ident, $add:ident, $hsum:path, $widen:expr) => {
@@ -632,9 +631,9 @@ macro_rules! dense_rows_kernel {
             }
         }
 
-        /// The dot products of `R` rows with `M` tokens: each widened chunk of a row feeds `M`
-        /// accumulators and each loaded chunk of a token `R`, with `U` chunks in flight
-        /// (independent FMA chains hide the latency), for rows of kind `KIND`. `g` is (element bytes, the tokens'
+        /// The dot products of `R` rows of kind `KIND` with `M` tokens: each widened chunk of a
+        /// row feeds `M` accumulators and each loaded chunk of a token `R`, with `U` chunks in
+        /// flight (independent FMA chains hide the latency). `g` is (element bytes, the tokens'
         /// rows, columns, the stride of `out` between rows); writes `out[i · stride + m]` for row
         /// `i` and token `m`, and returns `M`.
         ///
