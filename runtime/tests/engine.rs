@@ -75,6 +75,7 @@ fn config(slots: usize) -> EngineConfig {
         slots,
         ctx: 4096,
         step_tokens: 64,
+        stall: None,
         max_waiting: 16,
         cache: KvTypes::default(),
     }
@@ -100,28 +101,32 @@ fn greedy_requests_alone_and_eight_at_once_equal_single_sequence_generation() {
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (p.len(), n));
     }
     // All eight at once, each in its own thread; prompt chunks of long prompts share steps with
-    // the decoding of others (a step budget of 64 tokens).
-    let engine = Engine::start(Arc::clone(&model), config(8)).unwrap();
-    let handles: Vec<_> = prompts
-        .iter()
-        .zip(lengths)
-        .map(|(p, n)| engine.submit(Request::greedy(p.clone(), n)).unwrap())
-        .collect();
-    let got: Vec<Vec<u32>> = std::thread::scope(|s| {
-        let threads: Vec<_> = handles
-            .into_iter()
-            .map(|h| s.spawn(move || collect(h).0))
+    // the decoding of others: up to a step budget of 64 tokens, or, with a stall of 0, one token
+    // a step beside generating sequences (the most chunks).
+    for stall in [None, Some(0.0)] {
+        let engine =
+            Engine::start(Arc::clone(&model), EngineConfig { stall, ..config(8) }).unwrap();
+        let handles: Vec<_> = prompts
+            .iter()
+            .zip(lengths)
+            .map(|(p, n)| engine.submit(Request::greedy(p.clone(), n)).unwrap())
             .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
-    });
-    assert_eq!(got, want);
-    let stats = engine.stats();
-    let steps = stats.steps_total.load(std::sync::atomic::Ordering::Relaxed);
-    let seqs = stats
-        .step_sequences_total
-        .load(std::sync::atomic::Ordering::Relaxed);
-    // Batching happened: far fewer steps than sequence-steps.
-    assert!(seqs >= 2 * steps, "{seqs} sequence-steps in {steps} steps");
+        let got: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let threads: Vec<_> = handles
+                .into_iter()
+                .map(|h| s.spawn(move || collect(h).0))
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(got, want, "stall {stall:?}");
+        let stats = engine.stats();
+        let steps = stats.steps_total.load(std::sync::atomic::Ordering::Relaxed);
+        let seqs = stats
+            .step_sequences_total
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Batching happened: far fewer steps than sequence-steps.
+        assert!(seqs >= 2 * steps, "{seqs} sequence-steps in {steps} steps");
+    }
 }
 
 #[test]

@@ -43,6 +43,11 @@ pub struct Args {
     /// small, so a new prompt delays the running streams by little (see BENCHMARKS.md)
     #[arg(short = 'b', long = "batch-size", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub batch_tokens: u64,
+    /// While streams generate, read new prompts only as far as that lengthens a step by at most
+    /// this percent of a step of all running streams (measured while serving); smoother streams,
+    /// later first tokens (see README); `off`: only `-b` limits them
+    #[arg(long = "max-stall", default_value = "off", value_parser = parse_stall)]
+    pub max_stall: Stall,
     /// Requests that may wait for a free slot; more get 429
     #[arg(long = "queue", default_value_t = 64)]
     pub queue: usize,
@@ -61,6 +66,22 @@ pub struct Args {
     /// Model name reported by /v1/models (default: the file name)
     #[arg(short = 'a', long = "alias")]
     pub alias: Option<String>,
+}
+
+/// `--max-stall`: a fraction, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct Stall(pub Option<f64>);
+
+fn parse_stall(value: &str) -> Result<Stall, String> {
+    if value == "off" {
+        return Ok(Stall(None));
+    }
+    match value.parse::<f64>() {
+        Ok(percent) if percent.is_finite() && percent >= 0.0 => Ok(Stall(Some(percent / 100.0))),
+        _ => Err(format!(
+            "expected a percentage of 0 or more, or `off`; got `{value}`"
+        )),
+    }
 }
 
 /// llama.cpp spells some options with one dash and several letters (`-np 4`, `-ctk f16`); clap reads one

@@ -203,6 +203,7 @@ fn load(args: &Args) -> Result<Loaded> {
             slots,
             ctx,
             step_tokens: args.batch_tokens as usize,
+            stall: args.max_stall.0,
             max_waiting: args.queue,
             cache,
         },

@@ -784,3 +784,16 @@ fn the_chat_page_and_its_files_are_public_with_a_strict_csp() {
     assert_eq!(chat(None), 401);
     assert_eq!(chat(Some("sesame")), 200);
 }
+
+#[test]
+fn a_bad_max_stall_is_refused_naming_the_option() {
+    for bad in ["-5", "x", "NaN"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bitnet-serve"))
+            .args(["--port", "0", &format!("--max-stall={bad}")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--max-stall") && err.contains(bad), "{err}");
+    }
+}

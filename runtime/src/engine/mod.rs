@@ -1,10 +1,11 @@
 //! The serving engine: many requests share one loaded model. Each running request owns a slot (a
 //! KV cache); one thread runs continuous batching: every step takes one token from each generating
-//! sequence plus prompt chunks of newly admitted ones (up to a token budget) and runs them as one
-//! batched forward ([`Runner::step`]), so each weight matrix is read once for all of them. Requests
-//! join and leave between steps; each samples with its own parameters and seed. A slot keeps its
-//! cache after its request, and a new request goes to the free slot sharing the longest prefix
-//! with its prompt, which then runs only the rest.
+//! sequence plus prompt chunks of newly admitted ones (up to a token budget, and optionally, while
+//! others generate, only as many as keep the step short: [`EngineConfig::stall`]) and runs them
+//! as one batched forward ([`Runner::step`]), so each weight matrix is read once for all of them.
+//! Requests join and leave between steps; each samples with its own parameters and seed. A slot
+//! keeps its cache after its request, and a new request goes to the free slot sharing the longest
+//! prefix with its prompt, which then runs only the rest.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -23,6 +24,7 @@
 //! # }
 //! ```
 
+mod pace;
 mod plan;
 
 use std::collections::VecDeque;
@@ -35,7 +37,8 @@ use std::time::Instant;
 use crate::model::{KvCache, KvTypes, Logits, Model, ModelError, Runner, SeqStep};
 use crate::sampling::{self, Logprobs, Sampler, SamplerConfig};
 
-use plan::{Work, choose_slot, plan_step};
+use pace::Pace;
+use plan::{Work, choose_slot, plan_step, prompt_budget};
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -46,6 +49,11 @@ pub struct EngineConfig {
     pub ctx: usize,
     /// Tokens per step: every generating sequence's one, then prompt chunks up to this.
     pub step_tokens: usize,
+    /// While sequences generate, a step takes prompt tokens only as far as it then takes at most
+    /// `1 + stall` times a step of all running sequences generating (by the costs of the steps
+    /// run so far), so that a newcomer's prompt delays the running streams' next tokens by little,
+    /// at the cost of its own first token; `None` (the default): only `step_tokens` limits them.
+    pub stall: Option<f64>,
     /// Requests that may wait for a slot; more are refused ([`SubmitError::QueueFull`]).
     pub max_waiting: usize,
     /// Each slot's KV cache element types.
@@ -58,6 +66,7 @@ impl Default for EngineConfig {
             slots: 4,
             ctx: 4096,
             step_tokens: 32,
+            stall: None,
             max_waiting: 64,
             cache: KvTypes::default(),
         }
@@ -418,6 +427,7 @@ struct Scheduler<'m> {
     config: &'m EngineConfig,
     stats: &'m EngineStats,
     shutdown: Option<Instant>,
+    pace: Pace,
 }
 
 impl<'m> Scheduler<'m> {
@@ -435,6 +445,7 @@ impl<'m> Scheduler<'m> {
             config,
             stats,
             shutdown: None,
+            pace: Pace::default(),
         }
     }
 
@@ -556,7 +567,17 @@ impl<'m> Scheduler<'m> {
                 }
             })
             .collect();
-        let plan = plan_step(&pending, self.config.step_tokens);
+        let decoding = pending.iter().filter(|p| p.is_none()).count();
+        let running = self.slots.iter().filter(|s| s.running.is_some()).count();
+        let mut prompt_tokens = prompt_budget(decoding, self.config.step_tokens);
+        if let Some(limit) = self
+            .config
+            .stall
+            .and_then(|stall| self.pace.prompt_limit(decoding, running, stall))
+        {
+            prompt_tokens = prompt_tokens.min(limit);
+        }
+        let plan = plan_step(&pending, prompt_tokens);
         let mut ran = Vec::new();
         let mut seqs = Vec::new();
         for (i, (slot, work)) in self.slots.iter_mut().zip(&plan).enumerate() {
@@ -581,6 +602,7 @@ impl<'m> Scheduler<'m> {
         if seqs.is_empty() {
             return;
         }
+        let started = Instant::now();
         let result = self.runner.step(&mut seqs);
         drop(seqs);
         self.stats.steps_total.fetch_add(1, Ordering::Relaxed);
@@ -594,6 +616,10 @@ impl<'m> Scheduler<'m> {
             Ok(logits) => logits,
             Err(e) => return self.fail(&ran, &e),
         };
+        let (decoded, prompted) = ran.iter().fold((0, 0), |(d, p), (_, work)| match work {
+            Work::Decode => (d + 1, p),
+            Work::Prompt { len, .. } => (d, p + len),
+        });
         for ((i, work), logits) in ran.into_iter().zip(logits) {
             if let Work::Prompt { len, .. } = work {
                 let r = self.slots[i].running.as_mut().expect("ran");
@@ -606,6 +632,8 @@ impl<'m> Scheduler<'m> {
                 self.sample(i, &logits);
             }
         }
+        self.pace
+            .observe(decoded, prompted, started.elapsed().as_secs_f64());
     }
 
     /// Sample slot `i`'s next token and report it, or finish the request.

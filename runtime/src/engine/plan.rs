@@ -32,18 +32,22 @@ pub enum Work {
     Prompt { len: usize, last: bool },
 }
 
-/// Plan a step under a budget of `budget` tokens: every decoding sequence runs one token, then
-/// prompts take what is left in admission order (a long prompt is cut into chunks over several
-/// steps, so decoding sequences are never starved by a newcomer's prompt), but at least a
-/// quarter of the budget, so prompts are not starved by more decoders than the budget either.
-/// `pending[i]` is `None` for a decoding sequence, `Some(n)` for one with `n` prompt tokens
-/// still to run. At least one token always runs if any sequence has work, whatever the budget.
-pub fn plan_step(pending: &[Option<usize>], budget: usize) -> Vec<Option<Work>> {
-    let decoding = pending.iter().filter(|p| p.is_none()).count();
-    let mut left = budget
+/// Prompt tokens a step may carry under a budget of `budget` tokens: what is left after every
+/// decoding sequence's one, but at least a quarter of the budget, so prompts are not starved by
+/// more decoders than the budget either, and at least one when nothing decodes.
+pub fn prompt_budget(decoding: usize, budget: usize) -> usize {
+    budget
         .saturating_sub(decoding)
         .max(budget / 4)
-        .max(usize::from(decoding == 0));
+        .max(usize::from(decoding == 0))
+}
+
+/// Plan a step: every decoding sequence runs one token, then prompts take up to `prompt_tokens`
+/// in admission order (a long prompt is cut into chunks over several steps, so decoding sequences
+/// are never starved by a newcomer's prompt). `pending[i]` is `None` for a decoding sequence,
+/// `Some(n)` for one with `n` prompt tokens still to run.
+pub fn plan_step(pending: &[Option<usize>], prompt_tokens: usize) -> Vec<Option<Work>> {
+    let mut left = prompt_tokens;
     pending
         .iter()
         .map(|p| match *p {
@@ -82,7 +86,7 @@ mod tests {
 
     #[test]
     fn decoding_sequences_always_run_and_prompts_share_the_rest() {
-        let plan = plan_step(&[None, Some(100), None, Some(30)], 64);
+        let plan = plan_step(&[None, Some(100), None, Some(30)], prompt_budget(2, 64));
         assert_eq!(
             plan,
             [
@@ -95,7 +99,7 @@ mod tests {
                 None,
             ]
         );
-        let plan = plan_step(&[Some(10), Some(30)], 64);
+        let plan = plan_step(&[Some(10), Some(30)], prompt_budget(0, 64));
         assert_eq!(
             plan,
             [
@@ -109,20 +113,30 @@ mod tests {
                 }),
             ]
         );
-        // More decoders than budget: all decode, and prompts still get a quarter of the budget.
-        let mut crowded = vec![None; 40];
-        crowded.push(Some(50));
+        // A smaller allowance cuts the first prompt and leaves the second for later.
         assert_eq!(
-            plan_step(&crowded, 32)[40],
-            Some(Work::Prompt {
-                len: 8,
-                last: false
-            })
+            plan_step(&[Some(10), None, Some(30)], 3),
+            [
+                Some(Work::Prompt {
+                    len: 3,
+                    last: false
+                }),
+                Some(Work::Decode),
+                None,
+            ]
         );
-        assert_eq!(plan_step(&[None, None, Some(5)], 1)[2], None);
-        // A budget of 0 still makes progress.
+    }
+
+    #[test]
+    fn prompts_get_what_decoders_leave_and_never_nothing() {
+        assert_eq!(prompt_budget(2, 64), 62);
+        // More decoders than budget: prompts still get a quarter of it.
+        assert_eq!(prompt_budget(40, 32), 8);
+        assert_eq!(prompt_budget(2, 1), 0);
+        // A budget of 0 still makes progress when nothing else runs.
+        assert_eq!(prompt_budget(0, 0), 1);
         assert_eq!(
-            plan_step(&[Some(5)], 0),
+            plan_step(&[Some(5)], prompt_budget(0, 0)),
             [Some(Work::Prompt {
                 len: 1,
                 last: false
