@@ -8,9 +8,9 @@
 //! `1 + stall` times the step the streams will have once every prompt is read. A prompt token
 //! counts as the measured ratio of its cost (in steps that only read prompts) to a generating
 //! sequence's share of a step of at least `running` sequences; as a whole sequence until both are
-//! measured. On a CPU a generating sequence costs more than a prompt token (it also runs its
-//! output row and sampling), so the ratio is below 1 and prompts move faster than one token per
-//! place.
+//! measured. A generating sequence also runs its output row and is sampled, so it costs more
+//! than a prompt token (about 12 against 7 ms with eight of them on 2 cores, BENCHMARKS.md): the
+//! ratio is below 1 and prompts move faster than one token per place.
 
 /// Weight of the newest step in the running means.
 const WEIGHT: f64 = 0.25;
@@ -66,7 +66,8 @@ impl Pace {
         let running = running.max(decoding);
         let places = (running - decoding) as f64 + stall * running as f64;
         let tokens = places / self.prompt_weight(running).max(f64::MIN_POSITIVE);
-        Some((tokens.min(usize::MAX as f64) as usize).max(1))
+        // `as` saturates: a weight measured as 0 gives usize::MAX, and the budget bounds it.
+        Some((tokens as usize).max(1))
     }
 }
 
