@@ -126,3 +126,25 @@ fn every_reject_file_is_refused_for_its_duplicate_member() {
         }
     }
 }
+
+#[test]
+fn a_resident_copy_holds_the_same_bytes_and_survives_verification() {
+    let path = root().join("testdata/format/golden.bitnet");
+    let mapped = BitnetFile::open(&path).unwrap();
+    assert!(!mapped.is_resident());
+    let resident = BitnetFile::open(&path).unwrap().into_resident().unwrap();
+    assert!(resident.is_resident());
+    assert_eq!(resident.bytes(), std::fs::read(&path).unwrap());
+    assert_eq!(resident.path(), Some(path.as_path()));
+    // Verification drops a mapped file's pages after reading them; a resident copy must keep its
+    // bytes through it (they would read back as zeros).
+    resident.check_contents().unwrap();
+    resident.check_contents().unwrap();
+    assert_eq!(resident.bytes(), mapped.bytes());
+    // Bytes given in memory stay as they are.
+    let owned = BitnetFile::from_vec(std::fs::read(&path).unwrap())
+        .unwrap()
+        .into_resident()
+        .unwrap();
+    assert!(!owned.is_resident());
+}

@@ -760,3 +760,33 @@ fn a_model_that_does_not_fit_in_memory_is_refused_before_loading() {
         stderr(&o)
     );
 }
+
+#[test]
+fn mapped_and_resident_models_generate_the_same_tokens() {
+    let demo = "testdata/demo/demo.bitnet";
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["-m", demo, "-p", "ROMEO:", "-n", "24", "--temp", "0"];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        o.stdout
+    };
+    let mapped = generate(&["--mmap"]);
+    assert_eq!(generate(&["--no-mmap"]), mapped);
+    // The default decides by the memory available: a copy for a large machine, the map for a
+    // small one; the tokens are the same.
+    for available in ["100000000000", "1000"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_bitnet-run"))
+            .args(["-m", demo, "-p", "ROMEO:", "-n", "24", "--temp", "0"])
+            .args(["--no-memory-check"])
+            .env("BITNET_MEM_AVAILABLE", available)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(o.stdout, mapped);
+    }
+    let o = run(&["-m", demo, "-p", "x", "--mmap", "--no-mmap"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--no-mmap"), "{}", stderr(&o));
+}

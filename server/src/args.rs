@@ -63,6 +63,14 @@ pub struct Args {
     /// Load the model even if it and the slots' KV caches need more memory than is available
     #[arg(long = "no-memory-check")]
     pub no_memory_check: bool,
+    /// Map the model file (the default for a model that takes more than half the available
+    /// memory): loads at once, but reads weights through 4 KiB pages
+    #[arg(long, conflicts_with = "no_mmap")]
+    pub mmap: bool,
+    /// Read the model into memory of its own, in huge pages where the system has them (the
+    /// default for a model that takes at most half the available memory): faster generation
+    #[arg(long)]
+    pub no_mmap: bool,
     /// Model name reported by /v1/models (default: the file name)
     #[arg(short = 'a', long = "alias")]
     pub alias: Option<String>,

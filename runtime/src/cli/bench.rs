@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use bitnet_run::kernels::{KernelPath, bandwidth};
-use bitnet_run::model::memory::MemoryNeed;
+use bitnet_run::model::memory::{MemoryNeed, Placement};
 use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use clap::Args;
 
@@ -64,6 +64,15 @@ pub struct BenchArgs {
     /// from disk, many times slower.
     #[arg(long)]
     no_memory_check: bool,
+    /// Map the model file (the default for a model that takes more than half the available
+    /// memory): loads at once, but reads weights through 4 KiB pages.
+    #[arg(long, conflicts_with = "no_mmap")]
+    mmap: bool,
+    /// Read the model into memory of its own, in huge pages where the system has them (the
+    /// default for a model that takes at most half the available memory): generation reads it
+    /// faster.
+    #[arg(long)]
+    no_mmap: bool,
 }
 
 struct Row {
@@ -158,17 +167,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // Loading takes the file: opened again for each thread count, the note said once above.
         let (file, file_name) = super::open_file_quietly(args.model.as_deref())?;
         file_bytes = file.bytes().len();
+        // The KV cache holds the deepest test: depth plus the longest prompt or generation.
+        let longest = args.prompt.iter().chain(&args.gen_tokens).max();
+        let positions = args.depth.iter().max().unwrap_or(&0) + longest.unwrap_or(&0);
+        let need = MemoryNeed::of(&file, path, positions, cache);
         if !memory_checked {
             memory_checked = true;
-            // The KV cache holds the deepest test: depth plus the longest prompt or generation.
-            let longest = args.prompt.iter().chain(&args.gen_tokens).max();
-            let positions = args.depth.iter().max().unwrap_or(&0) + longest.unwrap_or(&0);
-            super::check_memory(
-                &file_name,
-                MemoryNeed::of(&file, path, positions, cache),
-                "use smaller -p, -n and -d (the KV cache)",
-            )?;
+            super::check_memory(&file_name, need, "use smaller -p, -n and -d (the KV cache)")?;
         }
+        let placement = Placement::from_flags(args.mmap, args.no_mmap);
+        let file = super::place(file, &need, placement)
+            .with_context(|| format!("cannot read {file_name} into memory"))?;
         let model = Model::load(file, path, t)?;
         bytes_per_token = model.weights.bytes_per_token();
         let kv_bytes = cache.bytes_per_position(&model.config) as usize;

@@ -177,6 +177,61 @@ pub fn check(
     }))
 }
 
+/// Where a model's bytes live while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Resident when it fits with room to spare ([`resident_fits`]), else mapped.
+    Auto,
+    /// Mapped from the file (`--mmap`): loads at once, the system may drop and re-read pages.
+    Mapped,
+    /// Copied into memory of its own, in huge pages where the system has them (`--no-mmap`,
+    /// [`BitnetFile::into_resident`]): read whole at load, faster to generate from.
+    Resident,
+}
+
+impl Placement {
+    /// From the `--mmap` and `--no-mmap` flags (which the command lines make exclusive).
+    pub fn from_flags(mmap: bool, no_mmap: bool) -> Self {
+        match (mmap, no_mmap) {
+            (true, _) => Placement::Mapped,
+            (_, true) => Placement::Resident,
+            _ => Placement::Auto,
+        }
+    }
+}
+
+/// Whether a copy of a `file_bytes`-byte file, with what the model needs besides its mapped
+/// tensors (repacked tensors, KV cache), takes at most half of `available` bytes: the other half
+/// is left to the page cache's copy of the file and everything else. Unknown memory: no.
+pub fn resident_fits(file_bytes: u64, need: &MemoryNeed, available: Option<u64>) -> bool {
+    available.is_some_and(|available| {
+        file_bytes
+            .saturating_add(need.repacked)
+            .saturating_add(need.kv_cache)
+            <= available / 2
+    })
+}
+
+/// `file` mapped or made resident as `placement` says, for a model that `need`s that much and a
+/// system with `available` bytes.
+pub fn place(
+    file: BitnetFile,
+    need: &MemoryNeed,
+    placement: Placement,
+    available: Option<u64>,
+) -> Result<BitnetFile, bitnet_format::FormatError> {
+    let resident = match placement {
+        Placement::Auto => resident_fits(file.bytes().len() as u64, need, available),
+        Placement::Mapped => false,
+        Placement::Resident => true,
+    };
+    if resident {
+        file.into_resident()
+    } else {
+        Ok(file)
+    }
+}
+
 /// [`check`] against this system's [`available`] memory; `Ok(None)` where that is unknown (nothing
 /// is checked).
 pub fn check_system(
@@ -290,6 +345,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_copy_is_made_when_it_and_the_rest_take_at_most_half_the_memory() {
+        // A 1 GiB file, nothing repacked, a 0.5 GiB KV cache: 1.5 GiB, so 3 GiB is enough.
+        let n = need(G, 0, G / 2);
+        let file = G;
+        assert!(resident_fits(file, &n, Some(3 * G)));
+        assert!(!resident_fits(file, &n, Some(3 * G - 2)));
+        // Repacked tensors count beside the copy of the file.
+        assert!(!resident_fits(file, &need(G, 1, G / 2), Some(3 * G)));
+        assert!(!resident_fits(file, &n, None));
+        assert_eq!(Placement::from_flags(false, false), Placement::Auto);
+        assert_eq!(Placement::from_flags(true, false), Placement::Mapped);
+        assert_eq!(Placement::from_flags(false, true), Placement::Resident);
+    }
+
     /// Tensors the kernels read count at their length in the file; the others at the length of
     /// the copy they are repacked into (here the scalar path's tiled16: rows and columns padded
     /// to 16, 2 bits each); the KV cache at 2 × layers × KV heads × head dim × element bytes
@@ -362,6 +432,18 @@ mod tests {
         assert_eq!((need.repacked, need.repacked_tensors), (tiled16, 1));
         assert_eq!(need.kv_cache, 3 * 2 * 24 * (4 + 2) * 50);
         assert_eq!(need.total(), need.mapped + need.repacked + need.kv_cache);
+
+        let resident = |placement, available| {
+            let file = BitnetFile::open(&path).unwrap();
+            place(file, &need, placement, available)
+                .unwrap()
+                .is_resident()
+        };
+        assert!(resident(Placement::Auto, Some(1 << 30)));
+        assert!(!resident(Placement::Auto, Some(1000)));
+        assert!(!resident(Placement::Auto, None));
+        assert!(resident(Placement::Resident, None));
+        assert!(!resident(Placement::Mapped, Some(1 << 30)));
     }
 
     #[test]
