@@ -21,8 +21,32 @@ use super::ModelError;
 enum Storage {
     /// A byte range of the mapped file.
     File(Range<usize>),
-    /// Repacked at load.
+    /// Repacked at load, in huge pages where the system has them (as a resident file is:
+    /// [`bitnet_format::BitnetFile::into_resident`]); in a `Vec` where an anonymous map fails.
     Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl Storage {
+    /// `bytes` moved into memory of their own, asked for huge pages.
+    fn owned(bytes: Vec<u8>) -> Self {
+        if bytes.is_empty() {
+            return Storage::Owned(bytes);
+        }
+        let Ok(mut map) = memmap2::MmapMut::map_anon(bytes.len()) else {
+            return Storage::Owned(bytes);
+        };
+        #[cfg(target_os = "linux")]
+        {
+            // Only a request, made before the pages are touched so that they are allocated huge.
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
+        map.copy_from_slice(&bytes);
+        match map.make_read_only() {
+            Ok(map) => Storage::Mapped(map),
+            Err(_) => Storage::Owned(bytes),
+        }
+    }
 }
 
 impl Storage {
@@ -30,6 +54,7 @@ impl Storage {
         match self {
             Storage::File(r) => r.len(),
             Storage::Owned(v) => v.len(),
+            Storage::Mapped(m) => m.len(),
         }
     }
 
@@ -37,6 +62,7 @@ impl Storage {
         match self {
             Storage::File(r) => &file[r.clone()],
             Storage::Owned(v) => v,
+            Storage::Mapped(m) => m,
         }
     }
 }
@@ -236,7 +262,7 @@ impl Binder<'_> {
         packed.drain(..64);
         self.repacked.push((name.to_string(), layout));
         Ok(TernaryWeight {
-            codes: Storage::Owned(packed),
+            codes: Storage::owned(packed),
             rows,
             cols,
             tile_rows,
