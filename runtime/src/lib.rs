@@ -5,6 +5,7 @@ pub mod demo;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzz;
+mod huge_pages;
 pub mod kernels;
 pub mod model;
 pub mod sampling;

@@ -163,19 +163,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut bytes_per_token = 0;
     let mut file_bytes = 0;
     let mut memory_checked = args.no_memory_check;
+    // The KV cache holds the deepest test: depth plus the longest prompt or generation.
+    let longest = args.prompt.iter().chain(&args.gen_tokens).max();
+    let positions = args.depth.iter().max().unwrap_or(&0) + longest.unwrap_or(&0);
+    let placement = Placement::from_flags(args.mmap, args.no_mmap);
     for &t in &threads {
         // Loading takes the file: opened again for each thread count, the note said once above.
         let (file, file_name) = super::open_file_quietly(args.model.as_deref())?;
         file_bytes = file.bytes().len();
-        // The KV cache holds the deepest test: depth plus the longest prompt or generation.
-        let longest = args.prompt.iter().chain(&args.gen_tokens).max();
-        let positions = args.depth.iter().max().unwrap_or(&0) + longest.unwrap_or(&0);
         let need = MemoryNeed::of(&file, path, positions, cache);
         if !memory_checked {
             memory_checked = true;
             super::check_memory(&file_name, need, "use smaller -p, -n and -d (the KV cache)")?;
         }
-        let placement = Placement::from_flags(args.mmap, args.no_mmap);
         let file = super::place(file, &need, placement)
             .with_context(|| format!("cannot read {file_name} into memory"))?;
         let model = Model::load(file, path, t)?;

@@ -58,14 +58,9 @@ unsafe fn sum_avx512(data: &[u64]) -> u64 {
 pub fn measure(path: KernelPath, bytes: usize, passes: usize) -> f64 {
     let words = bytes / 8 / 64 * 64;
     let mut owned;
-    let mut map = memmap2::MmapMut::map_anon(words * 8).ok();
+    let mut map = crate::huge_pages::anonymous(words * 8);
     let data: &mut [u64] = match &mut map {
         Some(map) => {
-            #[cfg(target_os = "linux")]
-            {
-                // Only a request: without transparent huge pages the probe reads 4 KiB pages.
-                let _ = map.advise(memmap2::Advice::HugePage);
-            }
             // SAFETY: the map is page-aligned (so aligned for u64), `words · 8` bytes long,
             // zero-filled (a valid u64 array) and borrowed mutably for the slice's life.
             unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr().cast(), words) }

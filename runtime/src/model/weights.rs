@@ -30,17 +30,9 @@ enum Storage {
 impl Storage {
     /// `bytes` moved into memory of their own, asked for huge pages.
     fn owned(bytes: Vec<u8>) -> Self {
-        if bytes.is_empty() {
-            return Storage::Owned(bytes);
-        }
-        let Ok(mut map) = memmap2::MmapMut::map_anon(bytes.len()) else {
+        let Some(mut map) = crate::huge_pages::anonymous(bytes.len()) else {
             return Storage::Owned(bytes);
         };
-        #[cfg(target_os = "linux")]
-        {
-            // Only a request, made before the pages are touched so that they are allocated huge.
-            let _ = map.advise(memmap2::Advice::HugePage);
-        }
         map.copy_from_slice(&bytes);
         match map.make_read_only() {
             Ok(map) => Storage::Mapped(map),
