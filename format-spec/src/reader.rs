@@ -226,7 +226,7 @@ impl BitnetFile {
     /// The same file with its bytes copied out of the file mapping into anonymous memory of
     /// its own, which on Linux is asked to be backed by transparent huge pages (2 MiB). Reading
     /// the weights through 4 KiB file pages costs a TLB miss every 4 KiB on every token; in huge
-    /// pages, generation of a 2-bit 2B model ran 10–14% faster (BENCHMARKS.md). The copy stays
+    /// pages, generation of a 2-bit 2B model ran 9–26% faster (BENCHMARKS.md). The copy stays
     /// in memory (it is not page cache the system may drop), so it is for models that fit with
     /// room to spare. Files not mapped from disk are returned as they are.
     pub fn into_resident(self) -> Result<Self> {
