@@ -321,6 +321,15 @@ pub fn write_safetensors(path: &Path, tensors: &[OwnedTensor]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Copy the files of directory `from` (a fixture: no subdirectories) into `to`, creating it.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
 /// Copy a fixture to `dir/name`, letting `edit` change its tensors and `edit_config` its config.
 pub fn bad_checkpoint(
     dir: &Path,
@@ -330,11 +339,7 @@ pub fn bad_checkpoint(
 ) -> PathBuf {
     let src = fixture(fixture_name);
     let dst = dir.join(format!("{fixture_name}-edited"));
-    std::fs::create_dir_all(&dst).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&src, &dst);
     let mut tensors = read_safetensors(&dst.join("model.safetensors"));
     edit(&mut tensors);
     write_safetensors(&dst.join("model.safetensors"), &tensors);
