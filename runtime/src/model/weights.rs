@@ -21,10 +21,11 @@ use super::ModelError;
 enum Storage {
     /// A byte range of the mapped file.
     File(Range<usize>),
-    /// Repacked at load, in huge pages where the system has them (as a resident file is:
-    /// [`bitnet_format::BitnetFile::into_resident`]); in a `Vec` where an anonymous map fails.
+    /// Repacked at load, where an anonymous map fails.
     Owned(Vec<u8>),
-    Mapped(memmap2::Mmap),
+    /// Repacked at load, in anonymous memory asked for huge pages (as a resident file is:
+    /// [`bitnet_format::BitnetFile::into_resident`]).
+    HugePages(memmap2::Mmap),
 }
 
 impl Storage {
@@ -35,7 +36,7 @@ impl Storage {
         };
         map.copy_from_slice(&bytes);
         match map.make_read_only() {
-            Ok(map) => Storage::Mapped(map),
+            Ok(map) => Storage::HugePages(map),
             Err(_) => Storage::Owned(bytes),
         }
     }
@@ -46,7 +47,7 @@ impl Storage {
         match self {
             Storage::File(r) => r.len(),
             Storage::Owned(v) => v.len(),
-            Storage::Mapped(m) => m.len(),
+            Storage::HugePages(m) => m.len(),
         }
     }
 
@@ -54,7 +55,7 @@ impl Storage {
         match self {
             Storage::File(r) => &file[r.clone()],
             Storage::Owned(v) => v,
-            Storage::Mapped(m) => m,
+            Storage::HugePages(m) => m,
         }
     }
 }
