@@ -7,8 +7,9 @@
 //! `base3`), plane `p` holding in 32-bit lane `r` row `r`'s codes at columns `4p .. 4p+3`; each plane
 //! is multiplied by one broadcast activation quad, and `Σ q` is subtracted at the end to undo the
 //! `+ 1`. Tokens are taken [`TOKEN_BLOCK`] at a time (the rest 4, 2 and 1 at a time), so each half
-//! is unpacked once and used by every token of the block (matrix-matrix); one token is the
-//! matrix-vector case.
+//! is unpacked once and used by every token of the block (or once for every block:
+//! [`Planes::UNPACK_ONCE`]), and their activations are read grouped by block
+//! ([`QuantizedActs::with_grouped`]); one token is the matrix-vector case.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -22,6 +23,11 @@ use super::ternary::TernaryMatrix;
 /// half's four planes and a few temporaries fill the 16 ymm registers. It ran faster than four
 /// tokens with both halves at once, which spilled registers.
 pub(super) const TOKEN_BLOCK: usize = 8;
+
+std::thread_local! {
+    /// Each thread's unpacked tile ([`Planes::UNPACK_ONCE`]), reused across calls.
+    pub(super) static TILE_PLANES: std::cell::RefCell<Vec<__m256i>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// One instruction set's multiply-accumulate for [`ternary_kernel!`].
 ///
@@ -92,6 +98,12 @@ impl Mac for Maddubs {
 /// `4p .. 4p+3` of each block, in `vpdpbusd` operand shape). `unsafe` only because compiled with
 /// AVX2: callers must run on a CPU that has it.
 pub(super) trait Planes<const P: usize> {
+    /// Whether, with several register blocks of tokens, the kernel unpacks each tile once into a
+    /// buffer for all of them instead of once per block. It pays for `base3`'s six-instruction
+    /// digits (AVX2 prompts of the 2B-4T shape, 128 tokens: 23–31% faster) but not for `tiled`'s
+    /// shift and mask, cheaper than storing and reloading the planes (1–3% slower at 2 threads).
+    const UNPACK_ONCE: bool;
+
     unsafe fn planes(v: __m256i) -> [__m256i; P];
 }
 
@@ -113,6 +125,8 @@ pub(super) use bits2_planes;
 pub(super) struct Bits2;
 
 impl Planes<4> for Bits2 {
+    const UNPACK_ONCE: bool = false;
+
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 4] {
@@ -145,6 +159,8 @@ pub(super) use times3;
 pub(super) struct Base3;
 
 impl Planes<5> for Base3 {
+    const UNPACK_ONCE: bool = true;
+
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 5] {
@@ -179,39 +195,74 @@ macro_rules! ternary_kernel {
             tiles: Range<usize>,
             out: &mut [i32],
         ) {
-            use $crate::kernels::avx2::TOKEN_BLOCK;
-            let (k_blocks, tile_bytes, tokens) = (w.k_blocks(), w.tile_bytes(), x.tokens);
-            for (i, tile) in tiles.enumerate() {
-                let codes = &w.codes[tile * tile_bytes..(tile + 1) * tile_bytes];
-                let out_tile = &mut out[i * tokens * 16..(i + 1) * tokens * 16];
-                let mut t = 0;
-                while t < tokens {
-                    let m = match tokens - t {
-                        r if r >= TOKEN_BLOCK => TOKEN_BLOCK,
-                        r if r >= 4 => 4,
-                        r if r >= 2 => 2,
-                        _ => 1,
-                    };
-                    let o = &mut out_tile[t * 16..(t + m) * 16];
-                    // SAFETY: same CPU features as this function; `codes` holds `k_blocks` blocks
-                    // of 64 bytes, each token row `4P · k_blocks` codes, tokens `t .. t + m` exist
-                    // and `o` holds their `m · 16` accumulators.
-                    unsafe {
-                        match m {
-                            TOKEN_BLOCK => {
-                                token_block::<TOKEN_BLOCK, P, U>(codes, k_blocks, x, t, o)
-                            }
-                            4 => token_block::<4, P, U>(codes, k_blocks, x, t, o),
-                            2 => token_block::<2, P, U>(codes, k_blocks, x, t, o),
-                            _ => token_block::<1, P, U>(codes, k_blocks, x, t, o),
+            use $crate::kernels::activation::token_groups;
+            use $crate::kernels::avx2::{TILE_PLANES, TOKEN_BLOCK};
+            let (k_blocks, tile_bytes, tokens, kpad) =
+                (w.k_blocks(), w.tile_bytes(), x.tokens, x.kpad);
+            let unpack = U::UNPACK_ONCE && tokens > TOKEN_BLOCK;
+            let mut planes = TILE_PLANES.take();
+            x.with_grouped(4 * P, TOKEN_BLOCK, |acts| {
+                for (i, tile) in tiles.enumerate() {
+                    let codes = &w.codes[tile * tile_bytes..(tile + 1) * tile_bytes];
+                    let out_tile = &mut out[i * tokens * 16..(i + 1) * tokens * 16];
+                    if unpack {
+                        // Every plane is written below: no clearing.
+                        planes.resize(k_blocks * 2 * P, _mm256_setzero_si256());
+                        for (half, planes) in planes.chunks_exact_mut(P).enumerate() {
+                            $crate::kernels::prefetch(codes, half * 32);
+                            // SAFETY: `half < 2 · k_blocks`, so its 32 bytes are in `codes`; `U` is
+                            // compiled for this function's features.
+                            planes.copy_from_slice(&unsafe {
+                                U::planes(_mm256_loadu_si256(codes.as_ptr().add(half * 32).cast()))
+                            });
                         }
                     }
-                    t += m;
+                    for (t, m) in token_groups(tokens, TOKEN_BLOCK) {
+                        let a = &acts[t * kpad..(t + m) * kpad];
+                        let sums = &x.sum[t..t + m];
+                        let o = &mut out_tile[t * 16..(t + m) * 16];
+                        let p = &planes[..];
+                        // SAFETY: same CPU features as this function; `codes` holds `k_blocks`
+                        // blocks of 64 bytes (and `p`, when unpacking, their `2P · k_blocks`
+                        // planes), `a` the group's `m · 4P · k_blocks` interleaved codes, `sums`
+                        // its `m` sums and `o` its `m · 16` accumulators.
+                        unsafe {
+                            match (m, unpack) {
+                                (TOKEN_BLOCK, true) => token_block::<TOKEN_BLOCK, P, U, true>(
+                                    codes, p, k_blocks, a, sums, o,
+                                ),
+                                (TOKEN_BLOCK, false) => token_block::<TOKEN_BLOCK, P, U, false>(
+                                    codes, p, k_blocks, a, sums, o,
+                                ),
+                                (4, true) => {
+                                    token_block::<4, P, U, true>(codes, p, k_blocks, a, sums, o)
+                                }
+                                (4, false) => {
+                                    token_block::<4, P, U, false>(codes, p, k_blocks, a, sums, o)
+                                }
+                                (2, true) => {
+                                    token_block::<2, P, U, true>(codes, p, k_blocks, a, sums, o)
+                                }
+                                (2, false) => {
+                                    token_block::<2, P, U, false>(codes, p, k_blocks, a, sums, o)
+                                }
+                                (_, true) => {
+                                    token_block::<1, P, U, true>(codes, p, k_blocks, a, sums, o)
+                                }
+                                (_, false) => {
+                                    token_block::<1, P, U, false>(codes, p, k_blocks, a, sums, o)
+                                }
+                            }
+                        }
+                    }
                 }
-            }
+            });
+            TILE_PLANES.set(planes);
         }
 
-        /// Tokens `t0 .. t0 + M` against one tile. Several tokens: the halves one after the
+        /// A group of `M` tokens (activations `acts` interleaved as
+        /// [`QuantizedActs::with_grouped`]
+        /// lays them out, code sums `sums`) against one tile. Several tokens: the halves one after the
         /// other, so that only one half's four planes, the `M` accumulators and a few temporaries
         /// are live. One token: both halves of each block together, reading the codes once, in
         /// order (5–12% faster than half by half in a one-thread micro-benchmark).
@@ -220,26 +271,29 @@ macro_rules! ternary_kernel {
             const M: usize,
             const P: usize,
             U: $crate::kernels::avx2::Planes<P>,
+            const UNPACKED: bool,
         >(
             codes: &[u8],
+            planes: &[__m256i],
             k_blocks: usize,
-            x: &QuantizedActs,
-            t0: usize,
+            acts: &[i8],
+            sums: &[i32],
             out: &mut [i32],
         ) {
             // SAFETY (all three): same features; the caller's bounds, and `first + H <= 2`.
             unsafe {
                 if M == 1 {
-                    halves::<M, 2, P, U>(codes, k_blocks, x, t0, 0, out);
+                    halves::<M, 2, P, U, UNPACKED>(codes, planes, k_blocks, acts, sums, 0, out);
                 } else {
-                    halves::<M, 1, P, U>(codes, k_blocks, x, t0, 0, out);
-                    halves::<M, 1, P, U>(codes, k_blocks, x, t0, 1, out);
+                    halves::<M, 1, P, U, UNPACKED>(codes, planes, k_blocks, acts, sums, 0, out);
+                    halves::<M, 1, P, U, UNPACKED>(codes, planes, k_blocks, acts, sums, 1, out);
                 }
             }
         }
 
-        /// Halves `first .. first + H` of tokens `t0 .. t0 + M` against one tile: each half is
-        /// unpacked once per block and used by all `M` tokens, accumulating runs of
+        /// Halves `first .. first + H` of a group of `M` tokens against one tile: each half is
+        /// unpacked once per block (or, if `UNPACKED`, read from `planes`, the tile's halves
+        /// unpacked in order) and used by all `M` tokens, accumulating runs of
         /// [`Mac::RUN_PLANES`] planes before widening.
         #[target_feature(enable = $features)]
         unsafe fn halves<
@@ -247,11 +301,13 @@ macro_rules! ternary_kernel {
             const H: usize,
             const P: usize,
             U: $crate::kernels::avx2::Planes<P>,
+            const UNPACKED: bool,
         >(
             codes: &[u8],
+            planes: &[__m256i],
             k_blocks: usize,
-            x: &QuantizedActs,
-            t0: usize,
+            acts: &[i8],
+            sums: &[i32],
             first: usize,
             out: &mut [i32],
         ) {
@@ -261,33 +317,41 @@ macro_rules! ternary_kernel {
             debug_assert!(
                 codes.len() >= k_blocks * 64
                     && out.len() >= M * 16
-                    && t0 + M <= x.tokens
+                    && acts.len() >= M * 4 * P * k_blocks
+                    && sums.len() == M
                     && first + H <= 2
+                    && (!UNPACKED || planes.len() == k_blocks * 2 * P)
             );
-            let rows: [*const i8; M] = std::array::from_fn(|m| x.row(t0 + m).as_ptr());
             let mut total = [[_mm256_setzero_si256(); H]; M];
             let mut run = 0;
             while run < k_blocks {
                 let end = k_blocks.min(run.saturating_add(run_blocks));
                 let mut acc = [[_mm256_setzero_si256(); H]; M];
                 for kb in run..end {
-                    $crate::kernels::prefetch(codes, kb * 64 + 32 * first);
+                    if !UNPACKED {
+                        $crate::kernels::prefetch(codes, kb * 64 + 32 * first);
+                    }
                     for j in 0..H {
-                        // SAFETY: `kb < k_blocks` and `first + j < 2`, so the 32 bytes of this
-                        // half of block `kb` are in `codes`.
-                        let v = unsafe {
-                            _mm256_loadu_si256(
-                                codes.as_ptr().add(kb * 64 + 32 * (first + j)).cast(),
-                            )
+                        let half = kb * 2 + first + j;
+                        let c: [__m256i; P] = if UNPACKED {
+                            // SAFETY: `half < 2 · k_blocks`, so its `P` planes are in `planes`.
+                            std::array::from_fn(|p| unsafe { *planes.as_ptr().add(half * P + p) })
+                        } else {
+                            // SAFETY: `half < 2 · k_blocks`, so its 32 bytes are in `codes`;
+                            // this function has the features `U` is compiled for.
+                            unsafe {
+                                U::planes(_mm256_loadu_si256(codes.as_ptr().add(half * 32).cast()))
+                            }
                         };
-                        // SAFETY: this function has the features `U` is compiled for.
-                        let c = unsafe { U::planes(v) };
-                        for (row, acc) in rows.iter().zip(&mut acc) {
+                        for (m, acc) in acc.iter_mut().enumerate() {
                             let a: [__m256i; P] = std::array::from_fn(|p| {
-                                // SAFETY: token rows hold `4P · k_blocks` codes; this reads quad
-                                // `p < P` of block `kb`.
+                                // SAFETY: the group holds `M · 4P · k_blocks` codes; this reads
+                                // quad `p < P` of token `m < M` in block `kb < k_blocks`.
                                 let quad = unsafe {
-                                    row.add((kb * P + p) * 4).cast::<i32>().read_unaligned()
+                                    acts.as_ptr()
+                                        .add(((kb * M + m) * P + p) * 4)
+                                        .cast::<i32>()
+                                        .read_unaligned()
                                 };
                                 _mm256_set1_epi32(quad)
                             });
@@ -311,7 +375,7 @@ macro_rules! ternary_kernel {
                 run = end;
             }
             for (m, total) in total.iter().enumerate() {
-                let sum = _mm256_set1_epi32(x.sum[t0 + m]);
+                let sum = _mm256_set1_epi32(sums[m]);
                 for j in 0..H {
                     // SAFETY: `out` holds `M · 16` accumulators; `first + j < 2`.
                     unsafe {

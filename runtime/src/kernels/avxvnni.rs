@@ -172,11 +172,15 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             (seed >> 33) as i64
         };
-        // 1–9 tokens: every register block size and mix of tails; 40 rows: a partial last tile;
+        // 1–9, 17 and 31 tokens: every register block size and mix of tails, and tiles unpacked
+        // once for several blocks (past 8 tokens); 40 rows: a partial last tile;
         // 343 columns: a partial last block. The last two cases put every activation at -128,
         // one token of them over the 100B shape's longest rows (45568 columns: several runs of
         // the one-token `base3` kernel).
-        let cases = (1..=9).map(|t| (t, false)).chain([(5, true), (1, true)]);
+        let cases = (1..=9)
+            .chain([17, 31])
+            .map(|t| (t, false))
+            .chain([(5, true), (1, true)]);
         for ((tokens, extreme), base3) in cases.flat_map(|c| [(c, false), (c, true)]) {
             let rows = 40usize;
             let cols = if extreme && tokens == 1 { 45568 } else { 343 };
@@ -216,6 +220,7 @@ mod tests {
                 sum,
                 tokens,
                 kpad,
+                grouped: Default::default(),
             };
             let mut expected = vec![0i32; w.tiles() * tokens * 16];
             scalar::ternary_tiles(&w, &x, 0..w.tiles(), &mut expected);

@@ -660,6 +660,7 @@ mod tests {
                     sum: vec![0; tokens],
                     tokens,
                     kpad: w.kpad(),
+                    grouped: Default::default(),
                 };
                 let mut want = vec![0i32; tiles * tokens * tile_rows];
                 crate::kernels::scalar::ternary_tiles(&w, &x, 0..tiles, &mut want);

@@ -167,7 +167,7 @@ impl<'m> Runner<'m> {
         self.acts.quantize(model.path, &s.normed, h, w.q.kpad());
         project(
             model,
-            &self.acts,
+            &mut self.acts,
             &mut [(&w.q, &mut s.q), (&w.k, &mut s.k), (&w.v, &mut s.v)],
         );
         if let Some(biases) = &w.qkv_bias {
@@ -201,7 +201,7 @@ impl<'m> Runner<'m> {
             rms_norm_rows(&mut s.attn, norm, eps);
         }
         self.acts.quantize(model.path, &s.attn, q_dim, w.o.kpad());
-        project(model, &self.acts, &mut [(&w.o, &mut s.o)]);
+        project(model, &mut self.acts, &mut [(&w.o, &mut s.o)]);
         x.iter_mut().zip(&s.o).for_each(|(a, b)| *a += b);
 
         s.normed.clear();
@@ -210,7 +210,7 @@ impl<'m> Runner<'m> {
         self.acts.quantize(model.path, &s.normed, h, w.gate.kpad());
         project(
             model,
-            &self.acts,
+            &mut self.acts,
             &mut [(&w.gate, &mut s.gate), (&w.up, &mut s.up)],
         );
         gated_activation(c.activation, &mut s.gate, &s.up);
@@ -219,7 +219,7 @@ impl<'m> Runner<'m> {
         }
         self.acts
             .quantize(model.path, &s.gate, w.up.rows, w.down.kpad());
-        project(model, &self.acts, &mut [(&w.down, &mut s.down)]);
+        project(model, &mut self.acts, &mut [(&w.down, &mut s.down)]);
         x.iter_mut().zip(&s.down).for_each(|(a, b)| *a += b);
     }
 
@@ -357,7 +357,7 @@ fn attention(
 /// Run projections that share one quantized input in one parallel section: each task takes a run
 /// of tiles of one matrix, computes their exact accumulators and writes `y[t, n] = acc / s_t · w`
 /// into that matrix's output (`tokens × rows`).
-fn project(model: &Model, acts: &QuantizedActs, jobs: &mut [(&TernaryWeight, &mut Vec<f32>)]) {
+fn project(model: &Model, acts: &mut QuantizedActs, jobs: &mut [(&TernaryWeight, &mut Vec<f32>)]) {
     let bytes = model.bytes();
     let tokens = acts.tokens;
     let mut work = Vec::new();
@@ -377,6 +377,8 @@ fn project(model: &Model, acts: &QuantizedActs, jobs: &mut [(&TernaryWeight, &mu
         .map(|(_, out)| SharedOut(out.as_mut_ptr()))
         .collect();
     let mats: Vec<TernaryMatrix> = jobs.iter().map(|(w, _)| w.matrix(bytes)).collect();
+    acts.group(model.path, mats[0].packing.block_k());
+    let acts = &*acts;
     model.pool.for_each(work.len(), &|k| {
         let (j, tiles) = work[k].clone();
         let m = &mats[j];
