@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Cycles per `vpmaddubsw` of the AVX2 ternary kernel's inner loop and of simpler instruction mixes.
+
+    python3 tools/bench/loop_mix.py [GHZ]
+
+Writes a C file of inline-assembly loops to a temporary directory, builds it with gcc and prints,
+for each loop, the cycles per `vpmaddubsw` at GHZ (default: measured with a chain of dependent
+integer adds, one per cycle). Each loop body is straight-line code over registers and L1-resident
+data, so the figures are the core's throughput for that mix, the ceiling a real kernel can reach:
+
+- `maddubs`: independent `vpmaddubsw` only.
+- `maddubs+add`: each product added into one of eight i16 accumulators (the kernel's arithmetic).
+- `kernel, rows apart`: the kernel's loop for 8 tokens against one 32-byte half: per token four
+  `vpbroadcastd` of activation quads, four `vpmaddubsw`, a pairwise sum and the add into the token's
+  accumulator; the 8 tokens' quads 2560 bytes apart (one activation row each, the 2B-4T width).
+- `kernel, grouped`: the same with the 8 tokens' quads side by side (16 bytes apart).
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+HEADER = """#include <stdio.h>
+#include <time.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static char buf[1 << 17] __attribute__((aligned(64)));
+"""
+
+
+def loop(name, body, per_iter, a_step=0, clobbers=""):
+    asm = "\n".join(f'"{line}\\n\\t"' for line in body)
+    clobbers = clobbers or ",".join(f'"xmm{i}"' for i in range(16))
+    return f"""
+static double {name}(long n) {{
+  const char *a = buf + 8192;
+  double t = now();
+  for (long i = 0; i < n; i++) {{
+    __asm__ volatile({asm} :: [a]"r"(a + ((i * {a_step}) & 2047)) : "memory", {clobbers});
+  }}
+  return (now() - t) / (n * {per_iter}.0);
+}}"""
+
+
+def maddubs_only():
+    return [f"vpmaddubsw %%ymm{8 + i % 4}, %%ymm{12 + i % 4}, %%ymm{i % 8}" for i in range(32)]
+
+
+def maddubs_add():
+    body = []
+    for i in range(32):
+        body.append(f"vpmaddubsw %%ymm{8 + i % 4}, %%ymm{12 + i % 2}, %%ymm{14 + i % 2}")
+        body.append(f"vpaddw %%ymm{14 + i % 2}, %%ymm{i % 8}, %%ymm{i % 8}")
+    return body
+
+
+def kernel(token_stride):
+    # ymm8-11: the half's four code planes; ymm0-7: the tokens' accumulators.
+    body = []
+    for m in range(8):
+        body += [f"vpbroadcastd {m * token_stride + 4 * p}(%[a]), %%ymm{12 + p}" for p in range(4)]
+        body += [f"vpmaddubsw %%ymm{12 + p}, %%ymm{8 + p}, %%ymm{12 + p}" for p in range(4)]
+        body += [
+            "vpaddw %%ymm12, %%ymm13, %%ymm12",
+            "vpaddw %%ymm14, %%ymm15, %%ymm14",
+            "vpaddw %%ymm12, %%ymm14, %%ymm12",
+            f"vpaddw %%ymm12, %%ymm{m}, %%ymm{m}",
+        ]
+    return body
+
+
+def main():
+    loops = [
+        ("maddubs", maddubs_only(), 0),
+        ("maddubs+add", maddubs_add(), 0),
+        ("kernel, rows apart", kernel(2560), 16),
+        ("kernel, grouped", kernel(16), 128),
+    ]
+    src = HEADER
+    src += loop("one_add", ["add $1, %%rcx"] * 32, 32, clobbers='"rcx"')
+    for i, (_, body, step) in enumerate(loops):
+        src += loop(f"mix{i}", body, 32, step)
+    src += "int main(void) {\n  long n = 50000000;\n  printf(\"%.4f\\n\", one_add(n) * 1e9);\n"
+    for i in range(len(loops)):
+        src += f'  printf("%.4f\\n", mix{i}(n) * 1e9);\n'
+    src += "  return 0;\n}\n"
+    with tempfile.TemporaryDirectory() as d:
+        c, exe = os.path.join(d, "mix.c"), os.path.join(d, "mix")
+        with open(c, "w") as f:
+            f.write(src)
+        subprocess.run(["gcc", "-O2", c, "-o", exe], check=True)
+        ns = [float(v) for v in subprocess.run([exe], check=True, capture_output=True, text=True).stdout.split()]
+    ghz = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0 / ns[0]
+    print(f"clock: {ghz:.2f} GHz" + (" (given)" if len(sys.argv) > 1 else " (measured: one dependent add per cycle)"))
+    for (name, _, _), t in zip(loops, ns[1:]):
+        print(f"{name:20} {t * ghz:.3f} cycles per vpmaddubsw")
+
+
+if __name__ == "__main__":
+    main()
