@@ -224,34 +224,13 @@ macro_rules! ternary_kernel {
                         let p = &planes[..];
                         // SAFETY: same CPU features as this function; `codes` holds `k_blocks`
                         // blocks of 64 bytes (and `p`, when unpacking, their `2P · k_blocks`
-                        // planes), `a` the group's `m · 4P · k_blocks` interleaved codes, `sums`
+                        // planes), `a` the group's `m · 4P · k_blocks` grouped codes, `sums`
                         // its `m` sums and `o` its `m · 16` accumulators.
                         unsafe {
-                            match (m, unpack) {
-                                (TOKEN_BLOCK, true) => token_block::<TOKEN_BLOCK, P, U, true>(
-                                    codes, p, k_blocks, a, sums, o,
-                                ),
-                                (TOKEN_BLOCK, false) => token_block::<TOKEN_BLOCK, P, U, false>(
-                                    codes, p, k_blocks, a, sums, o,
-                                ),
-                                (4, true) => {
-                                    token_block::<4, P, U, true>(codes, p, k_blocks, a, sums, o)
-                                }
-                                (4, false) => {
-                                    token_block::<4, P, U, false>(codes, p, k_blocks, a, sums, o)
-                                }
-                                (2, true) => {
-                                    token_block::<2, P, U, true>(codes, p, k_blocks, a, sums, o)
-                                }
-                                (2, false) => {
-                                    token_block::<2, P, U, false>(codes, p, k_blocks, a, sums, o)
-                                }
-                                (_, true) => {
-                                    token_block::<1, P, U, true>(codes, p, k_blocks, a, sums, o)
-                                }
-                                (_, false) => {
-                                    token_block::<1, P, U, false>(codes, p, k_blocks, a, sums, o)
-                                }
+                            if unpack {
+                                group::<P, U, true>(m, codes, p, k_blocks, a, sums, o)
+                            } else {
+                                group::<P, U, false>(m, codes, p, k_blocks, a, sums, o)
                             }
                         }
                     }
@@ -260,12 +239,39 @@ macro_rules! ternary_kernel {
             TILE_PLANES.set(planes);
         }
 
-        /// A group of `M` tokens (activations `acts` interleaved as
-        /// [`QuantizedActs::with_grouped`]
-        /// lays them out, code sums `sums`) against one tile. Several tokens: the halves one after the
-        /// other, so that only one half's four planes, the `M` accumulators and a few temporaries
-        /// are live. One token: both halves of each block together, reading the codes once, in
-        /// order (5–12% faster than half by half in a one-thread micro-benchmark).
+        /// [`token_block`] for a group of `m` tokens (1, 2, 4 or [`TOKEN_BLOCK`]).
+        #[target_feature(enable = $features)]
+        unsafe fn group<
+            const P: usize,
+            U: $crate::kernels::avx2::Planes<P>,
+            const UNPACKED: bool,
+        >(
+            m: usize,
+            codes: &[u8],
+            planes: &[__m256i],
+            k_blocks: usize,
+            acts: &[i8],
+            sums: &[i32],
+            out: &mut [i32],
+        ) {
+            use $crate::kernels::avx2::TOKEN_BLOCK;
+            let args = (codes, planes, k_blocks, acts, sums, out);
+            // SAFETY: same features; the caller's bounds.
+            unsafe {
+                match m {
+                    TOKEN_BLOCK => token_block::<TOKEN_BLOCK, P, U, UNPACKED>(args),
+                    4 => token_block::<4, P, U, UNPACKED>(args),
+                    2 => token_block::<2, P, U, UNPACKED>(args),
+                    _ => token_block::<1, P, U, UNPACKED>(args),
+                }
+            }
+        }
+
+        /// A group of `M` tokens (activations `acts` grouped as [`QuantizedActs::with_grouped`]
+        /// lays them out, code sums `sums`) against one tile. Several tokens: the halves one after
+        /// the other, so that only one half's four planes, the `M` accumulators and a few
+        /// temporaries are live. One token: both halves of each block together, reading the codes
+        /// once, in order (5–12% faster than half by half in a one-thread micro-benchmark).
         #[target_feature(enable = $features)]
         unsafe fn token_block<
             const M: usize,
@@ -273,12 +279,14 @@ macro_rules! ternary_kernel {
             U: $crate::kernels::avx2::Planes<P>,
             const UNPACKED: bool,
         >(
-            codes: &[u8],
-            planes: &[__m256i],
-            k_blocks: usize,
-            acts: &[i8],
-            sums: &[i32],
-            out: &mut [i32],
+            (codes, planes, k_blocks, acts, sums, out): (
+                &[u8],
+                &[__m256i],
+                usize,
+                &[i8],
+                &[i32],
+                &mut [i32],
+            ),
         ) {
             // SAFETY (all three): same features; the caller's bounds, and `first + H <= 2`.
             unsafe {
