@@ -662,10 +662,10 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
 
 #[test]
 fn every_token_count_and_tile_range_matches_on_every_path() {
-    // The 256-bit x86 kernels take tokens 8 at a time, then 4, 2 and 1 (and, past 8 tokens, unpack
-    // each tile once for all of them), the AVX-512 one 16 at a time, then 8, 4, 2 and 1: 1–9, 13,
-    // 16, 17, 31 and 33 tokens cover each register block and each mix of tails; 45 rows end in a
-    // partial tile, 343 columns in a partial block.
+    // The 256-bit x86 kernels take tokens 8 at a time, then 4, 2 and 1, the AVX-512 one 16 at a
+    // time, then 8, 4, 2 and 1 (past one block, both unpack each `base3` tile once for all): 1–9,
+    // 13, 16, 17, 31 and 33 tokens cover each register block and each mix of tails; 45 rows end
+    // in a partial tile, 343 columns in a partial block.
     let (rows, cols) = (45usize, 343usize);
     let paths = available_paths();
     let mut seed = 3u64;

@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::activation::QuantizedActs;
+use super::activation::{QuantizedActs, token_groups};
 use super::prefetch;
 use super::ternary::TernaryMatrix;
 
@@ -51,46 +51,20 @@ pub unsafe fn ternary_tiles<const P: usize, U: Planes<P>>(
                 });
             }
         }
-        let mut t = 0;
-        while t < tokens {
-            let o = &mut out_tile[t * 16..];
+        for (t, m) in token_groups(tokens, TOKEN_BLOCK) {
+            let o = &mut out_tile[t * 16..(t + m) * 16];
             let p = &planes[..];
-            // SAFETY (all): same CPU features as this function; `codes` holds `k_blocks` blocks of
-            // 64 bytes (and `p`, when unpacking, their `P · k_blocks` planes), each token row
-            // `kpad = 4P · k_blocks` codes, and tokens `t .. t + m` exist.
-            let m = unsafe {
-                match (tokens - t, unpack) {
-                    (r, true) if r >= TOKEN_BLOCK => {
-                        token_block::<TOKEN_BLOCK, P, U, true>(codes, p, k_blocks, x, t, o)
-                    }
-                    (r, false) if r >= TOKEN_BLOCK => {
-                        token_block::<TOKEN_BLOCK, P, U, false>(codes, p, k_blocks, x, t, o)
-                    }
-                    (r, true) if r >= 8 => {
-                        token_block::<8, P, U, true>(codes, p, k_blocks, x, t, o)
-                    }
-                    (r, false) if r >= 8 => {
-                        token_block::<8, P, U, false>(codes, p, k_blocks, x, t, o)
-                    }
-                    (r, true) if r >= 4 => {
-                        token_block::<4, P, U, true>(codes, p, k_blocks, x, t, o)
-                    }
-                    (r, false) if r >= 4 => {
-                        token_block::<4, P, U, false>(codes, p, k_blocks, x, t, o)
-                    }
-                    (r, true) if r >= 2 => {
-                        token_block::<2, P, U, true>(codes, p, k_blocks, x, t, o)
-                    }
-                    (r, false) if r >= 2 => {
-                        token_block::<2, P, U, false>(codes, p, k_blocks, x, t, o)
-                    }
-                    _ => {
-                        U::one_token(codes, k_blocks, x.row(t), x.sum[t], &mut o[..16]);
-                        1
-                    }
+            // SAFETY: same CPU features as this function; `codes` holds `k_blocks` blocks of 64
+            // bytes (and `p`, when unpacking, their `P · k_blocks` planes), each token row
+            // `kpad = 4P · k_blocks` codes, tokens `t .. t + m` exist and `o` holds their `m · 16`
+            // accumulators.
+            unsafe {
+                if unpack {
+                    group::<P, U, true>(m, codes, p, k_blocks, x, t, o)
+                } else {
+                    group::<P, U, false>(m, codes, p, k_blocks, x, t, o)
                 }
-            };
-            t += m;
+            }
         }
     }
     TILE_PLANES.set(planes);
@@ -235,17 +209,46 @@ unsafe fn one_token<const P: usize, U: Planes<P>>(
     unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), total) };
 }
 
-/// `M` tokens at once: each block is unpacked once (or, if `UNPACKED`, read from `planes`, the
-/// tile's blocks unpacked in order) and used `P · M` times. Returns `M`.
+/// [`token_block`] for a group of `m` tokens (2, 4, 8 or [`TOKEN_BLOCK`]), or [`Planes::one_token`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>, const UNPACKED: bool>(
+unsafe fn group<const P: usize, U: Planes<P>, const UNPACKED: bool>(
+    m: usize,
     codes: &[u8],
     planes: &[__m512i],
     k_blocks: usize,
     x: &QuantizedActs,
     t0: usize,
     out: &mut [i32],
-) -> usize {
+) {
+    if m == 1 {
+        // SAFETY: same features; the caller's bounds.
+        return unsafe { U::one_token(codes, k_blocks, x.row(t0), x.sum[t0], &mut out[..16]) };
+    }
+    let args = (codes, planes, k_blocks, x, t0, out);
+    // SAFETY: as above.
+    unsafe {
+        match m {
+            TOKEN_BLOCK => token_block::<TOKEN_BLOCK, P, U, UNPACKED>(args),
+            8 => token_block::<8, P, U, UNPACKED>(args),
+            4 => token_block::<4, P, U, UNPACKED>(args),
+            _ => token_block::<2, P, U, UNPACKED>(args),
+        }
+    }
+}
+
+/// `M` tokens at once: each block is unpacked once (or, if `UNPACKED`, read from `planes`, the
+/// tile's blocks unpacked in order) and used `P · M` times.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>, const UNPACKED: bool>(
+    (codes, planes, k_blocks, x, t0, out): (
+        &[u8],
+        &[__m512i],
+        usize,
+        &QuantizedActs,
+        usize,
+        &mut [i32],
+    ),
+) {
     debug_assert!(
         codes.len() >= k_blocks * 64
             && out.len() >= M * 16
@@ -277,7 +280,6 @@ unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>, const UNPACK
         // SAFETY: `out` holds M · 16 accumulators.
         unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(m * 16).cast(), v) };
     }
-    M
 }
 
 /// `Σ a[i] · b[i]` in f32 with 16-lane FMAs.

@@ -172,8 +172,8 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             (seed >> 33) as i64
         };
-        // 1–9, 17 and 31 tokens: every register block size and mix of tails, and tiles unpacked
-        // once for several blocks (past 8 tokens); 40 rows: a partial last tile;
+        // 1–9, 17 and 31 tokens: every register block size and mix of tails, and `base3` tiles
+        // unpacked once for several blocks (past 8 tokens); 40 rows: a partial last tile;
         // 343 columns: a partial last block. The last two cases put every activation at -128,
         // one token of them over the 100B shape's longest rows (45568 columns: several runs of
         // the one-token `base3` kernel).
