@@ -14,6 +14,10 @@ data, so the figures are the core's throughput for that mix, the ceiling a real 
   `vpbroadcastd` of activation quads, four `vpmaddubsw`, a pairwise sum and the add into the token's
   accumulator; the 8 tokens' quads 2560 bytes apart (one activation row each, the 2B-4T width).
 - `kernel, grouped`: the same with the 8 tokens' quads side by side (16 bytes apart).
+- `both halves, 2 tokens`: both halves' planes in registers, each broadcast quad multiplied into
+  both (half the broadcasts), 2 tokens' accumulators in registers.
+- `both halves, memory sums`: the same for 8 tokens whose i16 sums live in L1 (loaded, added to and
+  stored once per half), as a loop over all of a prompt's tokens per block would keep them.
 """
 
 import os
@@ -69,17 +73,52 @@ def kernel(token_stride):
     return body
 
 
+def both_halves_registers():
+    # ymm8-15: both halves' planes; ymm4-7: 2 tokens' accumulators per half; ymm0: a broadcast quad.
+    body = []
+    for rep in range(4):
+        for m in range(2):
+            for p in range(4):
+                body.append(f"vpbroadcastd {(rep * 2 + m) * 16 + 4 * p}(%[a]), %%ymm0")
+                for h in range(2):
+                    body.append(f"vpmaddubsw %%ymm0, %%ymm{8 + 4 * h + p}, %%ymm{2 + h}")
+                    body.append(f"vpaddw %%ymm{2 + h}, %%ymm{4 + 2 * m + h}, %%ymm{4 + 2 * m + h}")
+    return body
+
+
+def both_halves_memory():
+    # ymm8-15: both halves' planes; per token four broadcasts (ymm0-3), eight products (ymm4-7)
+    # summed pairwise and added into the token's sum for each half, kept 4 KiB below the quads.
+    body = []
+    for m in range(8):
+        body += [f"vpbroadcastd {m * 16 + 4 * p}(%[a]), %%ymm{p}" for p in range(4)]
+        for h in range(2):
+            sums = -4096 + (m * 2 + h) * 32
+            body += [f"vpmaddubsw %%ymm{p}, %%ymm{8 + 4 * h + p}, %%ymm{4 + p}" for p in range(4)]
+            body += [
+                "vpaddw %%ymm4, %%ymm5, %%ymm4",
+                "vpaddw %%ymm6, %%ymm7, %%ymm6",
+                "vpaddw %%ymm4, %%ymm6, %%ymm4",
+                f"vpaddw {sums}(%[a]), %%ymm4, %%ymm4",
+                f"vmovdqa %%ymm4, {sums}(%[a])",
+            ]
+    return body
+
+
 def main():
+    # (name, body, bytes the activations move per iteration, vpmaddubsw per iteration)
     loops = [
-        ("maddubs", maddubs_only(), 0),
-        ("maddubs+add", maddubs_add(), 0),
-        ("kernel, rows apart", kernel(2560), 16),
-        ("kernel, grouped", kernel(16), 128),
+        ("maddubs", maddubs_only(), 0, 32),
+        ("maddubs+add", maddubs_add(), 0, 32),
+        ("kernel, rows apart", kernel(2560), 16, 32),
+        ("kernel, grouped", kernel(16), 128, 32),
+        ("both halves, 2 tokens", both_halves_registers(), 0, 64),
+        ("both halves, memory sums", both_halves_memory(), 0, 64),
     ]
     src = HEADER
     src += loop("one_add", ["add $1, %%rcx"] * 32, 32, clobbers='"rcx"')
-    for i, (_, body, step) in enumerate(loops):
-        src += loop(f"mix{i}", body, 32, step)
+    for i, (_, body, step, count) in enumerate(loops):
+        src += loop(f"mix{i}", body, count, step)
     src += "int main(void) {\n  long n = 50000000;\n  printf(\"%.4f\\n\", one_add(n) * 1e9);\n"
     for i in range(len(loops)):
         src += f'  printf("%.4f\\n", mix{i}(n) * 1e9);\n'
@@ -92,8 +131,8 @@ def main():
         ns = [float(v) for v in subprocess.run([exe], check=True, capture_output=True, text=True).stdout.split()]
     ghz = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0 / ns[0]
     print(f"clock: {ghz:.2f} GHz" + (" (given)" if len(sys.argv) > 1 else " (measured: one dependent add per cycle)"))
-    for (name, _, _), t in zip(loops, ns[1:]):
-        print(f"{name:20} {t * ghz:.3f} cycles per vpmaddubsw")
+    for (name, _, _, _), t in zip(loops, ns[1:]):
+        print(f"{name:26} {t * ghz:.3f} cycles per vpmaddubsw")
 
 
 if __name__ == "__main__":
