@@ -3,8 +3,9 @@
 //!
 //! The pipeline ([`convert::convert`]): [`source`] finds the checkpoint (local directory or Hub
 //! repo, downloaded into the standard cache), [`family`] reads `config.json`, [`tokenizer`] the
-//! tokenizer files, [`plan`] maps the checkpoint's tensors to canonical ones, [`write`] converts each
-//! tensor ([`quantize`], [`pack`]) and writes it, and [`verify`] proves the result.
+//! tokenizer files, [`plan`] maps the checkpoint's tensors to canonical ones, [`write`](mod@write)
+//! converts each tensor ([`quantize`], then packed by [`bitnet_format::parallel::pack`]) and writes
+//! it, and [`verify`] proves the result.
 
 pub mod convert;
 pub mod family;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use bitnet_run::model::KvType;
+use bitnet_run::model::memory::PlacementArgs;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -60,17 +61,8 @@ pub struct Args {
     /// File holding the API key (first line)
     #[arg(long = "api-key-file", conflicts_with = "api_key")]
     pub api_key_file: Option<PathBuf>,
-    /// Load the model even if it and the slots' KV caches need more memory than is available
-    #[arg(long = "no-memory-check")]
-    pub no_memory_check: bool,
-    /// Map the model file (the default for a model that takes more than half the available
-    /// memory): loads at once, but reads weights through 4 KiB pages
-    #[arg(long, conflicts_with = "no_mmap")]
-    pub mmap: bool,
-    /// Read the model into memory of its own, in huge pages where the system has them (the
-    /// default for a model that takes at most half the available memory): faster generation
-    #[arg(long)]
-    pub no_mmap: bool,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// Model name reported by /v1/models (default: the file name)
     #[arg(short = 'a', long = "alias")]
     pub alias: Option<String>,

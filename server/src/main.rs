@@ -18,7 +18,7 @@ use bitnet_format::BitnetFile;
 use bitnet_run::chat::ChatTemplate;
 use bitnet_run::engine::{Engine, EngineConfig};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::memory::{self, MemoryNeed, Placement};
+use bitnet_run::model::memory::{self, MemoryNeed};
 use bitnet_run::model::{KvTypes, Model};
 use bitnet_run::sampling::SamplerConfig;
 use bitnet_run::tokenizer::{Tokenizer, TokenizerError};
@@ -176,15 +176,19 @@ fn load(args: &Args) -> Result<Loaded> {
     };
     // Every slot's cache may fill to the context.
     let need = MemoryNeed::of(&file, path, ctx, cache).with_slots(slots);
-    if !args.no_memory_check {
+    if !args.placement.no_memory_check {
         let smaller = "lower -c (positions per slot) or -np (slots), which the KV caches hold";
         if let Some(warning) = memory::check_system(&name, &need, smaller)? {
             eprintln!("warning: {warning}");
         }
     }
-    let placement = Placement::from_flags(args.mmap, args.no_mmap);
-    let file = memory::place(file, &need, placement, memory::available()?)
-        .with_context(|| format!("cannot read {name} into memory"))?;
+    let file = memory::place(
+        file,
+        &need,
+        args.placement.placement(),
+        memory::available()?,
+    )
+    .with_context(|| format!("cannot read {name} into memory"))?;
     let model = Model::load(file, path, threads).context("cannot load the model")?;
     let header = model.file().header();
     let info = header.tokenizer.as_ref();

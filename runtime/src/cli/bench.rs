@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bitnet_run::kernels::{KernelPath, bandwidth};
-use bitnet_run::model::memory::{MemoryNeed, Placement};
+use bitnet_run::model::memory::{MemoryNeed, PlacementArgs};
 use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
 use clap::Args;
 
@@ -60,19 +60,8 @@ pub struct BenchArgs {
     /// Also measure the machine's read bandwidth and report generation against it.
     #[arg(long)]
     bandwidth: bool,
-    /// Load the model even if it needs more memory than is available (MemAvailable): it then runs
-    /// from disk, many times slower.
-    #[arg(long)]
-    no_memory_check: bool,
-    /// Map the model file (the default for a model that takes more than half the available
-    /// memory): loads at once, but reads weights through 4 KiB pages.
-    #[arg(long, conflicts_with = "no_mmap")]
-    mmap: bool,
-    /// Read the model into memory of its own, in huge pages where the system has them (the
-    /// default for a model that takes at most half the available memory): generation reads it
-    /// faster.
-    #[arg(long)]
-    no_mmap: bool,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 struct Row {
@@ -162,11 +151,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut bytes_per_token = 0;
     let mut file_bytes = 0;
-    let mut memory_checked = args.no_memory_check;
+    let mut memory_checked = args.placement.no_memory_check;
     // The KV cache holds the deepest test: depth plus the longest prompt or generation.
     let longest = args.prompt.iter().chain(&args.gen_tokens).max();
     let positions = args.depth.iter().max().unwrap_or(&0) + longest.unwrap_or(&0);
-    let placement = Placement::from_flags(args.mmap, args.no_mmap);
+    let placement = args.placement.placement();
     for &t in &threads {
         // Loading takes the file: opened again for each thread count, the note said once above.
         let (file, file_name) = super::open_file_quietly(args.model.as_deref())?;

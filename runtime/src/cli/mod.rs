@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use bitnet_format::{BitnetFile, ModelConfig};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::model::memory::{self, MemoryNeed, Placement};
+use bitnet_run::model::memory::{self, MemoryNeed, Placement, PlacementArgs};
 use bitnet_run::model::{KvType, KvTypes, Model};
 use bitnet_run::sampling::SamplerConfig;
 use clap::{Args, Parser, Subcommand};
@@ -70,19 +70,8 @@ pub struct ModelArgs {
     /// decoding every tensor); reads the whole file once.
     #[arg(long)]
     verify: bool,
-    /// Load the model even if it needs more memory than is available (MemAvailable): it then runs
-    /// from disk, many times slower.
-    #[arg(long)]
-    no_memory_check: bool,
-    /// Map the model file (the default for a model that takes more than half the available
-    /// memory): loads at once, but reads weights through 4 KiB pages.
-    #[arg(long, conflicts_with = "no_mmap")]
-    mmap: bool,
-    /// Read the model into memory of its own, in huge pages where the system has them (the
-    /// default for a model that takes at most half the available memory): generation reads it
-    /// faster.
-    #[arg(long)]
-    no_mmap: bool,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 impl ModelArgs {
@@ -290,14 +279,14 @@ fn load_model(
     let (file, name) = open_file(args.model.as_deref())?;
     let ctx = context_size(args.ctx, &file.header().model, min_ctx, default_ctx)?;
     let need = MemoryNeed::of(&file, path, ctx, args.cache_types());
-    if !args.no_memory_check {
+    if !args.placement.no_memory_check {
         check_memory(&name, need, "lower the context with -c (its KV cache)")?;
     }
     if args.verify {
         file.verify()
             .with_context(|| format!("{name} failed verification"))?;
     }
-    let file = place(file, &need, Placement::from_flags(args.mmap, args.no_mmap))
+    let file = place(file, &need, args.placement.placement())
         .with_context(|| format!("cannot read {name} into memory"))?;
     let model = Model::load(file, path, threads).with_context(|| format!("cannot load {name}"))?;
     if let Some((name, layout)) = model.weights.repacked.first() {

@@ -189,10 +189,29 @@ pub enum Placement {
     Resident,
 }
 
-impl Placement {
-    /// From the `--mmap` and `--no-mmap` flags (which the command lines make exclusive).
-    pub fn from_flags(mmap: bool, no_mmap: bool) -> Self {
-        match (mmap, no_mmap) {
+/// The command-line flags of memory and placement that `bitnet-run`, `bitnet-run bench` and
+/// `bitnet-serve` share (flattened into each).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PlacementArgs {
+    /// Load the model even if it (with its KV caches) needs more memory than is available
+    /// (MemAvailable): it then runs from disk, many times slower.
+    #[arg(long)]
+    pub no_memory_check: bool,
+    /// Map the model file (the default for a model that takes more than half the available
+    /// memory): loads at once, but reads weights through 4 KiB pages.
+    #[arg(long, conflicts_with = "no_mmap")]
+    pub mmap: bool,
+    /// Read the model into memory of its own, in huge pages where the system has them (the
+    /// default for a model that takes at most half the available memory): generation reads it
+    /// faster.
+    #[arg(long)]
+    pub no_mmap: bool,
+}
+
+impl PlacementArgs {
+    /// The placement `--mmap` or `--no-mmap` asks for (clap makes them exclusive), else `Auto`.
+    pub fn placement(&self) -> Placement {
+        match (self.mmap, self.no_mmap) {
             (true, _) => Placement::Mapped,
             (_, true) => Placement::Resident,
             _ => Placement::Auto,
@@ -355,9 +374,14 @@ mod tests {
         // Repacked tensors count beside the copy of the file.
         assert!(!resident_fits(file, &need(G, 1, G / 2), Some(3 * G)));
         assert!(!resident_fits(file, &n, None));
-        assert_eq!(Placement::from_flags(false, false), Placement::Auto);
-        assert_eq!(Placement::from_flags(true, false), Placement::Mapped);
-        assert_eq!(Placement::from_flags(false, true), Placement::Resident);
+        let flags = |mmap, no_mmap| PlacementArgs {
+            no_memory_check: false,
+            mmap,
+            no_mmap,
+        };
+        assert_eq!(flags(false, false).placement(), Placement::Auto);
+        assert_eq!(flags(true, false).placement(), Placement::Mapped);
+        assert_eq!(flags(false, true).placement(), Placement::Resident);
     }
 
     /// Tensors the kernels read count at their length in the file; the others at the length of
