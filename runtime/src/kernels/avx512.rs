@@ -441,7 +441,7 @@ super::avx2::dense_rows_kernel!(
     "avx512f",
     __m512,
     16,
-    4,
+    6,
     2,
     _mm512_setzero_ps,
     _mm512_loadu_ps,
