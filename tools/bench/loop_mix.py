@@ -58,18 +58,25 @@ def maddubs_add():
     return body
 
 
+def quad_products(acts, planes, products):
+    """Four `vpmaddubsw` (plane p times the broadcast quad in register acts + p, into register
+    products + p), summed pairwise into register `products`."""
+    body = [f"vpmaddubsw %%ymm{acts + p}, %%ymm{planes + p}, %%ymm{products + p}" for p in range(4)]
+    s = products
+    return body + [
+        f"vpaddw %%ymm{s}, %%ymm{s + 1}, %%ymm{s}",
+        f"vpaddw %%ymm{s + 2}, %%ymm{s + 3}, %%ymm{s + 2}",
+        f"vpaddw %%ymm{s}, %%ymm{s + 2}, %%ymm{s}",
+    ]
+
+
 def kernel(token_stride):
     # ymm8-11: the half's four code planes; ymm0-7: the tokens' accumulators.
     body = []
     for m in range(8):
         body += [f"vpbroadcastd {m * token_stride + 4 * p}(%[a]), %%ymm{12 + p}" for p in range(4)]
-        body += [f"vpmaddubsw %%ymm{12 + p}, %%ymm{8 + p}, %%ymm{12 + p}" for p in range(4)]
-        body += [
-            "vpaddw %%ymm12, %%ymm13, %%ymm12",
-            "vpaddw %%ymm14, %%ymm15, %%ymm14",
-            "vpaddw %%ymm12, %%ymm14, %%ymm12",
-            f"vpaddw %%ymm12, %%ymm{m}, %%ymm{m}",
-        ]
+        body += quad_products(12, 8, 12)
+        body.append(f"vpaddw %%ymm12, %%ymm{m}, %%ymm{m}")
     return body
 
 
@@ -94,11 +101,8 @@ def both_halves_memory():
         body += [f"vpbroadcastd {m * 16 + 4 * p}(%[a]), %%ymm{p}" for p in range(4)]
         for h in range(2):
             sums = -4096 + (m * 2 + h) * 32
-            body += [f"vpmaddubsw %%ymm{p}, %%ymm{8 + 4 * h + p}, %%ymm{4 + p}" for p in range(4)]
+            body += quad_products(0, 8 + 4 * h, 4)
             body += [
-                "vpaddw %%ymm4, %%ymm5, %%ymm4",
-                "vpaddw %%ymm6, %%ymm7, %%ymm6",
-                "vpaddw %%ymm4, %%ymm6, %%ymm4",
                 f"vpaddw {sums}(%[a]), %%ymm4, %%ymm4",
                 f"vmovdqa %%ymm4, {sums}(%[a])",
             ]

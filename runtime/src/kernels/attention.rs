@@ -108,8 +108,8 @@ pub fn accumulate(path: KernelPath, p: &[f32], values: CacheRows, out: &mut [f32
 }
 
 /// Softmax of each `n`-value row of `x` in place (attention's scores into weights), identical on
-/// every path: `e_c = exp(x_c − max)` by [`exp`], their sum in 16 lanes folded as a dot product's
-/// are (the module's order), then each `e_c / sum`.
+/// every path: `e_c = exp(x_c − max)` by [`exp`], their sum in the module's order (16 lane sums,
+/// then folded), then each `e_c / sum`.
 pub fn softmax_rows(path: KernelPath, x: &mut [f32], n: usize) {
     assert!(n > 0 && x.len().is_multiple_of(n));
     match path.isa() {
@@ -154,8 +154,8 @@ pub(super) const EXP_P: [f32; 6] = [
     0.5,
 ];
 
-/// `e^x` for `x ≤ 0` within 2 ulp (Cephes `expf`'s range reduction and polynomial), 0 below
-/// −87 (`e^-87` ≈ 1.6e-38), in an order of float operations (multiply, then add; no fused multiply-adds) that
+/// `e^x` for `x ≤ 0` within 2 ulp (Cephes `expf`'s range reduction and polynomial), 0 below −87
+/// (`EXP_MIN`), in an order of float operations (multiply, then add; no fused multiply-adds) that
 /// the SIMD kernels repeat exactly, so that attention weights do not depend on the path. Unlike
 /// the C library's `expf`, whose result may differ between systems.
 pub fn exp(x: f32) -> f32 {

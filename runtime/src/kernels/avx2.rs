@@ -664,7 +664,6 @@ macro_rules! dense_rows_kernel {
             ),
         ) {
             let tokens = x.len() / cols;
-            let row = |r: usize| &data[r * row_bytes..(r + 1) * row_bytes];
             let mut r = rows.start;
             while r < rows.end {
                 let together = match rows.end - r {
@@ -684,36 +683,17 @@ macro_rules! dense_rows_kernel {
                     // these rows in cache.
                     let ahead = if t == 0 { together * row_bytes } else { 0 };
                     let g = (elem_bytes, xs, cols, tokens, ahead);
+                    let at = (data, row_bytes, r, tokens - t);
                     // SAFETY (all): the features of this function; each row holds `cols` elements,
                     // `xs` the rows of tokens `t..tokens`, at least as many as each group takes,
-                    // and `o` the outputs of those tokens in this row and the ones after. `U`
-                    // depends on the group's size only, never on how many rows go together, so
-                    // that a row's sums are the same wherever a thread's range of rows starts.
+                    // and `o` the outputs of those tokens in this row and the ones after.
                     t += unsafe {
-                        let (two, three) = ([r, r + 1], [r, r + 1, r + 2]);
-                        let four = [r, r + 1, r + 2, r + 3];
-                        let six = [r, r + 1, r + 2, r + 3, r + 4, r + 5];
-                        match (together, tokens - t) {
-                            (6, 1) => dense_row_group::<6, 1, 2, KIND>(six.map(row), g, o),
-                            (6, 2) => dense_row_group::<6, 2, 2, KIND>(six.map(row), g, o),
-                            (6, 3) => dense_row_group::<6, 3, 1, KIND>(six.map(row), g, o),
-                            (6, _) => dense_row_group::<6, 4, 1, KIND>(six.map(row), g, o),
-                            (3, 1) => dense_row_group::<3, 1, 2, KIND>(three.map(row), g, o),
-                            (3, 2) => dense_row_group::<3, 2, 2, KIND>(three.map(row), g, o),
-                            (3, 3) => dense_row_group::<3, 3, 1, KIND>(three.map(row), g, o),
-                            (3, _) => dense_row_group::<3, 4, 1, KIND>(three.map(row), g, o),
-                            (1, 1) => dense_row_group::<1, 1, 2, KIND>([row(r)], g, o),
-                            (1, 2) => dense_row_group::<1, 2, 2, KIND>([row(r)], g, o),
-                            (1, 3) => dense_row_group::<1, 3, 1, KIND>([row(r)], g, o),
-                            (1, _) => dense_row_group::<1, 4, 1, KIND>([row(r)], g, o),
-                            (2, 1) => dense_row_group::<2, 1, 2, KIND>(two.map(row), g, o),
-                            (2, 2) => dense_row_group::<2, 2, 2, KIND>(two.map(row), g, o),
-                            (2, 3) => dense_row_group::<2, 3, 1, KIND>(two.map(row), g, o),
-                            (2, _) => dense_row_group::<2, 4, 1, KIND>(two.map(row), g, o),
-                            (_, 1) => dense_row_group::<4, 1, 2, KIND>(four.map(row), g, o),
-                            (_, 2) => dense_row_group::<4, 2, 2, KIND>(four.map(row), g, o),
-                            (_, 3) => dense_row_group::<4, 3, 1, KIND>(four.map(row), g, o),
-                            (_, _) => dense_row_group::<4, 4, 1, KIND>(four.map(row), g, o),
+                        match together {
+                            6 => dense_token_group::<6, KIND>(at, g, o),
+                            4 => dense_token_group::<4, KIND>(at, g, o),
+                            3 => dense_token_group::<3, KIND>(at, g, o),
+                            2 => dense_token_group::<2, KIND>(at, g, o),
+                            _ => dense_token_group::<1, KIND>(at, g, o),
                         }
                     };
                 }
@@ -721,11 +701,39 @@ macro_rules! dense_rows_kernel {
             }
         }
 
+        /// [`dense_row_group`] of the `R` rows from row `r` of `data` against the next group of up
+        /// to four of `left` tokens; returns the tokens taken. `U` depends on the group's size
+        /// only, never on `R`, so that a row's sums are the same wherever a thread's range of rows
+        /// starts.
+        ///
+        /// # Safety
+        /// As [`dense_row_group`] for the group this takes.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dense_token_group<const R: usize, const KIND: u8>(
+            (data, row_bytes, r, left): (&[u8], usize, usize, usize),
+            g: (usize, &[f32], usize, usize, usize),
+            out: &mut [f32],
+        ) -> usize {
+            let rows: [&[u8]; R] =
+                std::array::from_fn(|i| &data[(r + i) * row_bytes..(r + i + 1) * row_bytes]);
+            // SAFETY: the caller's.
+            unsafe {
+                match left {
+                    1 => dense_row_group::<R, 1, 2, KIND>(rows, g, out),
+                    2 => dense_row_group::<R, 2, 2, KIND>(rows, g, out),
+                    3 => dense_row_group::<R, 3, 1, KIND>(rows, g, out),
+                    _ => dense_row_group::<R, 4, 1, KIND>(rows, g, out),
+                }
+            }
+        }
+
         /// The dot products of `R` rows of kind `KIND` with `M` tokens: each widened chunk of a
         /// row feeds `M` accumulators and each loaded chunk of a token `R`, with `U` chunks in
         /// flight (independent FMA chains hide the latency). `g` is (element bytes, the tokens'
-        /// rows, columns, the stride of `out` between rows); writes `out[i · stride + m]` for row
-        /// `i` and token `m`, and returns `M`.
+        /// rows, columns, the stride of `out` between rows, and how far past each row's chunks to
+        /// ask for memory, 0 for not at all); writes `out[i · stride + m]` for row `i` and token
+        /// `m`, and returns `M`.
         ///
         /// # Safety
         /// The features of [`dense_rows_dot`]; each row holds `cols` elements of `elem_bytes`, `xs`
