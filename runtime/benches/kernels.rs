@@ -16,7 +16,7 @@ use bitnet_format::q4::Q4Geometry;
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
 use bitnet_run::kernels::attention::{self, CacheRows};
-use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
+use bitnet_run::kernels::float::{self, DenseInput, DenseKind, DenseMatrix, FloatKind};
 use bitnet_run::kernels::{KernelPath, Packing, TernaryMatrix, ternary_matmul};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -104,7 +104,7 @@ fn ternary_kernels(c: &mut Criterion) {
 
 fn dense_rows(c: &mut Criterion) {
     // 8192 rows of the 2B-4T output matrix (hidden 2560), one token: the generation case (and
-    // eight tokens for f16, a batched step).
+    // eight tokens for f16 and q4_b32, a batched step).
     let (rows, cols) = (8192usize, 2560usize);
     let mut group = c.benchmark_group("output");
     group
@@ -149,6 +149,7 @@ fn dense_rows(c: &mut Criterion) {
             kind,
         };
         let mut out = vec![0.0f32; rows];
+        let (input, input8) = (DenseInput::new(&w, &x), DenseInput::new(&w, &x8));
         group.throughput(Throughput::Bytes(data.len() as u64));
         for path in KernelPath::available() {
             let label = match kind {
@@ -157,14 +158,14 @@ fn dense_rows(c: &mut Criterion) {
                 DenseKind::Q4B32 => "q4_b32".into(),
             };
             group.bench_function(BenchmarkId::new(path.name(), &label), |b| {
-                b.iter(|| float::matmul(path, black_box(&w), black_box(&x), 0..rows, &mut out))
+                b.iter(|| float::matmul(path, black_box(&w), black_box(&input), 0..rows, &mut out))
             });
             // Eight tokens at once, as a batched serving step with eight sequences generating.
-            if kind == DenseKind::Float(FloatKind::F16) {
+            if matches!(kind, DenseKind::Float(FloatKind::F16) | DenseKind::Q4B32) {
                 let mut out8 = vec![0.0f32; rows * 8];
-                group.bench_function(BenchmarkId::new(path.name(), "f16 x8"), |b| {
+                group.bench_function(BenchmarkId::new(path.name(), format!("{label} x8")), |b| {
                     b.iter(|| {
-                        float::matmul(path, black_box(&w), black_box(&x8), 0..rows, &mut out8)
+                        float::matmul(path, black_box(&w), black_box(&input8), 0..rows, &mut out8)
                     })
                 });
             }

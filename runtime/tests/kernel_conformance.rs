@@ -3,7 +3,7 @@
 
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
-use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix, FloatKind};
+use bitnet_run::kernels::float::{self, DenseInput, DenseKind, DenseMatrix, FloatKind};
 use bitnet_run::kernels::{Isa, KernelPath, Packing, TernaryMatrix, ternary_matmul};
 use proptest::prelude::*;
 
@@ -208,7 +208,13 @@ fn float_kernels_agree_at(tokens: usize) {
             kind: DenseKind::Float(kind),
         };
         let mut reference = vec![0.0f32; rows * tokens];
-        float::matmul(KernelPath::SCALAR, &w, &x, 0..rows, &mut reference);
+        float::matmul(
+            KernelPath::SCALAR,
+            &w,
+            &DenseInput::new(&w, &x),
+            0..rows,
+            &mut reference,
+        );
         // Independent check of the scalar path: f64 sums of the decoded values.
         for r in 0..rows {
             for t in 0..tokens {
@@ -231,7 +237,7 @@ fn float_kernels_agree_at(tokens: usize) {
         }
         for path in available_paths() {
             let mut out = vec![0.0f32; rows * tokens];
-            float::matmul(path, &w, &x, 0..rows, &mut out);
+            float::matmul(path, &w, &DenseInput::new(&w, &x), 0..rows, &mut out);
             for (a, b) in out.iter().zip(&reference) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
@@ -306,7 +312,7 @@ fn fused_dense_products_agree_with_f64_on_every_path() {
             };
             for path in available_paths() {
                 let mut out = vec![0.0f32; (rows - 1) * tokens];
-                float::matmul(path, &w, &x, 1..rows, &mut out);
+                float::matmul(path, &w, &DenseInput::new(&w, &x), 1..rows, &mut out);
                 for (j, got) in out.iter().enumerate() {
                     let (i, t) = (j / tokens, j % tokens);
                     let exact: f64 = (0..cols)

@@ -83,15 +83,20 @@ fn every_kernel_path_and_thread_count_gives_identical_logits() {
     }
 }
 
-/// A tiny 2B-4T-like model (ReLU², sub-norms, tied f16 embeddings, four query heads per KV head
-/// of 16 values, the SIMD attention kernels' shape) with weights from `seed`.
-fn relu2_f16_model(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
-    let path = dir.join("m.bitnet");
+/// A tiny 2B-4T-like model (ReLU², sub-norms, tied embeddings of `embd`, four query heads per KV
+/// head of 16 values, the SIMD attention kernels' shape) with weights from `seed`; `q4_b32` gets a
+/// hidden size of 160 (one 128-column SIMD group and a one-block tail).
+fn relu2_model(dir: &std::path::Path, seed: u64, embd: Encoding) -> std::path::PathBuf {
+    let path = dir.join(format!("m-{embd:?}.bitnet"));
+    let mut cfg = gqa_config(config(Activation::Relu2, true, true));
+    if embd == Encoding::Q4B32 {
+        cfg.hidden_size = 160;
+    }
     write_model(
         &path,
-        &gqa_config(config(Activation::Relu2, true, true)),
+        &cfg,
         TernaryLayout::Tiled { tile_rows: 16 },
-        Encoding::F16,
+        embd,
         seed,
     );
     path
@@ -100,7 +105,7 @@ fn relu2_f16_model(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
 #[test]
 fn batch_prefill_equals_one_token_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let path = relu2_f16_model(dir.path(), 5);
+    let path = relu2_model(dir.path(), 5, Encoding::F16);
     for kernel in KernelPath::available() {
         let model = Model::load(open(&path), kernel, 2).unwrap();
         let batch = Session::new(&model, 64, KvTypes::default())
@@ -273,20 +278,25 @@ fn biases_and_qk_norms_run_on_every_path() {
 
 /// Continuous batching's step: several sequences, each with its own cache, run as one batch (one
 /// pass over every weight matrix), joining and leaving between steps, give each sequence the logits
-/// it gets alone. Everything before the output matrix is exact; the output matrix sums a batch of
-/// rows in a different float order than one row (the fused matrix-vector kernel), hence the bound.
+/// it gets alone. Everything before the output matrix is exact; an f16 output matrix sums a batch
+/// of rows in a different float order than one row (the fused matrix-vector kernel), hence the
+/// bound; a `q4_b32` one gives each token the operations it gets alone, hence bit for bit.
 #[test]
 fn a_batch_of_sequences_gives_each_the_logits_it_gets_alone() {
-    use bitnet_run::model::{KvCache, Runner, SeqStep};
     let dir = tempfile::tempdir().unwrap();
-    let path = relu2_f16_model(dir.path(), 21);
+    batch_against_alone(&relu2_model(dir.path(), 21, Encoding::F16), false);
+    batch_against_alone(&relu2_model(dir.path(), 22, Encoding::Q4B32), true);
+}
+
+fn batch_against_alone(path: &std::path::Path, exact: bool) {
+    use bitnet_run::model::{KvCache, Runner, SeqStep};
     let prompts: [&[u32]; 4] = [&[3, 17, 42], &[5], &[9, 9, 8, 7, 6, 1, 2], &[30, 31]];
     // Sequence i joins at step `join[i]` (its prompt is that step's chunk) and then decodes the
     // given next tokens, one per step.
     let join = [0, 0, 1, 3];
     let decode: [u32; 4] = [11, 12, 13, 14];
     for kernel in KernelPath::available() {
-        let model = Model::load(open(&path), kernel, 2).unwrap();
+        let model = Model::load(open(path), kernel, 2).unwrap();
         let vocab = model.config.vocab_size as usize;
         let alone: Vec<Vec<Vec<f32>>> = prompts
             .iter()
@@ -332,6 +342,9 @@ fn a_batch_of_sequences_gives_each_the_logits_it_gets_alone() {
                 let want = &alone[i][n];
                 assert_eq!(got.len(), want.len());
                 for (r, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
+                    if exact {
+                        assert_eq!(g, w, "{kernel:?} step {step} seq {i} row {r}");
+                    }
                     let max = g
                         .iter()
                         .zip(w)

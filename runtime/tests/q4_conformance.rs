@@ -4,7 +4,7 @@
 
 use bitnet_format::q4::{self, Q4Geometry};
 use bitnet_run::kernels::KernelPath;
-use bitnet_run::kernels::float::{self, DenseKind, DenseMatrix};
+use bitnet_run::kernels::float::{self, DenseInput, DenseKind, DenseMatrix};
 use bitnet_run::kernels::q4::Q4Acts;
 use proptest::prelude::*;
 
@@ -53,7 +53,7 @@ fn check(rows: usize, cols: usize, codes: &[u8], scales: &[f32], x: &[f32]) {
     };
     for path in KernelPath::available() {
         let mut out = vec![0.0f32; rows * tokens];
-        float::matmul(path, &m, x, 0..rows, &mut out);
+        float::matmul(path, &m, &DenseInput::new(&m, x), 0..rows, &mut out);
         for r in 0..rows {
             for t in 0..tokens {
                 let (exact, magnitude) = oracle(&w, &acts, cols, r, t);
@@ -67,7 +67,7 @@ fn check(rows: usize, cols: usize, codes: &[u8], scales: &[f32], x: &[f32]) {
         // A row range that starts inside the matrix.
         if rows > 1 {
             let mut part = vec![0.0f32; (rows - 1) * tokens];
-            float::matmul(path, &m, x, 1..rows, &mut part);
+            float::matmul(path, &m, &DenseInput::new(&m, x), 1..rows, &mut part);
             assert_eq!(part, out[tokens..], "{path:?} rows 1..{rows}");
         }
     }
@@ -162,7 +162,13 @@ fn q4_products_stay_close_to_the_unquantized_activations() {
         kind: DenseKind::Q4B32,
     };
     let mut out = vec![0.0f32; rows];
-    float::matmul(KernelPath::detect(), &m, &x, 0..rows, &mut out);
+    float::matmul(
+        KernelPath::detect(),
+        &m,
+        &DenseInput::new(&m, &x),
+        0..rows,
+        &mut out,
+    );
     for (r, got) in out.iter().enumerate() {
         let exact: f64 = (0..cols)
             .map(|c| w[r * cols + c] as f64 * x[c] as f64)
@@ -174,5 +180,51 @@ fn q4_products_stay_close_to_the_unquantized_activations() {
             (*got as f64 - exact).abs() <= bound * 1.001 + 1e-6,
             "row {r}: {got} vs {exact} (bound {bound})"
         );
+    }
+}
+
+#[test]
+fn a_tokens_product_does_not_depend_on_the_tokens_beside_it() {
+    // Every token count up to 11 takes each register block size (8 or 4, then 2 and 1) on every
+    // path; each token's products must equal, bit for bit, those it gets alone (batched serving
+    // relies on it: README, "Exactness").
+    let (rows, cols) = (6usize, 2560 + 32);
+    let codes: Vec<u8> = (0..rows * cols).map(|i| (i * 11 % 16) as u8).collect();
+    let scales: Vec<f32> = (0..rows * cols / 32)
+        .map(|b| 0.01 + (b % 7) as f32 * 0.004)
+        .collect();
+    let data = pack(rows, cols, &codes, &scales);
+    let m = DenseMatrix {
+        data: &data,
+        rows,
+        cols,
+        kind: DenseKind::Q4B32,
+    };
+    let x: Vec<f32> = (0..11 * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
+        .collect();
+    for path in KernelPath::available() {
+        let alone: Vec<Vec<f32>> = x
+            .chunks_exact(cols)
+            .map(|xt| {
+                let mut out = vec![0.0f32; rows];
+                float::matmul(path, &m, &DenseInput::new(&m, xt), 0..rows, &mut out);
+                out
+            })
+            .collect();
+        for tokens in 1..=11 {
+            let x = &x[..tokens * cols];
+            let mut out = vec![0.0f32; rows * tokens];
+            float::matmul(path, &m, &DenseInput::new(&m, x), 0..rows, &mut out);
+            for r in 0..rows {
+                for (t, alone) in alone.iter().enumerate().take(tokens) {
+                    assert_eq!(
+                        out[r * tokens + t].to_bits(),
+                        alone[r].to_bits(),
+                        "{path:?} {tokens} tokens, row {r} token {t}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! AVX-512 kernels (F, BW, VNNI). The ternary kernel reads 16-row tiles: one 64-byte block gives
+//! AVX-512 kernels (F, BW, VNNI; VL where 128-bit operations must reach the upper 16 registers). The ternary kernel reads 16-row tiles: one 64-byte block gives
 //! `P` vectors of unsigned codes `t + 1` in `vpdpbusd` operand shape (four by shift-and-mask for
 //! `tiled`, five base-3 digits for `base3`: [`Planes`]), each multiplied by one broadcast activation
 //! quad; `Σ q` is subtracted at the end to undo the `+ 1`.
@@ -462,16 +462,20 @@ super::avx2::dense_rows_kernel!(
     }
 );
 
+/// Tokens per register block of [`q4_rows`].
+const Q4_TOKENS: usize = 8;
+
 /// See [`super::q4::matmul`]. One row at a time (one sequential stream of codes and one of scales,
-/// which the hardware prefetcher follows best; the activations stay in L1). Per group of four
-/// blocks, `vpdpbusd` multiplies the unsigned low and high nibbles by the grouped activation codes,
-/// starting from the lane corrections (so lanes hold exact `Σ (n - 8) · q`), and the lanes are
-/// scaled by their block's weight and activation scales in f32.
+/// which the hardware prefetcher follows best), each group of the row unpacked once for a block of
+/// up to [`Q4_TOKENS`] tokens. Per group of four blocks, `vpdpbusd` multiplies the unsigned
+/// activation codes `q + 128` by the signed weights `n - 8` of the low and high nibbles, starting
+/// from `-128 · Σ (n - 8)` (so lanes hold exact `Σ (n - 8) · q`), and the lanes are scaled by their
+/// block's weight and activation scales in f32.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F, BW and VNNI; `data` holds a whole `q4_b32` tensor of geometry
+/// The CPU must support AVX-512 F, BW, VL and VNNI; `data` holds a whole `q4_b32` tensor of geometry
 /// `g`, `rows.end <= g.rows`, `acts.cols == g.cols` and `out.len() == rows.len() · acts.tokens`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn q4_rows(
     g: bitnet_format::q4::Q4Geometry,
     data: &[u8],
@@ -479,42 +483,91 @@ pub unsafe fn q4_rows(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    use super::q4::{GROUP, GROUP_LANES, row_dot_blocks};
-    let (tokens, groups) = (acts.tokens, g.cols / GROUP);
+    let tokens = acts.tokens;
     debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * tokens);
-    let nibble = _mm512_set1_epi8(0x0f);
-    // Lane `4b + i` takes block `b`'s scale.
-    let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    for (i, r) in rows.enumerate() {
-        let codes = data[g.block_codes_offset(r, 0)..].as_ptr();
-        let scales = data[g.scale_offset(r, 0)..].as_ptr();
-        for t in 0..tokens {
-            let (qa, corr, lane_scale) = acts.groups(t);
-            // Two accumulators, alternate groups: independent FMA chains.
-            let mut acc = [_mm512_setzero_ps(); 2];
-            for gi in 0..groups {
-                // SAFETY: `gi < groups`: the 128 grouped codes, 16 corrections and 16 lane scales
-                // at these offsets exist, and group `gi` of row `r` is 64 code bytes and 4 f16
-                // scales inside `data` (the tensor's geometry).
-                let (a_lo, a_hi, c, da, v, s) = unsafe {
-                    (
-                        _mm512_loadu_si512(qa.as_ptr().add(gi * GROUP).cast()),
-                        _mm512_loadu_si512(qa.as_ptr().add(gi * GROUP + 64).cast()),
-                        _mm512_loadu_si512(corr.as_ptr().add(gi * GROUP_LANES).cast()),
-                        _mm512_loadu_ps(lane_scale.as_ptr().add(gi * GROUP_LANES)),
-                        _mm512_loadu_si512(codes.add(gi * 64).cast()),
-                        _mm_loadl_epi64(scales.add(gi * 8).cast()),
-                    )
-                };
-                let lo = _mm512_and_si512(v, nibble);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
-                let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lo, a_lo), hi, a_hi);
-                let dw = _mm512_permutexvar_ps(spread, _mm512_cvtph_ps(_mm256_castsi128_si256(s)));
-                acc[gi % 2] =
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, da), acc[gi % 2]);
+    if tokens == 0 {
+        return;
+    }
+    for (out, r) in out.chunks_exact_mut(tokens).zip(rows) {
+        for (t, m) in token_groups(tokens, Q4_TOKENS) {
+            let args = (g, data, acts, r, t, &mut out[t..t + m]);
+            // SAFETY: same features; the caller's bounds, and tokens `t .. t + m` exist.
+            unsafe {
+                match m {
+                    Q4_TOKENS => q4_row::<Q4_TOKENS>(args),
+                    4 => q4_row::<4>(args),
+                    2 => q4_row::<2>(args),
+                    _ => q4_row::<1>(args),
+                }
             }
-            let tail = row_dot_blocks(g, data, r, acts, t, 4 * groups..g.blocks());
-            out[i * tokens + t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + tail;
         }
+    }
+}
+
+/// Row `r` against tokens `t0 .. t0 + M`, into `out[..M]`. Each token's lanes see the same
+/// operations in the same order whatever `M` is, so a token's product does not depend on the
+/// tokens beside it.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_row<const M: usize>(
+    (g, data, acts, r, t0, out): (
+        bitnet_format::q4::Q4Geometry,
+        &[u8],
+        &super::q4::Q4Acts,
+        usize,
+        usize,
+        &mut [f32],
+    ),
+) {
+    use super::q4::{GROUP, row_dot_blocks};
+    let groups = g.cols / GROUP;
+    let (nibble, eight, offset) = (
+        _mm512_set1_epi8(0x0f),
+        _mm512_set1_epi8(8),
+        _mm512_set1_epi8(i8::MIN),
+    );
+    // Lane `4i + b` takes the code bytes `4i ..` of block `b`, at lane `4b + i` in memory.
+    let transpose = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    let codes = data[g.block_codes_offset(r, 0)..].as_ptr();
+    let scales = data[g.scale_offset(r, 0)..].as_ptr();
+    let qa: [*const u8; M] = std::array::from_fn(|m| acts.groups(t0 + m).0.as_ptr());
+    let da: [*const f32; M] = std::array::from_fn(|m| acts.scales(t0 + m).as_ptr());
+    let mut acc = [_mm512_setzero_ps(); M];
+    for gi in 0..groups {
+        // SAFETY: `gi < groups`: group `gi` of row `r` is 64 code bytes and 4 f16 scales inside
+        // `data` (the tensor's geometry).
+        let (v, s) = unsafe {
+            (
+                _mm512_loadu_si512(codes.add(gi * 64).cast()),
+                _mm_loadl_epi64(scales.add(gi * 8).cast()),
+            )
+        };
+        let v = _mm512_permutexvar_epi32(transpose, v);
+        let lo = _mm512_sub_epi8(_mm512_and_si512(v, nibble), eight);
+        let hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble), eight);
+        // `offset` is 128 as an unsigned byte.
+        let raised = _mm512_dpbusd_epi32(
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, lo),
+            offset,
+            hi,
+        );
+        let corr = _mm512_sub_epi32(_mm512_setzero_si512(), raised);
+        let dw = _mm512_broadcast_f32x4(_mm_cvtph_ps(s));
+        for m in 0..M {
+            // SAFETY: `gi < groups`: token `t0 + m`'s 128 grouped codes and 4 block scales at
+            // these offsets exist.
+            let (a_lo, a_hi, scales) = unsafe {
+                (
+                    _mm512_loadu_si512(qa[m].add(gi * GROUP).cast()),
+                    _mm512_loadu_si512(qa[m].add(gi * GROUP + 64).cast()),
+                    _mm512_broadcast_f32x4(_mm_loadu_ps(da[m].add(4 * gi))),
+                )
+            };
+            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, a_lo, lo), a_hi, hi);
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, scales), acc[m]);
+        }
+    }
+    for (m, (out, acc)) in out.iter_mut().zip(acc).enumerate() {
+        let tail = row_dot_blocks(g, data, r, acts, t0 + m, 4 * groups..g.blocks());
+        *out = _mm512_reduce_add_ps(acc) + tail;
     }
 }

@@ -239,18 +239,46 @@ pub fn dot(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// For every row in `rows` and every token row of `x` (`tokens × w.cols`):
-/// `out[(r - rows.start) · tokens + t] = w[r] · x[t]`. Each matrix row is widened once and reused
-/// for all tokens; a `q4_b32` matrix takes `x` quantized to int8 per block of 32 instead.
-pub fn matmul(path: KernelPath, w: &DenseMatrix, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+/// The token rows (`tokens × cols`) a [`matmul`] multiplies, prepared once for all its row ranges:
+/// as they are, or quantized per block of 32 for a `q4_b32` matrix.
+pub enum DenseInput<'x> {
+    Float(&'x [f32]),
+    Q4(q4::Q4Acts),
+}
+
+impl<'x> DenseInput<'x> {
+    /// `x` as `w`'s kernels take it.
+    pub fn new(w: &DenseMatrix, x: &'x [f32]) -> Self {
+        match w.kind {
+            DenseKind::Q4B32 => DenseInput::Q4(q4::Q4Acts::quantize(x, w.cols)),
+            _ => DenseInput::Float(x),
+        }
+    }
+}
+
+/// For every row in `rows` and every token row of `x` ([`DenseInput::new`] of `w`):
+/// `out[(r - rows.start) · tokens + t] = w[r] · x[t]`. Each matrix row is widened (or unpacked)
+/// once and reused for several tokens.
+pub fn matmul(
+    path: KernelPath,
+    w: &DenseMatrix,
+    x: &DenseInput,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    assert!(rows.end <= w.rows);
+    let x = match (x, w.kind) {
+        (DenseInput::Q4(acts), DenseKind::Q4B32) => {
+            return q4::matmul(path, w.q4_geometry(), w.data, acts, rows, out);
+        }
+        (DenseInput::Float(x), kind) if kind != DenseKind::Q4B32 => *x,
+        _ => panic!(
+            "a DenseInput made for another kind of matrix than {:?}",
+            w.kind
+        ),
+    };
     let tokens = x.len() / w.cols;
     assert_eq!(out.len(), rows.len() * tokens);
-    assert!(rows.end <= w.rows);
-    if w.kind == DenseKind::Q4B32 {
-        let acts = q4::Q4Acts::quantize(x, w.cols);
-        q4::matmul(path, w.q4_geometry(), w.data, &acts, rows, out);
-        return;
-    }
     if fused_rows(path, w, x, rows.clone(), out) {
         return;
     }

@@ -831,7 +831,8 @@ unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 /// meet the activations in column order: per block, the low nibbles take columns 0–15 and the high
 /// nibbles 16–31. With `DOT`, two SDOTs give the block's four i32 lane sums; without, `smull`/`smlal`
 /// add four products of at most 8 · 128 into each i16 lane (within ±4096) before `saddlp` widens.
-/// Lanes are scaled by the block's two scales and summed in f32.
+/// Lanes are scaled by the block's two scales and summed in f32; each block is unpacked once for
+/// up to [`Q4_TOKENS`] tokens.
 ///
 /// # Safety
 /// The CPU must have NEON, and `dotprod` when `DOT`; sizes as `q4::matmul` asserts.
@@ -845,37 +846,70 @@ pub unsafe fn q4_rows<const DOT: bool>(
 ) {
     let tokens = acts.tokens;
     debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * tokens);
-    let (nibble, eight) = (vdupq_n_u8(0x0f), vdupq_n_s8(8));
-    for (i, r) in rows.enumerate() {
-        for t in 0..tokens {
-            let (q, a_scales) = (acts.row(t), acts.scales(t));
-            let mut acc = vdupq_n_f32(0.0);
-            for (b, &da) in a_scales.iter().enumerate() {
-                let dw = bitnet_format::q4::scale_at(data, g.scale_offset(r, b));
-                // SAFETY: block `b` of row `r` is 16 code bytes inside `data`, and the token's codes
-                // hold 32 at `32b`.
-                let (v, a_lo, a_hi) = unsafe {
-                    (
-                        vld1q_u8(data.as_ptr().add(g.block_codes_offset(r, b))),
-                        vld1q_s8(q.as_ptr().add(32 * b)),
-                        vld1q_s8(q.as_ptr().add(32 * b + 16)),
-                    )
-                };
-                let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, nibble)), eight);
-                let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), eight);
-                let lanes = if DOT {
-                    // SAFETY: the caller guarantees `dotprod` when DOT.
-                    unsafe { sdot(sdot(vdupq_n_s32(0), w_lo, a_lo), w_hi, a_hi) }
-                } else {
-                    let mut p = vmull_s8(vget_low_s8(w_lo), vget_low_s8(a_lo));
-                    p = vmlal_high_s8(p, w_lo, a_lo);
-                    p = vmlal_s8(p, vget_low_s8(w_hi), vget_low_s8(a_hi));
-                    p = vmlal_high_s8(p, w_hi, a_hi);
-                    vpaddlq_s16(p)
-                };
-                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(lanes), dw * da);
+    if tokens == 0 {
+        return;
+    }
+    for (out, r) in out.chunks_exact_mut(tokens).zip(rows) {
+        for (t, m) in super::activation::token_groups(tokens, Q4_TOKENS) {
+            let args = (g, data, acts, r, t, &mut out[t..t + m]);
+            // SAFETY: the caller's guarantees; tokens `t .. t + m` exist.
+            unsafe {
+                match m {
+                    Q4_TOKENS => q4_row::<DOT, Q4_TOKENS>(args),
+                    4 => q4_row::<DOT, 4>(args),
+                    2 => q4_row::<DOT, 2>(args),
+                    _ => q4_row::<DOT, 1>(args),
+                }
             }
-            out[i * tokens + t] = vaddvq_f32(acc);
         }
+    }
+}
+
+/// Tokens per register block of [`q4_rows`]: each block's weights are unpacked once for all.
+const Q4_TOKENS: usize = 8;
+
+/// Row `r` against tokens `t0 .. t0 + M`, into `out[..M]`. Each token's lanes see the same
+/// operations in the same order whatever `M` is, so a token's product does not depend on the
+/// tokens beside it.
+#[target_feature(enable = "neon")]
+unsafe fn q4_row<const DOT: bool, const M: usize>(
+    (g, data, acts, r, t0, out): (
+        bitnet_format::q4::Q4Geometry,
+        &[u8],
+        &super::q4::Q4Acts,
+        usize,
+        usize,
+        &mut [f32],
+    ),
+) {
+    let (nibble, eight) = (vdupq_n_u8(0x0f), vdupq_n_s8(8));
+    let q: [*const i8; M] = std::array::from_fn(|m| acts.row(t0 + m).as_ptr());
+    let a_scales: [&[f32]; M] = std::array::from_fn(|m| acts.scales(t0 + m));
+    let mut acc = [vdupq_n_f32(0.0); M];
+    for b in 0..g.blocks() {
+        let dw = bitnet_format::q4::scale_at(data, g.scale_offset(r, b));
+        // SAFETY: block `b` of row `r` is 16 code bytes inside `data`.
+        let v = unsafe { vld1q_u8(data.as_ptr().add(g.block_codes_offset(r, b))) };
+        let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, nibble)), eight);
+        let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), eight);
+        for m in 0..M {
+            // SAFETY: each token's codes hold 32 at `32b`.
+            let (a_lo, a_hi) =
+                unsafe { (vld1q_s8(q[m].add(32 * b)), vld1q_s8(q[m].add(32 * b + 16))) };
+            let lanes = if DOT {
+                // SAFETY: the caller guarantees `dotprod` when DOT.
+                unsafe { sdot(sdot(vdupq_n_s32(0), w_lo, a_lo), w_hi, a_hi) }
+            } else {
+                let mut p = vmull_s8(vget_low_s8(w_lo), vget_low_s8(a_lo));
+                p = vmlal_high_s8(p, w_lo, a_lo);
+                p = vmlal_s8(p, vget_low_s8(w_hi), vget_low_s8(a_hi));
+                p = vmlal_high_s8(p, w_hi, a_hi);
+                vpaddlq_s16(p)
+            };
+            acc[m] = vfmaq_n_f32(acc[m], vcvtq_f32_s32(lanes), dw * a_scales[m][b]);
+        }
+    }
+    for (out, acc) in out.iter_mut().zip(acc) {
+        *out = vaddvq_f32(acc);
     }
 }

@@ -3,10 +3,14 @@
 //! so every block's dot product is an exact integer and only the per-block float scaling differs in
 //! rounding order between paths (tests hold the SIMD paths to the scalar reference by tolerance).
 //!
-//! The SIMD kernels work on groups of four blocks (128 columns = 64 code bytes): the low nibbles of a
-//! group are the first 16 columns of each block, the high nibbles the last 16. [`Q4Acts`] holds the
-//! activations in that order, plus per 32-bit lane the correction `-8 · Σ a` that turns the unsigned
-//! codes `n` into `n - 8`, and the activation scale of the lane's block.
+//! The x86 kernels work on groups of four blocks (128 columns = 64 code bytes), in 32-bit lanes of
+//! four code bytes: lane `4i + b` takes bytes `4i .. 4i + 3` of block `b` (the kernels permute the
+//! weights' lanes into this order, once per group for every token), so its low nibbles are columns
+//! `4i ..` and its high nibbles columns `16 + 4i ..` of block `b`, and lane `L` is scaled by block
+//! `L mod 4`'s scales: a 4-scale vector repeated, with no shuffle per token. [`Q4Acts`] holds the
+//! activations in that order as unsigned bytes `q + 128`, which multiply the signed weights `n - 8`
+//! (`vpdpbusd` and `vpmaddubsw` take one unsigned operand); the `128 · Σ (n - 8)` this adds to a
+//! lane depends on the weights alone, so it is computed once per group for every token.
 
 use std::ops::Range;
 
@@ -18,8 +22,6 @@ use super::{Isa, KernelPath};
 pub const BLOCK: usize = 32;
 /// Columns per SIMD group (four blocks).
 pub const GROUP: usize = 4 * BLOCK;
-/// 32-bit lanes per group: each covers four low-nibble and four high-nibble columns of one block.
-pub const GROUP_LANES: usize = 16;
 
 /// Activations of `tokens` rows of `cols` values, quantized to int8 per block of 32.
 #[derive(Debug, Default)]
@@ -30,12 +32,9 @@ pub struct Q4Acts {
     pub q: Vec<i8>,
     /// Per token, one scale per block.
     pub scale: Vec<f32>,
-    /// Per token, the whole groups' codes in kernel order: per group 64 low-half then 64 high-half bytes.
-    pub grouped: Vec<i8>,
-    /// Per token, per lane of the whole groups: `-8 ·` the sum of the eight codes the lane multiplies.
-    pub lane_corr: Vec<i32>,
-    /// Per token, per lane of the whole groups: the scale of the lane's block.
-    pub lane_scale: Vec<f32>,
+    /// Per token, the whole groups' codes plus 128 in kernel order: per group the 16 lanes of the
+    /// low nibbles' columns, then the 16 of the high nibbles'.
+    pub grouped: Vec<u8>,
 }
 
 impl Q4Acts {
@@ -51,8 +50,6 @@ impl Q4Acts {
             q: vec![0; tokens * cols],
             scale: vec![0.0; tokens * cols / BLOCK],
             grouped: vec![0; tokens * groups * GROUP],
-            lane_corr: vec![0; tokens * groups * GROUP_LANES],
-            lane_scale: vec![0.0; tokens * groups * GROUP_LANES],
         };
         for (b, (block, q)) in x
             .chunks_exact(BLOCK)
@@ -70,23 +67,15 @@ impl Q4Acts {
         }
         for t in 0..tokens {
             for g in 0..groups {
-                let at = (t * groups + g) * GROUP;
-                let lanes = (t * groups + g) * GROUP_LANES;
-                for bb in 0..4 {
-                    let block = t * cols / BLOCK + 4 * g + bb;
-                    let src = &a.q[block * BLOCK..(block + 1) * BLOCK];
-                    a.grouped[at + 16 * bb..at + 16 * bb + 16].copy_from_slice(&src[..16]);
-                    a.grouped[at + 64 + 16 * bb..at + 64 + 16 * bb + 16]
-                        .copy_from_slice(&src[16..]);
-                    for i in 0..4 {
-                        let lane = lanes + 4 * bb + i;
-                        let sum: i32 = src[4 * i..4 * i + 4]
-                            .iter()
-                            .chain(&src[16 + 4 * i..16 + 4 * i + 4])
-                            .map(|&v| v as i32)
-                            .sum();
-                        a.lane_corr[lane] = -8 * sum;
-                        a.lane_scale[lane] = a.scale[block];
+                let src = &a.q[t * cols + g * GROUP..][..GROUP];
+                let grouped = &mut a.grouped[(t * groups + g) * GROUP..][..GROUP];
+                // The low nibbles' columns (from 0 in each block), then the high nibbles' (from 16).
+                for (part, from) in grouped.chunks_exact_mut(GROUP / 2).zip([0, 16]) {
+                    for (lane, out) in part.chunks_exact_mut(4).enumerate() {
+                        let (i, b) = (lane / 4, lane % 4);
+                        for (d, q) in out.iter_mut().zip(&src[BLOCK * b + from + 4 * i..][..4]) {
+                            *d = (*q as u8) ^ 0x80;
+                        }
                     }
                 }
             }
@@ -105,15 +94,10 @@ impl Q4Acts {
         &self.scale[t * blocks..(t + 1) * blocks]
     }
 
-    /// The grouped codes, lane corrections and lane scales of token `t`.
-    pub fn groups(&self, t: usize) -> (&[i8], &[i32], &[f32]) {
-        let groups = self.cols / GROUP;
-        let (c, l) = (groups * GROUP, groups * GROUP_LANES);
-        (
-            &self.grouped[t * c..(t + 1) * c],
-            &self.lane_corr[t * l..(t + 1) * l],
-            &self.lane_scale[t * l..(t + 1) * l],
-        )
+    /// The grouped codes (plus 128) and the block scales of token `t`.
+    pub fn groups(&self, t: usize) -> (&[u8], &[f32]) {
+        let c = self.cols / GROUP * GROUP;
+        (&self.grouped[t * c..(t + 1) * c], self.scales(t))
     }
 }
 
@@ -160,7 +144,7 @@ pub fn matmul(
     assert!(rows.end <= g.rows && data.len() >= g.byte_len());
     match path.isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F/BW/VNNI; the lengths were
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F/BW/VL/VNNI; the lengths were
         // asserted above.
         Isa::Avx512 => unsafe { super::avx512::q4_rows(g, data, acts, rows, out) },
         #[cfg(target_arch = "x86_64")]

@@ -235,11 +235,12 @@ impl<'m> Runner<'m> {
         let tokens = x.len() / m.cols;
         let mut logits = vec![0.0f32; tokens * m.rows];
         let dst = SharedOut(logits.as_mut_ptr());
+        let x = float::DenseInput::new(&m, x);
         let chunk = m.rows.div_ceil(8 * model.threads()).max(1);
         model.pool.for_each(m.rows.div_ceil(chunk), &|i| {
             let rows = i * chunk..((i + 1) * chunk).min(m.rows);
             let mut by_row = vec![0.0f32; rows.len() * tokens];
-            float::matmul(model.path, &m, x, rows.clone(), &mut by_row);
+            float::matmul(model.path, &m, &x, rows.clone(), &mut by_row);
             for (k, r) in rows.enumerate() {
                 for t in 0..tokens {
                     // SAFETY: row `r` of every token is written by this task only, within the buffer.
