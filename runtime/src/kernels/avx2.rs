@@ -487,6 +487,27 @@ pub unsafe fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// See [`super::activation::dequantize`]; 8 lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2; `out.len() == acc.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dequantize(acc: &[i32], s: f32, scale: f32, out: &mut [f32]) {
+    let (sv, kv) = (_mm256_set1_ps(s), _mm256_set1_ps(scale));
+    let whole = acc.len() / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        // SAFETY: `i + 8 <= whole <= acc.len() == out.len()`.
+        unsafe {
+            let a = _mm256_cvtepi32_ps(_mm256_loadu_si256(acc.as_ptr().add(i).cast()));
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(i),
+                _mm256_mul_ps(_mm256_div_ps(a, sv), kv),
+            );
+        }
+    }
+    super::activation::dequantize_scalar(&acc[whole..], s, scale, &mut out[whole..]);
+}
+
 /// See [`super::activation::quantize_row`].
 ///
 /// # Safety

@@ -366,6 +366,27 @@ pub unsafe fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// See [`super::activation::dequantize`]; 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `out.len() == acc.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dequantize(acc: &[i32], s: f32, scale: f32, out: &mut [f32]) {
+    let (sv, kv) = (_mm512_set1_ps(s), _mm512_set1_ps(scale));
+    let whole = acc.len() / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: `i + 16 <= whole <= acc.len() == out.len()`.
+        unsafe {
+            let a = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc.as_ptr().add(i).cast()));
+            _mm512_storeu_ps(
+                out.as_mut_ptr().add(i),
+                _mm512_mul_ps(_mm512_div_ps(a, sv), kv),
+            );
+        }
+    }
+    super::activation::dequantize_scalar(&acc[whole..], s, scale, &mut out[whole..]);
+}
+
 /// See [`super::activation::quantize_row`].
 ///
 /// # Safety

@@ -561,6 +561,24 @@ pub fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
     }
 }
 
+/// See [`super::activation::dequantize`]; 4 lanes at a time.
+///
+/// # Safety
+/// `out.len() == acc.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn dequantize(acc: &[i32], s: f32, scale: f32, out: &mut [f32]) {
+    let (sv, kv) = (vdupq_n_f32(s), vdupq_n_f32(scale));
+    let whole = acc.len() / 4 * 4;
+    for i in (0..whole).step_by(4) {
+        // SAFETY: `i + 4 <= whole <= acc.len() == out.len()`.
+        unsafe {
+            let a = vcvtq_f32_s32(vld1q_s32(acc.as_ptr().add(i)));
+            vst1q_f32(out.as_mut_ptr().add(i), vmulq_f32(vdivq_f32(a, sv), kv));
+        }
+    }
+    super::activation::dequantize_scalar(&acc[whole..], s, scale, &mut out[whole..]);
+}
+
 /// See [`super::activation::quantize_row`]; exactly the scalar result: `fmaxnm` ignores NaN as
 /// `f32::max` does, `fcvtns` rounds half to even (and sends NaN to 0, as `as i8` does after the
 /// scalar clamp), and the saturating narrows `sqxtn` clamp to [-128, 127].

@@ -103,6 +103,7 @@ impl Q4Acts {
 
 /// `Σ_blocks d_w · d_a · Σ_j (n_j - 8) · q_j` over `blocks` of row `r`: the scalar reference, and
 /// the SIMD kernels' tail for blocks past the last whole group.
+#[inline]
 pub fn row_dot_blocks(
     g: Q4Geometry,
     data: &[u8],
@@ -111,6 +112,10 @@ pub fn row_dot_blocks(
     t: usize,
     blocks: Range<usize>,
 ) -> f32 {
+    if blocks.is_empty() {
+        // Every row of every token ends here when the columns fill whole groups.
+        return 0.0;
+    }
     let (q, scales) = (acts.row(t), acts.scales(t));
     let mut sum = 0.0f32;
     for b in blocks {
