@@ -149,9 +149,12 @@ fn dense_rows(c: &mut Criterion) {
             kind,
         };
         let mut out = vec![0.0f32; rows];
-        let (input, input8) = (DenseInput::new(&w, &x), DenseInput::new(&w, &x8));
         group.throughput(Throughput::Bytes(data.len() as u64));
         for path in KernelPath::available() {
+            let (input, input8) = (
+                DenseInput::new(path, &w, &x),
+                DenseInput::new(path, &w, &x8),
+            );
             let label = match kind {
                 DenseKind::Float(k) => format!("{k:?}").to_lowercase(),
                 DenseKind::I8Row => "i8_row".into(),

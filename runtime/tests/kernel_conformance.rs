@@ -211,7 +211,7 @@ fn float_kernels_agree_at(tokens: usize) {
         float::matmul(
             KernelPath::SCALAR,
             &w,
-            &DenseInput::new(&w, &x),
+            &DenseInput::new(KernelPath::SCALAR, &w, &x),
             0..rows,
             &mut reference,
         );
@@ -237,7 +237,7 @@ fn float_kernels_agree_at(tokens: usize) {
         }
         for path in available_paths() {
             let mut out = vec![0.0f32; rows * tokens];
-            float::matmul(path, &w, &DenseInput::new(&w, &x), 0..rows, &mut out);
+            float::matmul(path, &w, &DenseInput::new(path, &w, &x), 0..rows, &mut out);
             for (a, b) in out.iter().zip(&reference) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
@@ -312,7 +312,7 @@ fn fused_dense_products_agree_with_f64_on_every_path() {
             };
             for path in available_paths() {
                 let mut out = vec![0.0f32; (rows - 1) * tokens];
-                float::matmul(path, &w, &DenseInput::new(&w, &x), 1..rows, &mut out);
+                float::matmul(path, &w, &DenseInput::new(path, &w, &x), 1..rows, &mut out);
                 for (j, got) in out.iter().enumerate() {
                     let (i, t) = (j / tokens, j % tokens);
                     let exact: f64 = (0..cols)

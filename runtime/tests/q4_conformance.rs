@@ -43,7 +43,7 @@ fn check(rows: usize, cols: usize, codes: &[u8], scales: &[f32], x: &[f32]) {
     let data = pack(rows, cols, codes, scales);
     let g = Q4Geometry { rows, cols };
     let w = q4::decode(g, &data).unwrap();
-    let acts = Q4Acts::quantize(x, cols);
+    let acts = Q4Acts::quantize(KernelPath::SCALAR, x, cols);
     let tokens = acts.tokens;
     let m = DenseMatrix {
         data: &data,
@@ -53,7 +53,7 @@ fn check(rows: usize, cols: usize, codes: &[u8], scales: &[f32], x: &[f32]) {
     };
     for path in KernelPath::available() {
         let mut out = vec![0.0f32; rows * tokens];
-        float::matmul(path, &m, &DenseInput::new(&m, x), 0..rows, &mut out);
+        float::matmul(path, &m, &DenseInput::new(path, &m, x), 0..rows, &mut out);
         for r in 0..rows {
             for t in 0..tokens {
                 let (exact, magnitude) = oracle(&w, &acts, cols, r, t);
@@ -67,7 +67,7 @@ fn check(rows: usize, cols: usize, codes: &[u8], scales: &[f32], x: &[f32]) {
         // A row range that starts inside the matrix.
         if rows > 1 {
             let mut part = vec![0.0f32; (rows - 1) * tokens];
-            float::matmul(path, &m, &DenseInput::new(&m, x), 1..rows, &mut part);
+            float::matmul(path, &m, &DenseInput::new(path, &m, x), 1..rows, &mut part);
             assert_eq!(part, out[tokens..], "{path:?} rows 1..{rows}");
         }
     }
@@ -85,7 +85,7 @@ proptest! {
 
     #[test]
     fn activation_codes_are_within_half_a_step(x in proptest::collection::vec(-100.0f32..100.0, 96)) {
-        let acts = Q4Acts::quantize(&x, 96);
+        let acts = Q4Acts::quantize(KernelPath::SCALAR, &x, 96);
         for (b, block) in x.chunks_exact(32).enumerate() {
             let s = acts.scales(0)[b];
             let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -154,7 +154,7 @@ fn q4_products_stay_close_to_the_unquantized_activations() {
     let x: Vec<f32> = (0..cols)
         .map(|i| ((i * 29 % 61) as f32 - 30.0) / 7.0)
         .collect();
-    let acts = Q4Acts::quantize(&x, cols);
+    let acts = Q4Acts::quantize(KernelPath::SCALAR, &x, cols);
     let m = DenseMatrix {
         data: &data,
         rows,
@@ -165,7 +165,7 @@ fn q4_products_stay_close_to_the_unquantized_activations() {
     float::matmul(
         KernelPath::detect(),
         &m,
-        &DenseInput::new(&m, &x),
+        &DenseInput::new(KernelPath::detect(), &m, &x),
         0..rows,
         &mut out,
     );
@@ -208,14 +208,14 @@ fn a_tokens_product_does_not_depend_on_the_tokens_beside_it() {
             .chunks_exact(cols)
             .map(|xt| {
                 let mut out = vec![0.0f32; rows];
-                float::matmul(path, &m, &DenseInput::new(&m, xt), 0..rows, &mut out);
+                float::matmul(path, &m, &DenseInput::new(path, &m, xt), 0..rows, &mut out);
                 out
             })
             .collect();
         for tokens in 1..=11 {
             let x = &x[..tokens * cols];
             let mut out = vec![0.0f32; rows * tokens];
-            float::matmul(path, &m, &DenseInput::new(&m, x), 0..rows, &mut out);
+            float::matmul(path, &m, &DenseInput::new(path, &m, x), 0..rows, &mut out);
             for r in 0..rows {
                 for (t, alone) in alone.iter().enumerate().take(tokens) {
                     assert_eq!(

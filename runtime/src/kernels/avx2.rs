@@ -851,13 +851,15 @@ dense_rows_kernel!(
     }
 );
 
-/// Tokens per register block of [`q4_rows`].
-const Q4_TOKENS: usize = 8;
+/// Tokens per register block of [`q4_rows`]: two accumulators each, half the ymm registers.
+const Q4_TOKENS: usize = 4;
 
-/// See [`super::avx512::q4_rows`] (one row at a time, each group unpacked once for up to
-/// [`Q4_TOKENS`] tokens); each group of four blocks is two 32-byte halves, multiplied with
-/// `vpmaddubsw` (pair sums of `(q + 128) · (n - 8)` stay within ±4080, and low plus high within
-/// ±8160, so nothing saturates) and widened with `vpmaddwd`.
+/// See [`super::q4::matmul`]. One row at a time, each 32-byte half of a group of four blocks
+/// unpacked once for up to [`Q4_TOKENS`] tokens (activations in
+/// [`super::q4::Q4Layout::Blocks`] order): `vpmaddubsw` multiplies the unsigned nibbles by the
+/// activation codes (pair sums within ±3840, low plus high within ±7680, so nothing saturates),
+/// `vpmaddwd` widens, the lane corrections make lanes hold exact `Σ (n - 8) · q`, and the lanes are
+/// scaled by their block's weight and activation scales in f32.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; sizes as for the AVX-512 version.
@@ -881,7 +883,6 @@ pub unsafe fn q4_rows(
             unsafe {
                 match m {
                     Q4_TOKENS => q4_row::<Q4_TOKENS>(args),
-                    4 => q4_row::<4>(args),
                     2 => q4_row::<2>(args),
                     _ => q4_row::<1>(args),
                 }
@@ -890,33 +891,9 @@ pub unsafe fn q4_rows(
     }
 }
 
-/// One half of a `q4_b32` group as [`q4_row`] multiplies it, from the group's two 32-byte halves in
-/// memory: the low and high nibbles' weights `n - 8` in the lane order `transpose` picks (lanes of
-/// blocks 2 and 3, at 2, 3, 6 and 7, come from the second 32 bytes), and `128 · Σ (n - 8)` per
-/// pair of columns (`vpmaddubsw` by 128 as an unsigned byte).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn q4_half(v01: __m256i, v23: __m256i, transpose: __m256i) -> (__m256i, __m256i, __m256i) {
-    let (nibble, eight, offset) = (
-        _mm256_set1_epi8(0x0f),
-        _mm256_set1_epi8(8),
-        _mm256_set1_epi8(i8::MIN),
-    );
-    let v = _mm256_blend_epi32::<0b1100_1100>(
-        _mm256_permutevar8x32_epi32(v01, transpose),
-        _mm256_permutevar8x32_epi32(v23, transpose),
-    );
-    let lo = _mm256_sub_epi8(_mm256_and_si256(v, nibble), eight);
-    let hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble), eight);
-    let raised = _mm256_add_epi16(
-        _mm256_maddubs_epi16(offset, lo),
-        _mm256_maddubs_epi16(offset, hi),
-    );
-    (lo, hi, raised)
-}
-
-/// Row `r` against tokens `t0 .. t0 + M`, into `out[..M]`; as in [`super::avx512::q4_rows`], a
-/// token's operations do not depend on `M`.
+/// Row `r` against tokens `t0 .. t0 + M`, into `out[..M]`. Each token's lanes see the same
+/// operations in the same order whatever `M` is, so a token's product does not depend on the
+/// tokens beside it.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_row<const M: usize>(
     (g, data, acts, r, t0, out): (
@@ -928,65 +905,59 @@ unsafe fn q4_row<const M: usize>(
         &mut [f32],
     ),
 ) {
-    use super::q4::{GROUP, row_dot_blocks};
+    use super::q4::{GROUP, GROUP_LANES, row_dot_blocks};
     let groups = g.cols / GROUP;
+    let nibble = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    // Half `h` holds lanes `4i + b` for `i = 2h, 2h + 1`: the code bytes `4i ..` of block `b`,
-    // which memory holds at lane `4b + i` of the first (blocks 0, 1) or second (2, 3) 32 bytes.
-    let transpose = [
-        _mm256_setr_epi32(0, 4, 0, 4, 1, 5, 1, 5),
-        _mm256_setr_epi32(2, 6, 2, 6, 3, 7, 3, 7),
-    ];
+    // Lane `4b + i` of a half takes the half's block `b` scale.
+    let spread = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
     let codes = data[g.block_codes_offset(r, 0)..].as_ptr();
     let scales = data[g.scale_offset(r, 0)..].as_ptr();
-    let qa: [*const u8; M] = std::array::from_fn(|m| acts.groups(t0 + m).0.as_ptr());
-    let da: [*const f32; M] = std::array::from_fn(|m| acts.scales(t0 + m).as_ptr());
-    let mut acc = [_mm256_setzero_ps(); M];
+    let qa: [*const u8; M] = std::array::from_fn(|m| acts.grouped(t0 + m).as_ptr());
+    let corr: [*const i32; M] = std::array::from_fn(|m| acts.lanes(t0 + m).0.as_ptr());
+    let da: [*const f32; M] = std::array::from_fn(|m| acts.lanes(t0 + m).1.as_ptr());
+    // One accumulator per half group and token: independent FMA chains.
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
     for gi in 0..groups {
-        // SAFETY: `gi < groups`: group `gi` of row `r` is 64 code bytes and 4 f16 scales inside
-        // `data`.
-        let (v01, v23, s) = unsafe {
-            (
-                _mm256_loadu_si256(codes.add(gi * 64).cast()),
-                _mm256_loadu_si256(codes.add(gi * 64 + 32).cast()),
-                _mm_loadl_epi64(scales.add(gi * 8).cast()),
-            )
-        };
-        let dw = _mm256_broadcast_ps(&_mm_cvtph_ps(s));
-        let halves = [
-            q4_half(v01, v23, transpose[0]),
-            q4_half(v01, v23, transpose[1]),
-        ];
-        for m in 0..M {
-            // SAFETY: `gi < groups`: token `t0 + m`'s 128 grouped codes and 4 block scales at
-            // these offsets exist.
-            let scales = unsafe { da[m].add(4 * gi).cast::<__m128>().read_unaligned() };
-            let d = _mm256_mul_ps(dw, _mm256_broadcast_ps(&scales));
-            for (h, &(lo, hi, raised)) in halves.iter().enumerate() {
-                // SAFETY: as above; half `h` of the low and of the high columns.
-                let (a_lo, a_hi) = unsafe {
+        for h in [0, 1] {
+            // SAFETY: `gi < groups` and `h < 2`: half `h` of group `gi` of row `r` is 32 code bytes
+            // and 2 f16 scales inside `data`.
+            let (v, s) = unsafe {
+                (
+                    _mm256_loadu_si256(codes.add(gi * 64 + 32 * h).cast()),
+                    _mm_cvtsi32_si128(scales.add(gi * 8 + 4 * h).cast::<i32>().read_unaligned()),
+                )
+            };
+            let lo = _mm256_and_si256(v, nibble);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+            let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(s)), spread);
+            for m in 0..M {
+                // SAFETY: `gi < groups` and `h < 2`: these halves of token `t0 + m`'s grouped
+                // codes, lane corrections and lane scales exist.
+                let (a_lo, a_hi, c, ds) = unsafe {
                     let at = qa[m].add(gi * GROUP + 32 * h);
+                    let lane = gi * GROUP_LANES + 8 * h;
                     (
                         _mm256_loadu_si256(at.cast()),
                         _mm256_loadu_si256(at.add(64).cast()),
+                        _mm256_loadu_si256(corr[m].add(lane).cast()),
+                        _mm256_loadu_ps(da[m].add(lane)),
                     )
                 };
-                // The pairs' true sums `Σ q · (n - 8)` fit i16; the wrapping subtraction gets them.
-                let pairs = _mm256_sub_epi16(
-                    _mm256_add_epi16(
-                        _mm256_maddubs_epi16(a_lo, lo),
-                        _mm256_maddubs_epi16(a_hi, hi),
-                    ),
-                    raised,
+                let pairs = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo, a_lo),
+                    _mm256_maddubs_epi16(hi, a_hi),
                 );
-                let dot = _mm256_madd_epi16(pairs, ones);
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc[m]);
+                let dot = _mm256_add_epi32(_mm256_madd_epi16(pairs, ones), c);
+                acc[m][h] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, ds), acc[m][h]);
             }
         }
     }
     for (m, (out, acc)) in out.iter_mut().zip(acc).enumerate() {
         let tail = row_dot_blocks(g, data, r, acts, t0 + m, 4 * groups..g.blocks());
-        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let sum = _mm256_add_ps(acc[0], acc[1]);
+        let quad = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
         *out = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair))) + tail;
     }

@@ -488,9 +488,10 @@ const Q4_TOKENS: usize = 8;
 
 /// See [`super::q4::matmul`]. One row at a time (one sequential stream of codes and one of scales,
 /// which the hardware prefetcher follows best), each group of the row unpacked once for a block of
-/// up to [`Q4_TOKENS`] tokens. Per group of four blocks, `vpdpbusd` multiplies the unsigned
-/// activation codes `q + 128` by the signed weights `n - 8` of the low and high nibbles, starting
-/// from `-128 · Σ (n - 8)` (so lanes hold exact `Σ (n - 8) · q`), and the lanes are scaled by their
+/// up to [`Q4_TOKENS`] tokens. Per group of four blocks (activations in
+/// [`super::q4::Q4Layout::Transposed`] order), `vpdpbusd` multiplies the unsigned activation codes
+/// `q + 128` by the signed weights `n - 8` of the low and high nibbles, starting from
+/// `-128 · Σ (n - 8)` (so lanes hold exact `Σ (n - 8) · q`), and the lanes are scaled by their
 /// block's weight and activation scales in f32.
 ///
 /// # Safety
@@ -550,7 +551,7 @@ unsafe fn q4_row<const M: usize>(
     let transpose = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     let codes = data[g.block_codes_offset(r, 0)..].as_ptr();
     let scales = data[g.scale_offset(r, 0)..].as_ptr();
-    let qa: [*const u8; M] = std::array::from_fn(|m| acts.groups(t0 + m).0.as_ptr());
+    let qa: [*const u8; M] = std::array::from_fn(|m| acts.grouped(t0 + m).as_ptr());
     let da: [*const f32; M] = std::array::from_fn(|m| acts.scales(t0 + m).as_ptr());
     let mut acc = [_mm512_setzero_ps(); M];
     for gi in 0..groups {

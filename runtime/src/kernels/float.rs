@@ -247,16 +247,16 @@ pub enum DenseInput<'x> {
 }
 
 impl<'x> DenseInput<'x> {
-    /// `x` as `w`'s kernels take it.
-    pub fn new(w: &DenseMatrix, x: &'x [f32]) -> Self {
+    /// `x` as `path`'s kernels for `w` take it.
+    pub fn new(path: KernelPath, w: &DenseMatrix, x: &'x [f32]) -> Self {
         match w.kind {
-            DenseKind::Q4B32 => DenseInput::Q4(q4::Q4Acts::quantize(x, w.cols)),
+            DenseKind::Q4B32 => DenseInput::Q4(q4::Q4Acts::quantize(path, x, w.cols)),
             _ => DenseInput::Float(x),
         }
     }
 }
 
-/// For every row in `rows` and every token row of `x` ([`DenseInput::new`] of `w`):
+/// For every row in `rows` and every token row of `x` ([`DenseInput::new`] of `path` and `w`):
 /// `out[(r - rows.start) · tokens + t] = w[r] · x[t]`. Each matrix row is widened (or unpacked)
 /// once and reused for several tokens.
 pub fn matmul(
@@ -268,7 +268,7 @@ pub fn matmul(
 ) {
     assert!(rows.end <= w.rows);
     let x = match (x, w.kind) {
-        (DenseInput::Q4(acts), DenseKind::Q4B32) => {
+        (DenseInput::Q4(acts), DenseKind::Q4B32) if acts.layout == q4::Q4Layout::of(path) => {
             return q4::matmul(path, w.q4_geometry(), w.data, acts, rows, out);
         }
         (DenseInput::Float(x), kind) if kind != DenseKind::Q4B32 => *x,

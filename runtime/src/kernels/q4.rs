@@ -3,14 +3,10 @@
 //! so every block's dot product is an exact integer and only the per-block float scaling differs in
 //! rounding order between paths (tests hold the SIMD paths to the scalar reference by tolerance).
 //!
-//! The x86 kernels work on groups of four blocks (128 columns = 64 code bytes), in 32-bit lanes of
-//! four code bytes: lane `4i + b` takes bytes `4i .. 4i + 3` of block `b` (the kernels permute the
-//! weights' lanes into this order, once per group for every token), so its low nibbles are columns
-//! `4i ..` and its high nibbles columns `16 + 4i ..` of block `b`, and lane `L` is scaled by block
-//! `L mod 4`'s scales: a 4-scale vector repeated, with no shuffle per token. [`Q4Acts`] holds the
-//! activations in that order as unsigned bytes `q + 128`, which multiply the signed weights `n - 8`
-//! (`vpdpbusd` and `vpmaddubsw` take one unsigned operand); the `128 · Σ (n - 8)` this adds to a
-//! lane depends on the weights alone, so it is computed once per group for every token.
+//! The x86 kernels work on groups of four blocks (128 columns = 64 code bytes) in 32-bit lanes of
+//! four code bytes, each a lane's low nibbles (four columns from 0–15 of a block) and high nibbles
+//! (the same four from 16–31). [`Q4Acts`] holds the activations in the order of its path's kernel
+//! ([`Q4Layout`]).
 
 use std::ops::Range;
 
@@ -22,34 +18,72 @@ use super::{Isa, KernelPath};
 pub const BLOCK: usize = 32;
 /// Columns per SIMD group (four blocks).
 pub const GROUP: usize = 4 * BLOCK;
+/// 32-bit lanes per group.
+pub const GROUP_LANES: usize = 16;
+
+/// How [`Q4Acts::grouped`] orders a token's codes for a path's kernel, per group of 128 columns:
+/// the 16 lanes of the low nibbles' columns, then the 16 of the high nibbles'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Q4Layout {
+    /// Nothing grouped: the scalar reference and NEON read [`Q4Acts::q`] in column order.
+    #[default]
+    Columns,
+    /// AVX-512: lane `4i + b` takes bytes `4i ..` of block `b` (the kernel permutes the weights'
+    /// lanes into this order once per group for every token, so lane `L` is scaled by block `L mod
+    /// 4` and the scales are a repeated 4-vector); the codes as unsigned bytes `q + 128`, which
+    /// multiply the signed weights `n - 8`: the `128 · Σ (n - 8)` this adds to a lane depends on
+    /// the weights alone and is subtracted once per group for every token.
+    Transposed,
+    /// AVX2 and AVX-VNNI: lane `4b + i` takes bytes `4i ..` of block `b`, as the weights lie in
+    /// memory; signed codes, which multiply the unsigned nibbles `n`, with per lane the correction
+    /// `-8 · Σ q` ([`Q4Acts::lane_corr`]) that turns them into `n - 8` and the block's scale
+    /// ([`Q4Acts::lane_scale`]). One token then costs no more than the weights' unpacking.
+    Blocks,
+}
+
+impl Q4Layout {
+    /// The layout `path`'s kernel reads.
+    pub fn of(path: KernelPath) -> Self {
+        match path.isa() {
+            Isa::Avx512 => Q4Layout::Transposed,
+            Isa::Avx2 | Isa::AvxVnni => Q4Layout::Blocks,
+            _ => Q4Layout::Columns,
+        }
+    }
+}
 
 /// Activations of `tokens` rows of `cols` values, quantized to int8 per block of 32.
 #[derive(Debug, Default)]
 pub struct Q4Acts {
     pub tokens: usize,
     pub cols: usize,
+    pub layout: Q4Layout,
     /// Per token, `cols` codes in column order (the reference's view).
     pub q: Vec<i8>,
     /// Per token, one scale per block.
     pub scale: Vec<f32>,
-    /// Per token, the whole groups' codes plus 128 in kernel order: per group the 16 lanes of the
-    /// low nibbles' columns, then the 16 of the high nibbles'.
+    /// Per token, the whole groups' codes as `layout` orders them (empty for `Columns`).
     pub grouped: Vec<u8>,
+    /// `Blocks`: per token, per lane of the whole groups, `-8 ·` the sum of the lane's eight codes.
+    pub lane_corr: Vec<i32>,
+    /// `Blocks`: per token, per lane of the whole groups, the scale of the lane's block.
+    pub lane_scale: Vec<f32>,
 }
 
 impl Q4Acts {
-    /// Quantize `x` (`tokens × cols`, `cols` a multiple of 32): per block `scale = max|x| / 127`,
-    /// `q = round(x / scale)`.
-    pub fn quantize(x: &[f32], cols: usize) -> Self {
+    /// Quantize `x` (`tokens × cols`, `cols` a multiple of 32) for `path`'s kernel: per block
+    /// `scale = max|x| / 127`, `q = round(x / scale)`.
+    pub fn quantize(path: KernelPath, x: &[f32], cols: usize) -> Self {
         assert!(cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols));
         let tokens = x.len() / cols;
-        let groups = cols / GROUP;
+        let layout = Q4Layout::of(path);
         let mut a = Q4Acts {
             tokens,
             cols,
+            layout,
             q: vec![0; tokens * cols],
             scale: vec![0.0; tokens * cols / BLOCK],
-            grouped: vec![0; tokens * groups * GROUP],
+            ..Q4Acts::default()
         };
         for (b, (block, q)) in x
             .chunks_exact(BLOCK)
@@ -65,17 +99,48 @@ impl Q4Acts {
                 a.scale[b] = max / 127.0;
             }
         }
+        let groups = cols / GROUP;
+        if layout == Q4Layout::Columns {
+            return a;
+        }
+        a.grouped = vec![0; tokens * groups * GROUP];
+        if layout == Q4Layout::Blocks {
+            a.lane_corr = vec![0; tokens * groups * GROUP_LANES];
+            a.lane_scale = vec![0.0; tokens * groups * GROUP_LANES];
+        }
         for t in 0..tokens {
             for g in 0..groups {
                 let src = &a.q[t * cols + g * GROUP..][..GROUP];
-                let grouped = &mut a.grouped[(t * groups + g) * GROUP..][..GROUP];
-                // The low nibbles' columns (from 0 in each block), then the high nibbles' (from 16).
-                for (part, from) in grouped.chunks_exact_mut(GROUP / 2).zip([0, 16]) {
-                    for (lane, out) in part.chunks_exact_mut(4).enumerate() {
-                        let (i, b) = (lane / 4, lane % 4);
-                        for (d, q) in out.iter_mut().zip(&src[BLOCK * b + from + 4 * i..][..4]) {
-                            *d = (*q as u8) ^ 0x80;
+                let at = (t * groups + g) * GROUP;
+                for lane in 0..GROUP_LANES {
+                    let (b, i) = match layout {
+                        Q4Layout::Transposed => (lane % 4, lane / 4),
+                        _ => (lane / 4, lane % 4),
+                    };
+                    // The low nibbles' columns (from 0 in the block), then the high nibbles' (16).
+                    let (lo, hi) = (BLOCK * b + 4 * i, BLOCK * b + 16 + 4 * i);
+                    let offset = if layout == Q4Layout::Transposed {
+                        0x80
+                    } else {
+                        0
+                    };
+                    for (part, from) in [(0, lo), (GROUP / 2, hi)] {
+                        for (d, q) in a.grouped[at + part + 4 * lane..][..4]
+                            .iter_mut()
+                            .zip(&src[from..from + 4])
+                        {
+                            *d = (*q as u8) ^ offset;
                         }
+                    }
+                    if layout == Q4Layout::Blocks {
+                        let sum: i32 = src[lo..lo + 4]
+                            .iter()
+                            .chain(&src[hi..hi + 4])
+                            .map(|&v| v as i32)
+                            .sum();
+                        let l = (t * groups + g) * GROUP_LANES + lane;
+                        a.lane_corr[l] = -8 * sum;
+                        a.lane_scale[l] = a.scale[t * cols / BLOCK + 4 * g + b];
                     }
                 }
             }
@@ -94,10 +159,19 @@ impl Q4Acts {
         &self.scale[t * blocks..(t + 1) * blocks]
     }
 
-    /// The grouped codes (plus 128) and the block scales of token `t`.
-    pub fn groups(&self, t: usize) -> (&[u8], &[f32]) {
+    /// The grouped codes of token `t`.
+    pub fn grouped(&self, t: usize) -> &[u8] {
         let c = self.cols / GROUP * GROUP;
-        (&self.grouped[t * c..(t + 1) * c], self.scales(t))
+        &self.grouped[t * c..(t + 1) * c]
+    }
+
+    /// The lane corrections and lane scales of token `t` (`Blocks`).
+    pub fn lanes(&self, t: usize) -> (&[i32], &[f32]) {
+        let l = self.cols / GROUP * GROUP_LANES;
+        (
+            &self.lane_corr[t * l..(t + 1) * l],
+            &self.lane_scale[t * l..(t + 1) * l],
+        )
     }
 }
 

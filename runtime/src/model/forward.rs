@@ -235,7 +235,7 @@ impl<'m> Runner<'m> {
         let tokens = x.len() / m.cols;
         let mut logits = vec![0.0f32; tokens * m.rows];
         let dst = SharedOut(logits.as_mut_ptr());
-        let x = float::DenseInput::new(&m, x);
+        let x = float::DenseInput::new(model.path, &m, x);
         let chunk = m.rows.div_ceil(8 * model.threads()).max(1);
         model.pool.for_each(m.rows.div_ceil(chunk), &|i| {
             let rows = i * chunk..((i + 1) * chunk).min(m.rows);
