@@ -171,64 +171,9 @@ pub fn quantize_row_scalar(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     (s, sum)
 }
 
-/// `out[i] = acc[i] as f32 / s · scale`: a ternary product's exact accumulators back to floats (`s`
-/// the token's activation scale, `scale` the matrix's). Every path does these three IEEE
-/// operations per element, so every path gives the same floats.
-pub fn dequantize(path: KernelPath, acc: &[i32], s: f32, scale: f32, out: &mut [f32]) {
-    assert_eq!(acc.len(), out.len());
-    match path.isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F.
-        Isa::Avx512 => unsafe { super::avx512::dequantize(acc, s, scale, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `KernelPath` for these instruction sets exists only when the CPU has AVX2.
-        Isa::Avx2 | Isa::AvxVnni => unsafe { super::avx2::dequantize(acc, s, scale, out) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is part of every AArch64 CPU.
-        Isa::Neon | Isa::NeonDot => unsafe { super::neon::dequantize(acc, s, scale, out) },
-        _ => dequantize_scalar(acc, s, scale, out),
-    }
-}
-
-/// The reference for [`dequantize`], and the SIMD kernels' tail.
-pub fn dequantize_scalar(acc: &[i32], s: f32, scale: f32, out: &mut [f32]) {
-    for (y, &a) in out.iter_mut().zip(acc) {
-        *y = a as f32 / s * scale;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_path_dequantizes_exactly_like_the_reference() {
-        let mut seed = 7u32;
-        for len in [0usize, 1, 7, 8, 15, 16, 17, 33, 2560] {
-            let acc: Vec<i32> = (0..len)
-                .map(|i| {
-                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                    match i % 4 {
-                        // Past 2^24, where the conversion itself rounds.
-                        0 => seed as i32,
-                        1 => (seed >> 12) as i32 - (1 << 19),
-                        2 => [i32::MIN, i32::MAX, 0, -1][(seed % 4) as usize],
-                        _ => (seed % 255) as i32 - 127,
-                    }
-                })
-                .collect();
-            for (s, scale) in [(127.0f32 / 3.7, 0.81f32), (1.0 / 3.0, 1e-3), (12.7e5, 2.5)] {
-                let mut want = vec![0.0f32; len];
-                dequantize_scalar(&acc, s, scale, &mut want);
-                for path in KernelPath::available() {
-                    let mut got = vec![f32::NAN; len];
-                    dequantize(path, &acc, s, scale, &mut got);
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&want), "{path:?} len {len} s {s}");
-                }
-            }
-        }
-    }
 
     #[test]
     fn rounds_half_to_even_and_scales_by_absmax() {

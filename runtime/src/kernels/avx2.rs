@@ -487,27 +487,6 @@ pub unsafe fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// See [`super::activation::dequantize`]; 8 lanes at a time.
-///
-/// # Safety
-/// The CPU must support AVX2; `out.len() == acc.len()`.
-#[target_feature(enable = "avx2")]
-pub unsafe fn dequantize(acc: &[i32], s: f32, scale: f32, out: &mut [f32]) {
-    let (sv, kv) = (_mm256_set1_ps(s), _mm256_set1_ps(scale));
-    let whole = acc.len() / 8 * 8;
-    for i in (0..whole).step_by(8) {
-        // SAFETY: `i + 8 <= whole <= acc.len() == out.len()`.
-        unsafe {
-            let a = _mm256_cvtepi32_ps(_mm256_loadu_si256(acc.as_ptr().add(i).cast()));
-            _mm256_storeu_ps(
-                out.as_mut_ptr().add(i),
-                _mm256_mul_ps(_mm256_div_ps(a, sv), kv),
-            );
-        }
-    }
-    super::activation::dequantize_scalar(&acc[whole..], s, scale, &mut out[whole..]);
-}
-
 /// See [`super::activation::quantize_row`].
 ///
 /// # Safety
@@ -871,40 +850,24 @@ pub unsafe fn q4_rows(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    let tokens = acts.tokens;
-    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * tokens);
-    if tokens == 0 {
-        return;
-    }
-    for (out, r) in out.chunks_exact_mut(tokens).zip(rows) {
-        for (t, m) in super::activation::token_groups(tokens, Q4_TOKENS) {
-            let args = (g, data, acts, r, t, &mut out[t..t + m]);
-            // SAFETY: same features; the caller's bounds, and tokens `t .. t + m` exist.
-            unsafe {
-                match m {
-                    Q4_TOKENS => q4_row::<Q4_TOKENS>(args),
-                    2 => q4_row::<2>(args),
-                    _ => q4_row::<1>(args),
-                }
+    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * acts.tokens);
+    super::q4::for_row_blocks(g, data, acts, rows, out, Q4_TOKENS, |m, args| {
+        // SAFETY: same features; the caller's bounds, and the block's tokens exist.
+        unsafe {
+            match m {
+                Q4_TOKENS => q4_row::<Q4_TOKENS>(args),
+                2 => q4_row::<2>(args),
+                _ => q4_row::<1>(args),
             }
         }
-    }
+    });
 }
 
 /// Row `r` against tokens `t0 .. t0 + M`, into `out[..M]`. Each token's lanes see the same
 /// operations in the same order whatever `M` is, so a token's product does not depend on the
 /// tokens beside it.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_row<const M: usize>(
-    (g, data, acts, r, t0, out): (
-        bitnet_format::q4::Q4Geometry,
-        &[u8],
-        &super::q4::Q4Acts,
-        usize,
-        usize,
-        &mut [f32],
-    ),
-) {
+unsafe fn q4_row<const M: usize>((g, data, acts, r, t0, out): super::q4::RowBlock) {
     use super::q4::{GROUP, GROUP_LANES, row_dot_blocks};
     let groups = g.cols / GROUP;
     let nibble = _mm256_set1_epi8(0x0f);
@@ -914,8 +877,9 @@ unsafe fn q4_row<const M: usize>(
     let codes = data[g.block_codes_offset(r, 0)..].as_ptr();
     let scales = data[g.scale_offset(r, 0)..].as_ptr();
     let qa: [*const u8; M] = std::array::from_fn(|m| acts.grouped(t0 + m).as_ptr());
-    let corr: [*const i32; M] = std::array::from_fn(|m| acts.lanes(t0 + m).0.as_ptr());
-    let da: [*const f32; M] = std::array::from_fn(|m| acts.lanes(t0 + m).1.as_ptr());
+    let lanes: [_; M] = std::array::from_fn(|m| acts.lanes(t0 + m));
+    let corr: [*const i32; M] = std::array::from_fn(|m| lanes[m].0.as_ptr());
+    let da: [*const f32; M] = std::array::from_fn(|m| lanes[m].1.as_ptr());
     // One accumulator per half group and token: independent FMA chains.
     let mut acc = [[_mm256_setzero_ps(); 2]; M];
     for gi in 0..groups {

@@ -366,27 +366,6 @@ pub unsafe fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// See [`super::activation::dequantize`]; 16 lanes at a time.
-///
-/// # Safety
-/// The CPU must support AVX-512 F; `out.len() == acc.len()`.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn dequantize(acc: &[i32], s: f32, scale: f32, out: &mut [f32]) {
-    let (sv, kv) = (_mm512_set1_ps(s), _mm512_set1_ps(scale));
-    let whole = acc.len() / 16 * 16;
-    for i in (0..whole).step_by(16) {
-        // SAFETY: `i + 16 <= whole <= acc.len() == out.len()`.
-        unsafe {
-            let a = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc.as_ptr().add(i).cast()));
-            _mm512_storeu_ps(
-                out.as_mut_ptr().add(i),
-                _mm512_mul_ps(_mm512_div_ps(a, sv), kv),
-            );
-        }
-    }
-    super::activation::dequantize_scalar(&acc[whole..], s, scale, &mut out[whole..]);
-}
-
 /// See [`super::activation::quantize_row`].
 ///
 /// # Safety
@@ -505,41 +484,25 @@ pub unsafe fn q4_rows(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    let tokens = acts.tokens;
-    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * tokens);
-    if tokens == 0 {
-        return;
-    }
-    for (out, r) in out.chunks_exact_mut(tokens).zip(rows) {
-        for (t, m) in token_groups(tokens, Q4_TOKENS) {
-            let args = (g, data, acts, r, t, &mut out[t..t + m]);
-            // SAFETY: same features; the caller's bounds, and tokens `t .. t + m` exist.
-            unsafe {
-                match m {
-                    Q4_TOKENS => q4_row::<Q4_TOKENS>(args),
-                    4 => q4_row::<4>(args),
-                    2 => q4_row::<2>(args),
-                    _ => q4_row::<1>(args),
-                }
+    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * acts.tokens);
+    super::q4::for_row_blocks(g, data, acts, rows, out, Q4_TOKENS, |m, args| {
+        // SAFETY: same features; the caller's bounds, and the block's tokens exist.
+        unsafe {
+            match m {
+                Q4_TOKENS => q4_row::<Q4_TOKENS>(args),
+                4 => q4_row::<4>(args),
+                2 => q4_row::<2>(args),
+                _ => q4_row::<1>(args),
             }
         }
-    }
+    });
 }
 
 /// Row `r` against tokens `t0 .. t0 + M`, into `out[..M]`. Each token's lanes see the same
 /// operations in the same order whatever `M` is, so a token's product does not depend on the
 /// tokens beside it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_row<const M: usize>(
-    (g, data, acts, r, t0, out): (
-        bitnet_format::q4::Q4Geometry,
-        &[u8],
-        &super::q4::Q4Acts,
-        usize,
-        usize,
-        &mut [f32],
-    ),
-) {
+unsafe fn q4_row<const M: usize>((g, data, acts, r, t0, out): super::q4::RowBlock) {
     use super::q4::{GROUP, row_dot_blocks};
     let groups = g.cols / GROUP;
     let (nibble, eight, offset) = (

@@ -561,24 +561,6 @@ pub fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
     }
 }
 
-/// See [`super::activation::dequantize`]; 4 lanes at a time.
-///
-/// # Safety
-/// `out.len() == acc.len()`.
-#[target_feature(enable = "neon")]
-pub unsafe fn dequantize(acc: &[i32], s: f32, scale: f32, out: &mut [f32]) {
-    let (sv, kv) = (vdupq_n_f32(s), vdupq_n_f32(scale));
-    let whole = acc.len() / 4 * 4;
-    for i in (0..whole).step_by(4) {
-        // SAFETY: `i + 4 <= whole <= acc.len() == out.len()`.
-        unsafe {
-            let a = vcvtq_f32_s32(vld1q_s32(acc.as_ptr().add(i)));
-            vst1q_f32(out.as_mut_ptr().add(i), vmulq_f32(vdivq_f32(a, sv), kv));
-        }
-    }
-    super::activation::dequantize_scalar(&acc[whole..], s, scale, &mut out[whole..]);
-}
-
 /// See [`super::activation::quantize_row`]; exactly the scalar result: `fmaxnm` ignores NaN as
 /// `f32::max` does, `fcvtns` rounds half to even (and sends NaN to 0, as `as i8` does after the
 /// scalar clamp), and the saturating narrows `sqxtn` clamp to [-128, 127].
@@ -862,25 +844,18 @@ pub unsafe fn q4_rows<const DOT: bool>(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    let tokens = acts.tokens;
-    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * tokens);
-    if tokens == 0 {
-        return;
-    }
-    for (out, r) in out.chunks_exact_mut(tokens).zip(rows) {
-        for (t, m) in super::activation::token_groups(tokens, Q4_TOKENS) {
-            let args = (g, data, acts, r, t, &mut out[t..t + m]);
-            // SAFETY: the caller's guarantees; tokens `t .. t + m` exist.
-            unsafe {
-                match m {
-                    Q4_TOKENS => q4_row::<DOT, Q4_TOKENS>(args),
-                    4 => q4_row::<DOT, 4>(args),
-                    2 => q4_row::<DOT, 2>(args),
-                    _ => q4_row::<DOT, 1>(args),
-                }
+    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * acts.tokens);
+    super::q4::for_row_blocks(g, data, acts, rows, out, Q4_TOKENS, |m, args| {
+        // SAFETY: the caller's guarantees; the block's tokens exist.
+        unsafe {
+            match m {
+                Q4_TOKENS => q4_row::<DOT, Q4_TOKENS>(args),
+                4 => q4_row::<DOT, 4>(args),
+                2 => q4_row::<DOT, 2>(args),
+                _ => q4_row::<DOT, 1>(args),
             }
         }
-    }
+    });
 }
 
 /// Tokens per register block of [`q4_rows`]: each block's weights are unpacked once for all.
@@ -891,14 +866,7 @@ const Q4_TOKENS: usize = 8;
 /// tokens beside it.
 #[target_feature(enable = "neon")]
 unsafe fn q4_row<const DOT: bool, const M: usize>(
-    (g, data, acts, r, t0, out): (
-        bitnet_format::q4::Q4Geometry,
-        &[u8],
-        &super::q4::Q4Acts,
-        usize,
-        usize,
-        &mut [f32],
-    ),
+    (g, data, acts, r, t0, out): super::q4::RowBlock,
 ) {
     let (nibble, eight) = (vdupq_n_u8(0x0f), vdupq_n_s8(8));
     let q: [*const i8; M] = std::array::from_fn(|m| acts.row(t0 + m).as_ptr());

@@ -12,6 +12,7 @@ use std::ops::Range;
 
 use bitnet_format::q4::{self, Q4Geometry};
 
+use super::activation::token_groups;
 use super::{Isa, KernelPath};
 
 /// Columns per block.
@@ -103,6 +104,12 @@ impl Q4Acts {
         if layout == Q4Layout::Columns {
             return a;
         }
+        // Transposed codes are stored as unsigned `q + 128`.
+        let offset = if layout == Q4Layout::Transposed {
+            0x80
+        } else {
+            0
+        };
         a.grouped = vec![0; tokens * groups * GROUP];
         if layout == Q4Layout::Blocks {
             a.lane_corr = vec![0; tokens * groups * GROUP_LANES];
@@ -119,11 +126,6 @@ impl Q4Acts {
                     };
                     // The low nibbles' columns (from 0 in the block), then the high nibbles' (16).
                     let (lo, hi) = (BLOCK * b + 4 * i, BLOCK * b + 16 + 4 * i);
-                    let offset = if layout == Q4Layout::Transposed {
-                        0x80
-                    } else {
-                        0
-                    };
                     for (part, from) in [(0, lo), (GROUP / 2, hi)] {
                         for (d, q) in a.grouped[at + part + 4 * lane..][..4]
                             .iter_mut()
@@ -206,6 +208,40 @@ pub fn row_dot_blocks(
         sum += dot as f32 * d;
     }
     sum
+}
+
+/// One row's kernel call for a block of tokens: the tensor's geometry and bytes, the activations,
+/// the row, the block's first token and its outputs.
+pub(super) type RowBlock<'a> = (
+    Q4Geometry,
+    &'a [u8],
+    &'a Q4Acts,
+    usize,
+    usize,
+    &'a mut [f32],
+);
+
+/// How the SIMD kernels walk a product: `f(m, args)` for every row in `rows` and every register
+/// block of `m` tokens ([`token_groups`]`(tokens, block)`), with `out` the `rows.len() × tokens`
+/// outputs.
+pub(super) fn for_row_blocks(
+    g: Q4Geometry,
+    data: &[u8],
+    acts: &Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+    block: usize,
+    mut f: impl FnMut(usize, RowBlock),
+) {
+    let tokens = acts.tokens;
+    if tokens == 0 {
+        return;
+    }
+    for (out, r) in out.chunks_exact_mut(tokens).zip(rows) {
+        for (t, m) in token_groups(tokens, block) {
+            f(m, (g, data, acts, r, t, &mut out[t..t + m]));
+        }
+    }
 }
 
 /// For every row in `rows` and token of `acts`: `out[(r - rows.start) · tokens + t] = w[r] · a[t]`,

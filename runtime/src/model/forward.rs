@@ -3,7 +3,7 @@
 //! its own KV cache: every weight matrix is then streamed once for all of them, and only attention
 //! runs per sequence (continuous batching's step).
 
-use crate::kernels::activation::{self, QuantizedActs};
+use crate::kernels::activation::QuantizedActs;
 use crate::kernels::{TernaryMatrix, attention as attn, float, ternary_matmul};
 
 use super::kv_cache::{KvCache, KvTypes};
@@ -395,13 +395,11 @@ fn project(model: &Model, acts: &mut QuantizedActs, jobs: &mut [(&TernaryWeight,
                     // SAFETY: these rows are written by this task only, and `t · rows + n` lies
                     // within the `tokens × rows` output.
                     let y = unsafe { outs[j].slice(t * m.rows + rows.start, rows.len()) };
-                    activation::dequantize(
-                        model.path,
-                        &acc[base..base + rows.len()],
-                        s,
-                        m.scale,
-                        y,
-                    );
+                    // A plain zip, so that the compiler divides 4 lanes at a time (SSE, the
+                    // baseline target).
+                    for (y, &a) in y.iter_mut().zip(&acc[base..base + rows.len()]) {
+                        *y = a as f32 / s * m.scale;
+                    }
                 }
             }
         });
