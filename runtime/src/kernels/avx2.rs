@@ -833,8 +833,9 @@ dense_rows_kernel!(
 /// Tokens per register block of [`q4_rows`]: two accumulators each, half the ymm registers.
 const Q4_TOKENS: usize = 4;
 
-/// See [`super::q4::matmul`]. One row at a time, each 32-byte half of a group of four blocks
-/// unpacked once for up to [`Q4_TOKENS`] tokens (activations in
+/// See [`super::q4::matmul`]. One row per kernel call (rows walked as
+/// [`super::q4::for_row_blocks`] does), each 32-byte half of a group of four blocks unpacked once
+/// for up to [`Q4_TOKENS`] tokens (activations in
 /// [`super::q4::Q4Layout::Blocks`] order): `vpmaddubsw` multiplies the unsigned nibbles by the
 /// activation codes (pair sums within ±3840, low plus high within ±7680, so nothing saturates),
 /// `vpmaddwd` widens, the lane corrections make lanes hold exact `Σ (n - 8) · q`, and the lanes are

@@ -465,8 +465,9 @@ super::avx2::dense_rows_kernel!(
 /// Tokens per register block of [`q4_rows`].
 const Q4_TOKENS: usize = 8;
 
-/// See [`super::q4::matmul`]. One row at a time (one sequential stream of codes and one of scales,
-/// which the hardware prefetcher follows best), each group of the row unpacked once for a block of
+/// See [`super::q4::matmul`]. One row per kernel call (one sequential stream of codes and one of
+/// scales, which the hardware prefetcher follows best; rows walked as
+/// [`super::q4::for_row_blocks`] does), each group of the row unpacked once for a block of
 /// up to [`Q4_TOKENS`] tokens. Per group of four blocks (activations in
 /// [`super::q4::Q4Layout::Transposed`] order), `vpdpbusd` multiplies the unsigned activation codes
 /// `q + 128` by the signed weights `n - 8` of the low and high nibbles, starting from
