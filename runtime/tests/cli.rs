@@ -382,6 +382,85 @@ fn cache_types_and_bench_depth() {
     assert!(err.contains("q8_0") && err.contains("f16 or f32"), "{err}");
 }
 
+/// `batched-bench` with llama-batched-bench's flags: one row per (PP, TG, B), its KV positions
+/// `B · (PP + TG)`; bad values are refused naming their option.
+#[test]
+fn batched_bench_runs_every_combination_and_names_bad_options() {
+    let o = run(&[
+        "batched-bench",
+        "-npp",
+        "4,6",
+        "-ntg",
+        "2",
+        "-npl",
+        "1,3",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let combos: Vec<(u64, u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().unwrap();
+            (n("pp"), n("tg"), n("b"), n("n_kv"))
+        })
+        .collect();
+    assert_eq!(
+        combos,
+        [(4, 2, 1, 6), (4, 2, 3, 18), (6, 2, 1, 8), (6, 2, 3, 24)]
+    );
+    for r in &rows {
+        let (pp, tg, b) = (
+            r["pp"].as_f64().unwrap(),
+            r["tg"].as_f64().unwrap(),
+            r["b"].as_f64().unwrap(),
+        );
+        let (t_pp, t_tg) = (r["t_pp"].as_f64().unwrap(), r["t_tg"].as_f64().unwrap());
+        assert!(t_pp > 0.0 && t_tg > 0.0, "{r}");
+        assert!((r["speed_tg"].as_f64().unwrap() - b * tg / t_tg).abs() < 1e-6 * b * tg / t_tg);
+        assert!((r["speed_pp"].as_f64().unwrap() - b * pp / t_pp).abs() < 1e-6 * b * pp / t_pp);
+    }
+    let o = run(&[
+        "batched-bench",
+        "-npp",
+        "4",
+        "-ntg",
+        "2",
+        "-npl",
+        "2",
+        "-r",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("| PP | TG | B | N_KV |"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    for (args, named) in [
+        (vec!["batched-bench", "-npl", "0"], "--npl"),
+        (vec!["batched-bench", "-npp", "0", "-ntg", "0"], "--npp"),
+        (vec!["batched-bench", "-r", "0"], "--repetitions"),
+        // The demo model's context is 256 tokens.
+        (
+            vec!["batched-bench", "-npp", "250", "-ntg", "10"],
+            "context of 256",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(named), "{args:?}: {}", stderr(&o));
+    }
+}
+
 /// A full context shifts (llama.cpp's default) instead of stopping silently; `--no-context-shift`
 /// and `-n -2` stop at it, the first with a note; llama.cpp's negative values are accepted and
 /// others name their option.

@@ -91,8 +91,20 @@ fn mean_std(samples: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// The median of `samples` (the mean of the middle two for an even count).
+pub(super) fn median(samples: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = samples.collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// Deterministic pseudo-random token ids.
-fn tokens(n: usize, vocab: u32) -> Vec<u32> {
+pub(super) fn tokens(n: usize, vocab: u32) -> Vec<u32> {
     let mut s = 0x2545F4914F6CDD1Du64;
     (0..n)
         .map(|_| {

@@ -1,5 +1,6 @@
 //! Command-line interface, following llama.cpp's conventions (`-m`, `-p`, `-n`, `-t`, `-c`, ...).
 
+mod batched_bench;
 mod bench;
 mod chat;
 mod generate;
@@ -40,6 +41,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt-processing and generation speed, llama-bench style.
     Bench(bench::BenchArgs),
+    /// Several sequences' prompts and generation in batched steps, llama-batched-bench style.
+    BatchedBench(batched_bench::BatchedBenchArgs),
     /// Print the token ids of a text as one JSON array (llama.cpp's llama-tokenize).
     Tokenize(tokenize::TokenizeArgs),
 }
@@ -200,9 +203,10 @@ fn parse_seed(s: &str) -> Result<Seed, String> {
 /// llama.cpp's tools take `-m MODEL` before the subcommand (`bitnet-run -m x.bitnet perplexity
 /// ...`); clap wants a subcommand's options after it. Model options (`-m`, `-t`, `-c`, `--kernel`,
 /// with their values) that come before a subcommand's name are moved after it; anything else is
-/// left for clap to judge. llama.cpp's two-letter flags `-ctk`/`-ctv` become their long names.
+/// left for clap to judge. llama.cpp's multi-letter flags (`-ctk`/`-ctv`, llama-batched-bench's
+/// `-npp`/`-ntg`/`-npl`) become their long names.
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    const SUBCOMMANDS: [&str; 4] = ["logits", "perplexity", "bench", "tokenize"];
+    const SUBCOMMANDS: [&str; 5] = ["logits", "perplexity", "bench", "batched-bench", "tokenize"];
     const WITH_VALUE: [&str; 9] = [
         "-m",
         "--model",
@@ -219,6 +223,9 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         .map(|a| match a.as_str() {
             "-ctk" => "--cache-type-k".to_string(),
             "-ctv" => "--cache-type-v".to_string(),
+            "-npp" => "--npp".to_string(),
+            "-ntg" => "--ntg".to_string(),
+            "-npl" => "--npl".to_string(),
             _ => a,
         })
         .collect();
@@ -251,6 +258,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Logits(args)) => logits::run(args),
         Some(Command::Perplexity(args)) => perplexity::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::BatchedBench(args)) => batched_bench::run(args),
         Some(Command::Tokenize(args)) => tokenize::run(args),
         None if cli.generate.chat => chat::run(&cli.generate),
         None => generate::run(&cli.generate),
