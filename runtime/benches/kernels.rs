@@ -42,7 +42,7 @@ fn values(n: usize, seed: u64) -> Vec<i8> {
 
 fn ternary_kernels(c: &mut Criterion) {
     let paths = KernelPath::available();
-    for tokens in [1usize, 128] {
+    for tokens in [1usize, 2, 8, 128] {
         let mut group = c.benchmark_group(format!("ternary/{tokens}"));
         group
             .sample_size(10)

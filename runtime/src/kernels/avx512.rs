@@ -228,18 +228,27 @@ unsafe fn group<const P: usize, U: Planes<P>, const UNPACKED: bool>(
     // SAFETY: as above.
     unsafe {
         match m {
-            TOKEN_BLOCK => token_block::<TOKEN_BLOCK, P, U, UNPACKED>(args),
-            8 => token_block::<8, P, U, UNPACKED>(args),
-            4 => token_block::<4, P, U, UNPACKED>(args),
-            _ => token_block::<2, P, U, UNPACKED>(args),
+            TOKEN_BLOCK => token_block::<TOKEN_BLOCK, 1, P, U, UNPACKED>(args),
+            8 => token_block::<8, 1, P, U, UNPACKED>(args),
+            4 => token_block::<4, P, P, U, UNPACKED>(args),
+            _ => token_block::<2, P, P, U, UNPACKED>(args),
         }
     }
 }
 
 /// `M` tokens at once: each block is unpacked once (or, if `UNPACKED`, read from `planes`, the
-/// tile's blocks unpacked in order) and used `P · M` times.
+/// tile's blocks unpacked in order) and used `P · M` times. Each token has `A` accumulators,
+/// plane `p` adding into accumulator `p % A`: a `vpdpbusd` waits for the previous one into the same
+/// accumulator (about four cycles on Zen 4), so two or four tokens with one each would keep the
+/// unit half busy (2 tokens ran at half the multiply-accumulates per second of 8, 4 at 85%).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>, const UNPACKED: bool>(
+unsafe fn token_block<
+    const M: usize,
+    const A: usize,
+    const P: usize,
+    U: Planes<P>,
+    const UNPACKED: bool,
+>(
     (codes, planes, k_blocks, x, t0, out): (
         &[u8],
         &[__m512i],
@@ -256,7 +265,7 @@ unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>, const UNPACK
             && (!UNPACKED || planes.len() == k_blocks * P)
     );
     let rows: [*const i8; M] = std::array::from_fn(|m| x.row(t0 + m).as_ptr());
-    let mut acc = [_mm512_setzero_si512(); M];
+    let mut acc = [[_mm512_setzero_si512(); A]; M];
     for kb in 0..k_blocks {
         let c: [__m512i; P] = if UNPACKED {
             // SAFETY: `kb < k_blocks`, so its `P` planes are in `planes`.
@@ -271,12 +280,14 @@ unsafe fn token_block<const M: usize, const P: usize, U: Planes<P>, const UNPACK
             for m in 0..M {
                 // SAFETY: each token row holds `4P · k_blocks` codes; this reads 4 of block `kb`.
                 let quad = unsafe { rows[m].add((kb * P + p) * 4).cast::<i32>().read_unaligned() };
-                acc[m] = _mm512_dpbusd_epi32(acc[m], *plane, _mm512_set1_epi32(quad));
+                let a = &mut acc[m][p % A];
+                *a = _mm512_dpbusd_epi32(*a, *plane, _mm512_set1_epi32(quad));
             }
         }
     }
     for (m, acc) in acc.iter().enumerate() {
-        let v = _mm512_sub_epi32(*acc, _mm512_set1_epi32(x.sum[t0 + m]));
+        let total = acc[1..].iter().fold(acc[0], |t, &a| _mm512_add_epi32(t, a));
+        let v = _mm512_sub_epi32(total, _mm512_set1_epi32(x.sum[t0 + m]));
         // SAFETY: `out` holds M · 16 accumulators.
         unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(m * 16).cast(), v) };
     }
