@@ -39,8 +39,8 @@ pub(super) trait Mac {
     /// Add, in each row's lanes, the products of a half's `P` code planes `c` with the block's
     /// broadcast activation quads `a`.
     unsafe fn step<const P: usize>(acc: &mut __m256i, c: &[__m256i; P], a: &[__m256i; P]);
-    /// [`Mac::step`] for a lone token, whose accumulators are the only work in flight: may trade
-    /// instructions for a shorter dependency chain.
+    /// [`Mac::step`] for a group of fewer than [`TOKEN_BLOCK`] tokens, whose accumulators are too
+    /// few chains to keep the unit busy: may trade instructions for shorter dependency chains.
     unsafe fn step_alone<const P: usize>(acc: &mut __m256i, c: &[__m256i; P], a: &[__m256i; P]);
     /// The accumulator as one i32 per row.
     unsafe fn widen(acc: __m256i) -> __m256i;
@@ -365,7 +365,7 @@ macro_rules! ternary_kernel {
                             });
                             // SAFETY: this function has the features `K` is compiled for.
                             unsafe {
-                                if M == 1 {
+                                if M < $crate::kernels::avx2::TOKEN_BLOCK {
                                     K::step_alone(&mut acc[j], &c, &a)
                                 } else {
                                     K::step(&mut acc[j], &c, &a)

@@ -15,10 +15,11 @@ macro_rules! dpbusd_mac {
     ($name:ident, $features:literal, $dpbusd:ident) => {
         /// `vpdpbusd` adds, in each row's i32 lane, the four products of unsigned codes `t + 1`
         /// with a broadcast activation quad, exactly (at most 4 · 2 · 128 per instruction, so no
-        /// run limit). Several tokens accumulate in place: their accumulators are enough
+        /// run limit). A full block of tokens accumulates in place: its accumulators are enough
         /// independent chains, and a temporary per token would spill registers (on a Xeon with
-        /// AVX-VNNI, pp128 of the 2B-4T shape went from 68–85 to 112 tokens/s). A lone token's four
-        /// planes chain from zero and are added once, so that consecutive blocks overlap.
+        /// AVX-VNNI, pp128 of the 2B-4T shape went from 68–85 to 112 tokens/s). Fewer tokens
+        /// ([`Mac::step_alone`]) chain each block's planes from zero and add them once, so that
+        /// consecutive blocks overlap: in place, 2 tokens ran at a third of the rate of 8.
         pub(super) struct $name;
 
         impl Mac for $name {
