@@ -104,7 +104,7 @@ fn ternary_kernels(c: &mut Criterion) {
 
 fn dense_rows(c: &mut Criterion) {
     // 8192 rows of the 2B-4T output matrix (hidden 2560), one token: the generation case (and
-    // eight tokens for f16 and q4_b32, a batched step).
+    // 2, 4 and 8 tokens for f16 and q4_b32, batched steps).
     let (rows, cols) = (8192usize, 2560usize);
     let mut group = c.benchmark_group("output");
     group
@@ -151,10 +151,7 @@ fn dense_rows(c: &mut Criterion) {
         let mut out = vec![0.0f32; rows];
         group.throughput(Throughput::Bytes(data.len() as u64));
         for path in KernelPath::available() {
-            let (input, input8) = (
-                DenseInput::new(path, &w, &x),
-                DenseInput::new(path, &w, &x8),
-            );
+            let input = DenseInput::new(path, &w, &x);
             let label = match kind {
                 DenseKind::Float(k) => format!("{k:?}").to_lowercase(),
                 DenseKind::I8Row => "i8_row".into(),
@@ -163,12 +160,24 @@ fn dense_rows(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(path.name(), &label), |b| {
                 b.iter(|| float::matmul(path, black_box(&w), black_box(&input), 0..rows, &mut out))
             });
-            // Eight tokens at once, as a batched serving step with eight sequences generating.
-            if matches!(kind, DenseKind::Float(FloatKind::F16) | DenseKind::Q4B32) {
-                let mut out8 = vec![0.0f32; rows * 8];
-                group.bench_function(BenchmarkId::new(path.name(), format!("{label} x8")), |b| {
+            // Several tokens at once, as a batched serving step with that many sequences
+            // generating.
+            if !matches!(kind, DenseKind::Float(FloatKind::F16) | DenseKind::Q4B32) {
+                continue;
+            }
+            for n in [2, 4, 8] {
+                let input_n = DenseInput::new(path, &w, &x8[..n * cols]);
+                let mut out_n = vec![0.0f32; rows * n];
+                let id = BenchmarkId::new(path.name(), format!("{label} x{n}"));
+                group.bench_function(id, |b| {
                     b.iter(|| {
-                        float::matmul(path, black_box(&w), black_box(&input8), 0..rows, &mut out8)
+                        float::matmul(
+                            path,
+                            black_box(&w),
+                            black_box(&input_n),
+                            0..rows,
+                            &mut out_n,
+                        )
                     })
                 });
             }
