@@ -254,16 +254,18 @@ type ValueOf<'a> = Box<dyn Fn(usize, usize) -> f64 + 'a>;
 #[test]
 fn fused_dense_products_agree_with_f64_on_every_path() {
     // The fused kernels take one token (generation) or several (a batched step) in groups of up to
-    // four, from three tokens in groups of three, two and one rows (AVX2) or six, four, three, two
+    // four, from two tokens in groups of three, two and one rows (AVX2) or six, four, three, two
     // and one (AVX-512): odd sizes hit the lane tails, 4 rows three and one, 9 rows three threes or
     // six and three, 6 tokens a group of four and one of two.
     for (rows, cols, tokens) in [
         (1usize, 5usize, 1usize),
         (7, 203, 1),
+        (7, 203, 2),
         (7, 203, 6),
         (10, 64, 3),
         (5, 1100, 3),
         (13, 2560, 1),
+        (13, 2560, 2),
         (13, 2560, 6),
     ] {
         let x: Vec<f32> = (0..tokens * cols)

@@ -583,12 +583,13 @@ macro_rules! dense_rows_kernel {
      $zero:ident, $load:ident, $fma:ident, $add:ident, $hsum:path, $widen:expr) => {
         /// `out[(r - rows.start) · tokens + t] = row(r) · x[t]` for a dense matrix of `kind` (0 f16,
         /// 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens = x.len() /
-        /// cols` token rows of `x`. For one or two tokens, one row at a time: a single sequential
-        /// stream per thread, which the hardware prefetcher follows best (interleaving four rows to
-        /// share activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows`
-        /// rows at a time (as many as the registers hold accumulators for). Each chunk of a row is
-        /// widened once per group of up to four tokens, so the row comes from memory once (asked
-        /// for while the rows before it are multiplied) and from L1 for further groups.
+        /// cols` token rows of `x`. For one token, one row at a time: a single sequential stream
+        /// per thread, which the hardware prefetcher follows best (interleaving four rows to share
+        /// activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows` rows at
+        /// a time (as many as the registers hold accumulators for; with two tokens 35–45% faster
+        /// than one row at a time). Each chunk of a row is widened once per group of up to four
+        /// tokens, so the row comes from memory once (asked for while the rows before it are
+        /// multiplied) and from L1 for further groups.
         ///
         /// # Safety
         /// The CPU must support the features above; `data` holds `rows.end` rows of `cols`
@@ -607,7 +608,10 @@ macro_rules! dense_rows_kernel {
             let tokens = x.len() / cols;
             let row_bytes = cols * elem_bytes;
             assert!(data.len() >= rows.end * row_bytes && out.len() == rows.len() * tokens);
-            if tokens > 2 {
+            if tokens == 0 {
+                return;
+            }
+            if tokens > 1 {
                 let args = (data, row_bytes, elem_bytes, rows, cols, x, out);
                 // SAFETY: the features and sizes of this function.
                 unsafe {
@@ -619,29 +623,26 @@ macro_rules! dense_rows_kernel {
                 }
                 return;
             }
-            // One or two tokens stream one row at a time: memory-bound, and one stream per thread
-            // is what the prefetcher follows best. (A lone token's `i8_row` rows take
-            // `$i8_lone_chunks` chunks in flight, as measured fastest on each width: with four,
-            // the AVX-512 loop LLVM makes for them read at half the speed.)
+            // One token streams one row at a time: memory-bound, and one stream per thread is what
+            // the prefetcher follows best. (Its `i8_row` rows take `$i8_lone_chunks` chunks in
+            // flight, as measured fastest on each width: with four, the AVX-512 loop LLVM makes
+            // for them read at half the speed.)
             for (i, r) in rows.enumerate() {
                 let row = [&data[r * row_bytes..(r + 1) * row_bytes]];
-                let (g, o) = ((elem_bytes, x, cols, tokens, 0), &mut out[i * tokens..]);
+                let (g, o) = ((elem_bytes, x, cols, 1, 0), &mut out[i..]);
                 // SAFETY: the features of this function; the row holds `cols` elements, `x` the
-                // `tokens` token rows and `o` their outputs in this row.
+                // token's row and `o` its output in this row and the ones after.
                 unsafe {
-                    match (tokens, kind) {
-                        (1, 0) => dense_row_group::<1, 1, 4, 0>(row, g, o),
-                        (1, 1) => dense_row_group::<1, 1, 4, 1>(row, g, o),
-                        (1, _) => dense_row_group::<1, 1, $i8_lone_chunks, 2>(row, g, o),
-                        (_, 0) => dense_row_group::<1, 2, 2, 0>(row, g, o),
-                        (_, 1) => dense_row_group::<1, 2, 2, 1>(row, g, o),
-                        (_, _) => dense_row_group::<1, 2, 2, 2>(row, g, o),
+                    match kind {
+                        0 => dense_row_group::<1, 1, 4, 0>(row, g, o),
+                        1 => dense_row_group::<1, 1, 4, 1>(row, g, o),
+                        _ => dense_row_group::<1, 1, $i8_lone_chunks, 2>(row, g, o),
                     }
                 };
             }
         }
 
-        /// [`dense_rows_dot`] for three or more tokens and rows of kind `KIND`: compute-bound, so
+        /// [`dense_rows_dot`] for two or more tokens and rows of kind `KIND`: compute-bound, so
         /// three (AVX2) or six (AVX-512) rows at a time (`$max_rows`, as many as the registers hold
         /// accumulators for), fewer at the end, divide the activation loads per multiply-add by as
         /// many (with 8 tokens, three rows against two 12–27% faster, six against four 5–13%). One
