@@ -20,6 +20,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Standard output as one JSON value per line (`--json` of the bench commands).
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn reference() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(root().join("testdata/demo/reference.json")).unwrap())
         .unwrap()
@@ -359,11 +367,7 @@ fn cache_types_and_bench_depth() {
         "-ctv", "f32",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&o);
     let tests: Vec<(&str, u64)> = rows
         .iter()
         .map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap()))
@@ -401,11 +405,7 @@ fn batched_bench_runs_every_combination_and_names_bad_options() {
         "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&o);
     let combos: Vec<(u64, u64, u64, u64)> = rows
         .iter()
         .map(|r| {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use bitnet_run::model::KvType;
+use bitnet_run::model::KvTypeArgs;
 use bitnet_run::model::memory::PlacementArgs;
 use clap::Parser;
 
@@ -34,12 +34,8 @@ pub struct Args {
     /// Kernel path (default: BITNET_KERNEL, else the fastest this CPU has)
     #[arg(long)]
     pub kernel: Option<String>,
-    /// KV cache type of keys, f16 or f32; also `-ctk`
-    #[arg(long = "cache-type-k", default_value = "f16")]
-    pub cache_type_k: KvType,
-    /// KV cache type of values, f16 or f32; also `-ctv`
-    #[arg(long = "cache-type-v", default_value = "f16")]
-    pub cache_type_v: KvType,
+    #[command(flatten)]
+    pub cache: KvTypeArgs,
     /// Tokens per batched step: every generating sequence's one, then prompt chunks up to this;
     /// small, so a new prompt delays the running streams by little (see BENCHMARKS.md)
     #[arg(short = 'b', long = "batch-size", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]

@@ -18,8 +18,8 @@ use bitnet_format::BitnetFile;
 use bitnet_run::chat::ChatTemplate;
 use bitnet_run::engine::{Engine, EngineConfig};
 use bitnet_run::kernels::KernelPath;
+use bitnet_run::model::Model;
 use bitnet_run::model::memory::{self, MemoryNeed};
-use bitnet_run::model::{KvTypes, Model};
 use bitnet_run::sampling::SamplerConfig;
 use bitnet_run::tokenizer::{Tokenizer, TokenizerError};
 use clap::Parser;
@@ -139,10 +139,7 @@ async fn signal() {
 }
 
 fn load(args: &Args) -> Result<Loaded> {
-    let path = match &args.kernel {
-        Some(name) => KernelPath::parse(name)?,
-        None => KernelPath::from_env()?,
-    };
+    let path = KernelPath::chosen(args.kernel.as_deref())?;
     let (threads, note) = bitnet_run::model::thread_count(args.threads.map(|t| t as usize));
     if let Some(note) = note {
         eprintln!("note: {note}");
@@ -170,10 +167,7 @@ fn load(args: &Args) -> Result<Loaded> {
         None => trained.min(4096),
     };
     let slots = args.parallel as usize;
-    let cache = KvTypes {
-        keys: args.cache_type_k,
-        values: args.cache_type_v,
-    };
+    let cache = args.cache.types();
     // Every slot's cache may fill to the context.
     let need = MemoryNeed::of(&file, path, ctx, cache).with_slots(slots);
     if !args.placement.no_memory_check {

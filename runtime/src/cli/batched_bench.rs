@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bitnet_run::kernels::KernelPath;
 use bitnet_run::model::memory::{MemoryNeed, PlacementArgs};
-use bitnet_run::model::{KvCache, KvType, KvTypes, Logits, Model, Runner, SeqStep};
+use bitnet_run::model::{KvCache, KvTypeArgs, Logits, Model, Runner, SeqStep};
 use clap::Args;
 
 use super::bench::{median, tokens};
@@ -43,12 +43,8 @@ pub struct BatchedBenchArgs {
     /// Kernel path (default: BITNET_KERNEL, else the fastest this CPU has).
     #[arg(long)]
     kernel: Option<String>,
-    /// KV cache type of keys: f16 or f32 (llama.cpp's -ctk).
-    #[arg(long = "cache-type-k", default_value = "f16")]
-    cache_type_k: KvType,
-    /// KV cache type of values: f16 or f32 (llama.cpp's -ctv).
-    #[arg(long = "cache-type-v", default_value = "f16")]
-    cache_type_v: KvType,
+    #[command(flatten)]
+    cache: KvTypeArgs,
     #[command(flatten)]
     placement: PlacementArgs,
 }
@@ -138,10 +134,7 @@ pub fn run(args: BatchedBenchArgs) -> Result<()> {
     if args.prompt.contains(&0) && args.gen_tokens.contains(&0) {
         bail!("--npp and --ntg cannot both be 0: the test would run nothing");
     }
-    let path = match &args.kernel {
-        Some(name) => KernelPath::parse(name)?,
-        None => KernelPath::from_env()?,
-    };
+    let path = KernelPath::chosen(args.kernel.as_deref())?;
     let (threads, note) = bitnet_run::model::thread_count(args.threads);
     if let Some(note) = note {
         eprintln!("note: {note}");
@@ -157,10 +150,7 @@ pub fn run(args: BatchedBenchArgs) -> Result<()> {
             longest(&args.gen_tokens)
         );
     }
-    let cache = KvTypes {
-        keys: args.cache_type_k,
-        values: args.cache_type_v,
-    };
+    let cache = args.cache.types();
     let need = MemoryNeed::of(&file, path, positions, cache).with_slots(longest(&args.parallel));
     if !args.placement.no_memory_check {
         super::check_memory(
@@ -174,18 +164,11 @@ pub fn run(args: BatchedBenchArgs) -> Result<()> {
     let model = Model::load(file, path, threads).with_context(|| format!("cannot load {name}"))?;
     let vocab = model.config.vocab_size;
     let mut runner = Runner::new(&model);
-    let model_name = match &args.model {
-        Some(p) => p
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        None => "demo".to_string(),
-    };
+    let model_name = super::model_label(args.model.as_deref());
     let mut rows = Vec::new();
     for &pp in &args.prompt {
+        // (0, 0) was refused above.
         for &tg in &args.gen_tokens {
-            if pp + tg == 0 {
-                continue;
-            }
             for &b in &args.parallel {
                 let mut caches: Vec<KvCache> = (0..b)
                     .map(|_| KvCache::new(&model, pp + tg, cache))

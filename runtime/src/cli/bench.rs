@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bitnet_run::kernels::{KernelPath, bandwidth};
 use bitnet_run::model::memory::{MemoryNeed, PlacementArgs};
-use bitnet_run::model::{KvType, KvTypes, Logits, Model, Session};
+use bitnet_run::model::{KvTypeArgs, Logits, Model, Session};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -51,12 +51,8 @@ pub struct BenchArgs {
     /// Kernel path (default: BITNET_KERNEL, else the fastest this CPU has).
     #[arg(long)]
     kernel: Option<String>,
-    /// KV cache type of keys: f16 or f32 (llama.cpp's -ctk).
-    #[arg(long = "cache-type-k", default_value = "f16")]
-    cache_type_k: KvType,
-    /// KV cache type of values: f16 or f32 (llama.cpp's -ctv).
-    #[arg(long = "cache-type-v", default_value = "f16")]
-    cache_type_v: KvType,
+    #[command(flatten)]
+    cache: KvTypeArgs,
     /// Also measure the machine's read bandwidth and report generation against it.
     #[arg(long)]
     bandwidth: bool,
@@ -135,10 +131,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.reps == 0 {
         bail!("-r/--repetitions must be at least 1");
     }
-    let path = match &args.kernel {
-        Some(name) => KernelPath::parse(name)?,
-        None => KernelPath::from_env()?,
-    };
+    let path = KernelPath::chosen(args.kernel.as_deref())?;
     let threads = if args.threads.is_empty() {
         vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
     } else {
@@ -147,19 +140,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if threads.contains(&0) {
         bail!("-t/--threads values must be at least 1");
     }
-    let name = match &args.model {
-        Some(p) => p
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        None => {
-            eprintln!("note: {}", bitnet_run::demo::NOTE);
-            "demo".to_string()
-        }
-    };
-    let cache = KvTypes {
-        keys: args.cache_type_k,
-        values: args.cache_type_v,
-    };
+    if args.model.is_none() {
+        eprintln!("note: {}", bitnet_run::demo::NOTE);
+    }
+    let name = super::model_label(args.model.as_deref());
+    let cache = args.cache.types();
     let mut rows = Vec::new();
     let mut bytes_per_token = 0;
     let mut file_bytes = 0;

@@ -23,7 +23,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         bail!("this model has no chat template; use -p PROMPT instead of --chat");
     };
     let mut sampler = Sampler::new(args.sampling.config(&model)?);
-    let mut session = Session::new(&model, ctx, args.model.cache_types());
+    let mut session = Session::new(&model, ctx, args.model.cache.types());
     let mut cached: Vec<u32> = Vec::new();
     let mut messages: Vec<Message> = args
         .system

@@ -85,7 +85,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         );
     }
     let mut sampler = Sampler::new(args.sampling.config(&model)?);
-    let mut session = Session::new(&model, ctx, args.model.cache_types());
+    let mut session = Session::new(&model, ctx, args.model.cache.types());
     let mut out = std::io::stdout().lock();
     write!(out, "{}", printer.prompt(&ids, args.prompt.as_deref())?)?;
     out.flush()?;

@@ -47,7 +47,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
             args.token_ids.len()
         );
     }
-    let mut session = Session::new(&model, ctx, args.model.cache_types());
+    let mut session = Session::new(&model, ctx, args.model.cache.types());
     let logits = session.forward(&args.token_ids, Logits::All)?;
     let vocab = model.config.vocab_size as usize;
     npy::write_f32(&args.output, &[args.token_ids.len(), vocab], &logits)?;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use bitnet_format::{BitnetFile, ModelConfig};
 use bitnet_run::kernels::KernelPath;
 use bitnet_run::model::memory::{self, MemoryNeed, Placement, PlacementArgs};
-use bitnet_run::model::{KvType, KvTypes, Model};
+use bitnet_run::model::{KvTypeArgs, Model};
 use bitnet_run::sampling::SamplerConfig;
 use clap::{Args, Parser, Subcommand};
 
@@ -63,27 +63,14 @@ pub struct ModelArgs {
     /// the fastest this CPU has).
     #[arg(long)]
     kernel: Option<String>,
-    /// KV cache type of keys: f16 or f32 (llama.cpp's -ctk).
-    #[arg(long = "cache-type-k", default_value = "f16")]
-    cache_type_k: KvType,
-    /// KV cache type of values: f16 or f32 (llama.cpp's -ctv).
-    #[arg(long = "cache-type-v", default_value = "f16")]
-    cache_type_v: KvType,
+    #[command(flatten)]
+    cache: KvTypeArgs,
     /// Check every tensor's checksum before running (what `bitnet-convert verify` checks, minus
     /// decoding every tensor); reads the whole file once.
     #[arg(long)]
     verify: bool,
     #[command(flatten)]
     placement: PlacementArgs,
-}
-
-impl ModelArgs {
-    fn cache_types(&self) -> KvTypes {
-        KvTypes {
-            keys: self.cache_type_k,
-            values: self.cache_type_v,
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -273,10 +260,7 @@ fn load_model(
     min_ctx: usize,
     default_ctx: impl FnOnce(usize) -> usize,
 ) -> Result<(Model, usize)> {
-    let path = match &args.kernel {
-        Some(name) => KernelPath::parse(name)?,
-        None => KernelPath::from_env()?,
-    };
+    let path = KernelPath::chosen(args.kernel.as_deref())?;
     if args.threads == Some(0) {
         bail!("-t/--threads must be at least 1");
     }
@@ -286,7 +270,7 @@ fn load_model(
     }
     let (file, name) = open_file(args.model.as_deref())?;
     let ctx = context_size(args.ctx, &file.header().model, min_ctx, default_ctx)?;
-    let need = MemoryNeed::of(&file, path, ctx, args.cache_types());
+    let need = MemoryNeed::of(&file, path, ctx, args.cache.types());
     if !args.placement.no_memory_check {
         check_memory(&name, need, "lower the context with -c (its KV cache)")?;
     }
@@ -322,6 +306,16 @@ fn check_memory(name: &str, need: MemoryNeed, smaller_cache: &str) -> Result<()>
 /// `file` mapped or read into memory as `placement` says ([`memory::place`]).
 fn place(file: BitnetFile, need: &MemoryNeed, placement: Placement) -> Result<BitnetFile> {
     Ok(memory::place(file, need, placement, memory::available()?)?)
+}
+
+/// How the bench commands label a model in their tables: the file's name, or `demo`.
+fn model_label(model: Option<&Path>) -> String {
+    match model {
+        Some(p) => p
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        None => "demo".to_string(),
+    }
 }
 
 /// The model file `-m` names, else the bundled demo model (with a note); and its name for messages.

@@ -40,7 +40,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         bail!("{} has fewer than 2 tokens", args.file.display());
     }
     let start = Instant::now();
-    let (nll, count) = negative_log_likelihood(&model, &ids, ctx, args.model.cache_types())?;
+    let (nll, count) = negative_log_likelihood(&model, &ids, ctx, args.model.cache.types())?;
     let ppl = (nll / count as f64).exp();
     let secs = start.elapsed().as_secs_f64();
     if args.json {

@@ -226,6 +226,14 @@ impl KernelPath {
         KernelPath::new(isa)
     }
 
+    /// The path `name`s (a `--kernel` flag) if given, else [`KernelPath::from_env`].
+    pub fn chosen(name: Option<&str>) -> Result<Self, KernelError> {
+        match name {
+            Some(name) => KernelPath::parse(name),
+            None => KernelPath::from_env(),
+        }
+    }
+
     /// `BITNET_KERNEL` if set, else the fastest available path.
     pub fn from_env() -> Result<Self, KernelError> {
         match std::env::var("BITNET_KERNEL") {

@@ -40,6 +40,28 @@ impl KvTypes {
     }
 }
 
+/// The command-line flags of the KV cache types that `bitnet-run` (each command that runs a model)
+/// and `bitnet-serve` share (flattened into each).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct KvTypeArgs {
+    /// KV cache type of keys: f16 or f32 (llama.cpp's -ctk).
+    #[arg(long = "cache-type-k", default_value = "f16")]
+    pub cache_type_k: KvType,
+    /// KV cache type of values: f16 or f32 (llama.cpp's -ctv).
+    #[arg(long = "cache-type-v", default_value = "f16")]
+    pub cache_type_v: KvType,
+}
+
+impl KvTypeArgs {
+    /// The types the flags name.
+    pub fn types(self) -> KvTypes {
+        KvTypes {
+            keys: self.cache_type_k,
+            values: self.cache_type_v,
+        }
+    }
+}
+
 /// A KV cache type name that is neither `f16` nor `f32`.
 #[derive(Debug, thiserror::Error)]
 #[error("unknown KV cache type {0:?} (expected f16 or f32)")]

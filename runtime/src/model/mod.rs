@@ -8,7 +8,7 @@ mod perplexity;
 mod weights;
 
 pub use forward::{Logits, Runner, SeqStep, Session};
-pub use kv_cache::{KvCache, KvType, KvTypes, UnknownKvType};
+pub use kv_cache::{KvCache, KvType, KvTypeArgs, KvTypes, UnknownKvType};
 pub use perplexity::negative_log_likelihood;
 pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
 
