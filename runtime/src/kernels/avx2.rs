@@ -586,7 +586,7 @@ macro_rules! dense_rows_kernel {
         /// cols` token rows of `x`. For one token, one row at a time: a single sequential stream
         /// per thread, which the hardware prefetcher follows best (interleaving four rows to share
         /// activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows` rows at
-        /// a time (as many as the registers hold accumulators for; with two tokens 35–45% faster
+        /// a time (as many as the registers hold accumulators for; with two tokens 34–46% faster
         /// than one row at a time). Each chunk of a row is widened once per group of up to four
         /// tokens, so the row comes from memory once (asked for while the rows before it are
         /// multiplied) and from L1 for further groups.
