@@ -1,6 +1,7 @@
 //! The `q4_b32` kernels against oracles built from the format crate's reference decoder: products on
 //! every path against an f64 sum, the activation quantization's error bound, and row decoding.
-//! Shapes miss the 4-row and 4-block (128-column) multiples the SIMD kernels step by.
+//! Shapes miss the 4-row and the 8- and 16-block (256- and 512-column) multiples the SIMD kernels
+//! step by, and include whole superblocks followed by partial ones.
 
 use bitnet_format::q4::{self, Q4Geometry};
 use bitnet_run::kernels::KernelPath;
@@ -13,10 +14,11 @@ fn pack(rows: usize, cols: usize, codes: &[u8], scales: &[f32]) -> Vec<u8> {
     q4::encode(Q4Geometry { rows, cols }, scales, codes)
 }
 
-/// Up to 9 rows and 11 tokens: partial passes of rows, and several register blocks of tokens (4 on
-/// AVX2, 8 on AVX-512 and NEON) with a remainder.
+/// Up to 9 rows, 40 blocks and 11 tokens: partial passes of rows, up to two whole superblocks and a
+/// partial one, and several register blocks of tokens (4 on AVX2, 8 on AVX-512 and NEON) with a
+/// remainder.
 fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<u8>, Vec<f32>, Vec<f32>)> {
-    (1usize..10, 1usize..11, 1usize..12).prop_flat_map(|(rows, blocks, tokens)| {
+    (1usize..10, 1usize..41, 1usize..12).prop_flat_map(|(rows, blocks, tokens)| {
         let cols = 32 * blocks;
         (
             Just(rows),

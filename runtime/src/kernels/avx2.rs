@@ -831,16 +831,17 @@ dense_rows_kernel!(
     }
 );
 
-/// Tokens per register block of [`q4_rows`]: two accumulators each, half the ymm registers.
+/// Tokens per register block of [`q4_rows`].
 const Q4_TOKENS: usize = 4;
 
-/// See [`super::q4::matmul`]. One row per kernel call (rows walked as
-/// [`super::q4::for_row_blocks`] does), each 32-byte half of a group of four blocks unpacked once
-/// for up to [`Q4_TOKENS`] tokens (activations in
-/// [`super::q4::Q4Layout::Blocks`] order): `vpmaddubsw` multiplies the unsigned nibbles by the
-/// activation codes (pair sums within ±3840, low plus high within ±7680, so nothing saturates),
-/// `vpmaddwd` widens, the lane corrections make lanes hold exact `Σ (n - 8) · q`, and the lanes are
-/// scaled by their block's weight and activation scales in f32.
+/// See [`super::q4::matmul`]. One row at a time (rows walked as
+/// [`super::q4::for_row_blocks`] does), each superblock of 8 blocks unpacked once for up to
+/// [`Q4_TOKENS`] tokens (activations in [`super::q4::Q4Layout::Superblocks`] order, two 128-bit
+/// chunks): `vpmaddubsw` multiplies the unsigned nibbles by the signed activation codes and eight
+/// such results add up in i16, `vpmaddwd` widens, and the lane corrections make lane `p` hold block
+/// `2 (p mod 4) + p / 4`'s exact `Σ (n - 8) · q`, scaled once by the block's weight and activation
+/// scales in f32. The i16 sums stay exact: `|q| <= 127` ([`super::q4::Q4Acts::quantize`]) and
+/// `n <= 15`, so each `vpmaddubsw` lane is within ±3810 (no saturation) and eight within ±30480.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; sizes as for the AVX-512 version.
@@ -853,79 +854,98 @@ pub unsafe fn q4_rows(
     out: &mut [f32],
 ) {
     debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * acts.tokens);
+    debug_assert_eq!(acts.layout.superblock_blocks(), 8);
     super::q4::for_row_blocks(g, data, acts, rows, out, Q4_TOKENS, |m, args| {
         // SAFETY: same features; the caller's bounds, and the block's tokens exist.
         unsafe {
             match m {
-                Q4_TOKENS => q4_row::<Q4_TOKENS>(args),
-                2 => q4_row::<2>(args),
-                _ => q4_row::<1>(args),
+                Q4_TOKENS => q4_pass::<Q4_TOKENS>(args),
+                2 => q4_pass::<2>(args),
+                _ => q4_pass::<1>(args),
             }
         }
     });
 }
 
-/// Row `r` against tokens `t0 .. t0 + M`, into `out[..M]`. Each token's lanes see the same
-/// operations in the same order whatever `M` is, so a token's product does not depend on the
-/// tokens beside it.
+/// Each row of a pass against tokens `t0 .. t0 + M`. Each token's lanes see the same operations in
+/// the same order whatever `M` is, so a token's product does not depend on the tokens beside it.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_row<const M: usize>((g, data, acts, r, t0, out): super::q4::RowBlock) {
-    use super::q4::{GROUP, GROUP_LANES, row_dot_blocks};
-    let groups = g.cols / GROUP;
+unsafe fn q4_pass<const M: usize>((g, data, acts, rows, t0, out): super::q4::RowBlock) {
+    use super::q4::{BLOCK, SuperblockPad, superblock};
+    // Blocks per superblock.
+    const S: usize = 8;
     let nibble = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    // Lane `4b + i` of a half takes the half's block `b` scale.
-    let spread = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
-    let codes = data[g.block_codes_offset(r, 0)..].as_ptr();
-    let scales = data[g.scale_offset(r, 0)..].as_ptr();
-    let qa: [*const u8; M] = std::array::from_fn(|m| acts.grouped(t0 + m).as_ptr());
+    // Lane `p` holds block `2 (p mod 4) + p / 4`: the weight scales in that order.
+    let order = _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0);
+    let qa: [*const i8; M] = std::array::from_fn(|m| acts.grouped(t0 + m).as_ptr());
     let lanes: [_; M] = std::array::from_fn(|m| acts.lanes(t0 + m));
     let corr: [*const i32; M] = std::array::from_fn(|m| lanes[m].0.as_ptr());
     let da: [*const f32; M] = std::array::from_fn(|m| lanes[m].1.as_ptr());
-    // One accumulator per half group and token: independent FMA chains.
-    let mut acc = [[_mm256_setzero_ps(); 2]; M];
-    for gi in 0..groups {
-        for h in [0, 1] {
-            // SAFETY: `gi < groups` and `h < 2`: half `h` of group `gi` of row `r` is 32 code bytes
-            // and 2 f16 scales inside `data`.
-            let (v, s) = unsafe {
+    let mut pad = SuperblockPad::default();
+    let tokens = acts.tokens;
+    for (i, r) in rows.enumerate() {
+        let mut acc = [_mm256_setzero_ps(); M];
+        for sb in 0..g.blocks().div_ceil(S) {
+            let (codes, scales) = superblock(g, data, r, sb, S, &mut pad);
+            // SAFETY: `superblock` returns 8 · 16 code bytes and 8 f16 scales.
+            let (l, s) = unsafe {
                 (
-                    _mm256_loadu_si256(codes.add(gi * 64 + 32 * h).cast()),
-                    _mm_cvtsi32_si128(scales.add(gi * 8 + 4 * h).cast::<i32>().read_unaligned()),
+                    [0, 1, 2, 3].map(|q| _mm256_loadu_si256(codes.as_ptr().add(32 * q).cast())),
+                    _mm_loadu_si128(scales.as_ptr().cast()),
                 )
             };
-            let lo = _mm256_and_si256(v, nibble);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
-            let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(s)), spread);
+            // Chunk `c` of `l[q]` is block `2q + c`; these leave word `k` of block `2i + c` in lane
+            // `4c + i` of `w[k]`.
+            let (t0, t1) = (
+                _mm256_unpacklo_epi32(l[0], l[1]),
+                _mm256_unpackhi_epi32(l[0], l[1]),
+            );
+            let (t2, t3) = (
+                _mm256_unpacklo_epi32(l[2], l[3]),
+                _mm256_unpackhi_epi32(l[2], l[3]),
+            );
+            let w = [
+                _mm256_unpacklo_epi64(t0, t2),
+                _mm256_unpackhi_epi64(t0, t2),
+                _mm256_unpacklo_epi64(t1, t3),
+                _mm256_unpackhi_epi64(t1, t3),
+            ];
+            let lo = w.map(|v| _mm256_and_si256(v, nibble));
+            let hi = w.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble));
+            let dw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(s), order);
             for m in 0..M {
-                // SAFETY: `gi < groups` and `h < 2`: these halves of token `t0 + m`'s grouped
-                // codes, lane corrections and lane scales exist.
-                let (a_lo, a_hi, c, ds) = unsafe {
-                    let at = qa[m].add(gi * GROUP + 32 * h);
-                    let lane = gi * GROUP_LANES + 8 * h;
+                let at = sb * S;
+                // SAFETY: token `t0 + m`'s grouped codes hold whole superblocks: eight vectors of 32
+                // bytes from `at · 32`, and 8 lane corrections and scales from `at`.
+                let (a, c, ds) = unsafe {
+                    let a = qa[m].add(at * BLOCK);
                     (
-                        _mm256_loadu_si256(at.cast()),
-                        _mm256_loadu_si256(at.add(64).cast()),
-                        _mm256_loadu_si256(corr[m].add(lane).cast()),
-                        _mm256_loadu_ps(da[m].add(lane)),
+                        [0, 1, 2, 3, 4, 5, 6, 7].map(|v| _mm256_loadu_si256(a.add(32 * v).cast())),
+                        _mm256_loadu_si256(corr[m].add(at).cast()),
+                        _mm256_loadu_ps(da[m].add(at)),
                     )
                 };
-                let pairs = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo, a_lo),
-                    _mm256_maddubs_epi16(hi, a_hi),
+                // Two chains, low and high halves.
+                let (mut low, mut high) = (
+                    _mm256_maddubs_epi16(lo[0], a[0]),
+                    _mm256_maddubs_epi16(hi[0], a[1]),
                 );
+                for k in 1..4 {
+                    low = _mm256_add_epi16(low, _mm256_maddubs_epi16(lo[k], a[2 * k]));
+                    high = _mm256_add_epi16(high, _mm256_maddubs_epi16(hi[k], a[2 * k + 1]));
+                }
+                let pairs = _mm256_add_epi16(low, high);
                 let dot = _mm256_add_epi32(_mm256_madd_epi16(pairs, ones), c);
-                acc[m][h] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, ds), acc[m][h]);
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, ds), acc[m]);
             }
         }
-    }
-    for (m, (out, acc)) in out.iter_mut().zip(acc).enumerate() {
-        let tail = row_dot_blocks(g, data, r, acts, t0 + m, 4 * groups..g.blocks());
-        let sum = _mm256_add_ps(acc[0], acc[1]);
-        let quad = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        *out = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair))) + tail;
+        for (m, acc) in acc.into_iter().enumerate() {
+            let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+            out[i * tokens + t0 + m] =
+                _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
+        }
     }
 }
 

@@ -849,10 +849,10 @@ pub unsafe fn q4_rows<const DOT: bool>(
         // SAFETY: the caller's guarantees; the block's tokens exist.
         unsafe {
             match m {
-                Q4_TOKENS => q4_row::<DOT, Q4_TOKENS>(args),
-                4 => q4_row::<DOT, 4>(args),
-                2 => q4_row::<DOT, 2>(args),
-                _ => q4_row::<DOT, 1>(args),
+                Q4_TOKENS => q4_pass::<DOT, Q4_TOKENS>(args),
+                4 => q4_pass::<DOT, 4>(args),
+                2 => q4_pass::<DOT, 2>(args),
+                _ => q4_pass::<DOT, 1>(args),
             }
         }
     });
@@ -861,41 +861,43 @@ pub unsafe fn q4_rows<const DOT: bool>(
 /// Tokens per register block of [`q4_rows`]: each block's weights are unpacked once for all.
 const Q4_TOKENS: usize = 8;
 
-/// Row `r` against tokens `t0 .. t0 + M`, into `out[..M]`. Each token's lanes see the same
-/// operations in the same order whatever `M` is, so a token's product does not depend on the
-/// tokens beside it.
+/// Each row of a pass against tokens `t0 .. t0 + M`. Each token's lanes see the same operations in
+/// the same order whatever `M` is, so a token's product does not depend on the tokens beside it.
 #[target_feature(enable = "neon")]
-unsafe fn q4_row<const DOT: bool, const M: usize>(
-    (g, data, acts, r, t0, out): super::q4::RowBlock,
+unsafe fn q4_pass<const DOT: bool, const M: usize>(
+    (g, data, acts, rows, t0, out): super::q4::RowBlock,
 ) {
     let (nibble, eight) = (vdupq_n_u8(0x0f), vdupq_n_s8(8));
     let q: [*const i8; M] = std::array::from_fn(|m| acts.row(t0 + m).as_ptr());
     let a_scales: [&[f32]; M] = std::array::from_fn(|m| acts.scales(t0 + m));
-    let mut acc = [vdupq_n_f32(0.0); M];
-    for b in 0..g.blocks() {
-        let dw = bitnet_format::q4::scale_at(data, g.scale_offset(r, b));
-        // SAFETY: block `b` of row `r` is 16 code bytes inside `data`.
-        let v = unsafe { vld1q_u8(data.as_ptr().add(g.block_codes_offset(r, b))) };
-        let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, nibble)), eight);
-        let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), eight);
-        for m in 0..M {
-            // SAFETY: each token's codes hold 32 at `32b`.
-            let (a_lo, a_hi) =
-                unsafe { (vld1q_s8(q[m].add(32 * b)), vld1q_s8(q[m].add(32 * b + 16))) };
-            let lanes = if DOT {
-                // SAFETY: the caller guarantees `dotprod` when DOT.
-                unsafe { sdot(sdot(vdupq_n_s32(0), w_lo, a_lo), w_hi, a_hi) }
-            } else {
-                let mut p = vmull_s8(vget_low_s8(w_lo), vget_low_s8(a_lo));
-                p = vmlal_high_s8(p, w_lo, a_lo);
-                p = vmlal_s8(p, vget_low_s8(w_hi), vget_low_s8(a_hi));
-                p = vmlal_high_s8(p, w_hi, a_hi);
-                vpaddlq_s16(p)
-            };
-            acc[m] = vfmaq_n_f32(acc[m], vcvtq_f32_s32(lanes), dw * a_scales[m][b]);
+    let tokens = acts.tokens;
+    for (i, r) in rows.enumerate() {
+        let mut acc = [vdupq_n_f32(0.0); M];
+        for b in 0..g.blocks() {
+            let dw = bitnet_format::q4::scale_at(data, g.scale_offset(r, b));
+            // SAFETY: block `b` of row `r` is 16 code bytes inside `data`.
+            let v = unsafe { vld1q_u8(data.as_ptr().add(g.block_codes_offset(r, b))) };
+            let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, nibble)), eight);
+            let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), eight);
+            for m in 0..M {
+                // SAFETY: each token's codes hold 32 at `32b`.
+                let (a_lo, a_hi) =
+                    unsafe { (vld1q_s8(q[m].add(32 * b)), vld1q_s8(q[m].add(32 * b + 16))) };
+                let lanes = if DOT {
+                    // SAFETY: the caller guarantees `dotprod` when DOT.
+                    unsafe { sdot(sdot(vdupq_n_s32(0), w_lo, a_lo), w_hi, a_hi) }
+                } else {
+                    let mut p = vmull_s8(vget_low_s8(w_lo), vget_low_s8(a_lo));
+                    p = vmlal_high_s8(p, w_lo, a_lo);
+                    p = vmlal_s8(p, vget_low_s8(w_hi), vget_low_s8(a_hi));
+                    p = vmlal_high_s8(p, w_hi, a_hi);
+                    vpaddlq_s16(p)
+                };
+                acc[m] = vfmaq_n_f32(acc[m], vcvtq_f32_s32(lanes), dw * a_scales[m][b]);
+            }
         }
-    }
-    for (out, acc) in out.iter_mut().zip(acc) {
-        *out = vaddvq_f32(acc);
+        for (m, acc) in acc.into_iter().enumerate() {
+            out[i * tokens + t0 + m] = vaddvq_f32(acc);
+        }
     }
 }

@@ -3,52 +3,54 @@
 //! so every block's dot product is an exact integer and only the per-block float scaling differs in
 //! rounding order between paths (tests hold the SIMD paths to the scalar reference by tolerance).
 //!
-//! The x86 kernels work on groups of four blocks (128 columns = 64 code bytes) in 32-bit lanes of
-//! four code bytes, each a lane's low nibbles (four columns from 0–15 of a block) and high nibbles
-//! (the same four from 16–31). [`Q4Acts`] holds the activations in the order of its path's kernel
-//! ([`Q4Layout`]).
+//! The x86 kernels work on superblocks of 8 (AVX2) or 16 (AVX-512) blocks, one block per 32-bit
+//! lane: each lane's integer sum is a whole block's dot product, so the float scaling runs once per
+//! block and token instead of once per four columns. [`Q4Acts`] holds the activations in the order
+//! of its path's kernel ([`Q4Layout`]).
 
 use std::ops::Range;
 
-use bitnet_format::q4::{self, Q4Geometry};
+use bitnet_format::q4::{self, BLOCK_CODE_BYTES, Q4Geometry};
 
 use super::activation::token_groups;
 use super::{Isa, KernelPath};
 
 /// Columns per block.
 pub const BLOCK: usize = 32;
-/// Columns per SIMD group (four blocks).
-pub const GROUP: usize = 4 * BLOCK;
-/// 32-bit lanes per group.
-pub const GROUP_LANES: usize = 16;
 
-/// How [`Q4Acts::grouped`] orders a token's codes for a path's kernel, per group of 128 columns:
-/// the 16 lanes of the low nibbles' columns, then the 16 of the high nibbles'.
+/// How [`Q4Acts::grouped`] orders a token's codes for a path's kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Q4Layout {
     /// Nothing grouped: the scalar reference and NEON read [`Q4Acts::q`] in column order.
     #[default]
     Columns,
-    /// AVX-512: lane `4i + b` takes bytes `4i ..` of block `b` (the kernel permutes the weights'
-    /// lanes into this order once per group for every token, so lane `L` is scaled by block `L mod
-    /// 4` and the scales are a repeated 4-vector); the codes as unsigned bytes `q + 128`, which
-    /// multiply the signed weights `n - 8`: the `128 · Σ (n - 8)` this adds to a lane depends on
-    /// the weights alone and is subtracted once per group for every token.
-    Transposed,
-    /// AVX2 and AVX-VNNI: lane `4b + i` takes bytes `4i ..` of block `b`, as the weights lie in
-    /// memory; signed codes, which multiply the unsigned nibbles `n`, with per lane the correction
-    /// `-8 · Σ q` ([`Q4Acts::lane_corr`]) that turns them into `n - 8` and the block's scale
-    /// ([`Q4Acts::lane_scale`]). One token then costs no more than the weights' unpacking.
-    Blocks,
+    /// x86: superblocks of `s = 4 · chunks` blocks, `chunks` being the kernel's 128-bit lanes per
+    /// vector (2 for AVX2, 4 for AVX-512). A superblock's codes are eight vectors of `s` 32-bit
+    /// lanes; vector `2k + h`, lane `p` holds bytes `4k .. 4k + 4` of the low (`h = 0`, columns
+    /// 0–15) or high (`h = 1`, columns 16–31) half of block `chunks · (p mod 4) + p / 4`: the
+    /// order in which the kernel's in-lane unpacks leave the weights' 32-bit words (see
+    /// [`superblock`]). The codes are signed and multiply the unsigned nibbles `n`; per lane,
+    /// [`Q4Acts::lane_corr`] (`-8 ·` the block's code sum) turns that into `n - 8`, and
+    /// [`Q4Acts::lane_scale`] is the block's scale. The last superblock is padded with zero codes,
+    /// corrections and scales.
+    Superblocks { chunks: usize },
 }
 
 impl Q4Layout {
     /// The layout `path`'s kernel reads.
     pub fn of(path: KernelPath) -> Self {
         match path.isa() {
-            Isa::Avx512 => Q4Layout::Transposed,
-            Isa::Avx2 | Isa::AvxVnni => Q4Layout::Blocks,
+            Isa::Avx512 => Q4Layout::Superblocks { chunks: 4 },
+            Isa::Avx2 | Isa::AvxVnni => Q4Layout::Superblocks { chunks: 2 },
             _ => Q4Layout::Columns,
+        }
+    }
+
+    /// Blocks per superblock (`Superblocks`), or 1.
+    pub fn superblock_blocks(self) -> usize {
+        match self {
+            Q4Layout::Columns => 1,
+            Q4Layout::Superblocks { chunks } => 4 * chunks,
         }
     }
 }
@@ -63,17 +65,17 @@ pub struct Q4Acts {
     pub q: Vec<i8>,
     /// Per token, one scale per block.
     pub scale: Vec<f32>,
-    /// Per token, the whole groups' codes as `layout` orders them (empty for `Columns`).
-    pub grouped: Vec<u8>,
-    /// `Blocks`: per token, per lane of the whole groups, `-8 ·` the sum of the lane's eight codes.
+    /// Per token, the codes as `layout` orders them (empty for `Columns`).
+    pub grouped: Vec<i8>,
+    /// `Superblocks`: per token, per lane, `-8 ·` the sum of the lane's block's codes.
     pub lane_corr: Vec<i32>,
-    /// `Blocks`: per token, per lane of the whole groups, the scale of the lane's block.
+    /// `Superblocks`: per token, per lane, the scale of the lane's block.
     pub lane_scale: Vec<f32>,
 }
 
 impl Q4Acts {
     /// Quantize `x` (`tokens × cols`, `cols` a multiple of 32) for `path`'s kernel: per block
-    /// `scale = max|x| / 127`, `q = round(x / scale)`.
+    /// `scale = max|x| / 127`, `q = round(x / scale)` (so `|q| <= 127`).
     pub fn quantize(path: KernelPath, x: &[f32], cols: usize) -> Self {
         assert!(cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols));
         let tokens = x.len() / cols;
@@ -100,54 +102,45 @@ impl Q4Acts {
                 a.scale[b] = max / 127.0;
             }
         }
-        let groups = cols / GROUP;
-        if layout == Q4Layout::Columns {
+        let Q4Layout::Superblocks { chunks } = layout else {
             return a;
-        }
-        // Transposed codes are stored as unsigned `q + 128`.
-        let offset = if layout == Q4Layout::Transposed {
-            0x80
-        } else {
-            0
         };
-        a.grouped = vec![0; tokens * groups * GROUP];
-        if layout == Q4Layout::Blocks {
-            a.lane_corr = vec![0; tokens * groups * GROUP_LANES];
-            a.lane_scale = vec![0.0; tokens * groups * GROUP_LANES];
-        }
+        let s = layout.superblock_blocks();
+        let blocks = cols / BLOCK;
+        let lanes = a.lanes_per_token();
+        a.grouped = vec![0; tokens * lanes * BLOCK];
+        a.lane_corr = vec![0; tokens * lanes];
+        a.lane_scale = vec![0.0; tokens * lanes];
         for t in 0..tokens {
-            for g in 0..groups {
-                let src = &a.q[t * cols + g * GROUP..][..GROUP];
-                let at = (t * groups + g) * GROUP;
-                for lane in 0..GROUP_LANES {
-                    let (b, i) = match layout {
-                        Q4Layout::Transposed => (lane % 4, lane / 4),
-                        _ => (lane / 4, lane % 4),
-                    };
-                    // The low nibbles' columns (from 0 in the block), then the high nibbles' (16).
-                    let (lo, hi) = (BLOCK * b + 4 * i, BLOCK * b + 16 + 4 * i);
-                    for (part, from) in [(0, lo), (GROUP / 2, hi)] {
-                        for (d, q) in a.grouped[at + part + 4 * lane..][..4]
-                            .iter_mut()
-                            .zip(&src[from..from + 4])
-                        {
-                            *d = (*q as u8) ^ offset;
+            for lane in 0..lanes {
+                let (sb, p) = (lane / s, lane % s);
+                let b = sb * s + chunks * (p % 4) + p / 4;
+                if b >= blocks {
+                    continue;
+                }
+                let src = &a.q[t * cols + b * BLOCK..][..BLOCK];
+                let vectors = &mut a.grouped[(t * lanes + sb * s) * BLOCK..][..s * BLOCK];
+                for k in 0..4 {
+                    for h in 0..2 {
+                        let at = (2 * k + h) * 4 * s + 4 * p;
+                        for (d, &q) in vectors[at..at + 4].iter_mut().zip(&src[16 * h + 4 * k..]) {
+                            *d = q;
                         }
                     }
-                    if layout == Q4Layout::Blocks {
-                        let sum: i32 = src[lo..lo + 4]
-                            .iter()
-                            .chain(&src[hi..hi + 4])
-                            .map(|&v| v as i32)
-                            .sum();
-                        let l = (t * groups + g) * GROUP_LANES + lane;
-                        a.lane_corr[l] = -8 * sum;
-                        a.lane_scale[l] = a.scale[t * cols / BLOCK + 4 * g + b];
-                    }
                 }
+                let sum: i32 = src.iter().map(|&v| v as i32).sum();
+                a.lane_corr[t * lanes + lane] = -8 * sum;
+                a.lane_scale[t * lanes + lane] = a.scale[t * blocks + b];
             }
         }
         a
+    }
+
+    /// Lanes of `Superblocks` per token: the blocks rounded up to whole superblocks.
+    #[inline]
+    fn lanes_per_token(&self) -> usize {
+        let s = self.layout.superblock_blocks();
+        (self.cols / BLOCK).div_ceil(s) * s
     }
 
     /// Codes of token `t` in column order.
@@ -161,15 +154,17 @@ impl Q4Acts {
         &self.scale[t * blocks..(t + 1) * blocks]
     }
 
-    /// The grouped codes of token `t`.
-    pub fn grouped(&self, t: usize) -> &[u8] {
-        let c = self.cols / GROUP * GROUP;
-        &self.grouped[t * c..(t + 1) * c]
+    /// The grouped codes of token `t` (`Superblocks`).
+    #[inline]
+    pub fn grouped(&self, t: usize) -> &[i8] {
+        let n = self.lanes_per_token() * BLOCK;
+        &self.grouped[t * n..(t + 1) * n]
     }
 
-    /// The lane corrections and lane scales of token `t` (`Blocks`).
+    /// The lane corrections and lane scales of token `t` (`Superblocks`).
+    #[inline]
     pub fn lanes(&self, t: usize) -> (&[i32], &[f32]) {
-        let l = self.cols / GROUP * GROUP_LANES;
+        let l = self.lanes_per_token();
         (
             &self.lane_corr[t * l..(t + 1) * l],
             &self.lane_scale[t * l..(t + 1) * l],
@@ -177,25 +172,58 @@ impl Q4Acts {
     }
 }
 
-/// `Σ_blocks d_w · d_a · Σ_j (n_j - 8) · q_j` over `blocks` of row `r`: the scalar reference, and
-/// the SIMD kernels' tail for blocks past the last whole group.
-#[inline]
-pub fn row_dot_blocks(
-    g: Q4Geometry,
-    data: &[u8],
-    r: usize,
-    acts: &Q4Acts,
-    t: usize,
-    blocks: Range<usize>,
-) -> f32 {
-    if blocks.is_empty() {
-        // Every row of every token ends here when the columns fill whole groups.
-        return 0.0;
+/// Room for a superblock of up to 16 blocks that runs past the end of a row.
+pub(super) struct SuperblockPad {
+    codes: [u8; 16 * BLOCK_CODE_BYTES],
+    scales: [u8; 16 * 2],
+}
+
+impl Default for SuperblockPad {
+    fn default() -> Self {
+        SuperblockPad {
+            codes: [0; 16 * BLOCK_CODE_BYTES],
+            scales: [0; 16 * 2],
+        }
     }
+}
+
+/// The code bytes (`16 · s`) and f16 scales (`2 · s` bytes) of blocks `sb · s ..` of row `r`:
+/// in place, or, for a last superblock that the row's blocks do not fill, a copy in `pad` with zero
+/// codes and scales after the row's end (so those lanes add nothing). Inlined: a call from a
+/// kernel's loop costs a `vzeroupper` and the accumulators' trip through the stack.
+#[inline(always)]
+pub(super) fn superblock<'p>(
+    g: Q4Geometry,
+    data: &'p [u8],
+    r: usize,
+    sb: usize,
+    s: usize,
+    pad: &'p mut SuperblockPad,
+) -> (&'p [u8], &'p [u8]) {
+    let first = sb * s;
+    let n = (g.blocks() - first).min(s);
+    let codes = &data[g.block_codes_offset(r, first)..][..n * BLOCK_CODE_BYTES];
+    let scales = &data[g.scale_offset(r, first)..][..2 * n];
+    if n == s {
+        return (codes, scales);
+    }
+    let (pc, ps) = (
+        &mut pad.codes[..s * BLOCK_CODE_BYTES],
+        &mut pad.scales[..2 * s],
+    );
+    pc.fill(0);
+    ps.fill(0);
+    pc[..codes.len()].copy_from_slice(codes);
+    ps[..scales.len()].copy_from_slice(scales);
+    (pc, ps)
+}
+
+/// `Σ_blocks d_w · d_a · Σ_j (n_j - 8) · q_j` over row `r`'s blocks: the scalar reference.
+pub fn row_dot(g: Q4Geometry, data: &[u8], r: usize, acts: &Q4Acts, t: usize) -> f32 {
     let (q, scales) = (acts.row(t), acts.scales(t));
     let mut sum = 0.0f32;
-    for b in blocks {
-        let codes = &data[g.block_codes_offset(r, b)..][..q4::BLOCK_CODE_BYTES];
+    for b in 0..g.blocks() {
+        let codes = &data[g.block_codes_offset(r, b)..][..BLOCK_CODE_BYTES];
         let qb = &q[b * BLOCK..(b + 1) * BLOCK];
         let dot: i32 = codes
             .iter()
@@ -210,26 +238,26 @@ pub fn row_dot_blocks(
     sum
 }
 
-/// One row's kernel call for a block of tokens: the tensor's geometry and bytes, the activations,
-/// the row, the block's first token and its outputs.
+/// One kernel call: the tensor's geometry and bytes, the activations, a pass of rows, the first
+/// token of a register block, and the pass's outputs (`rows.len() × tokens`, row-major), of which
+/// the call writes its tokens' columns.
 pub(super) type RowBlock<'a> = (
     Q4Geometry,
     &'a [u8],
     &'a Q4Acts,
-    usize,
+    Range<usize>,
     usize,
     &'a mut [f32],
 );
 
 /// Rows per pass of [`for_row_blocks`]: their codes (about 1.4 KiB a row for 2560 columns) stay in
-/// L1 while every token block reads them, so each token block's activations are read once per
-/// pass instead of once per row (the AVX2 layout's eight tokens hold 5 KiB each, more than L1
-/// beside the weights).
+/// L1 while every token block reads them, and a kernel call sets up its tokens' pointers once for
+/// all of them.
 const ROWS_PER_PASS: usize = 4;
 
-/// How the SIMD kernels walk a product: `f(m, args)` for every row in `rows` and every register
-/// block of `m` tokens ([`token_groups`]`(tokens, block)`), with `out` the `rows.len() × tokens`
-/// outputs: rows [`ROWS_PER_PASS`] at a time, each token block against all of them in turn.
+/// How the SIMD kernels walk a product: `f(m, args)` for every pass of up to [`ROWS_PER_PASS`] rows
+/// in `rows` and every register block of `m` tokens ([`token_groups`]`(tokens, block)`), with
+/// `out` the `rows.len() × tokens` outputs.
 pub(super) fn for_row_blocks(
     g: Q4Geometry,
     data: &[u8],
@@ -247,10 +275,9 @@ pub(super) fn for_row_blocks(
         .chunks_mut(ROWS_PER_PASS * tokens)
         .zip(rows.step_by(ROWS_PER_PASS))
     {
+        let pass = first..first + out.len() / tokens;
         for (t, m) in token_groups(tokens, block) {
-            for (out, r) in out.chunks_exact_mut(tokens).zip(first..) {
-                f(m, (g, data, acts, r, t, &mut out[t..t + m]));
-            }
+            f(m, (g, data, acts, pass.clone(), t, &mut *out));
         }
     }
 }
@@ -286,7 +313,7 @@ pub fn matmul(
             let tokens = acts.tokens;
             for (i, r) in rows.enumerate() {
                 for t in 0..tokens {
-                    out[i * tokens + t] = row_dot_blocks(g, data, r, acts, t, 0..g.blocks());
+                    out[i * tokens + t] = row_dot(g, data, r, acts, t);
                 }
             }
         }
