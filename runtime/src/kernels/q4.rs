@@ -26,13 +26,12 @@ pub enum Q4Layout {
     Columns,
     /// x86: superblocks of `s = 4 · chunks` blocks, `chunks` being the kernel's 128-bit lanes per
     /// vector (2 for AVX2, 4 for AVX-512). A superblock's codes are eight vectors of `s` 32-bit
-    /// lanes; vector `2k + h`, lane `p` holds bytes `4k .. 4k + 4` of the low (`h = 0`, columns
-    /// 0–15) or high (`h = 1`, columns 16–31) half of block `chunks · (p mod 4) + p / 4`: the
-    /// order in which the kernel's in-lane unpacks leave the weights' 32-bit words (see
-    /// [`superblock`]). The codes are signed and multiply the unsigned nibbles `n`; per lane,
-    /// [`Q4Acts::lane_corr`] (`-8 ·` the block's code sum) turns that into `n - 8`, and
-    /// [`Q4Acts::lane_scale`] is the block's scale. The last superblock is padded with zero codes,
-    /// corrections and scales.
+    /// lanes; lane `p` of vector `2k + h` holds the codes of columns `16h + 4k .. 16h + 4k + 4` of
+    /// block `chunks · (p mod 4) + p / 4`, the order in which the kernel's in-lane unpacks leave
+    /// the weights' 32-bit words (code byte `j` of a block holds columns `j` and `16 + j`). The
+    /// codes are signed and multiply the unsigned nibbles `n`; per lane, [`Q4Acts::lane_corr`]
+    /// (`-8 ·` the block's code sum) turns that into `n - 8`, and [`Q4Acts::lane_scale`] is the
+    /// block's scale. The last superblock is padded with zero codes, corrections and scales.
     Superblocks { chunks: usize },
 }
 
@@ -123,9 +122,7 @@ impl Q4Acts {
                 for k in 0..4 {
                     for h in 0..2 {
                         let at = (2 * k + h) * 4 * s + 4 * p;
-                        for (d, &q) in vectors[at..at + 4].iter_mut().zip(&src[16 * h + 4 * k..]) {
-                            *d = q;
-                        }
+                        vectors[at..at + 4].copy_from_slice(&src[16 * h + 4 * k..][..4]);
                     }
                 }
                 let sum: i32 = src.iter().map(|&v| v as i32).sum();
