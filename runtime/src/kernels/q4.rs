@@ -170,11 +170,13 @@ impl Q4Acts {
 }
 
 /// Room for a superblock of up to 16 blocks that runs past the end of a row.
+#[cfg(target_arch = "x86_64")]
 pub(super) struct SuperblockPad {
     codes: [u8; 16 * BLOCK_CODE_BYTES],
     scales: [u8; 16 * 2],
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Default for SuperblockPad {
     fn default() -> Self {
         SuperblockPad {
@@ -188,6 +190,7 @@ impl Default for SuperblockPad {
 /// in place, or, for a last superblock that the row's blocks do not fill, a copy in `pad` with zero
 /// codes and scales after the row's end (so those lanes add nothing). Inlined: a call from a
 /// kernel's loop costs a `vzeroupper` and the accumulators' trip through the stack.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn superblock<'p>(
     g: Q4Geometry,
