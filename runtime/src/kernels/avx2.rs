@@ -831,123 +831,158 @@ dense_rows_kernel!(
     }
 );
 
-/// Tokens per register block of [`q4_rows`].
-const Q4_TOKENS: usize = 4;
-
-/// See [`super::q4::matmul`]. One row at a time (rows walked as
-/// [`super::q4::for_row_blocks`] does), each superblock of 8 blocks unpacked once for up to
-/// [`Q4_TOKENS`] tokens (activations in [`super::q4::Q4Layout::Superblocks`] order, two 128-bit
-/// chunks): `vpmaddubsw` multiplies the unsigned nibbles by the signed activation codes and eight
-/// such results add up in i16, `vpmaddwd` widens, and the lane corrections make lane `p` hold block
-/// `2 (p mod 4) + p / 4`'s exact `Σ (n - 8) · q`, scaled once by the block's weight and activation
-/// scales in f32. The i16 sums stay exact: `|q| <= 127` ([`super::q4::Q4Acts::quantize`]) and
-/// `n <= 15`, so each `vpmaddubsw` lane is within ±3810 (no saturation) and eight within ±30480.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; sizes as for the AVX-512 version.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_rows(
-    g: bitnet_format::q4::Q4Geometry,
-    data: &[u8],
-    acts: &super::q4::Q4Acts,
-    rows: Range<usize>,
-    out: &mut [f32],
-) {
-    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * acts.tokens);
-    debug_assert_eq!(acts.layout.superblock_blocks(), 8);
-    super::q4::for_row_blocks(g, data, acts, rows, out, Q4_TOKENS, |m, args| {
-        // SAFETY: same features; the caller's bounds, and the block's tokens exist.
-        unsafe {
-            match m {
-                Q4_TOKENS => q4_pass::<Q4_TOKENS>(args),
-                2 => q4_pass::<2>(args),
-                _ => q4_pass::<1>(args),
-            }
-        }
-    });
-}
-
-/// Each row of a pass against tokens `t0 .. t0 + M`. Each token's lanes see the same operations in
-/// the same order whatever `M` is, so a token's product does not depend on the tokens beside it.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_pass<const M: usize>((g, data, acts, rows, t0, out): super::q4::RowBlock) {
-    use super::q4::{BLOCK, SuperblockPad, superblock};
-    // Blocks per superblock.
-    const S: usize = 8;
-    let nibble = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    // Lane `p` holds block `2 (p mod 4) + p / 4`: the weight scales in that order.
-    let order = _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0);
-    let qa: [*const i8; M] = std::array::from_fn(|m| acts.grouped(t0 + m).as_ptr());
-    let lanes: [_; M] = std::array::from_fn(|m| acts.lanes(t0 + m));
-    let corr: [*const i32; M] = std::array::from_fn(|m| lanes[m].0.as_ptr());
-    let da: [*const f32; M] = std::array::from_fn(|m| lanes[m].1.as_ptr());
-    let mut pad = SuperblockPad::default();
-    let tokens = acts.tokens;
-    for (i, r) in rows.enumerate() {
-        let mut acc = [_mm256_setzero_ps(); M];
-        for sb in 0..g.blocks().div_ceil(S) {
-            let (codes, scales) = superblock(g, data, r, sb, S, &mut pad);
-            // SAFETY: `superblock` returns 8 · 16 code bytes and 8 f16 scales.
-            let (l, s) = unsafe {
-                (
-                    [0, 1, 2, 3].map(|q| _mm256_loadu_si256(codes.as_ptr().add(32 * q).cast())),
-                    _mm_loadu_si128(scales.as_ptr().cast()),
-                )
-            };
-            // Chunk `c` of `l[q]` is block `2q + c`; these leave word `k` of block `2i + c` in lane
-            // `4c + i` of `w[k]`.
-            let (t0, t1) = (
-                _mm256_unpacklo_epi32(l[0], l[1]),
-                _mm256_unpackhi_epi32(l[0], l[1]),
-            );
-            let (t2, t3) = (
-                _mm256_unpacklo_epi32(l[2], l[3]),
-                _mm256_unpackhi_epi32(l[2], l[3]),
-            );
-            let w = [
-                _mm256_unpacklo_epi64(t0, t2),
-                _mm256_unpackhi_epi64(t0, t2),
-                _mm256_unpacklo_epi64(t1, t3),
-                _mm256_unpackhi_epi64(t1, t3),
-            ];
-            let lo = w.map(|v| _mm256_and_si256(v, nibble));
-            let hi = w.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble));
-            let dw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(s), order);
-            for m in 0..M {
-                let at = sb * S;
-                // SAFETY: token `t0 + m`'s grouped codes hold whole superblocks: eight vectors of 32
-                // bytes from `at · 32`, and 8 lane corrections and scales from `at`.
-                let (a, c, ds) = unsafe {
-                    let a = qa[m].add(at * BLOCK);
-                    (
-                        [0, 1, 2, 3, 4, 5, 6, 7].map(|v| _mm256_loadu_si256(a.add(32 * v).cast())),
-                        _mm256_loadu_si256(corr[m].add(at).cast()),
-                        _mm256_loadu_ps(da[m].add(at)),
-                    )
-                };
-                // Two chains, low and high halves.
-                let (mut low, mut high) = (
-                    _mm256_maddubs_epi16(lo[0], a[0]),
-                    _mm256_maddubs_epi16(hi[0], a[1]),
-                );
-                for k in 1..4 {
-                    low = _mm256_add_epi16(low, _mm256_maddubs_epi16(lo[k], a[2 * k]));
-                    high = _mm256_add_epi16(high, _mm256_maddubs_epi16(hi[k], a[2 * k + 1]));
+/// Defines `q4_rows` (see [`super::q4::matmul`]) for one vector width: one row at a time (one
+/// sequential stream of codes and one of scales, which the hardware prefetcher follows best; rows
+/// walked as [`super::q4::for_row_blocks`] does), each superblock of `$blocks` blocks (activations
+/// in [`super::q4::Q4Layout::Superblocks`] order) unpacked once for a register block of up to
+/// `$tokens` tokens (then the `$fewer` sizes, then one). `$vi` holds one 32-bit lane per block of
+/// a superblock; the intrinsics named after it are that width's; `$scales` turns a superblock's
+/// f16 weight scales (a pointer) into lane order; `$dot` gives a token's lanes their block's exact
+/// `Σ (n - 8) · q` from its lane corrections, the weights' low and high nibbles and its eight
+/// activation vectors; `$hsum` sums the lanes of `$vf`. Lanes are scaled once by their block's
+/// weight and activation scales in f32.
+macro_rules! q4_kernel {
+    ($features:literal, $vi:ty, $vf:ty, $blocks:literal, $tokens:literal, [$($fewer:literal),*],
+     $load:ident, $load_ps:ident, $set1_epi8:ident, $zero_ps:ident, $unpacklo32:ident,
+     $unpackhi32:ident, $unpacklo64:ident, $unpackhi64:ident, $and:ident, $srli16:ident,
+     $cvt:ident, $mul:ident, $fma:ident, $scales:expr, $dot:expr, $hsum:expr) => {
+        /// See [`super::q4::matmul`] and the kernel's description where it is defined.
+        ///
+        /// # Safety
+        /// The CPU must support the features above; `data` holds a whole `q4_b32` tensor of
+        /// geometry `g`, `rows.end <= g.rows`, `acts.cols == g.cols`, `acts.layout` is this path's
+        /// and `out.len() == rows.len() · acts.tokens`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_rows(
+            g: bitnet_format::q4::Q4Geometry,
+            data: &[u8],
+            acts: &super::q4::Q4Acts,
+            rows: Range<usize>,
+            out: &mut [f32],
+        ) {
+            debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * acts.tokens);
+            debug_assert_eq!(acts.layout.superblock_blocks(), $blocks);
+            super::q4::for_row_blocks(g, data, acts, rows, out, $tokens, |m, args| {
+                // SAFETY: same features; the caller's bounds, and the block's tokens exist.
+                unsafe {
+                    match m {
+                        $tokens => q4_pass::<$tokens>(args),
+                        $($fewer => q4_pass::<$fewer>(args),)*
+                        _ => q4_pass::<1>(args),
+                    }
                 }
-                let pairs = _mm256_add_epi16(low, high);
-                let dot = _mm256_add_epi32(_mm256_madd_epi16(pairs, ones), c);
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, ds), acc[m]);
+            });
+        }
+
+        /// Each row of a pass against tokens `t0 .. t0 + M`. Each token's lanes see the same
+        /// operations in the same order whatever `M` is, so a token's product does not depend on
+        /// the tokens beside it.
+        #[target_feature(enable = $features)]
+        unsafe fn q4_pass<const M: usize>((g, data, acts, rows, t0, out): super::q4::RowBlock) {
+            use super::q4::{BLOCK, SuperblockPad, superblock};
+            // Bytes per vector: a 32-bit lane per block.
+            const V: usize = 4 * $blocks;
+            let nibble = $set1_epi8(0x0f);
+            let qa: [*const i8; M] = std::array::from_fn(|m| acts.grouped(t0 + m).as_ptr());
+            let lanes: [_; M] = std::array::from_fn(|m| acts.lanes(t0 + m));
+            let corr: [*const i32; M] = std::array::from_fn(|m| lanes[m].0.as_ptr());
+            let da: [*const f32; M] = std::array::from_fn(|m| lanes[m].1.as_ptr());
+            let mut pad = SuperblockPad::default();
+            let tokens = acts.tokens;
+            for (i, r) in rows.enumerate() {
+                let mut acc: [$vf; M] = [$zero_ps(); M];
+                for sb in 0..g.blocks().div_ceil($blocks) {
+                    let (codes, scales) = superblock(g, data, r, sb, $blocks, &mut pad);
+                    // SAFETY: `superblock` returns `16 · $blocks` code bytes and `$blocks` f16
+                    // scales.
+                    let l: [$vi; 4] =
+                        [0, 1, 2, 3].map(|q| unsafe { $load(codes.as_ptr().add(V * q).cast()) });
+                    // Chunk `c` of `l[q]` is block `C · q + c` (`C` chunks of 128 bits per
+                    // vector); these leave word `k` of block `C · i + c` in lane `4c + i` of
+                    // `w[k]`.
+                    let (t0, t1) = ($unpacklo32(l[0], l[1]), $unpackhi32(l[0], l[1]));
+                    let (t2, t3) = ($unpacklo32(l[2], l[3]), $unpackhi32(l[2], l[3]));
+                    let w = [
+                        $unpacklo64(t0, t2),
+                        $unpackhi64(t0, t2),
+                        $unpacklo64(t1, t3),
+                        $unpackhi64(t1, t3),
+                    ];
+                    let lo = w.map(|v| $and(v, nibble));
+                    let hi = w.map(|v| $and($srli16::<4>(v), nibble));
+                    let dw: $vf = $scales(scales.as_ptr());
+                    for m in 0..M {
+                        let at = sb * $blocks;
+                        // SAFETY: token `t0 + m`'s grouped codes hold whole superblocks: eight
+                        // vectors from `at · 32`, and `$blocks` lane corrections and scales from
+                        // `at`.
+                        let (a, c, ds) = unsafe {
+                            let a = qa[m].add(at * BLOCK);
+                            (
+                                [0, 1, 2, 3, 4, 5, 6, 7].map(|v| $load(a.add(V * v).cast())),
+                                $load(corr[m].add(at).cast()),
+                                $load_ps(da[m].add(at)),
+                            )
+                        };
+                        let dot: $vi = $dot(c, &lo, &hi, &a);
+                        acc[m] = $fma($cvt(dot), $mul(dw, ds), acc[m]);
+                    }
+                }
+                for (m, acc) in acc.into_iter().enumerate() {
+                    out[i * tokens + t0 + m] = $hsum(acc);
+                }
             }
         }
-        for (m, acc) in acc.into_iter().enumerate() {
-            let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-            out[i * tokens + t0 + m] =
-                _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
-        }
-    }
+    };
 }
+pub(super) use q4_kernel;
+
+// `vpmaddubsw` multiplies the unsigned nibbles by the signed activation codes and the eight
+// results add up in i16, `vpmaddwd` widens, and the lane corrections make lane `p` hold block
+// `2 (p mod 4) + p / 4`'s exact `Σ (n - 8) · q`. The i16 sums stay exact: `|q| <= 127`
+// ([`super::q4::Q4Acts::quantize`]) and `n <= 15`, so each `vpmaddubsw` lane is within ±3810 (no
+// saturation) and eight within ±30480. Four tokens per register block: the unpacked weights take
+// eight of the sixteen ymm registers.
+q4_kernel!(
+    "avx2,fma,f16c",
+    __m256i,
+    __m256,
+    8,
+    4,
+    [2],
+    _mm256_loadu_si256,
+    _mm256_loadu_ps,
+    _mm256_set1_epi8,
+    _mm256_setzero_ps,
+    _mm256_unpacklo_epi32,
+    _mm256_unpackhi_epi32,
+    _mm256_unpacklo_epi64,
+    _mm256_unpackhi_epi64,
+    _mm256_and_si256,
+    _mm256_srli_epi16,
+    _mm256_cvtepi32_ps,
+    _mm256_mul_ps,
+    _mm256_fmadd_ps,
+    // SAFETY: the caller passes 8 f16 scales; lane `p` takes block `2 (p mod 4) + p / 4`'s.
+    |s: *const u8| unsafe {
+        let order = _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0);
+        _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128(s.cast())), order)
+    },
+    |c: __m256i, lo: &[__m256i; 4], hi: &[__m256i; 4], a: &[__m256i; 8]| {
+        // Two chains, low and high halves.
+        let (mut low, mut high) = (
+            _mm256_maddubs_epi16(lo[0], a[0]),
+            _mm256_maddubs_epi16(hi[0], a[1]),
+        );
+        for k in 1..4 {
+            low = _mm256_add_epi16(low, _mm256_maddubs_epi16(lo[k], a[2 * k]));
+            high = _mm256_add_epi16(high, _mm256_maddubs_epi16(hi[k], a[2 * k + 1]));
+        }
+        let pairs = _mm256_add_epi16(low, high);
+        _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), c)
+    },
+    hsum
+);
 
 /// `e^x` of 8 values as [`super::attention::exp`] computes each, bit for bit.
 #[inline]

@@ -473,115 +473,42 @@ super::avx2::dense_rows_kernel!(
     }
 );
 
-/// Tokens per register block of [`q4_rows`].
-const Q4_TOKENS: usize = 8;
-
-/// See [`super::q4::matmul`]. One row at a time (one sequential stream of codes and one of
-/// scales, which the hardware prefetcher follows best; rows walked as
-/// [`super::q4::for_row_blocks`] does), each superblock of 16 blocks unpacked once for a block of
-/// up to [`Q4_TOKENS`] tokens (activations in [`super::q4::Q4Layout::Superblocks`] order, four
-/// 128-bit chunks): `vpdpbusd` multiplies the unsigned nibbles by the signed activation codes,
-/// eight times into lanes that start from the lane corrections, so that lane `p` ends with block
-/// `4 (p mod 4) + p / 4`'s exact `Σ (n - 8) · q`, scaled once by the block's weight and
-/// activation scales in f32.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW, VL and VNNI; `data` holds a whole `q4_b32` tensor of geometry
-/// `g`, `rows.end <= g.rows`, `acts.cols == g.cols`, `acts.layout` is this path's and
-/// `out.len() == rows.len() · acts.tokens`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn q4_rows(
-    g: bitnet_format::q4::Q4Geometry,
-    data: &[u8],
-    acts: &super::q4::Q4Acts,
-    rows: Range<usize>,
-    out: &mut [f32],
-) {
-    debug_assert!(data.len() >= g.byte_len() && out.len() == rows.len() * acts.tokens);
-    debug_assert_eq!(acts.layout.superblock_blocks(), 16);
-    super::q4::for_row_blocks(g, data, acts, rows, out, Q4_TOKENS, |m, args| {
-        // SAFETY: same features; the caller's bounds, and the block's tokens exist.
-        unsafe {
-            match m {
-                Q4_TOKENS => q4_pass::<Q4_TOKENS>(args),
-                4 => q4_pass::<4>(args),
-                2 => q4_pass::<2>(args),
-                _ => q4_pass::<1>(args),
-            }
+// `vpdpbusd` multiplies the unsigned nibbles by the signed activation codes, eight times into
+// lanes that start from the lane corrections, so that lane `p` ends with block
+// `4 (p mod 4) + p / 4`'s exact `Σ (n - 8) · q`. Eight tokens per register block.
+super::avx2::q4_kernel!(
+    "avx512f,avx512bw,avx512vl,avx512vnni",
+    __m512i,
+    __m512,
+    16,
+    8,
+    [4, 2],
+    _mm512_loadu_si512,
+    _mm512_loadu_ps,
+    _mm512_set1_epi8,
+    _mm512_setzero_ps,
+    _mm512_unpacklo_epi32,
+    _mm512_unpackhi_epi32,
+    _mm512_unpacklo_epi64,
+    _mm512_unpackhi_epi64,
+    _mm512_and_si512,
+    _mm512_srli_epi16,
+    _mm512_cvtepi32_ps,
+    _mm512_mul_ps,
+    _mm512_fmadd_ps,
+    // SAFETY: the caller passes 16 f16 scales; lane `p` takes block `4 (p mod 4) + p / 4`'s.
+    |s: *const u8| unsafe {
+        let order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+        _mm512_permutexvar_ps(order, _mm512_cvtph_ps(_mm256_loadu_si256(s.cast())))
+    },
+    |c: __m512i, lo: &[__m512i; 4], hi: &[__m512i; 4], a: &[__m512i; 8]| {
+        // Two chains, low and high halves, so that each waits for half as many.
+        let (mut low, mut high) = (c, _mm512_setzero_si512());
+        for k in 0..4 {
+            low = _mm512_dpbusd_epi32(low, lo[k], a[2 * k]);
+            high = _mm512_dpbusd_epi32(high, hi[k], a[2 * k + 1]);
         }
-    });
-}
-
-/// Each row of a pass against tokens `t0 .. t0 + M`. Each token's lanes see the same operations in
-/// the same order whatever `M` is, so a token's product does not depend on the tokens beside it.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_pass<const M: usize>((g, data, acts, rows, t0, out): super::q4::RowBlock) {
-    use super::q4::{BLOCK, SuperblockPad, superblock};
-    // Blocks per superblock.
-    const S: usize = 16;
-    let nibble = _mm512_set1_epi8(0x0f);
-    // Lane `p` holds block `4 (p mod 4) + p / 4`: the weight scales in that order.
-    let order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    let qa: [*const i8; M] = std::array::from_fn(|m| acts.grouped(t0 + m).as_ptr());
-    let lanes: [_; M] = std::array::from_fn(|m| acts.lanes(t0 + m));
-    let corr: [*const i32; M] = std::array::from_fn(|m| lanes[m].0.as_ptr());
-    let da: [*const f32; M] = std::array::from_fn(|m| lanes[m].1.as_ptr());
-    let mut pad = SuperblockPad::default();
-    let tokens = acts.tokens;
-    for (i, r) in rows.enumerate() {
-        let mut acc = [_mm512_setzero_ps(); M];
-        for sb in 0..g.blocks().div_ceil(S) {
-            let (codes, scales) = superblock(g, data, r, sb, S, &mut pad);
-            // SAFETY: `superblock` returns 16 · 16 code bytes and 16 f16 scales.
-            let (l, s) = unsafe {
-                (
-                    [0, 1, 2, 3].map(|q| _mm512_loadu_si512(codes.as_ptr().add(64 * q).cast())),
-                    _mm256_loadu_si256(scales.as_ptr().cast()),
-                )
-            };
-            // Chunk `c` of `l[q]` is block `4q + c`; these leave word `k` of block `4i + c` in lane
-            // `4c + i` of `w[k]`.
-            let (t0, t1) = (
-                _mm512_unpacklo_epi32(l[0], l[1]),
-                _mm512_unpackhi_epi32(l[0], l[1]),
-            );
-            let (t2, t3) = (
-                _mm512_unpacklo_epi32(l[2], l[3]),
-                _mm512_unpackhi_epi32(l[2], l[3]),
-            );
-            let w = [
-                _mm512_unpacklo_epi64(t0, t2),
-                _mm512_unpackhi_epi64(t0, t2),
-                _mm512_unpacklo_epi64(t1, t3),
-                _mm512_unpackhi_epi64(t1, t3),
-            ];
-            let lo = w.map(|v| _mm512_and_si512(v, nibble));
-            let hi = w.map(|v| _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble));
-            let dw = _mm512_permutexvar_ps(order, _mm512_cvtph_ps(s));
-            for m in 0..M {
-                let at = sb * S;
-                // SAFETY: token `t0 + m`'s grouped codes hold whole superblocks: eight vectors of 64
-                // bytes from `at · 32`, and 16 lane corrections and scales from `at`.
-                let (a, c, ds) = unsafe {
-                    let a = qa[m].add(at * BLOCK);
-                    (
-                        [0, 1, 2, 3, 4, 5, 6, 7].map(|v| _mm512_loadu_si512(a.add(64 * v).cast())),
-                        _mm512_loadu_si512(corr[m].add(at).cast()),
-                        _mm512_loadu_ps(da[m].add(at)),
-                    )
-                };
-                // Two chains, low and high halves, so that each waits for half as many.
-                let (mut low, mut high) = (c, _mm512_setzero_si512());
-                for k in 0..4 {
-                    low = _mm512_dpbusd_epi32(low, lo[k], a[2 * k]);
-                    high = _mm512_dpbusd_epi32(high, hi[k], a[2 * k + 1]);
-                }
-                let dot = _mm512_add_epi32(low, high);
-                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, ds), acc[m]);
-            }
-        }
-        for (m, acc) in acc.into_iter().enumerate() {
-            out[i * tokens + t0 + m] = _mm512_reduce_add_ps(acc);
-        }
-    }
-}
+        _mm512_add_epi32(low, high)
+    },
+    _mm512_reduce_add_ps
+);
