@@ -65,11 +65,54 @@ pub struct Q4Acts {
     /// Per token, one scale per block.
     pub scale: Vec<f32>,
     /// Per token, the codes as `layout` orders them (empty for `Columns`).
-    pub grouped: Vec<i8>,
+    grouped: LineAligned<i8>,
     /// `Superblocks`: per token, per lane, `-8 ·` the sum of the lane's block's codes.
-    pub lane_corr: Vec<i32>,
+    lane_corr: LineAligned<i32>,
     /// `Superblocks`: per token, per lane, the scale of the lane's block.
-    pub lane_scale: Vec<f32>,
+    lane_scale: LineAligned<f32>,
+}
+
+/// Plain numbers for which every bit pattern, all zeros included, is a value.
+trait Number: Copy + Default {}
+impl Number for i8 {}
+impl Number for i32 {}
+impl Number for f32 {}
+
+/// One cache line.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Zero-initialised `T`s that start on a cache line. A token's grouped codes, corrections and
+/// scales are whole superblocks (at least 256, 32 and 32 bytes), so every vector a kernel loads lies
+/// in one line: a 512-bit load across two lines costs two (on Zen 4 the `q4_b32` kernel with eight
+/// tokens is bound by its loads).
+#[derive(Debug, Default)]
+struct LineAligned<T> {
+    lines: Vec<Line>,
+    len: usize,
+    _of: std::marker::PhantomData<T>,
+}
+
+impl<T: Number> LineAligned<T> {
+    fn zeros(len: usize) -> Self {
+        LineAligned {
+            lines: vec![Line([0; 64]); (len * size_of::<T>()).div_ceil(64)],
+            len,
+            _of: std::marker::PhantomData,
+        }
+    }
+
+    fn as_slice(&self) -> &[T] {
+        // SAFETY: the lines hold at least `len · size_of::<T>()` initialised bytes, aligned for any
+        // `T` (64 ≥ its alignment), and every bit pattern is a `T` (`Number`).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`, borrowed exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
 }
 
 impl Q4Acts {
@@ -107,9 +150,14 @@ impl Q4Acts {
         let s = layout.superblock_blocks();
         let blocks = cols / BLOCK;
         let lanes = a.lanes_per_token();
-        a.grouped = vec![0; tokens * lanes * BLOCK];
-        a.lane_corr = vec![0; tokens * lanes];
-        a.lane_scale = vec![0.0; tokens * lanes];
+        a.grouped = LineAligned::zeros(tokens * lanes * BLOCK);
+        a.lane_corr = LineAligned::zeros(tokens * lanes);
+        a.lane_scale = LineAligned::zeros(tokens * lanes);
+        let (grouped, lane_corr, lane_scale) = (
+            a.grouped.as_mut_slice(),
+            a.lane_corr.as_mut_slice(),
+            a.lane_scale.as_mut_slice(),
+        );
         for t in 0..tokens {
             for lane in 0..lanes {
                 let (sb, p) = (lane / s, lane % s);
@@ -118,7 +166,7 @@ impl Q4Acts {
                     continue;
                 }
                 let src = &a.q[t * cols + b * BLOCK..][..BLOCK];
-                let vectors = &mut a.grouped[(t * lanes + sb * s) * BLOCK..][..s * BLOCK];
+                let vectors = &mut grouped[(t * lanes + sb * s) * BLOCK..][..s * BLOCK];
                 for k in 0..4 {
                     for h in 0..2 {
                         let at = (2 * k + h) * 4 * s + 4 * p;
@@ -126,8 +174,8 @@ impl Q4Acts {
                     }
                 }
                 let sum: i32 = src.iter().map(|&v| v as i32).sum();
-                a.lane_corr[t * lanes + lane] = -8 * sum;
-                a.lane_scale[t * lanes + lane] = a.scale[t * blocks + b];
+                lane_corr[t * lanes + lane] = -8 * sum;
+                lane_scale[t * lanes + lane] = a.scale[t * blocks + b];
             }
         }
         a
@@ -155,7 +203,7 @@ impl Q4Acts {
     #[inline]
     pub fn grouped(&self, t: usize) -> &[i8] {
         let n = self.lanes_per_token() * BLOCK;
-        &self.grouped[t * n..(t + 1) * n]
+        &self.grouped.as_slice()[t * n..(t + 1) * n]
     }
 
     /// The lane corrections and lane scales of token `t` (`Superblocks`).
@@ -163,8 +211,8 @@ impl Q4Acts {
     pub fn lanes(&self, t: usize) -> (&[i32], &[f32]) {
         let l = self.lanes_per_token();
         (
-            &self.lane_corr[t * l..(t + 1) * l],
-            &self.lane_scale[t * l..(t + 1) * l],
+            &self.lane_corr.as_slice()[t * l..(t + 1) * l],
+            &self.lane_scale.as_slice()[t * l..(t + 1) * l],
         )
     }
 }
