@@ -29,9 +29,9 @@ pub enum Q4Layout {
     /// lanes; lane `p` of vector `2k + h` holds the codes of columns `16h + 4k .. 16h + 4k + 4` of
     /// block `chunks · (p mod 4) + p / 4`, the order in which the kernel's in-lane unpacks leave
     /// the weights' 32-bit words (code byte `j` of a block holds columns `j` and `16 + j`). The
-    /// codes are signed and multiply the unsigned nibbles `n`; per lane, [`Q4Acts::lane_corr`]
-    /// (`-8 ·` the block's code sum) turns that into `n - 8`, and [`Q4Acts::lane_scale`] is the
-    /// block's scale. The last superblock is padded with zero codes, corrections and scales.
+    /// codes are signed and multiply the unsigned nibbles `n`; per lane, the correction of
+    /// [`Q4Acts::lanes`] (`-8 ·` the block's code sum) turns that into `n - 8`, and its scale is
+    /// the block's. The last superblock is padded with zero codes, corrections and scales.
     Superblocks { chunks: usize },
 }
 
