@@ -15,6 +15,7 @@ use std::time::Duration;
 use bitnet_format::q4::Q4Geometry;
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
+use bitnet_run::kernels::aligned::LineAligned;
 use bitnet_run::kernels::attention::{self, CacheRows};
 use bitnet_run::kernels::float::{self, DenseInput, DenseKind, DenseMatrix, FloatKind};
 use bitnet_run::kernels::{KernelPath, Packing, TernaryMatrix, ternary_matmul};
@@ -102,28 +103,6 @@ fn ternary_kernels(c: &mut Criterion) {
     }
 }
 
-/// One cache line.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// `bytes` copied to start on a cache line, as a model's tensors do (the format aligns them to 64
-/// bytes, and the weights lie page-aligned in memory).
-fn line_aligned(bytes: &[u8]) -> Vec<Line> {
-    let mut lines = vec![Line([0; 64]); bytes.len().div_ceil(64)];
-    for (line, chunk) in lines.iter_mut().zip(bytes.chunks(64)) {
-        line.0[..chunk.len()].copy_from_slice(chunk);
-    }
-    lines
-}
-
-fn as_bytes(lines: &[Line], len: usize) -> &[u8] {
-    assert!(len <= lines.len() * 64);
-    // SAFETY: `Line` is 64 bytes without padding, so the lines are `64 · lines.len()` initialised
-    // bytes, of which the first `len` are borrowed for the lines' lifetime.
-    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), len) }
-}
-
 fn dense_rows(c: &mut Criterion) {
     // 8192 rows of the 2B-4T output matrix (hidden 2560), one token: the generation case (and
     // 2, 4 and 8 tokens for f16 and q4_b32, batched steps).
@@ -164,8 +143,10 @@ fn dense_rows(c: &mut Criterion) {
                 .flat_map(|i| half::f16::from_f32((i % 13) as f32 * 0.01).to_le_bytes())
                 .collect(),
         };
-        let storage = line_aligned(&data);
-        let data = as_bytes(&storage, data.len());
+        // On a cache line, as a model's tensors are (the format aligns them to 64 bytes, and the
+        // weights lie page-aligned in memory).
+        let storage = LineAligned::copy_of(&data);
+        let data = storage.as_slice();
         let w = DenseMatrix {
             data,
             rows,

@@ -8,6 +8,7 @@
 //! which proves the CPU has the instructions.
 
 pub mod activation;
+pub mod aligned;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;

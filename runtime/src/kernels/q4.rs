@@ -13,6 +13,7 @@ use std::ops::Range;
 use bitnet_format::q4::{self, BLOCK_CODE_BYTES, Q4Geometry};
 
 use super::activation::token_groups;
+use super::aligned::LineAligned;
 use super::{Isa, KernelPath};
 
 /// Columns per block.
@@ -64,55 +65,16 @@ pub struct Q4Acts {
     pub q: Vec<i8>,
     /// Per token, one scale per block.
     pub scale: Vec<f32>,
-    /// Per token, the codes as `layout` orders them (empty for `Columns`).
+    /// Per token, the codes as `layout` orders them (empty for `Columns`). This and the lanes'
+    /// corrections and scales start on a cache line, and a token's share of each is whole
+    /// superblocks (at least 256, 32 and 32 bytes), so no vector the kernels load spans two lines
+    /// (a 512-bit load across two costs two, and eight tokens' AVX-512 kernel is bound by these
+    /// loads, BENCHMARKS.md).
     grouped: LineAligned<i8>,
     /// `Superblocks`: per token, per lane, `-8 ·` the sum of the lane's block's codes.
     lane_corr: LineAligned<i32>,
     /// `Superblocks`: per token, per lane, the scale of the lane's block.
     lane_scale: LineAligned<f32>,
-}
-
-/// Plain numbers for which every bit pattern, all zeros included, is a value.
-trait Number: Copy + Default {}
-impl Number for i8 {}
-impl Number for i32 {}
-impl Number for f32 {}
-
-/// One cache line.
-#[derive(Debug, Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// Zero-initialised `T`s that start on a cache line. A token's grouped codes, corrections and
-/// scales are whole superblocks (at least 256, 32 and 32 bytes), so every vector a kernel loads lies
-/// in one line: a 512-bit load across two lines costs two (on Zen 4 the `q4_b32` kernel with eight
-/// tokens is bound by its loads).
-#[derive(Debug, Default)]
-struct LineAligned<T> {
-    lines: Vec<Line>,
-    len: usize,
-    _of: std::marker::PhantomData<T>,
-}
-
-impl<T: Number> LineAligned<T> {
-    fn zeros(len: usize) -> Self {
-        LineAligned {
-            lines: vec![Line([0; 64]); (len * size_of::<T>()).div_ceil(64)],
-            len,
-            _of: std::marker::PhantomData,
-        }
-    }
-
-    fn as_slice(&self) -> &[T] {
-        // SAFETY: the lines hold at least `len · size_of::<T>()` initialised bytes, aligned for any
-        // `T` (64 ≥ its alignment), and every bit pattern is a `T` (`Number`).
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [T] {
-        // SAFETY: as in `as_slice`, borrowed exclusively.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
-    }
 }
 
 impl Q4Acts {
