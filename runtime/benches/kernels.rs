@@ -18,6 +18,7 @@ use bitnet_run::kernels::activation::QuantizedActs;
 use bitnet_run::kernels::aligned::LineAligned;
 use bitnet_run::kernels::attention::{self, CacheRows};
 use bitnet_run::kernels::float::{self, DenseInput, DenseKind, DenseMatrix, FloatKind};
+use bitnet_run::kernels::q4::{self, Q4Tiles};
 use bitnet_run::kernels::{KernelPath, Packing, TernaryMatrix, ternary_matmul};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -185,6 +186,21 @@ fn dense_rows(c: &mut Criterion) {
                         )
                     })
                 });
+                // The same from the tiles a batched step reads, where the path has them.
+                let tiles = match (&input_n, kind) {
+                    (DenseInput::Q4(acts), DenseKind::Q4B32) => {
+                        Q4Tiles::for_path(path, Q4Geometry { rows, cols }, data).map(|t| (t, acts))
+                    }
+                    _ => None,
+                };
+                if let Some((tiles, acts)) = tiles {
+                    let id = BenchmarkId::new(path.name(), format!("{label} tiles x{n}"));
+                    group.bench_function(id, |b| {
+                        b.iter(|| {
+                            q4::matmul_tiles(path, black_box(&tiles), acts, 0..rows, &mut out_n)
+                        })
+                    });
+                }
             }
         }
     }

@@ -6,7 +6,7 @@
 use bitnet_format::q4::{self, Q4Geometry};
 use bitnet_run::kernels::KernelPath;
 use bitnet_run::kernels::float::{self, DenseInput, DenseKind, DenseMatrix};
-use bitnet_run::kernels::q4::Q4Acts;
+use bitnet_run::kernels::q4::{self as kq4, Q4Acts, Q4Tiles};
 use proptest::prelude::*;
 
 /// A `q4_b32` tensor from codes (0..=15, row-major) and per-block scales.
@@ -14,11 +14,11 @@ fn pack(rows: usize, cols: usize, codes: &[u8], scales: &[f32]) -> Vec<u8> {
     q4::encode(Q4Geometry { rows, cols }, scales, codes)
 }
 
-/// Up to 9 rows, 40 blocks and 11 tokens: partial passes of rows, up to two whole superblocks and a
-/// partial one, and several register blocks of tokens (4 on AVX2, 8 on AVX-512 and NEON) with a
-/// remainder.
+/// Up to 39 rows, 40 blocks and 11 tokens: partial passes of rows, up to two whole tiles of 16 rows
+/// and a partial one, up to two whole superblocks and a partial one, and several register blocks
+/// of tokens (4 on AVX2, 8 on AVX-512 and NEON) with a remainder.
 fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<u8>, Vec<f32>, Vec<f32>)> {
-    (1usize..10, 1usize..41, 1usize..12).prop_flat_map(|(rows, blocks, tokens)| {
+    (1usize..40, 1usize..41, 1usize..12).prop_flat_map(|(rows, blocks, tokens)| {
         let cols = 32 * blocks;
         (
             Just(rows),
@@ -73,6 +73,22 @@ fn check(rows: usize, cols: usize, codes: &[u8], scales: &[f32], x: &[f32]) {
             let mut part = vec![0.0f32; (rows - 1) * tokens];
             float::matmul(path, &m, &DenseInput::new(path, &m, x), 1..rows, &mut part);
             assert_eq!(part, out[tokens..], "{path:?} rows 1..{rows}");
+        }
+        // The tile kernel gives the row kernel's values bit for bit, also from inside a tile.
+        if let (Some(tiles), DenseInput::Q4(acts)) = (
+            Q4Tiles::for_path(path, g, &data),
+            DenseInput::new(path, &m, x),
+        ) {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for start in [0, rows / 2, rows - 1] {
+                let mut tiled = vec![0.0f32; (rows - start) * tokens];
+                kq4::matmul_tiles(path, &tiles, &acts, start..rows, &mut tiled);
+                assert_eq!(
+                    bits(&tiled),
+                    bits(&out[start * tokens..]),
+                    "{path:?} tiles, rows {start}..{rows}"
+                );
+            }
         }
     }
 }

@@ -510,5 +510,148 @@ super::avx2::q4_kernel!(
         }
         _mm512_add_epi32(low, high)
     },
-    _mm512_reduce_add_ps
+    hsum16
 );
+
+/// The sum of 16 lanes by halves: `v[i] + v[i + 8]`, then `+ 4`, `+ 2` and `+ 1` apart, the
+/// association that [`q4_tiles`] repeats on whole vectors.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum16(v: __m512) -> f32 {
+    let h8 = _mm512_castps512_ps256(_mm512_add_ps(
+        v,
+        _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v),
+    ));
+    let h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps::<1>(h8));
+    let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps::<1>(h2, h2)))
+}
+
+/// Tokens per register block of [`q4_tiles`]: eight unpacked code vectors, the scales and two
+/// vectors per token fill most of the 32 zmm registers.
+const Q4_TILE_TOKENS: usize = 8;
+
+/// See [`super::q4::matmul_tiles`]: per tile of 16 rows and register block of up to eight
+/// tokens, each block's codes unpacked once into eight vectors (16 rows × 4 columns each), which
+/// `vpdpbusd` multiplies by each token's broadcast activation quads. Lane sums and their f32
+/// scaling as in the row kernel ([`q4_rows`]), lane by lane ([`super::q4::Q4Tiles::order`]).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI; `acts` must be quantized for this path with
+/// `acts.cols == tiles.geometry.cols`, `rows.end <= tiles.geometry.rows` and
+/// `out.len() == rows.len() · acts.tokens`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn q4_tiles(
+    tiles: &super::q4::Q4Tiles,
+    acts: &super::q4::Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    use super::q4::Q4Tiles;
+    debug_assert!(out.len() == rows.len() * acts.tokens && rows.end <= tiles.geometry.rows);
+    let order: Vec<(usize, usize)> = tiles.order().collect();
+    let mut sums = [0.0f32; Q4Tiles::ROWS * Q4_TILE_TOKENS];
+    for tile in rows.start / Q4Tiles::ROWS..rows.end.div_ceil(Q4Tiles::ROWS) {
+        for (t0, m) in token_groups(acts.tokens, Q4_TILE_TOKENS) {
+            let sums = &mut sums[..Q4Tiles::ROWS * m];
+            // SAFETY: same features; the tokens exist and `sums` holds `16 · m` values.
+            unsafe {
+                match m {
+                    Q4_TILE_TOKENS => {
+                        q4_tile::<Q4_TILE_TOKENS>(tiles, &order, tile, acts, t0, sums)
+                    }
+                    4 => q4_tile::<4>(tiles, &order, tile, acts, t0, sums),
+                    2 => q4_tile::<2>(tiles, &order, tile, acts, t0, sums),
+                    _ => q4_tile::<1>(tiles, &order, tile, acts, t0, sums),
+                }
+            }
+            for r in 0..Q4Tiles::ROWS {
+                let row = tile * Q4Tiles::ROWS + r;
+                if rows.contains(&row) {
+                    for i in 0..m {
+                        out[(row - rows.start) * acts.tokens + t0 + i] =
+                            sums[i * Q4Tiles::ROWS + r];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One tile against tokens `t0 .. t0 + M`: `sums[16 m + r]` is row `r`'s product with token
+/// `t0 + m`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_tile<const M: usize>(
+    tiles: &super::q4::Q4Tiles,
+    order: &[(usize, usize)],
+    tile: usize,
+    acts: &super::q4::Q4Acts,
+    t0: usize,
+    sums: &mut [f32],
+) {
+    use super::q4::BLOCK;
+    let nibble = _mm512_set1_epi8(0x0f);
+    let q: [*const i8; M] = std::array::from_fn(|m| acts.row(t0 + m).as_ptr());
+    let lanes: [_; M] = std::array::from_fn(|m| acts.lanes(t0 + m));
+    // Per token, one f32 sum per lane of the row kernel's superblocks, of which `acc` is the
+    // current lane's.
+    let lane_count = acts.layout.superblock_blocks();
+    let mut parts = [[_mm512_setzero_ps(); 16]; M];
+    let mut acc = [_mm512_setzero_ps(); M];
+    let mut lane = 0;
+    for (e, &(l, b)) in order.iter().enumerate() {
+        let p = l % lane_count;
+        if p != lane {
+            for m in 0..M {
+                parts[m][lane] = acc[m];
+                acc[m] = _mm512_setzero_ps();
+            }
+            lane = p;
+        }
+        tiles.prefetch(tile, e);
+        let (codes, scales) = tiles.entry(tile, e);
+        // SAFETY: an entry holds four 64-byte code vectors and 16 f16 scales.
+        let (v, dw) = unsafe {
+            (
+                [0, 1, 2, 3].map(|i| _mm512_loadu_si512(codes.as_ptr().add(64 * i).cast())),
+                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().cast())),
+            )
+        };
+        let lo = v.map(|v| _mm512_and_si512(v, nibble));
+        let hi = v.map(|v| _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble));
+        for m in 0..M {
+            // SAFETY: token `t0 + m` has `cols` codes, 32 of them in block `b`, and lane `l` a
+            // correction and a scale.
+            let (a, corr, da) = unsafe {
+                (
+                    q[m].add(b * BLOCK).cast::<i32>(),
+                    *lanes[m].0.get_unchecked(l),
+                    *lanes[m].1.get_unchecked(l),
+                )
+            };
+            // SAFETY: quad `i < 8` of the block's 32 codes.
+            let quad = |i: usize| _mm512_set1_epi32(unsafe { a.add(i).read_unaligned() });
+            // Two chains, as the row kernel's.
+            let (mut low, mut high) = (_mm512_set1_epi32(corr), _mm512_setzero_si512());
+            for i in 0..4 {
+                low = _mm512_dpbusd_epi32(low, lo[i], quad(i));
+                high = _mm512_dpbusd_epi32(high, hi[i], quad(4 + i));
+            }
+            let dot = _mm512_add_epi32(low, high);
+            acc[m] = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(dot),
+                _mm512_mul_ps(dw, _mm512_set1_ps(da)),
+                acc[m],
+            );
+        }
+    }
+    for m in 0..M {
+        parts[m][lane] = acc[m];
+        // `hsum16`'s association, on 16 rows at once.
+        let h8: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(parts[m][i], parts[m][i + 8]));
+        let h4: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h8[i], h8[i + 4]));
+        let total = _mm512_add_ps(_mm512_add_ps(h4[0], h4[2]), _mm512_add_ps(h4[1], h4[3]));
+        // SAFETY: `sums` holds `16 · M` values.
+        unsafe { _mm512_storeu_ps(sums.as_mut_ptr().add(16 * m), total) };
+    }
+}

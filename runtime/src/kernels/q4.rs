@@ -179,6 +179,115 @@ impl Q4Acts {
     }
 }
 
+/// A `q4_b32` matrix rearranged for the x86 kernels that take several tokens at once with a
+/// matrix's rows in a vector's lanes (so each token's activation quads are broadcast, and the
+/// weights, unpacked once, serve every token of a register block; about twice the row kernels'
+/// rate with eight tokens on AVX-512, BENCHMARKS.md). A copy in memory, made from the file's rows
+/// the first time a model needs it ([`Q4Tiles::for_path`]).
+///
+/// Tiles of [`Q4Tiles::ROWS`] rows; within a tile, one entry per block, in the order of
+/// [`Q4Tiles::order`]: 256 code bytes (four vectors; vector `i` holds in 32-bit lane `r` row `r`'s
+/// code bytes `4i .. 4i + 4` of the block, so its low nibbles are columns `4i ..` and its high
+/// nibbles columns `16 + 4i ..`) and 16 f16 scales, one per row. Rows past the matrix's end have
+/// zero codes and scales.
+#[derive(Debug)]
+pub struct Q4Tiles {
+    pub geometry: Q4Geometry,
+    /// The row kernels' superblock order, which the tile kernels keep (see [`Q4Tiles::order`]).
+    pub layout: Q4Layout,
+    codes: LineAligned<u8>,
+    scales: LineAligned<u8>,
+}
+
+impl Q4Tiles {
+    /// Rows per tile: one per 32-bit lane of a 512-bit vector.
+    pub const ROWS: usize = 16;
+
+    /// The tiles of a `q4_b32` tensor (`data`, geometry `g`) for `path`, if its instruction set has
+    /// a tile kernel.
+    pub fn for_path(path: KernelPath, g: Q4Geometry, data: &[u8]) -> Option<Self> {
+        if path.isa() != Isa::Avx512 {
+            return None;
+        }
+        let layout = Q4Layout::of(path);
+        let tiles = g.rows.div_ceil(Self::ROWS);
+        let blocks = g.blocks();
+        let mut codes = LineAligned::zeros(tiles * blocks * 16 * BLOCK_CODE_BYTES);
+        let mut scales = LineAligned::zeros(tiles * blocks * 2 * Self::ROWS);
+        let (c, sc) = (codes.as_mut_slice(), scales.as_mut_slice());
+        let order: Vec<_> = Self::order_of(layout, blocks).collect();
+        for tile in 0..tiles {
+            let rows = tile * Self::ROWS..((tile + 1) * Self::ROWS).min(g.rows);
+            for (e, &(_, b)) in order.iter().enumerate() {
+                let entry = tile * blocks + e;
+                let c = &mut c[entry * 16 * BLOCK_CODE_BYTES..][..16 * BLOCK_CODE_BYTES];
+                let sc = &mut sc[entry * 2 * Self::ROWS..][..2 * Self::ROWS];
+                for (r, row) in rows.clone().enumerate() {
+                    let src = &data[g.block_codes_offset(row, b)..][..BLOCK_CODE_BYTES];
+                    for i in 0..4 {
+                        c[(i * Self::ROWS + r) * 4..][..4].copy_from_slice(&src[4 * i..][..4]);
+                    }
+                    sc[2 * r..2 * r + 2].copy_from_slice(&data[g.scale_offset(row, b)..][..2]);
+                }
+            }
+        }
+        Some(Q4Tiles {
+            geometry: g,
+            layout,
+            codes,
+            scales,
+        })
+    }
+
+    /// The order of a tile's blocks, as `(lane, block)`: lane by lane of the row kernels'
+    /// superblocks, and within a lane its blocks superblock by superblock. The row kernel adds
+    /// each lane's blocks into its own f32 sum in that order and then sums its lanes; a tile
+    /// kernel that keeps one sum per lane in this order computes every row's product with the
+    /// same operations, so it is bit-identical to the row kernel.
+    pub fn order(&self) -> impl Iterator<Item = (usize, usize)> {
+        Self::order_of(self.layout, self.geometry.blocks())
+    }
+
+    fn order_of(layout: Q4Layout, blocks: usize) -> impl Iterator<Item = (usize, usize)> {
+        let s = layout.superblock_blocks();
+        let chunks = s / 4;
+        (0..s).flat_map(move |p| {
+            (0..blocks.div_ceil(s))
+                .map(move |sb| (sb * s + p, sb * s + chunks * (p % 4) + p / 4))
+                .filter(move |&(_, b)| b < blocks)
+        })
+    }
+
+    /// The 256 code bytes and 32 scale bytes of entry `e` of tile `tile`.
+    #[inline]
+    pub(super) fn entry(&self, tile: usize, e: usize) -> (&[u8], &[u8]) {
+        let entry = tile * self.geometry.blocks() + e;
+        (
+            &self.codes.as_slice()[entry * 16 * BLOCK_CODE_BYTES..][..16 * BLOCK_CODE_BYTES],
+            &self.scales.as_slice()[entry * 2 * Self::ROWS..][..2 * Self::ROWS],
+        )
+    }
+
+    /// Ask for the lines a little after entry `e` of tile `tile` (both streams).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) fn prefetch(&self, tile: usize, e: usize) {
+        let entry = tile * self.geometry.blocks() + e;
+        for line in 0..4 {
+            super::prefetch(
+                self.codes.as_slice(),
+                entry * 16 * BLOCK_CODE_BYTES + 64 * line,
+            );
+        }
+        super::prefetch(self.scales.as_slice(), entry * 2 * Self::ROWS);
+    }
+
+    /// Bytes held.
+    pub fn byte_len(&self) -> usize {
+        self.codes.as_slice().len() + self.scales.as_slice().len()
+    }
+}
+
 /// Room for a superblock of up to 16 blocks that runs past the end of a row.
 #[cfg(target_arch = "x86_64")]
 pub(super) struct SuperblockPad {
@@ -327,6 +436,29 @@ pub fn matmul(
                 }
             }
         }
+    }
+}
+
+/// [`matmul`] from the tiles of the same matrix, for two tokens or more: the same values, bit for
+/// bit, as `matmul` on `tiles.layout`'s path.
+pub fn matmul_tiles(
+    path: KernelPath,
+    tiles: &Q4Tiles,
+    acts: &Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    let g = tiles.geometry;
+    assert_eq!(acts.cols, g.cols);
+    assert_eq!(out.len(), rows.len() * acts.tokens);
+    assert!(rows.end <= g.rows);
+    assert_eq!(acts.layout, tiles.layout, "activations for the tiles' path");
+    match path.isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512
+        // F/BW/VL/VNNI; the lengths were asserted above.
+        Isa::Avx512 => unsafe { super::avx512::q4_tiles(tiles, acts, rows, out) },
+        _ => panic!("no q4 tile kernel on the {} path", path.name()),
     }
 }
 

@@ -4,6 +4,7 @@
 //! runs per sequence (continuous batching's step).
 
 use crate::kernels::activation::QuantizedActs;
+use crate::kernels::q4::{self, Q4Tiles};
 use crate::kernels::{TernaryMatrix, attention as attn, float, ternary_matmul};
 
 use super::kv_cache::{KvCache, KvTypes};
@@ -236,11 +237,26 @@ impl<'m> Runner<'m> {
         let mut logits = vec![0.0f32; tokens * m.rows];
         let dst = SharedOut(logits.as_mut_ptr());
         let x = float::DenseInput::new(model.path, &m, x);
-        let chunk = m.rows.div_ceil(8 * model.threads()).max(1);
+        let tiles = match &x {
+            float::DenseInput::Q4(acts) if tokens > 1 => w
+                .q4_tiles(model.path, model.bytes())
+                .map(|tiles| (tiles, acts)),
+            _ => None,
+        };
+        let mut chunk = m.rows.div_ceil(8 * model.threads()).max(1);
+        if tiles.is_some() {
+            // Whole tiles per task.
+            chunk = chunk.next_multiple_of(Q4Tiles::ROWS);
+        }
         model.pool.for_each(m.rows.div_ceil(chunk), &|i| {
             let rows = i * chunk..((i + 1) * chunk).min(m.rows);
             let mut by_row = vec![0.0f32; rows.len() * tokens];
-            float::matmul(model.path, &m, &x, rows.clone(), &mut by_row);
+            match tiles {
+                Some((tiles, acts)) => {
+                    q4::matmul_tiles(model.path, tiles, acts, rows.clone(), &mut by_row)
+                }
+                None => float::matmul(model.path, &m, &x, rows.clone(), &mut by_row),
+            }
             for (k, r) in rows.enumerate() {
                 for t in 0..tokens {
                     // SAFETY: row `r` of every token is written by this task only, within the buffer.

@@ -3,6 +3,7 @@
 //! not read are repacked.
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use bitnet_format::names::{self, LayerTensor};
 use bitnet_format::{
@@ -11,7 +12,10 @@ use bitnet_format::{
 };
 
 use crate::kernels::KernelPath;
+use bitnet_format::q4::Q4Geometry;
+
 use crate::kernels::float::{DenseKind, DenseMatrix, FloatKind};
+use crate::kernels::q4::Q4Tiles;
 use crate::kernels::{Packing, TernaryMatrix};
 
 use super::ModelError;
@@ -95,16 +99,36 @@ impl TernaryWeight {
     }
 }
 
-/// A dense matrix (embedding or output), always read from the file.
+/// A dense matrix (embedding or output), read from the file; a `q4_b32` one may also get a copy
+/// rearranged for batched products ([`DenseWeight::q4_tiles`]).
 #[derive(Debug)]
 pub struct DenseWeight {
     range: Range<usize>,
     pub rows: usize,
     pub cols: usize,
     pub kind: DenseKind,
+    tiles: OnceLock<Option<Q4Tiles>>,
 }
 
 impl DenseWeight {
+    /// The matrix's [`Q4Tiles`] for `path`, made the first time they are asked for; `None` if it is
+    /// not `q4_b32` or the path has no tile kernel. They cost as much memory as the tensor itself,
+    /// so only products of several tokens ask for them (one token reads the file's rows as fast).
+    pub fn q4_tiles(&self, path: KernelPath, file: &[u8]) -> Option<&Q4Tiles> {
+        if self.kind != DenseKind::Q4B32 {
+            return None;
+        }
+        self.tiles
+            .get_or_init(|| {
+                let g = Q4Geometry {
+                    rows: self.rows,
+                    cols: self.cols,
+                };
+                Q4Tiles::for_path(path, g, &file[self.range.clone()])
+            })
+            .as_ref()
+    }
+
     pub fn matrix<'a>(&self, file: &'a [u8]) -> DenseMatrix<'a> {
         DenseMatrix {
             data: &file[self.range.clone()],
@@ -215,6 +239,7 @@ impl Binder<'_> {
             rows,
             cols,
             kind,
+            tiles: OnceLock::new(),
         })
     }
 
