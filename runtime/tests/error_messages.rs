@@ -169,6 +169,7 @@ fn every_variant_prints_each_clause_once() {
         mapped: 20 << 30,
         repacked: 0,
         repacked_tensors: 0,
+        batch_copy: 0,
         kv_cache: 1 << 30,
         positions: 4096,
         slots: 8,

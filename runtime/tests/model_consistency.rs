@@ -288,6 +288,39 @@ fn a_batch_of_sequences_gives_each_the_logits_it_gets_alone() {
     batch_against_alone(&relu2_model(dir.path(), 22, Encoding::Q4B32), true);
 }
 
+/// Batched products of a `q4_b32` output matrix read a copy of it in tiles on a path that has a
+/// tile kernel; a server's memory check counts that copy once it has several slots.
+#[test]
+fn the_memory_check_counts_the_q4_copy_for_batches() {
+    use bitnet_run::kernels::q4::Q4Tiles;
+    use bitnet_run::model::memory::MemoryNeed;
+    let dir = tempfile::tempdir().unwrap();
+    for embd in [Encoding::Q4B32, Encoding::F16] {
+        let path = relu2_model(dir.path(), 23, embd);
+        let file = open(&path);
+        // Tied: the embedding table is the output matrix.
+        let output = file.index().get("token_embd").unwrap().length;
+        for kernel in KernelPath::available() {
+            let one = MemoryNeed::of(&file, kernel, 64, KvTypes::default());
+            let copy = if embd == Encoding::Q4B32 && Q4Tiles::supported(kernel) {
+                output
+            } else {
+                0
+            };
+            assert_eq!(one.with_slots(&file, kernel, 1).batch_copy, 0);
+            let four = one.with_slots(&file, kernel, 4);
+            assert_eq!(four.batch_copy, copy, "{kernel:?} {embd:?}");
+            assert_eq!(four.total(), one.tensors() + copy + 4 * one.kv_cache);
+            assert_eq!(
+                four.describe().contains("copied for batches"),
+                copy > 0,
+                "{}",
+                four.describe()
+            );
+        }
+    }
+}
+
 fn batch_against_alone(path: &std::path::Path, exact: bool) {
     use bitnet_run::model::{KvCache, Runner, SeqStep};
     let prompts: [&[u32]; 4] = [&[3, 17, 42], &[5], &[9, 9, 8, 7, 6, 1, 2], &[30, 31]];

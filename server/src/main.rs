@@ -169,7 +169,7 @@ fn load(args: &Args) -> Result<Loaded> {
     let slots = args.parallel as usize;
     let cache = args.cache.types();
     // Every slot's cache may fill to the context.
-    let need = MemoryNeed::of(&file, path, ctx, cache).with_slots(slots);
+    let need = MemoryNeed::of(&file, path, ctx, cache).with_slots(&file, path, slots);
     if !args.placement.no_memory_check {
         let smaller = "lower -c (positions per slot) or -np (slots), which the KV caches hold";
         if let Some(warning) = memory::check_system(&name, &need, smaller)? {

@@ -151,7 +151,11 @@ pub fn run(args: BatchedBenchArgs) -> Result<()> {
         );
     }
     let cache = args.cache.types();
-    let need = MemoryNeed::of(&file, path, positions, cache).with_slots(longest(&args.parallel));
+    let need = MemoryNeed::of(&file, path, positions, cache).with_slots(
+        &file,
+        path,
+        longest(&args.parallel),
+    );
     if !args.placement.no_memory_check {
         super::check_memory(
             &name,

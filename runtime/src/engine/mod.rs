@@ -293,6 +293,9 @@ impl Engine {
         if config.slots == 0 || config.ctx < 2 {
             return Err(EngineError::Config);
         }
+        if config.slots > 1 {
+            model.prepare_for_batches();
+        }
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let vocab = model.config.vocab_size;

@@ -206,7 +206,7 @@ impl Q4Tiles {
     /// The tiles of a `q4_b32` tensor (`data`, geometry `g`) for `path`, if its instruction set has
     /// a tile kernel.
     pub fn for_path(path: KernelPath, g: Q4Geometry, data: &[u8]) -> Option<Self> {
-        if path.isa() != Isa::Avx512 {
+        if !Self::supported(path) {
             return None;
         }
         let layout = Q4Layout::of(path);
@@ -237,6 +237,11 @@ impl Q4Tiles {
             codes,
             scales,
         })
+    }
+
+    /// Whether `path` has a tile kernel.
+    pub fn supported(path: KernelPath) -> bool {
+        path.isa() == Isa::Avx512
     }
 
     /// The order of a tile's blocks, as `(lane, block)`: lane by lane of the row kernels'

@@ -227,11 +227,7 @@ impl<'m> Runner<'m> {
     /// Logits of each row of `x`, rows of the output matrix split across threads.
     fn output(&self, x: &[f32]) -> Vec<f32> {
         let model = self.model;
-        let w = model
-            .weights
-            .output
-            .as_ref()
-            .unwrap_or(&model.weights.token_embd);
+        let w = model.output_matrix();
         let m = w.matrix(model.bytes());
         let tokens = x.len() / m.cols;
         let mut logits = vec![0.0f32; tokens * m.rows];

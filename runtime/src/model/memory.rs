@@ -5,11 +5,12 @@
 //! minutes per token and the whole machine thrashes. So `bitnet-run` and `bitnet-serve` compare what
 //! the model needs with what the system has before loading, and refuse (or warn when it is close).
 
-use bitnet_format::{BitnetFile, Encoding};
+use bitnet_format::{BitnetFile, Encoding, names};
 
 use super::KvTypes;
 use super::weights;
 use crate::kernels::KernelPath;
+use crate::kernels::q4::Q4Tiles;
 
 /// Environment variable that replaces `MemAvailable` (in bytes); for tests, which need a machine of
 /// a known size.
@@ -33,6 +34,10 @@ pub struct MemoryNeed {
     pub repacked: u64,
     /// How many tensors are repacked.
     pub repacked_tensors: usize,
+    /// Bytes of the copy of a `q4_b32` output matrix rearranged for products of several tokens
+    /// at once ([`Q4Tiles`]), on a path that has such a kernel: counted only with several slots
+    /// ([`MemoryNeed::with_slots`]), since one sequence's generation never makes it.
+    pub batch_copy: u64,
     /// Bytes of the KV caches: `slots` sequences of `positions` positions each.
     pub kv_cache: u64,
     pub positions: usize,
@@ -49,6 +54,7 @@ impl MemoryNeed {
             mapped: 0,
             repacked: 0,
             repacked_tensors: 0,
+            batch_copy: 0,
             kv_cache: kv_types
                 .bytes_per_position(&file.header().model)
                 .saturating_mul(positions as u64),
@@ -70,18 +76,29 @@ impl MemoryNeed {
         need
     }
 
-    /// The same with `slots` sequences, each with a KV cache of its own (a server's slots).
-    pub fn with_slots(self, slots: usize) -> Self {
+    /// The same with `slots` sequences, each with a KV cache of its own (a server's slots), and
+    /// with more than one, the output matrix's [`MemoryNeed::batch_copy`] for `file` on `path`.
+    pub fn with_slots(self, file: &BitnetFile, path: KernelPath, slots: usize) -> Self {
+        let output = file.index().get(names::OUTPUT);
+        let batch_copy = match output.or_else(|| file.index().get(names::TOKEN_EMBD)) {
+            Some(t) if slots > 1 && t.encoding == Encoding::Q4B32 && Q4Tiles::supported(path) => {
+                t.length
+            }
+            _ => 0,
+        };
         MemoryNeed {
             kv_cache: self.kv_cache.saturating_mul(slots as u64),
             slots,
+            batch_copy,
             ..self
         }
     }
 
-    /// Bytes of its tensors, mapped or repacked.
+    /// Bytes of its tensors, mapped or repacked, and their copies.
     pub fn tensors(&self) -> u64 {
-        self.mapped.saturating_add(self.repacked)
+        self.mapped
+            .saturating_add(self.repacked)
+            .saturating_add(self.batch_copy)
     }
 
     /// Every byte of it.
@@ -111,12 +128,17 @@ impl MemoryNeed {
         } else {
             String::new()
         };
+        let copy = if self.batch_copy > 0 {
+            format!(" + {} copied for batches", gib(self.batch_copy))
+        } else {
+            String::new()
+        };
         let positions = match self.slots {
             1 => format!("{} positions", self.positions),
             n => format!("{n} slots of {} positions", self.positions),
         };
         format!(
-            "{} of memory (tensors {} mapped{repacked}, KV cache {} for {positions} in {types})",
+            "{} of memory (tensors {} mapped{repacked}{copy}, KV cache {} for {positions} in {types})",
             gib(self.total()),
             gib(self.mapped),
             gib(self.kv_cache),
@@ -300,6 +322,7 @@ mod tests {
             mapped,
             repacked,
             repacked_tensors: usize::from(repacked > 0),
+            batch_copy: 0,
             kv_cache,
             positions: 2048,
             slots: 1,
@@ -333,7 +356,12 @@ mod tests {
 
     #[test]
     fn slots_multiply_the_kv_cache_and_are_named() {
-        let n = need(G, 0, G / 2).with_slots(8);
+        let golden = BitnetFile::open(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/format/golden.bitnet"
+        ))
+        .unwrap();
+        let n = need(G, 0, G / 2).with_slots(&golden, KernelPath::SCALAR, 8);
         assert_eq!(n.total(), 5 * G);
         let text = check("s.bitnet", &n, 4 * G, "lower -c or -np")
             .unwrap_err()

@@ -109,6 +109,21 @@ impl Model {
         self.pool.threads()
     }
 
+    /// The output matrix: `output`, or the embedding table when they are tied.
+    pub fn output_matrix(&self) -> &weights::DenseWeight {
+        self.weights
+            .output
+            .as_ref()
+            .unwrap_or(&self.weights.token_embd)
+    }
+
+    /// Make now what products of several tokens at once read, rather than in the first step that
+    /// needs it: the output matrix's [`crate::kernels::q4::Q4Tiles`], if it is `q4_b32` and this
+    /// path has a tile kernel.
+    pub fn prepare_for_batches(&self) {
+        self.output_matrix().q4_tiles(self.path, self.bytes());
+    }
+
     /// The file's bytes, which weights index into.
     fn bytes(&self) -> &[u8] {
         self.file.bytes()
