@@ -6,7 +6,9 @@
 //! The x86 kernels work on superblocks of 8 (AVX2) or 16 (AVX-512) blocks, one block per 32-bit
 //! lane: each lane's integer sum is a whole block's dot product, so the float scaling runs once per
 //! block and token instead of once per four columns. [`Q4Acts`] holds the activations in the order
-//! of its path's kernel ([`Q4Layout`]).
+//! of its path's kernel ([`Q4Layout`]). Products of several tokens on AVX-512 read a copy of the
+//! matrix with its rows in the vectors' lanes instead ([`Q4Tiles`], [`matmul_tiles`]), with the
+//! same f32 operations as the row kernel.
 
 use std::ops::Range;
 
