@@ -266,6 +266,7 @@ impl Q4Tiles {
     }
 
     /// The 256 code bytes and 32 scale bytes of entry `e` of tile `tile`.
+    #[cfg(target_arch = "x86_64")]
     #[inline]
     pub(super) fn entry(&self, tile: usize, e: usize) -> (&[u8], &[u8]) {
         let entry = tile * self.geometry.blocks() + e;
