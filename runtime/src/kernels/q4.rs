@@ -183,7 +183,7 @@ impl Q4Acts {
 
 /// A `q4_b32` matrix rearranged for the x86 kernels that take several tokens at once with a
 /// matrix's rows in a vector's lanes (so each token's activation quads are broadcast, and the
-/// weights, unpacked once, serve every token of a register block; about twice the row kernels'
+/// weights, unpacked once, serve every token of a register block: 1.4–1.8 times the row kernel's
 /// rate with eight tokens on AVX-512, BENCHMARKS.md). A copy in memory, made from the file's rows
 /// the first time a model needs it ([`Q4Tiles::for_path`]).
 ///
@@ -288,11 +288,6 @@ impl Q4Tiles {
             );
         }
         super::prefetch(self.scales.as_slice(), entry * 2 * Self::ROWS);
-    }
-
-    /// Bytes held.
-    pub fn byte_len(&self) -> usize {
-        self.codes.as_slice().len() + self.scales.as_slice().len()
     }
 }
 

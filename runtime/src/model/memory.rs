@@ -36,7 +36,8 @@ pub struct MemoryNeed {
     pub repacked_tensors: usize,
     /// Bytes of the copy of a `q4_b32` output matrix rearranged for products of several tokens
     /// at once ([`Q4Tiles`]), on a path that has such a kernel: counted only with several slots
-    /// ([`MemoryNeed::with_slots`]), since one sequence's generation never makes it.
+    /// ([`MemoryNeed::with_slots`]). One sequence makes it only to take the logits of every
+    /// position of a prompt (`perplexity`, `logits`), which is not counted.
     pub batch_copy: u64,
     /// Bytes of the KV caches: `slots` sequences of `positions` positions each.
     pub kv_cache: u64,
