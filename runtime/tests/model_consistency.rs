@@ -289,7 +289,7 @@ fn a_batch_of_sequences_gives_each_the_logits_it_gets_alone() {
 }
 
 /// Batched products of a `q4_b32` output matrix read a copy of it in tiles on a path that has a
-/// tile kernel; a server's memory check counts that copy once it has several slots.
+/// tile kernel; a server's memory check counts that copy once it has slots enough to use it.
 #[test]
 fn the_memory_check_counts_the_q4_copy_for_batches() {
     use bitnet_run::kernels::q4::Q4Tiles;
@@ -302,21 +302,25 @@ fn the_memory_check_counts_the_q4_copy_for_batches() {
         let output = file.index().get("token_embd").unwrap().length;
         for kernel in KernelPath::available() {
             let one = MemoryNeed::of(&file, kernel, 64, KvTypes::default());
-            let copy = if embd == Encoding::Q4B32 && Q4Tiles::supported(kernel) {
-                output
-            } else {
-                0
-            };
             assert_eq!(one.with_slots(&file, kernel, 1).batch_copy, 0);
-            let four = one.with_slots(&file, kernel, 4);
-            assert_eq!(four.batch_copy, copy, "{kernel:?} {embd:?}");
-            assert_eq!(four.total(), one.tensors() + copy + 4 * one.kv_cache);
-            assert_eq!(
-                four.describe().contains("copied for batches"),
-                copy > 0,
-                "{}",
-                four.describe()
-            );
+            for slots in 2..=8 {
+                let copy = match Q4Tiles::min_tokens(kernel) {
+                    Some(n) if embd == Encoding::Q4B32 && slots >= n => output,
+                    _ => 0,
+                };
+                let need = one.with_slots(&file, kernel, slots);
+                assert_eq!(need.batch_copy, copy, "{kernel:?} {embd:?} {slots}");
+                assert_eq!(
+                    need.total(),
+                    one.tensors() + copy + slots as u64 * one.kv_cache
+                );
+                assert_eq!(
+                    need.describe().contains("copied for batches"),
+                    copy > 0,
+                    "{}",
+                    need.describe()
+                );
+            }
         }
     }
 }

@@ -293,9 +293,7 @@ impl Engine {
         if config.slots == 0 || config.ctx < 2 {
             return Err(EngineError::Config);
         }
-        if config.slots > 1 {
-            model.prepare_for_batches();
-        }
+        model.prepare_for_batches(config.slots);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let vocab = model.config.vocab_size;

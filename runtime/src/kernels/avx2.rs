@@ -984,6 +984,151 @@ q4_kernel!(
     hsum
 );
 
+/// Tokens per register block of [`q4_tiles`]: eight unpacked code vectors, the scales, four f32
+/// sums and three temporaries take the 16 ymm registers.
+const Q4_TILE_TOKENS: usize = 4;
+
+/// See [`super::q4::matmul_tiles`]: each 16-row tile as two halves of 8 rows, each block's codes
+/// unpacked once into eight vectors (8 rows × 4 columns each) for a register block of up to four
+/// tokens, which `vpmaddubsw` multiplies by each token's broadcast activation quads (the eight
+/// products add up in i16 within ±30480, as in [`q4_rows`]). Lane sums and their f32 scaling as
+/// in the row kernel, lane by lane ([`super::q4::Q4Tiles::order`]).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `acts` must be quantized for this path with
+/// `acts.cols == tiles.geometry.cols`, `rows.end <= tiles.geometry.rows` and
+/// `out.len() == rows.len() · acts.tokens`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_tiles(
+    tiles: &super::q4::Q4Tiles,
+    acts: &super::q4::Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    use super::activation::token_groups;
+    use super::q4::Q4Tiles;
+    debug_assert!(out.len() == rows.len() * acts.tokens && rows.end <= tiles.geometry.rows);
+    // With each lane's place in its superblock, so that the kernel need not divide.
+    let s = tiles.layout.superblock_blocks();
+    let order: Vec<[usize; 3]> = tiles.order().map(|(l, b)| [l % s, l, b]).collect();
+    let mut sums = [0.0f32; Q4Tiles::ROWS * Q4_TILE_TOKENS];
+    for tile in rows.start / Q4Tiles::ROWS..rows.end.div_ceil(Q4Tiles::ROWS) {
+        for (t0, m) in token_groups(acts.tokens, Q4_TILE_TOKENS) {
+            let sums = &mut sums[..Q4Tiles::ROWS * m];
+            for half in 0..2 {
+                // SAFETY: same features; the tokens exist and `sums` holds `16 · m` values.
+                unsafe {
+                    match m {
+                        Q4_TILE_TOKENS => q4_tile_half::<Q4_TILE_TOKENS>(
+                            tiles, &order, tile, half, acts, t0, sums,
+                        ),
+                        2 => q4_tile_half::<2>(tiles, &order, tile, half, acts, t0, sums),
+                        _ => q4_tile_half::<1>(tiles, &order, tile, half, acts, t0, sums),
+                    }
+                }
+            }
+            for r in 0..Q4Tiles::ROWS {
+                let row = tile * Q4Tiles::ROWS + r;
+                if rows.contains(&row) {
+                    for i in 0..m {
+                        out[(row - rows.start) * acts.tokens + t0 + i] =
+                            sums[i * Q4Tiles::ROWS + r];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows `8 · half ..` of a tile against tokens `t0 .. t0 + M`: `sums[16 m + 8 · half + r]` is
+/// row `8 · half + r`'s product with token `t0 + m`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_tile_half<const M: usize>(
+    tiles: &super::q4::Q4Tiles,
+    order: &[[usize; 3]],
+    tile: usize,
+    half: usize,
+    acts: &super::q4::Q4Acts,
+    t0: usize,
+    sums: &mut [f32],
+) {
+    use super::q4::BLOCK;
+    let nibble = _mm256_set1_epi8(0x0f);
+    let q: [*const i8; M] = std::array::from_fn(|m| acts.row(t0 + m).as_ptr());
+    let lanes: [_; M] = std::array::from_fn(|m| acts.lanes(t0 + m));
+    // Per token, one f32 sum per lane of the row kernel's superblocks, of which `acc` is the
+    // current lane's.
+    let mut parts = [[_mm256_setzero_ps(); 8]; M];
+    let mut acc = [_mm256_setzero_ps(); M];
+    let mut lane = 0;
+    for (e, &[p, l, b]) in order.iter().enumerate() {
+        if p != lane {
+            for m in 0..M {
+                parts[m][lane] = acc[m];
+                acc[m] = _mm256_setzero_ps();
+            }
+            lane = p;
+        }
+        if half == 0 {
+            tiles.prefetch(tile, e);
+        }
+        let (codes, scales) = tiles.entry(tile, e);
+        // SAFETY: an entry holds four 64-byte code vectors (this half's 32 bytes of each) and 16
+        // f16 scales (this half's 8).
+        let (v, dw) = unsafe {
+            (
+                [0, 1, 2, 3]
+                    .map(|i| _mm256_loadu_si256(codes.as_ptr().add(64 * i + 32 * half).cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(16 * half).cast())),
+            )
+        };
+        // The low nibbles' four vectors for every token, then the high nibbles' in the same
+        // registers: four code vectors, not eight, stay live beside the tokens' sums.
+        let mut pairs = [_mm256_setzero_si256(); M];
+        for (high, first) in [(false, 0), (true, 4)] {
+            let c = v.map(|v| {
+                _mm256_and_si256(if high { _mm256_srli_epi16::<4>(v) } else { v }, nibble)
+            });
+            for m in 0..M {
+                // SAFETY: token `t0 + m` has `cols` codes, 32 of them in block `b`.
+                let a = unsafe { q[m].add(b * BLOCK).cast::<i32>() };
+                // SAFETY: quad `i < 8` of the block's 32 codes.
+                let quad = |i: usize| _mm256_set1_epi32(unsafe { a.add(i).read_unaligned() });
+                for (i, &c) in c.iter().enumerate() {
+                    let product = _mm256_maddubs_epi16(c, quad(first + i));
+                    pairs[m] = _mm256_add_epi16(pairs[m], product);
+                }
+            }
+        }
+        for m in 0..M {
+            // SAFETY: lane `l` of token `t0 + m` has a correction and a scale.
+            let (corr, da) =
+                unsafe { (*lanes[m].0.get_unchecked(l), *lanes[m].1.get_unchecked(l)) };
+            let dot = _mm256_add_epi32(
+                _mm256_madd_epi16(pairs[m], _mm256_set1_epi16(1)),
+                _mm256_set1_epi32(corr),
+            );
+            acc[m] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(dot),
+                _mm256_mul_ps(dw, _mm256_set1_ps(da)),
+                acc[m],
+            );
+        }
+    }
+    for m in 0..M {
+        parts[m][lane] = acc[m];
+        // `hsum`'s association, on 8 rows at once.
+        let quad: [__m256; 4] =
+            std::array::from_fn(|i| _mm256_add_ps(parts[m][i], parts[m][i + 4]));
+        let total = _mm256_add_ps(
+            _mm256_add_ps(quad[0], quad[2]),
+            _mm256_add_ps(quad[1], quad[3]),
+        );
+        // SAFETY: `sums` holds `16 · M` values.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr().add(16 * m + 8 * half), total) };
+    }
+}
+
 /// `e^x` of 8 values as [`super::attention::exp`] computes each, bit for bit.
 #[inline]
 #[target_feature(enable = "avx2")]

@@ -549,7 +549,9 @@ pub unsafe fn q4_tiles(
 ) {
     use super::q4::Q4Tiles;
     debug_assert!(out.len() == rows.len() * acts.tokens && rows.end <= tiles.geometry.rows);
-    let order: Vec<(usize, usize)> = tiles.order().collect();
+    // With each lane's place in its superblock, so that the kernel need not divide.
+    let s = tiles.layout.superblock_blocks();
+    let order: Vec<[usize; 3]> = tiles.order().map(|(l, b)| [l % s, l, b]).collect();
     let mut sums = [0.0f32; Q4Tiles::ROWS * Q4_TILE_TOKENS];
     for tile in rows.start / Q4Tiles::ROWS..rows.end.div_ceil(Q4Tiles::ROWS) {
         for (t0, m) in token_groups(acts.tokens, Q4_TILE_TOKENS) {
@@ -583,7 +585,7 @@ pub unsafe fn q4_tiles(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4_tile<const M: usize>(
     tiles: &super::q4::Q4Tiles,
-    order: &[(usize, usize)],
+    order: &[[usize; 3]],
     tile: usize,
     acts: &super::q4::Q4Acts,
     t0: usize,
@@ -595,12 +597,10 @@ unsafe fn q4_tile<const M: usize>(
     let lanes: [_; M] = std::array::from_fn(|m| acts.lanes(t0 + m));
     // Per token, one f32 sum per lane of the row kernel's superblocks, of which `acc` is the
     // current lane's.
-    let lane_count = acts.layout.superblock_blocks();
     let mut parts = [[_mm512_setzero_ps(); 16]; M];
     let mut acc = [_mm512_setzero_ps(); M];
     let mut lane = 0;
-    for (e, &(l, b)) in order.iter().enumerate() {
-        let p = l % lane_count;
+    for (e, &[p, l, b]) in order.iter().enumerate() {
         if p != lane {
             for m in 0..M {
                 parts[m][lane] = acc[m];

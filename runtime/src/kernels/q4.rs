@@ -208,9 +208,7 @@ impl Q4Tiles {
     /// The tiles of a `q4_b32` tensor (`data`, geometry `g`) for `path`, if its instruction set has
     /// a tile kernel.
     pub fn for_path(path: KernelPath, g: Q4Geometry, data: &[u8]) -> Option<Self> {
-        if !Self::supported(path) {
-            return None;
-        }
+        Self::min_tokens(path)?;
         let layout = Q4Layout::of(path);
         let tiles = g.rows.div_ceil(Self::ROWS);
         let blocks = g.blocks();
@@ -241,9 +239,16 @@ impl Q4Tiles {
         })
     }
 
-    /// Whether `path` has a tile kernel.
-    pub fn supported(path: KernelPath) -> bool {
-        path.isa() == Isa::Avx512
+    /// From how many tokens at once `path`'s tile kernel is used instead of its row kernel (`None`:
+    /// it has none). Both give the same bits, so this is only a matter of speed: on AVX-512 the
+    /// tiles are faster from two tokens, on AVX2 (no embedded broadcast, 16 registers, register
+    /// blocks of four tokens) only from eight (BENCHMARKS.md).
+    pub fn min_tokens(path: KernelPath) -> Option<usize> {
+        match path.isa() {
+            Isa::Avx512 => Some(2),
+            Isa::Avx2 | Isa::AvxVnni => Some(8),
+            _ => None,
+        }
     }
 
     /// The order of a tile's blocks, as `(lane, block)`: lane by lane of the row kernels'
@@ -461,6 +466,10 @@ pub fn matmul_tiles(
         // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512
         // F/BW/VL/VNNI; the lengths were asserted above.
         Isa::Avx512 => unsafe { super::avx512::q4_tiles(tiles, acts, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `KernelPath` for these instruction sets exists only when the CPU has AVX2,
+        // FMA and F16C; the lengths were asserted above.
+        Isa::Avx2 | Isa::AvxVnni => unsafe { super::avx2::q4_tiles(tiles, acts, rows, out) },
         _ => panic!("no q4 tile kernel on the {} path", path.name()),
     }
 }

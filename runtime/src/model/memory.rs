@@ -35,8 +35,8 @@ pub struct MemoryNeed {
     /// How many tensors are repacked.
     pub repacked_tensors: usize,
     /// Bytes of the copy of a `q4_b32` output matrix rearranged for products of several tokens
-    /// at once ([`Q4Tiles`]), on a path that has such a kernel: counted only with several slots
-    /// ([`MemoryNeed::with_slots`]). One sequence makes it only to take the logits of every
+    /// at once ([`Q4Tiles`]), on a path that has such a kernel: counted only with as many slots
+    /// as the kernel takes tokens ([`MemoryNeed::with_slots`]). One sequence makes it only to take the logits of every
     /// position of a prompt (`perplexity`, `logits`), which is not counted.
     pub batch_copy: u64,
     /// Bytes of the KV caches: `slots` sequences of `positions` positions each.
@@ -78,11 +78,14 @@ impl MemoryNeed {
     }
 
     /// The same with `slots` sequences, each with a KV cache of its own (a server's slots), and
-    /// with more than one, the output matrix's [`MemoryNeed::batch_copy`] for `file` on `path`.
+    /// with enough of them, the output matrix's [`MemoryNeed::batch_copy`] for `file` on `path`.
     pub fn with_slots(self, file: &BitnetFile, path: KernelPath, slots: usize) -> Self {
         let output = file.index().get(names::OUTPUT);
         let batch_copy = match output.or_else(|| file.index().get(names::TOKEN_EMBD)) {
-            Some(t) if slots > 1 && t.encoding == Encoding::Q4B32 && Q4Tiles::supported(path) => {
+            Some(t)
+                if t.encoding == Encoding::Q4B32
+                    && Q4Tiles::min_tokens(path).is_some_and(|n| slots >= n) =>
+            {
                 t.length
             }
             _ => 0,

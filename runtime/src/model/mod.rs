@@ -15,6 +15,7 @@ pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
 use bitnet_format::{BitnetFile, FormatError, ModelConfig};
 
 use crate::kernels::KernelPath;
+use crate::kernels::q4::Q4Tiles;
 use bitnet_pool::{Pool, PoolKind};
 
 /// Why a model cannot be loaded or run.
@@ -117,11 +118,13 @@ impl Model {
             .unwrap_or(&self.weights.token_embd)
     }
 
-    /// Make now what products of several tokens at once read, rather than in the first step that
-    /// needs it: the output matrix's [`crate::kernels::q4::Q4Tiles`], if it is `q4_b32` and this
-    /// path has a tile kernel.
-    pub fn prepare_for_batches(&self) {
-        self.output_matrix().q4_tiles(self.path, self.bytes());
+    /// Make now what steps of up to `sequences` sequences will read, rather than in the first step
+    /// that needs it: the output matrix's [`Q4Tiles`], if it is `q4_b32` and this path has a tile
+    /// kernel that so many tokens use.
+    pub fn prepare_for_batches(&self, sequences: usize) {
+        if Q4Tiles::min_tokens(self.path).is_some_and(|n| sequences >= n) {
+            self.output_matrix().q4_tiles(self.path, self.bytes());
+        }
     }
 
     /// The file's bytes, which weights index into.
