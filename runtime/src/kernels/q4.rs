@@ -193,6 +193,8 @@ impl Q4Acts {
 /// nibbles columns `16 + 4i ..`) and 16 f16 scales, one per row. Rows past the matrix's end have
 /// zero codes and scales.
 #[derive(Debug)]
+// Only the x86 kernels read the bytes; elsewhere `min_tokens` is `None` and no tiles are made.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Q4Tiles {
     pub geometry: Q4Geometry,
     /// The row kernels' superblock order, which the tile kernels keep (see [`Q4Tiles::order`]).
