@@ -1005,39 +1005,21 @@ pub unsafe fn q4_tiles(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    use super::activation::token_groups;
-    use super::q4::Q4Tiles;
     debug_assert!(out.len() == rows.len() * acts.tokens && rows.end <= tiles.geometry.rows);
-    // With each lane's place in its superblock, so that the kernel need not divide.
-    let s = tiles.layout.superblock_blocks();
-    let order: Vec<[usize; 3]> = tiles.order().map(|(l, b)| [l % s, l, b]).collect();
-    let mut sums = [0.0f32; Q4Tiles::ROWS * Q4_TILE_TOKENS];
-    for tile in rows.start / Q4Tiles::ROWS..rows.end.div_ceil(Q4Tiles::ROWS) {
-        for (t0, m) in token_groups(acts.tokens, Q4_TILE_TOKENS) {
-            let sums = &mut sums[..Q4Tiles::ROWS * m];
-            for half in 0..2 {
-                // SAFETY: same features; the tokens exist and `sums` holds `16 · m` values.
-                unsafe {
-                    match m {
-                        Q4_TILE_TOKENS => q4_tile_half::<Q4_TILE_TOKENS>(
-                            tiles, &order, tile, half, acts, t0, sums,
-                        ),
-                        2 => q4_tile_half::<2>(tiles, &order, tile, half, acts, t0, sums),
-                        _ => q4_tile_half::<1>(tiles, &order, tile, half, acts, t0, sums),
+    super::q4::for_tiles(acts, rows, out, Q4_TILE_TOKENS, |m, tile, t0, sums| {
+        for half in 0..2 {
+            // SAFETY: same features; the tokens exist and `sums` holds `16 · m` values.
+            unsafe {
+                match m {
+                    Q4_TILE_TOKENS => {
+                        q4_tile_half::<Q4_TILE_TOKENS>(tiles, tile, half, acts, t0, sums)
                     }
-                }
-            }
-            for r in 0..Q4Tiles::ROWS {
-                let row = tile * Q4Tiles::ROWS + r;
-                if rows.contains(&row) {
-                    for i in 0..m {
-                        out[(row - rows.start) * acts.tokens + t0 + i] =
-                            sums[i * Q4Tiles::ROWS + r];
-                    }
+                    2 => q4_tile_half::<2>(tiles, tile, half, acts, t0, sums),
+                    _ => q4_tile_half::<1>(tiles, tile, half, acts, t0, sums),
                 }
             }
         }
-    }
+    });
 }
 
 /// Rows `8 · half ..` of a tile against tokens `t0 .. t0 + M`: `sums[16 m + 8 · half + r]` is
@@ -1045,7 +1027,6 @@ pub unsafe fn q4_tiles(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_tile_half<const M: usize>(
     tiles: &super::q4::Q4Tiles,
-    order: &[[usize; 3]],
     tile: usize,
     half: usize,
     acts: &super::q4::Q4Acts,
@@ -1061,7 +1042,7 @@ unsafe fn q4_tile_half<const M: usize>(
     let mut parts = [[_mm256_setzero_ps(); 8]; M];
     let mut acc = [_mm256_setzero_ps(); M];
     let mut lane = 0;
-    for (e, &[p, l, b]) in order.iter().enumerate() {
+    for (e, &[p, l, b]) in tiles.order().iter().enumerate() {
         if p != lane {
             for m in 0..M {
                 parts[m][lane] = acc[m];

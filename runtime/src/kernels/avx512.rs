@@ -547,37 +547,18 @@ pub unsafe fn q4_tiles(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    use super::q4::Q4Tiles;
     debug_assert!(out.len() == rows.len() * acts.tokens && rows.end <= tiles.geometry.rows);
-    // With each lane's place in its superblock, so that the kernel need not divide.
-    let s = tiles.layout.superblock_blocks();
-    let order: Vec<[usize; 3]> = tiles.order().map(|(l, b)| [l % s, l, b]).collect();
-    let mut sums = [0.0f32; Q4Tiles::ROWS * Q4_TILE_TOKENS];
-    for tile in rows.start / Q4Tiles::ROWS..rows.end.div_ceil(Q4Tiles::ROWS) {
-        for (t0, m) in token_groups(acts.tokens, Q4_TILE_TOKENS) {
-            let sums = &mut sums[..Q4Tiles::ROWS * m];
-            // SAFETY: same features; the tokens exist and `sums` holds `16 · m` values.
-            unsafe {
-                match m {
-                    Q4_TILE_TOKENS => {
-                        q4_tile::<Q4_TILE_TOKENS>(tiles, &order, tile, acts, t0, sums)
-                    }
-                    4 => q4_tile::<4>(tiles, &order, tile, acts, t0, sums),
-                    2 => q4_tile::<2>(tiles, &order, tile, acts, t0, sums),
-                    _ => q4_tile::<1>(tiles, &order, tile, acts, t0, sums),
-                }
-            }
-            for r in 0..Q4Tiles::ROWS {
-                let row = tile * Q4Tiles::ROWS + r;
-                if rows.contains(&row) {
-                    for i in 0..m {
-                        out[(row - rows.start) * acts.tokens + t0 + i] =
-                            sums[i * Q4Tiles::ROWS + r];
-                    }
-                }
+    super::q4::for_tiles(acts, rows, out, Q4_TILE_TOKENS, |m, tile, t0, sums| {
+        // SAFETY: same features; the tokens exist and `sums` holds `16 · m` values.
+        unsafe {
+            match m {
+                Q4_TILE_TOKENS => q4_tile::<Q4_TILE_TOKENS>(tiles, tile, acts, t0, sums),
+                4 => q4_tile::<4>(tiles, tile, acts, t0, sums),
+                2 => q4_tile::<2>(tiles, tile, acts, t0, sums),
+                _ => q4_tile::<1>(tiles, tile, acts, t0, sums),
             }
         }
-    }
+    });
 }
 
 /// One tile against tokens `t0 .. t0 + M`: `sums[16 m + r]` is row `r`'s product with token
@@ -585,7 +566,6 @@ pub unsafe fn q4_tiles(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4_tile<const M: usize>(
     tiles: &super::q4::Q4Tiles,
-    order: &[[usize; 3]],
     tile: usize,
     acts: &super::q4::Q4Acts,
     t0: usize,
@@ -600,7 +580,7 @@ unsafe fn q4_tile<const M: usize>(
     let mut parts = [[_mm512_setzero_ps(); 16]; M];
     let mut acc = [_mm512_setzero_ps(); M];
     let mut lane = 0;
-    for (e, &[p, l, b]) in order.iter().enumerate() {
+    for (e, &[p, l, b]) in tiles.order().iter().enumerate() {
         if p != lane {
             for m in 0..M {
                 parts[m][lane] = acc[m];

@@ -201,6 +201,8 @@ pub struct Q4Tiles {
     pub layout: Q4Layout,
     codes: LineAligned<u8>,
     scales: LineAligned<u8>,
+    /// Per entry of a tile, `[p, lane, block]` ([`Q4Tiles::order`]).
+    order: Vec<[usize; 3]>,
 }
 
 impl Q4Tiles {
@@ -217,10 +219,10 @@ impl Q4Tiles {
         let mut codes = LineAligned::zeros(tiles * blocks * 16 * BLOCK_CODE_BYTES);
         let mut scales = LineAligned::zeros(tiles * blocks * 2 * Self::ROWS);
         let (c, sc) = (codes.as_mut_slice(), scales.as_mut_slice());
-        let order: Vec<_> = Self::order_of(layout, blocks).collect();
+        let order = Self::order_of(layout, blocks);
         for tile in 0..tiles {
             let rows = tile * Self::ROWS..((tile + 1) * Self::ROWS).min(g.rows);
-            for (e, &(_, b)) in order.iter().enumerate() {
+            for (e, &[_, _, b]) in order.iter().enumerate() {
                 let entry = tile * blocks + e;
                 let c = &mut c[entry * 16 * BLOCK_CODE_BYTES..][..16 * BLOCK_CODE_BYTES];
                 let sc = &mut sc[entry * 2 * Self::ROWS..][..2 * Self::ROWS];
@@ -238,6 +240,7 @@ impl Q4Tiles {
             layout,
             codes,
             scales,
+            order,
         })
     }
 
@@ -253,23 +256,26 @@ impl Q4Tiles {
         }
     }
 
-    /// The order of a tile's blocks, as `(lane, block)`: lane by lane of the row kernels'
-    /// superblocks, and within a lane its blocks superblock by superblock. The row kernel adds
-    /// each lane's blocks into its own f32 sum in that order and then sums its lanes; a tile
-    /// kernel that keeps one sum per lane in this order computes every row's product with the
-    /// same operations, so it is bit-identical to the row kernel.
-    pub fn order(&self) -> impl Iterator<Item = (usize, usize)> {
-        Self::order_of(self.layout, self.geometry.blocks())
+    /// The order of a tile's blocks, one `[p, lane, block]` per entry: lane by lane of the row
+    /// kernels' superblocks (`p`, the lane's place in its superblock), and within a lane its
+    /// blocks superblock by superblock (`lane`, its index among the token's lanes, and `block`).
+    /// The row kernel adds each lane's blocks into its own f32 sum in that order and then sums
+    /// its lanes; a tile kernel that keeps one sum per lane in this order computes every row's
+    /// product with the same operations, so it is bit-identical to the row kernel.
+    pub fn order(&self) -> &[[usize; 3]] {
+        &self.order
     }
 
-    fn order_of(layout: Q4Layout, blocks: usize) -> impl Iterator<Item = (usize, usize)> {
+    fn order_of(layout: Q4Layout, blocks: usize) -> Vec<[usize; 3]> {
         let s = layout.superblock_blocks();
         let chunks = s / 4;
-        (0..s).flat_map(move |p| {
-            (0..blocks.div_ceil(s))
-                .map(move |sb| (sb * s + p, sb * s + chunks * (p % 4) + p / 4))
-                .filter(move |&(_, b)| b < blocks)
-        })
+        (0..s)
+            .flat_map(move |p| {
+                (0..blocks.div_ceil(s))
+                    .map(move |sb| [p, sb * s + p, sb * s + chunks * (p % 4) + p / 4])
+                    .filter(move |&[_, _, b]| b < blocks)
+            })
+            .collect()
     }
 
     /// The 256 code bytes and 32 scale bytes of entry `e` of tile `tile`.
@@ -295,6 +301,39 @@ impl Q4Tiles {
             );
         }
         super::prefetch(self.scales.as_slice(), entry * 2 * Self::ROWS);
+    }
+}
+
+/// Tokens per register block of a tile kernel, at most.
+#[cfg(target_arch = "x86_64")]
+const MAX_TILE_TOKENS: usize = 8;
+
+/// How the tile kernels walk a product: `f(m, tile, t0, sums)` for every tile that `rows` touches
+/// and every register block of `m` tokens from `t0` ([`token_groups`]`(tokens, block)`, `block`
+/// at most 8), which writes `sums[16 i + r]`, row `r` of the tile against token `t0 + i`; the
+/// rows in `rows` go to `out` (`rows.len() × tokens`, row-major).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn for_tiles(
+    acts: &Q4Acts,
+    rows: Range<usize>,
+    out: &mut [f32],
+    block: usize,
+    mut f: impl FnMut(usize, usize, usize, &mut [f32]),
+) {
+    assert!(block <= MAX_TILE_TOKENS);
+    let mut sums = [0.0f32; Q4Tiles::ROWS * MAX_TILE_TOKENS];
+    for tile in rows.start / Q4Tiles::ROWS..rows.end.div_ceil(Q4Tiles::ROWS) {
+        for (t0, m) in token_groups(acts.tokens, block) {
+            let sums = &mut sums[..Q4Tiles::ROWS * m];
+            f(m, tile, t0, sums);
+            let first = tile * Q4Tiles::ROWS;
+            for row in first.max(rows.start)..(first + Q4Tiles::ROWS).min(rows.end) {
+                for i in 0..m {
+                    out[(row - rows.start) * acts.tokens + t0 + i] =
+                        sums[i * Q4Tiles::ROWS + row - first];
+                }
+            }
+        }
     }
 }
 

@@ -234,12 +234,7 @@ impl<'m> Runner<'m> {
         let dst = SharedOut(logits.as_mut_ptr());
         let x = float::DenseInput::new(model.path, &m, x);
         let tiles = match &x {
-            float::DenseInput::Q4(acts)
-                if Q4Tiles::min_tokens(model.path).is_some_and(|n| tokens >= n) =>
-            {
-                w.q4_tiles(model.path, model.bytes())
-                    .map(|tiles| (tiles, acts))
-            }
+            float::DenseInput::Q4(acts) => model.output_tiles(tokens).map(|tiles| (tiles, acts)),
             _ => None,
         };
         let mut chunk = m.rows.div_ceil(8 * model.threads()).max(1);

@@ -122,9 +122,15 @@ impl Model {
     /// that needs it: the output matrix's [`Q4Tiles`], if it is `q4_b32` and this path has a tile
     /// kernel that so many tokens use.
     pub fn prepare_for_batches(&self, sequences: usize) {
-        if Q4Tiles::min_tokens(self.path).is_some_and(|n| sequences >= n) {
-            self.output_matrix().q4_tiles(self.path, self.bytes());
-        }
+        self.output_tiles(sequences);
+    }
+
+    /// The output matrix's [`Q4Tiles`] for a product of `tokens` tokens (made the first time):
+    /// if it is `q4_b32` and this path has a tile kernel that so many tokens use.
+    pub(crate) fn output_tiles(&self, tokens: usize) -> Option<&Q4Tiles> {
+        Q4Tiles::min_tokens(self.path)
+            .filter(|&n| tokens >= n)
+            .and_then(|_| self.output_matrix().q4_tiles(self.path, self.bytes()))
     }
 
     /// The file's bytes, which weights index into.
