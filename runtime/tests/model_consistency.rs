@@ -326,7 +326,7 @@ fn the_memory_check_counts_the_q4_copy_for_batches() {
 }
 
 fn batch_against_alone(path: &std::path::Path, exact: bool) {
-    use bitnet_run::model::{KvCache, Runner, SeqStep};
+    use bitnet_run::model::{KvCache, Runner, SeqStep, StepLogits};
     let prompts: [&[u32]; 4] = [&[3, 17, 42], &[5], &[9, 9, 8, 7, 6, 1, 2], &[30, 31]];
     // Sequence i joins at step `join[i]` (its prompt is that step's chunk) and then decodes the
     // given next tokens, one per step.
@@ -347,6 +347,7 @@ fn batch_against_alone(path: &std::path::Path, exact: bool) {
             })
             .collect();
         let mut runner = Runner::new(&model);
+        let mut out = StepLogits::default();
         let mut caches: Vec<KvCache> = prompts
             .iter()
             .map(|_| KvCache::new(&model, 32, KvTypes::default()))
@@ -374,8 +375,12 @@ fn batch_against_alone(path: &std::path::Path, exact: bool) {
                     })
                 })
                 .collect();
-            let got = runner.step(&mut seqs).unwrap();
-            for ((i, n), got) in active.into_iter().zip(got) {
+            // One buffer for every step, as the engine keeps it: a step with fewer or shorter
+            // sequences than the last must not show the last one's values.
+            runner.step(&mut seqs, &mut out).unwrap();
+            assert_eq!(out.len(), active.len());
+            for (k, (i, n)) in active.into_iter().enumerate() {
+                let got = out.get(k);
                 let want = &alone[i][n];
                 assert_eq!(got.len(), want.len());
                 for (r, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
@@ -402,7 +407,7 @@ fn batch_against_alone(path: &std::path::Path, exact: bool) {
 
 #[test]
 fn a_batch_is_refused_whole_when_one_sequence_is_bad() {
-    use bitnet_run::model::{KvCache, Runner, SeqStep};
+    use bitnet_run::model::{KvCache, Runner, SeqStep, StepLogits};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.bitnet");
     let cfg = config(Activation::Silu, false, false);
@@ -419,32 +424,52 @@ fn a_batch_is_refused_whole_when_one_sequence_is_bad() {
         KvCache::new(&model, 8, KvTypes::default()),
         KvCache::new(&model, 2, KvTypes::default()),
     );
-    let err = runner
-        .step(&mut [
-            SeqStep {
+    let mut out = StepLogits::default();
+    runner
+        .step(
+            &mut [SeqStep {
                 cache: &mut a,
-                tokens: &[1, 2],
+                tokens: &[1],
                 logits: Logits::Last,
-            },
-            SeqStep {
-                cache: &mut b,
-                tokens: &[1, 2, 3],
-                logits: Logits::Last,
-            },
-        ])
+            }],
+            &mut out,
+        )
+        .unwrap();
+    a.truncate(0);
+    assert_eq!((out.len(), out.get(0).len()), (1, cfg.vocab_size as usize));
+    let err = runner
+        .step(
+            &mut [
+                SeqStep {
+                    cache: &mut a,
+                    tokens: &[1, 2],
+                    logits: Logits::Last,
+                },
+                SeqStep {
+                    cache: &mut b,
+                    tokens: &[1, 2, 3],
+                    logits: Logits::Last,
+                },
+            ],
+            &mut out,
+        )
         .unwrap_err();
     assert!(
         matches!(err, ModelError::ContextFull { needed: 3, ctx: 2 }),
         "{err}"
     );
     assert_eq!((a.position(), b.position()), (0, 0), "nothing ran");
+    assert!(out.is_empty(), "no logits from a refused step");
     let bad = cfg.vocab_size;
     let err = runner
-        .step(&mut [SeqStep {
-            cache: &mut a,
-            tokens: &[bad],
-            logits: Logits::Last,
-        }])
+        .step(
+            &mut [SeqStep {
+                cache: &mut a,
+                tokens: &[bad],
+                logits: Logits::Last,
+            }],
+            &mut out,
+        )
         .unwrap_err();
     assert!(matches!(err, ModelError::TokenOutOfRange { .. }), "{err}");
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bitnet_run::kernels::KernelPath;
 use bitnet_run::model::memory::{MemoryNeed, PlacementArgs};
-use bitnet_run::model::{KvCache, KvTypeArgs, Logits, Model, Runner, SeqStep};
+use bitnet_run::model::{KvCache, KvTypeArgs, Logits, Model, Runner, SeqStep, StepLogits};
 use clap::Args;
 
 use super::bench::{median, tokens};
@@ -53,6 +53,7 @@ pub struct BatchedBenchArgs {
 /// then `tg` steps of one token per sequence, each step's logits computed as generation needs.
 fn run_once(
     runner: &mut Runner,
+    out: &mut StepLogits,
     caches: &mut [KvCache],
     prompts: &[Vec<u32>],
     tg: &[u32],
@@ -75,7 +76,7 @@ fn run_once(
                 logits,
             })
             .collect();
-        runner.step(&mut seqs)?;
+        runner.step(&mut seqs, out)?;
     }
     let prompt_seconds = start.elapsed().as_secs_f64();
     let start = Instant::now();
@@ -88,7 +89,7 @@ fn run_once(
                 logits: Logits::Last,
             })
             .collect();
-        runner.step(&mut seqs)?;
+        runner.step(&mut seqs, out)?;
     }
     Ok((prompt_seconds, start.elapsed().as_secs_f64()))
 }
@@ -168,6 +169,7 @@ pub fn run(args: BatchedBenchArgs) -> Result<()> {
     let model = Model::load(file, path, threads).with_context(|| format!("cannot load {name}"))?;
     let vocab = model.config.vocab_size;
     let mut runner = Runner::new(&model);
+    let mut out = StepLogits::default();
     let model_name = super::model_label(args.model.as_deref());
     let mut rows = Vec::new();
     for &pp in &args.prompt {
@@ -182,9 +184,9 @@ pub fn run(args: BatchedBenchArgs) -> Result<()> {
                 let prompts: Vec<Vec<u32>> =
                     (0..b).map(|i| ids[i * pp..(i + 1) * pp].to_vec()).collect();
                 let tg_ids = &ids[b * pp..];
-                run_once(&mut runner, &mut caches, &prompts, tg_ids)?;
+                run_once(&mut runner, &mut out, &mut caches, &prompts, tg_ids)?;
                 let samples: Vec<(f64, f64)> = (0..args.reps)
-                    .map(|_| run_once(&mut runner, &mut caches, &prompts, tg_ids))
+                    .map(|_| run_once(&mut runner, &mut out, &mut caches, &prompts, tg_ids))
                     .collect::<Result<_>>()?;
                 let row = Row {
                     pp,

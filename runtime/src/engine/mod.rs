@@ -34,7 +34,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::model::{KvCache, KvTypes, Logits, Model, ModelError, Runner, SeqStep};
+use crate::model::{KvCache, KvTypes, Logits, Model, ModelError, Runner, SeqStep, StepLogits};
 use crate::sampling::{self, Logprobs, Sampler, SamplerConfig};
 
 use pace::Pace;
@@ -423,6 +423,8 @@ struct Slot {
 
 struct Scheduler<'m> {
     runner: Runner<'m>,
+    /// The last step's logits, their buffer kept for the next step.
+    logits: StepLogits,
     slots: Vec<Slot>,
     waiting: VecDeque<Job>,
     config: &'m EngineConfig,
@@ -435,6 +437,7 @@ impl<'m> Scheduler<'m> {
     fn new(model: &'m Model, config: &'m EngineConfig, stats: &'m EngineStats) -> Self {
         Scheduler {
             runner: Runner::new(model),
+            logits: StepLogits::default(),
             slots: (0..config.slots)
                 .map(|_| Slot {
                     cache: KvCache::new(model, config.ctx, config.cache),
@@ -604,7 +607,8 @@ impl<'m> Scheduler<'m> {
             return;
         }
         let started = Instant::now();
-        let result = self.runner.step(&mut seqs);
+        let mut logits = std::mem::take(&mut self.logits);
+        let result = self.runner.step(&mut seqs, &mut logits);
         drop(seqs);
         self.stats.steps_total.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -613,15 +617,15 @@ impl<'m> Scheduler<'m> {
         self.stats
             .last_step_sequences
             .store(ran.len(), Ordering::Relaxed);
-        let logits = match result {
-            Ok(logits) => logits,
-            Err(e) => return self.fail(&ran, &e),
-        };
+        if let Err(e) = result {
+            self.logits = logits;
+            return self.fail(&ran, &e);
+        }
         let (decoded, prompted) = ran.iter().fold((0, 0), |(d, p), (_, work)| match work {
             Work::Decode => (d + 1, p),
             Work::Prompt { len, .. } => (d, p + len),
         });
-        for ((i, work), logits) in ran.into_iter().zip(logits) {
+        for (k, (i, work)) in ran.into_iter().enumerate() {
             if let Work::Prompt { len, .. } = work {
                 let r = self.slots[i].running.as_mut().expect("ran");
                 r.prompt_done += len;
@@ -629,10 +633,11 @@ impl<'m> Scheduler<'m> {
                     .prompt_tokens_total
                     .fetch_add(len as u64, Ordering::Relaxed);
             }
-            if !logits.is_empty() {
-                self.sample(i, &logits);
+            if !logits.get(k).is_empty() {
+                self.sample(i, logits.get(k));
             }
         }
+        self.logits = logits;
         self.pace
             .observe(decoded, prompted, started.elapsed().as_secs_f64());
     }

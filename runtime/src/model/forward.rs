@@ -23,6 +23,45 @@ pub enum Logits {
     None,
 }
 
+/// The logits a batched step returns, in one buffer that the caller keeps from step to step (a
+/// step of eight sequences returns 4 MB of them for a 128k vocabulary; a fresh buffer each step
+/// costs page faults and copies that the worker threads wait for).
+#[derive(Debug, Default)]
+pub struct StepLogits {
+    data: Vec<f32>,
+    /// Per sequence of the last step: where its logits start in `data`, and how many there are.
+    spans: Vec<(usize, usize)>,
+}
+
+impl StepLogits {
+    /// Sequence `i`'s logits from the last step: `vocab` values for [`Logits::Last`],
+    /// `tokens × vocab` for [`Logits::All`], none for [`Logits::None`] or no tokens.
+    pub fn get(&self, i: usize) -> &[f32] {
+        let (start, len) = self.spans[i];
+        &self.data[start..start + len]
+    }
+
+    /// Sequences in the last step.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Sequence `i`'s logits as a vector of their own: the buffer itself (no copy) when they are
+    /// all of it.
+    pub fn take(&mut self, i: usize) -> Vec<f32> {
+        let (start, len) = self.spans[i];
+        if start == 0 && len == self.data.len() {
+            std::mem::take(&mut self.data)
+        } else {
+            self.data[start..start + len].to_vec()
+        }
+    }
+}
+
 /// One sequence's part of a batched step: `tokens` to run at the next positions of `cache`.
 pub struct SeqStep<'a> {
     pub cache: &'a mut KvCache,
@@ -77,13 +116,14 @@ impl<'m> Runner<'m> {
         self.model
     }
 
-    /// Run every sequence's tokens as one batch and return each one's logits, in order: `vocab`
-    /// values for [`Logits::Last`], `tokens × vocab` for [`Logits::All`], none for [`Logits::None`]
-    /// or no tokens.
-    /// Nothing runs if any sequence's tokens are out of range or overflow its context.
-    pub fn step(&mut self, seqs: &mut [SeqStep]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Run every sequence's tokens as one batch and put each one's logits in `out` (see
+    /// [`StepLogits::get`]).
+    /// Nothing runs if any sequence's tokens are out of range or overflow its context; `out` then
+    /// holds no sequence.
+    pub fn step(&mut self, seqs: &mut [SeqStep], out: &mut StepLogits) -> Result<(), ModelError> {
         let model = self.model;
         let vocab = model.config.vocab_size;
+        out.spans.clear();
         let mut spans = Vec::with_capacity(seqs.len());
         let mut rows = 0;
         for (i, seq) in seqs.iter().enumerate() {
@@ -107,9 +147,9 @@ impl<'m> Runner<'m> {
                 rows += seq.tokens.len();
             }
         }
-        let mut out = vec![Vec::new(); seqs.len()];
+        out.spans.resize(seqs.len(), (0, 0));
         if rows == 0 {
-            return Ok(out);
+            return Ok(());
         }
         let end = spans.iter().map(|sp| sp.pos + sp.rows).max().unwrap_or(0);
         self.rope.extend(end);
@@ -141,17 +181,19 @@ impl<'m> Runner<'m> {
             wanted.push((sp.seq, end - first));
         }
         if normed.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
         rms_norm_rows(&mut normed, &model.weights.output_norm, eps);
-        let logits = self.output(&normed);
         let vocab = vocab as usize;
         let mut at = 0;
         for (seq, n) in wanted {
-            out[seq] = logits[at * vocab..(at + n) * vocab].to_vec();
+            out.spans[seq] = (at * vocab, n * vocab);
             at += n;
         }
-        Ok(out)
+        // Every value is written by `output`: a buffer reused at the same size needs no clearing.
+        out.data.resize(at * vocab, 0.0);
+        self.output(&normed, &mut out.data);
+        Ok(())
     }
 
     fn block(&mut self, l: usize, x: &mut [f32], seqs: &mut [SeqStep], spans: &[Span], eps: f32) {
@@ -224,13 +266,14 @@ impl<'m> Runner<'m> {
         x.iter_mut().zip(&s.down).for_each(|(a, b)| *a += b);
     }
 
-    /// Logits of each row of `x`, rows of the output matrix split across threads.
-    fn output(&self, x: &[f32]) -> Vec<f32> {
+    /// Logits of each row of `x` into `logits` (`tokens × vocab`), rows of the output matrix
+    /// split across threads.
+    fn output(&self, x: &[f32], logits: &mut [f32]) {
         let model = self.model;
         let w = model.output_matrix();
         let m = w.matrix(model.bytes());
         let tokens = x.len() / m.cols;
-        let mut logits = vec![0.0f32; tokens * m.rows];
+        assert_eq!(logits.len(), tokens * m.rows);
         let dst = SharedOut(logits.as_mut_ptr());
         let x = float::DenseInput::new(model.path, &m, x);
         let tiles = match &x {
@@ -244,21 +287,25 @@ impl<'m> Runner<'m> {
         }
         model.pool.for_each(m.rows.div_ceil(chunk), &|i| {
             let rows = i * chunk..((i + 1) * chunk).min(m.rows);
-            let mut by_row = vec![0.0f32; rows.len() * tokens];
-            match tiles {
-                Some((tiles, acts)) => {
-                    q4::matmul_tiles(model.path, tiles, acts, rows.clone(), &mut by_row)
+            BY_ROW.with_borrow_mut(|by_row| {
+                // The kernels write every value: no clearing.
+                by_row.resize(rows.len() * tokens, 0.0);
+                let by_row = &mut by_row[..rows.len() * tokens];
+                match tiles {
+                    Some((tiles, acts)) => {
+                        q4::matmul_tiles(model.path, tiles, acts, rows.clone(), by_row)
+                    }
+                    None => float::matmul(model.path, &m, &x, rows.clone(), by_row),
                 }
-                None => float::matmul(model.path, &m, &x, rows.clone(), &mut by_row),
-            }
-            for (k, r) in rows.enumerate() {
-                for t in 0..tokens {
-                    // SAFETY: row `r` of every token is written by this task only, within the buffer.
-                    unsafe { dst.slice(t * m.rows + r, 1)[0] = by_row[k * tokens + t] };
+                for (k, r) in rows.enumerate() {
+                    for t in 0..tokens {
+                        // SAFETY: row `r` of every token is written by this task only, within
+                        // the buffer.
+                        unsafe { dst.slice(t * m.rows + r, 1)[0] = by_row[k * tokens + t] };
+                    }
                 }
-            }
+            });
         });
-        logits
     }
 }
 
@@ -299,8 +346,9 @@ impl<'m> Session<'m> {
             tokens,
             logits: which,
         }];
-        let mut out = self.runner.step(&mut seqs)?;
-        Ok(out.pop().unwrap_or_default())
+        let mut out = StepLogits::default();
+        self.runner.step(&mut seqs, &mut out)?;
+        Ok(out.take(0))
     }
 }
 
@@ -419,6 +467,8 @@ fn project(model: &Model, acts: &mut QuantizedActs, jobs: &mut [(&TernaryWeight,
 thread_local! {
     /// Per-thread accumulators for [`project`].
     static ACC: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread logits of a run of output rows for [`Runner::output`], token by token.
+    static BY_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread attention scores for [`attention`], reused across layers and tokens.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -7,7 +7,7 @@ pub mod ops;
 mod perplexity;
 mod weights;
 
-pub use forward::{Logits, Runner, SeqStep, Session};
+pub use forward::{Logits, Runner, SeqStep, Session, StepLogits};
 pub use kv_cache::{KvCache, KvType, KvTypeArgs, KvTypes, UnknownKvType};
 pub use perplexity::negative_log_likelihood;
 pub use weights::{DenseWeight, LayerWeights, TernaryWeight, Weights};
