@@ -3,6 +3,8 @@
 //! its own KV cache: every weight matrix is then streamed once for all of them, and only attention
 //! runs per sequence (continuous batching's step).
 
+use std::ops::Range;
+
 use crate::kernels::activation::QuantizedActs;
 use crate::kernels::q4::{self, Q4Tiles};
 use crate::kernels::{TernaryMatrix, attention as attn, float, ternary_matmul};
@@ -280,13 +282,12 @@ impl<'m> Runner<'m> {
             float::DenseInput::Q4(acts) => model.output_tiles(tokens).map(|tiles| (tiles, acts)),
             _ => None,
         };
-        let mut chunk = m.rows.div_ceil(8 * model.threads()).max(1);
-        if tiles.is_some() {
-            // Whole tiles per task.
-            chunk = chunk.next_multiple_of(Q4Tiles::ROWS);
-        }
-        model.pool.for_each(m.rows.div_ceil(chunk), &|i| {
-            let rows = i * chunk..((i + 1) * chunk).min(m.rows);
+        // Runs of whole tiles (the tiles' kernel needs them; the rows' kernels take any rows).
+        let unit = Q4Tiles::ROWS;
+        let runs = guided_runs(&[m.rows.div_ceil(unit)], model.threads());
+        model.pool.for_each(runs.len(), &|i| {
+            let run = &runs[i].1;
+            let rows = run.start * unit..(run.end * unit).min(m.rows);
             BY_ROW.with_borrow_mut(|by_row| {
                 // The kernels write every value: no clearing.
                 by_row.resize(rows.len() * tokens, 0.0);
@@ -419,18 +420,13 @@ fn attention(
 fn project(model: &Model, acts: &mut QuantizedActs, jobs: &mut [(&TernaryWeight, &mut Vec<f32>)]) {
     let bytes = model.bytes();
     let tokens = acts.tokens;
-    let mut work = Vec::new();
-    for (j, (w, out)) in jobs.iter_mut().enumerate() {
+    let mut tiles = Vec::with_capacity(jobs.len());
+    for (w, out) in jobs.iter_mut() {
         // Every output is written below: a buffer reused at the same size needs no clearing.
         out.resize(tokens * w.rows, 0.0);
-        let tiles = w.rows.div_ceil(w.tile_rows);
-        let chunk = tiles.div_ceil(4 * model.threads()).max(1);
-        work.extend(
-            (0..tiles)
-                .step_by(chunk)
-                .map(|start| (j, start..(start + chunk).min(tiles))),
-        );
+        tiles.push(w.rows.div_ceil(w.tile_rows));
     }
+    let work = guided_runs(&tiles, model.threads());
     let outs: Vec<SharedOut> = jobs
         .iter_mut()
         .map(|(_, out)| SharedOut(out.as_mut_ptr()))
@@ -464,6 +460,31 @@ fn project(model: &Model, acts: &mut QuantizedActs, jobs: &mut [(&TernaryWeight,
     });
 }
 
+/// Runs of tiles `(matrix, tiles)` over matrices of `tiles[j]` tiles each, in order, each run a
+/// share of what is left (`1 / (2 · threads)` of it, at least one tile): the threads take the long
+/// runs first and finish on single tiles, so that none waits long at the end of the section for
+/// another's last run, with few runs in all.
+fn guided_runs(tiles: &[usize], threads: usize) -> Vec<(usize, Range<usize>)> {
+    let mut left: usize = tiles.iter().sum();
+    let mut runs = Vec::new();
+    let (mut j, mut at) = (0, 0);
+    while left > 0 {
+        let mut size = left.div_ceil(2 * threads);
+        left -= size;
+        while size > 0 {
+            if at == tiles[j] {
+                (j, at) = (j + 1, 0);
+                continue;
+            }
+            let take = size.min(tiles[j] - at);
+            runs.push((j, at..at + take));
+            at += take;
+            size -= take;
+        }
+    }
+    runs
+}
+
 thread_local! {
     /// Per-thread accumulators for [`project`].
     static ACC: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -490,5 +511,40 @@ impl SharedOut {
     unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
         // SAFETY: guaranteed by the caller.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guided_runs;
+
+    #[test]
+    fn guided_runs_cover_every_tile_once_and_shrink() {
+        for threads in 1..=4 {
+            for tiles in [
+                vec![1],
+                vec![160, 40, 40],
+                vec![432],
+                vec![0, 7, 0, 3],
+                vec![8016],
+            ] {
+                let runs = guided_runs(&tiles, threads);
+                // Each matrix's tiles in order, once, no run empty or crossing a matrix.
+                let mut next = vec![0; tiles.len()];
+                let mut j_prev = 0;
+                for (j, run) in &runs {
+                    assert!(*j >= j_prev && !run.is_empty(), "{tiles:?} {runs:?}");
+                    assert_eq!(run.start, next[*j], "{tiles:?} {runs:?}");
+                    next[*j] = run.end;
+                    j_prev = *j;
+                }
+                assert_eq!(next, tiles, "{runs:?}");
+                // The last runs are single tiles, and there are few runs in all.
+                let total: usize = tiles.iter().sum();
+                assert!(runs.last().is_none_or(|(_, r)| r.len() == 1));
+                let bound = tiles.len() + 2 * threads * (1 + total.max(1).ilog2() as usize) * 2;
+                assert!(runs.len() <= bound, "{} runs for {tiles:?}", runs.len());
+            }
+        }
     }
 }
