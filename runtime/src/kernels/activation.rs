@@ -76,8 +76,8 @@ impl QuantizedActs {
     /// of the matrix: the group of `m` tokens from `t0` starts at `t0 · kpad`, and token
     /// `t0 + i`'s codes of block `kb` are at `(kb · m + i) · block_bytes` within it. A register
     /// block then reads its tokens' activations for one block from one or two cache lines instead
-    /// of `m` lines a row apart: in a Zen 4 micro-benchmark of the AVX2 kernel's inner loop, 8
-    /// tokens' quads 2560 bytes apart took 0.79 cycles per `vpmaddubsw`, interleaved 0.66.
+    /// of `m` lines a row apart: the AVX2 `tiled16` kernel's 128-token products went from
+    /// 142.5–143.0 to 149.6–155.9 G MAC/s on Zen 4 (BENCHMARKS.md, twelfth session).
     /// Uses the codes [`QuantizedActs::group`] made if they are in this order; otherwise
     /// rearranges them now, into a buffer of the calling thread's.
     pub fn with_grouped<R>(
