@@ -104,10 +104,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 T0=$(date +%s)
 step() { echo "== [$(( $(date +%s) - T0 ))s] $*" >&2; }
 
-# The commit of a source tree: git, else a COMMIT file at its top.
+# The commit of a source tree: a COMMIT file at its top, else its own git repository.
 commit_of() {
-    git -C "$1" rev-parse --short=12 HEAD 2>/dev/null && return
-    if [ -f "$1/COMMIT" ]; then head -1 "$1/COMMIT"; else echo unknown; fi
+    if [ -f "$1/COMMIT" ]; then head -1 "$1/COMMIT"; return; fi
+    # Only the tree's own repository: a vendored submodule without one would report its parent's.
+    local top
+    top=$(git -C "$1" rev-parse --show-toplevel 2>/dev/null)
+    if [ -n "$top" ] && [ "$top" = "$(cd "$1" && pwd -P)" ]; then
+        git -C "$1" rev-parse --short=12 HEAD
+    else
+        echo unknown
+    fi
 }
 
 # A peer's build directory for this instruction set (its log beside it, DIR.log).
