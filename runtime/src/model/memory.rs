@@ -35,8 +35,9 @@ pub struct MemoryNeed {
     /// How many tensors are repacked.
     pub repacked_tensors: usize,
     /// Bytes of the copy of a `q4_b32` output matrix rearranged for products of several tokens
-    /// at once ([`Q4Tiles`]), on a path that has such a kernel: counted only with as many slots
-    /// as the kernel takes tokens ([`MemoryNeed::with_slots`]). One sequence makes it only to take the logits of every
+    /// at once ([`Q4Tiles`]), on a path that has such a kernel: counted only with at least as
+    /// many slots as the tokens from which the path uses it ([`Q4Tiles::min_tokens`],
+    /// [`MemoryNeed::with_slots`]). One sequence makes it only to take the logits of every
     /// position of a prompt (`perplexity`, `logits`), which is not counted.
     pub batch_copy: u64,
     /// Bytes of the KV caches: `slots` sequences of `positions` positions each.
