@@ -21,6 +21,9 @@ data, so the figures are the core's throughput for that mix, the ceiling a real 
   both (half the broadcasts), 2 tokens' accumulators in registers.
 - `both halves, memory sums`: the same for 8 tokens whose i16 sums live in L1 (loaded, added to and
   stored once per half), as a loop over all of a prompt's tokens per block would keep them.
+- `rows broadcast, R x V`: the roles turned around, for R rows and 8V tokens (R · V = 8
+  accumulators): per plane, V loads of 8 tokens' activation quads side by side, then for each row a
+  `vpbroadcastd` of its code quad from unpacked planes in L1, V `vpmaddubsw` and V adds.
 """
 
 import os
@@ -144,6 +147,24 @@ def both_halves_memory():
     return body
 
 
+def rows_broadcast(rows, vecs):
+    # ymm0..: the accumulators (row-major); then the activation vectors, the broadcast quad and the
+    # products in the registers left.
+    acts = rows * vecs
+    quad = acts + vecs
+    products = quad + 1
+    body = []
+    for p in range(4):
+        body += [f"vmovdqu {(p * vecs + v) * 32}(%[a]), %%ymm{acts + v}" for v in range(vecs)]
+        for r in range(rows):
+            body.append(f"vpbroadcastd {-4096 + p * 32 + 4 * r}(%[a]), %%ymm{quad}")
+            for v in range(vecs):
+                t = products + v % (16 - products)
+                body.append(f"vpmaddubsw %%ymm{acts + v}, %%ymm{quad}, %%ymm{t}")
+                body.append(f"vpaddw %%ymm{t}, %%ymm{r * vecs + v}, %%ymm{r * vecs + v}")
+    return body
+
+
 def main():
     # (name, body, bytes the activations move per iteration, vpmaddubsw per iteration)
     loops = [
@@ -154,6 +175,9 @@ def main():
         ("kernel, grouped, unpacking", kernel_unpacking(), 128, 32),
         ("both halves, 2 tokens", both_halves_registers(), 0, 64),
         ("both halves, memory sums", both_halves_memory(), 0, 64),
+        ("rows broadcast, 8 x 1", rows_broadcast(8, 1), 128, 32),
+        ("rows broadcast, 4 x 2", rows_broadcast(4, 2), 128, 32),
+        ("rows broadcast, 2 x 4", rows_broadcast(2, 4), 128, 32),
     ]
     src = HEADER
     src += loop("one_add", ["add $1, %%rcx"] * 32, 32, clobbers='"rcx"')
