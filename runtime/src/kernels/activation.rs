@@ -54,12 +54,12 @@ impl QuantizedActs {
         &self.q[t * self.kpad..(t + 1) * self.kpad]
     }
 
-    /// Rearrange the codes, once for every matrix-matrix call that reads them, for `path`'s kernel
-    /// on matrices whose blocks are `block_bytes` columns wide (nothing if the path does not
-    /// group tokens). Each call would otherwise do it for itself: with 128 tokens, redoing it for
-    /// each run of tiles made prompts 5–7% slower than not grouping at all.
-    pub fn group(&mut self, path: KernelPath, block_bytes: usize) {
-        if let Some(block) = path.token_block()
+    /// Rearrange the codes, once for every matrix-matrix call that reads them, as `path`'s kernel
+    /// reads them ([`KernelPath::act_grouping`]; nothing if the path does not group tokens). Each
+    /// call would otherwise do it for itself: with 128 tokens, redoing it for each run of tiles
+    /// made prompts 5–7% slower than not grouping at all.
+    pub fn group(&mut self, path: KernelPath) {
+        if let Some((block_bytes, block)) = path.act_grouping()
             && self.tokens > 1
         {
             let mut codes = std::mem::take(&mut self.grouped.codes);

@@ -4,12 +4,13 @@
 //!
 //! The ternary kernel reads 16-row tiles as two 32-byte halves (rows 0–7, 8–15). A half splits into
 //! `P` planes of unsigned codes `t + 1` (four by shift-and-mask for `tiled`, five base-3 digits for
-//! `base3`), plane `p` holding in 32-bit lane `r` row `r`'s codes at columns `4p .. 4p+3`; each plane
-//! is multiplied by one broadcast activation quad, and `Σ q` is subtracted at the end to undo the
-//! `+ 1`. Tokens are taken [`TOKEN_BLOCK`] at a time (the rest 4, 2 and 1 at a time), so each half
-//! is unpacked once and used by every token of the block (or once for every block:
-//! [`Planes::UNPACK_ONCE`]), and their activations are read grouped by block
-//! ([`QuantizedActs::with_grouped`]); one token is the matrix-vector case.
+//! `base3`), plane `p` holding in 32-bit lane `r` row `r`'s codes at columns `4p .. 4p+3`, and
+//! `Σ q` is subtracted at the end to undo the `+ 1`. Tokens are taken [`WIDE_BLOCK`] at a time by
+//! broadcasting each row's code quad against vectors of 8 tokens' activation quads, the tile
+//! unpacked once per run of blocks for all of them; the rest [`TOKEN_BLOCK`], 4, 2 and 1 at a time
+//! the other way round, each plane multiplied by one token's broadcast activation quad and each
+//! half unpacked once for the block's tokens (one token is the matrix-vector case). Activations are
+//! read grouped by quad ([`ACT_GROUPING`], [`QuantizedActs::with_grouped`]).
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -19,14 +20,28 @@ use super::attention::CacheRows;
 use super::float::FloatKind;
 use super::ternary::TernaryMatrix;
 
-/// Tokens per register block: eight accumulators (one per token, for the half being read), the
-/// half's four planes and a few temporaries fill the 16 ymm registers. It ran faster than four
-/// tokens with both halves at once, which spilled registers.
+/// Tokens per register block of the narrow kernel: eight accumulators (one per token, for the half
+/// being read), the half's four planes and a few temporaries fill the 16 ymm registers. It ran
+/// faster than four tokens with both halves at once, which spilled registers.
 pub(super) const TOKEN_BLOCK: usize = 8;
 
+/// Tokens per group of the wide kernel: four vectors of 8 tokens' quads, each broadcast code quad
+/// multiplied into all four (a last group of 16 takes two).
+pub(super) const WIDE_BLOCK: usize = 32;
+
+/// How the ternary kernels read activations ([`QuantizedActs::with_grouped`]): by quad of codes,
+/// in groups of [`WIDE_BLOCK`] tokens (the rest in smaller groups), so that a quad's 8 or 16 tokens
+/// are one or two vectors and a narrow block's tokens share one or two cache lines per block.
+pub(super) const ACT_GROUPING: (usize, usize) = (4, WIDE_BLOCK);
+
+/// Planes per run of the wide kernel, at most: a run's planes (4 KiB for 16 rows) and a group's
+/// quads for them (4 KiB) stay in L1 while every group reads them.
+pub(super) const RUN_PLANES: usize = 64;
+
 std::thread_local! {
-    /// Each thread's unpacked tile ([`Planes::UNPACK_ONCE`]), reused across calls.
-    pub(super) static TILE_PLANES: std::cell::RefCell<Vec<__m256i>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's unpacked run of a tile and the wide kernel's accumulators, reused across calls.
+    pub(super) static WIDE_SUMS: std::cell::RefCell<(Vec<__m256i>, Vec<i32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// One instruction set's multiply-accumulate for [`ternary_kernel!`].
@@ -98,12 +113,6 @@ impl Mac for Maddubs {
 /// `4p .. 4p+3` of each block, in `vpdpbusd` operand shape). `unsafe` only because compiled with
 /// AVX2: callers must run on a CPU that has it.
 pub(super) trait Planes<const P: usize> {
-    /// Whether, with several register blocks of tokens, the kernel unpacks each tile once into a
-    /// buffer for all of them instead of once per block. It pays for `base3`'s six-instruction
-    /// digits (AVX2 prompts of the 2B-4T shape, 128 tokens: 23–31% faster) but not for `tiled`'s
-    /// shift and mask, cheaper than storing and reloading the planes (1–3% slower at 2 threads).
-    const UNPACK_ONCE: bool;
-
     unsafe fn planes(v: __m256i) -> [__m256i; P];
 }
 
@@ -125,8 +134,6 @@ pub(super) use bits2_planes;
 pub(super) struct Bits2;
 
 impl Planes<4> for Bits2 {
-    const UNPACK_ONCE: bool = false;
-
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 4] {
@@ -159,8 +166,6 @@ pub(super) use times3;
 pub(super) struct Base3;
 
 impl Planes<5> for Base3 {
-    const UNPACK_ONCE: bool = true;
-
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 5] {
@@ -196,112 +201,199 @@ macro_rules! ternary_kernel {
             out: &mut [i32],
         ) {
             use $crate::kernels::activation::token_groups;
-            use $crate::kernels::avx2::{TILE_PLANES, TOKEN_BLOCK};
+            use $crate::kernels::avx2::{ACT_GROUPING, RUN_PLANES, TOKEN_BLOCK, WIDE_BLOCK, WIDE_SUMS};
             let (k_blocks, tile_bytes, tokens, kpad) =
                 (w.k_blocks(), w.tile_bytes(), x.tokens, x.kpad);
-            let unpack = U::UNPACK_ONCE && tokens > TOKEN_BLOCK;
-            let mut planes = TILE_PLANES.take();
-            x.with_grouped(4 * P, TOKEN_BLOCK, |acts| {
+            let run_blocks = (RUN_PLANES.min(<$mac>::RUN_PLANES) / P).max(1);
+            // Tokens taken by `wide_group` (groups of 32, then one of 16); the rest go 8, 4, 2 and
+            // 1 at a time.
+            let wide = tokens - tokens % 16;
+            let (mut planes, mut sums) = WIDE_SUMS.take();
+            x.with_grouped(ACT_GROUPING.0, ACT_GROUPING.1, |acts| {
                 for (i, tile) in tiles.enumerate() {
                     let codes = &w.codes[tile * tile_bytes..(tile + 1) * tile_bytes];
                     let out_tile = &mut out[i * tokens * 16..(i + 1) * tokens * 16];
-                    if unpack {
-                        // Every plane is written below: no clearing.
-                        planes.resize(k_blocks * 2 * P, _mm256_setzero_si256());
-                        for (half, planes) in planes.chunks_exact_mut(P).enumerate() {
-                            $crate::kernels::prefetch(codes, half * 32);
-                            // SAFETY: `half < 2 · k_blocks`, so its 32 bytes are in `codes`; `U` is
-                            // compiled for this function's features.
-                            planes.copy_from_slice(&unsafe {
-                                U::planes(_mm256_loadu_si256(codes.as_ptr().add(half * 32).cast()))
-                            });
+                    if wide > 0 {
+                        sums.clear();
+                        sums.resize(wide * 16, 0);
+                        for run in (0..k_blocks).step_by(run_blocks) {
+                            let blocks = run_blocks.min(k_blocks - run);
+                            // Every plane is written below: no clearing.
+                            planes.resize(blocks * 2 * P, _mm256_setzero_si256());
+                            for (j, planes) in planes.chunks_exact_mut(P).enumerate() {
+                                let half = run * 2 + j;
+                                // SAFETY: `half < 2 · k_blocks`, so its 32 bytes are in `codes`;
+                                // `U` is compiled for this function's features.
+                                planes.copy_from_slice(&unsafe {
+                                    U::planes(_mm256_loadu_si256(
+                                        codes.as_ptr().add(half * 32).cast(),
+                                    ))
+                                });
+                            }
+                            for (t, m) in token_groups(wide, WIDE_BLOCK) {
+                                let quads = blocks * P;
+                                let a = &acts[t * kpad + run * 4 * P * m..][..quads * 4 * m];
+                                let sums = &mut sums[t * 16..(t + m) * 16];
+                                // SAFETY: same features; `planes` holds the run's `2P · blocks`
+                                // planes, `a` its quads of `m` tokens, `sums` 16 rows of `m`.
+                                unsafe {
+                                    if m == WIDE_BLOCK {
+                                        wide_group::<P, 4, 2>(&planes, blocks, a, sums)
+                                    } else {
+                                        wide_group::<P, 2, 4>(&planes, blocks, a, sums)
+                                    }
+                                };
+                            }
+                        }
+                        for (t0, m) in token_groups(wide, WIDE_BLOCK) {
+                            let sums = &sums[t0 * 16..(t0 + m) * 16];
+                            for i in 0..m {
+                                let (t, out) = (t0 + i, &mut out_tile[(t0 + i) * 16..][..16]);
+                                for (r, o) in out.iter_mut().enumerate() {
+                                    *o = sums[r * m + i] - x.sum[t];
+                                }
+                            }
                         }
                     }
-                    for (t, m) in token_groups(tokens, TOKEN_BLOCK) {
+                    for (t, m) in token_groups(tokens - wide, TOKEN_BLOCK) {
+                        let t = wide + t;
                         let a = &acts[t * kpad..(t + m) * kpad];
-                        let sums = &x.sum[t..t + m];
                         let o = &mut out_tile[t * 16..(t + m) * 16];
-                        let p = &planes[..];
                         // SAFETY: same CPU features as this function; `codes` holds `k_blocks`
-                        // blocks of 64 bytes (and `p`, when unpacking, their `2P · k_blocks`
-                        // planes), `a` the group's `m · 4P · k_blocks` grouped codes, `sums`
-                        // its `m` sums and `o` its `m · 16` accumulators.
-                        unsafe {
-                            if unpack {
-                                group::<P, U, true>(m, codes, p, k_blocks, a, sums, o)
-                            } else {
-                                group::<P, U, false>(m, codes, p, k_blocks, a, sums, o)
+                        // blocks of 64 bytes, `a` the group's `m · 4P · k_blocks` grouped codes,
+                        // `x.sum[t..]` its `m` sums and `o` its `m · 16` accumulators.
+                        unsafe { group::<P, U>(m, codes, k_blocks, a, &x.sum[t..t + m], o) };
+                    }
+                }
+            });
+            WIDE_SUMS.set((planes, sums));
+        }
+
+        /// `8V` tokens (`V` vectors of 8 tokens' activation quads) against one run of a tile's
+        /// unpacked `planes` (`blocks` blocks, half by half), added into `sums` (16 rows of `8V`
+        /// tokens, row-major). The roles of the narrow kernel turn around: each row's code quad is
+        /// broadcast from the planes and multiplied into the `V` vectors, `R` rows at a time
+        /// (`R · V = 8` accumulators), so that a load feeds `V` products instead of one and the
+        /// tile is unpacked once per run for every group of tokens.
+        #[target_feature(enable = $features)]
+        unsafe fn wide_group<const P: usize, const V: usize, const R: usize>(
+            planes: &[__m256i],
+            blocks: usize,
+            acts: &[i8],
+            sums: &mut [i32],
+        ) {
+            use $crate::kernels::avx2::Mac;
+            type K = $mac;
+            let m = 8 * V;
+            debug_assert!(
+                planes.len() == blocks * 2 * P
+                    && acts.len() == blocks * 4 * P * m
+                    && sums.len() == 16 * m
+                    && blocks * P <= K::RUN_PLANES
+                    && 8 % R == 0
+            );
+            let rows = planes.as_ptr().cast::<i32>();
+            for first in (0..16).step_by(R) {
+                let (h, lane) = (first / 8, first % 8);
+                let mut acc = [[_mm256_setzero_si256(); V]; R];
+                for kb in 0..blocks {
+                    for p in 0..P {
+                        let quad = kb * P + p;
+                        // SAFETY: `quad < P · blocks`, so its `m` tokens' `4m` bytes are in `acts`.
+                        let a: [__m256i; V] = std::array::from_fn(|v| unsafe {
+                            _mm256_loadu_si256(acts.as_ptr().add(quad * 4 * m + 32 * v).cast())
+                        });
+                        let plane = (kb * 2 + h) * P + p;
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: `plane < 2P · blocks` and `lane + r < 8`: one 32-bit lane
+                            // of a plane in `planes`.
+                            let u = _mm256_set1_epi32(unsafe {
+                                rows.add(plane * 8 + lane + r).read()
+                            });
+                            for (acc, a) in acc.iter_mut().zip(a) {
+                                // SAFETY: this function has the features `K` is compiled for.
+                                unsafe { K::step::<1>(acc, &[u], &[a]) };
+                                // SAFETY: the template is empty: the register is read and written
+                                // back unchanged. It keeps LLVM from summing several planes'
+                                // products before adding them, which needs more registers than
+                                // there are (spills to the stack on every pass).
+                                unsafe {
+                                    std::arch::asm!(
+                                        "/* {0} */",
+                                        inout(ymm_reg) *acc,
+                                        options(pure, nomem, nostack, preserves_flags)
+                                    )
+                                };
                             }
                         }
                     }
                 }
-            });
-            TILE_PLANES.set(planes);
+                for (r, acc) in acc.iter().enumerate() {
+                    for (v, acc) in acc.iter().enumerate() {
+                        let at = (first + r) * m + 8 * v;
+                        // SAFETY: row `first + r < 16`, tokens `8v .. 8v + 8` of `m`: in `sums`.
+                        unsafe {
+                            let dst = sums.as_mut_ptr().add(at).cast::<__m256i>();
+                            _mm256_storeu_si256(
+                                dst,
+                                _mm256_add_epi32(_mm256_loadu_si256(dst), K::widen(*acc)),
+                            );
+                        }
+                    }
+                }
+            }
         }
 
         /// [`token_block`] for a group of `m` tokens (1, 2, 4 or [`TOKEN_BLOCK`]).
         #[target_feature(enable = $features)]
-        unsafe fn group<
-            const P: usize,
-            U: $crate::kernels::avx2::Planes<P>,
-            const UNPACKED: bool,
-        >(
+        unsafe fn group<const P: usize, U: $crate::kernels::avx2::Planes<P>>(
             m: usize,
             codes: &[u8],
-            planes: &[__m256i],
             k_blocks: usize,
             acts: &[i8],
             sums: &[i32],
             out: &mut [i32],
         ) {
             use $crate::kernels::avx2::TOKEN_BLOCK;
-            let args = (codes, planes, k_blocks, acts, sums, out);
+            let args = (codes, k_blocks, acts, sums, out);
             // SAFETY: same features; the caller's bounds.
             unsafe {
                 match m {
-                    TOKEN_BLOCK => token_block::<TOKEN_BLOCK, P, U, UNPACKED>(args),
-                    4 => token_block::<4, P, U, UNPACKED>(args),
-                    2 => token_block::<2, P, U, UNPACKED>(args),
-                    _ => token_block::<1, P, U, UNPACKED>(args),
+                    TOKEN_BLOCK => token_block::<TOKEN_BLOCK, P, U>(args),
+                    4 => token_block::<4, P, U>(args),
+                    2 => token_block::<2, P, U>(args),
+                    _ => token_block::<1, P, U>(args),
                 }
             }
         }
 
-        /// A group of `M` tokens (activations `acts` grouped as [`QuantizedActs::with_grouped`]
-        /// lays them out, code sums `sums`) against one tile. Several tokens: the halves one after
-        /// the other, so that only one half's four planes, the `M` accumulators and a few
-        /// temporaries are live. One token: both halves of each block together, reading the codes
-        /// once, in order (5–12% faster than half by half in a one-thread micro-benchmark).
+        /// A group of `M` tokens (activations `acts` grouped by quad as
+        /// [`QuantizedActs::with_grouped`] lays them out, code sums `sums`) against one tile.
+        /// Several tokens: the halves one after the other, so that only one half's four planes,
+        /// the `M` accumulators and a few temporaries are live. One token: both halves of each
+        /// block together, reading the codes once, in order (5–12% faster than half by half in a
+        /// one-thread micro-benchmark).
         #[target_feature(enable = $features)]
         unsafe fn token_block<
             const M: usize,
             const P: usize,
             U: $crate::kernels::avx2::Planes<P>,
-            const UNPACKED: bool,
         >(
-            (codes, planes, k_blocks, acts, sums, out): (
-                &[u8],
-                &[__m256i],
-                usize,
-                &[i8],
-                &[i32],
-                &mut [i32],
-            ),
+            (codes, k_blocks, acts, sums, out): (&[u8], usize, &[i8], &[i32], &mut [i32]),
         ) {
             // SAFETY (all three): same features; the caller's bounds, and `first + H <= 2`.
             unsafe {
                 if M == 1 {
-                    halves::<M, 2, P, U, UNPACKED>(codes, planes, k_blocks, acts, sums, 0, out);
+                    halves::<M, 2, P, U>(codes, k_blocks, acts, sums, 0, out);
                 } else {
-                    halves::<M, 1, P, U, UNPACKED>(codes, planes, k_blocks, acts, sums, 0, out);
-                    halves::<M, 1, P, U, UNPACKED>(codes, planes, k_blocks, acts, sums, 1, out);
+                    halves::<M, 1, P, U>(codes, k_blocks, acts, sums, 0, out);
+                    halves::<M, 1, P, U>(codes, k_blocks, acts, sums, 1, out);
                 }
             }
         }
 
         /// Halves `first .. first + H` of a group of `M` tokens against one tile: each half is
-        /// unpacked once per block (or, if `UNPACKED`, read from `planes`, the tile's halves
-        /// unpacked in order) and used by all `M` tokens, accumulating runs of
+        /// unpacked once per block and used by all `M` tokens, accumulating runs of
         /// [`Mac::RUN_PLANES`] planes before widening.
         #[target_feature(enable = $features)]
         unsafe fn halves<
@@ -309,10 +401,8 @@ macro_rules! ternary_kernel {
             const H: usize,
             const P: usize,
             U: $crate::kernels::avx2::Planes<P>,
-            const UNPACKED: bool,
         >(
             codes: &[u8],
-            planes: &[__m256i],
             k_blocks: usize,
             acts: &[i8],
             sums: &[i32],
@@ -328,7 +418,6 @@ macro_rules! ternary_kernel {
                     && acts.len() >= M * 4 * P * k_blocks
                     && sums.len() == M
                     && first + H <= 2
-                    && (!UNPACKED || planes.len() == k_blocks * 2 * P)
             );
             let mut total = [[_mm256_setzero_si256(); H]; M];
             let mut run = 0;
@@ -336,28 +425,21 @@ macro_rules! ternary_kernel {
                 let end = k_blocks.min(run.saturating_add(run_blocks));
                 let mut acc = [[_mm256_setzero_si256(); H]; M];
                 for kb in run..end {
-                    if !UNPACKED {
-                        $crate::kernels::prefetch(codes, kb * 64 + 32 * first);
-                    }
+                    $crate::kernels::prefetch(codes, kb * 64 + 32 * first);
                     for j in 0..H {
                         let half = kb * 2 + first + j;
-                        let c: [__m256i; P] = if UNPACKED {
-                            // SAFETY: `half < 2 · k_blocks`, so its `P` planes are in `planes`.
-                            std::array::from_fn(|p| unsafe { *planes.as_ptr().add(half * P + p) })
-                        } else {
-                            // SAFETY: `half < 2 · k_blocks`, so its 32 bytes are in `codes`;
-                            // this function has the features `U` is compiled for.
-                            unsafe {
-                                U::planes(_mm256_loadu_si256(codes.as_ptr().add(half * 32).cast()))
-                            }
+                        // SAFETY: `half < 2 · k_blocks`, so its 32 bytes are in `codes`; this
+                        // function has the features `U` is compiled for.
+                        let c: [__m256i; P] = unsafe {
+                            U::planes(_mm256_loadu_si256(codes.as_ptr().add(half * 32).cast()))
                         };
                         for (m, acc) in acc.iter_mut().enumerate() {
                             let a: [__m256i; P] = std::array::from_fn(|p| {
                                 // SAFETY: the group holds `M · 4P · k_blocks` codes; this reads
-                                // quad `p < P` of token `m < M` in block `kb < k_blocks`.
+                                // quad `p < P` of block `kb < k_blocks` of token `m < M`.
                                 let quad = unsafe {
                                     acts.as_ptr()
-                                        .add(((kb * M + m) * P + p) * 4)
+                                        .add(((kb * P + p) * M + m) * 4)
                                         .cast::<i32>()
                                         .read_unaligned()
                                 };

@@ -74,7 +74,10 @@ pub unsafe fn ternary_tiles<const P: usize, U: Planes<P>>(
 /// each row in lane `r`). `unsafe` only because compiled with AVX-512 BW: callers must run on a CPU
 /// that has it.
 pub trait Planes<const P: usize>: Sized {
-    /// As [`super::avx2::Planes::UNPACK_ONCE`]; here `base3` prompts of 128 tokens ran 6–10% faster.
+    /// Whether, with several register blocks of tokens, the kernel unpacks each tile once into a
+    /// buffer for all of them instead of once per block. It pays for `base3`'s digits (prompts of
+    /// 128 tokens ran 6–10% faster) but not for `tiled`'s shift and mask, cheaper than storing and
+    /// reloading the planes.
     const UNPACK_ONCE: bool;
 
     unsafe fn planes(v: __m512i) -> [__m512i; P];

@@ -260,13 +260,14 @@ impl KernelPath {
         }
     }
 
-    /// Tokens per register block of this path's ternary matrix-matrix kernel, if it reads
-    /// activations grouped by [`activation::QuantizedActs::group`] (the 256-bit x86 kernels; for the
-    /// AVX-512 one, grouping measured at most 5% faster with `tiled16` and 6% slower with `base3x16`).
-    pub fn token_block(self) -> Option<usize> {
+    /// How this path's ternary matrix-matrix kernel reads activations, if grouped by
+    /// [`activation::QuantizedActs::group`]: `(bytes, tokens)`, the codes in pieces of `bytes`,
+    /// grouped `tokens` tokens at a time (the 256-bit x86 kernels; for the AVX-512 one, grouping
+    /// measured at most 5% faster with `tiled16` and 6% slower with `base3x16`).
+    pub fn act_grouping(self) -> Option<(usize, usize)> {
         match self.0 {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::AvxVnni => Some(avx2::TOKEN_BLOCK),
+            Isa::Avx2 | Isa::AvxVnni => Some(avx2::ACT_GROUPING),
             _ => None,
         }
     }
