@@ -247,11 +247,19 @@ macro_rules! ternary_kernel {
                         }
                         for (t0, m) in token_groups(wide, WIDE_BLOCK) {
                             let sums = &sums[t0 * 16..(t0 + m) * 16];
-                            for i in 0..m {
-                                let (t, out) = (t0 + i, &mut out_tile[(t0 + i) * 16..][..16]);
-                                for (r, o) in out.iter_mut().enumerate() {
-                                    *o = sums[r * m + i] - x.sum[t];
-                                }
+                            for (i, r) in (0..m).step_by(8).flat_map(|i| [(i, 0), (i, 8)]) {
+                                let at = (t0 + i) * 16 + r;
+                                // SAFETY: rows `r .. r + 8` of tokens `i .. i + 8` of the group:
+                                // in `sums` (16 rows of `m`), `x.sum` and `out_tile`.
+                                unsafe {
+                                    $crate::kernels::avx2::store_transposed(
+                                        &sums[r * m + i..],
+                                        m,
+                                        &x.sum[t0 + i..t0 + i + 8],
+                                        &mut out_tile[at..at + 7 * 16 + 8],
+                                        16,
+                                    )
+                                };
                             }
                         }
                     }
@@ -482,6 +490,64 @@ macro_rules! ternary_kernel {
 pub(super) use ternary_kernel;
 
 ternary_kernel!("avx2", Maddubs);
+
+/// `out[j · out_stride + k] = rows[k · row_stride + j] − sums[j]` for `j, k < 8`: eight rows of
+/// eight tokens' sums, turned into eight tokens' runs of eight rows, less each token's `Σ q`.
+///
+/// # Safety
+/// The CPU must support AVX2; `rows` holds `7 · row_stride + 8` values and `out`
+/// `7 · out_stride + 8`.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn store_transposed(
+    rows: &[i32],
+    row_stride: usize,
+    sums: &[i32],
+    out: &mut [i32],
+    out_stride: usize,
+) {
+    debug_assert!(
+        rows.len() > 7 * row_stride + 7 && out.len() > 7 * out_stride + 7 && sums.len() == 8
+    );
+    // SAFETY: the bounds above.
+    let (v, sums) = unsafe {
+        (
+            std::array::from_fn::<_, 8, _>(|k| {
+                _mm256_loadu_si256(rows.as_ptr().add(k * row_stride).cast())
+            }),
+            _mm256_loadu_si256(sums.as_ptr().cast()),
+        )
+    };
+    let v = v.map(|row| _mm256_sub_epi32(row, sums));
+    // Pairs of 32-bit lanes, then of 64-bit lanes, then of 128-bit halves.
+    let a = [0, 2, 4, 6].map(|k| _mm256_unpacklo_epi32(v[k], v[k + 1]));
+    let b = [0, 2, 4, 6].map(|k| _mm256_unpackhi_epi32(v[k], v[k + 1]));
+    let c = [
+        _mm256_unpacklo_epi64(a[0], a[1]),
+        _mm256_unpackhi_epi64(a[0], a[1]),
+        _mm256_unpacklo_epi64(b[0], b[1]),
+        _mm256_unpackhi_epi64(b[0], b[1]),
+    ];
+    let d = [
+        _mm256_unpacklo_epi64(a[2], a[3]),
+        _mm256_unpackhi_epi64(a[2], a[3]),
+        _mm256_unpacklo_epi64(b[2], b[3]),
+        _mm256_unpackhi_epi64(b[2], b[3]),
+    ];
+    for j in 0..4 {
+        // SAFETY: the bounds above.
+        unsafe {
+            _mm256_storeu_si256(
+                out.as_mut_ptr().add(j * out_stride).cast(),
+                _mm256_permute2x128_si256::<0x20>(c[j], d[j]),
+            );
+            _mm256_storeu_si256(
+                out.as_mut_ptr().add((j + 4) * out_stride).cast(),
+                _mm256_permute2x128_si256::<0x31>(c[j], d[j]),
+            );
+        }
+    }
+}
 
 /// `Σ a[i] · b[i]` in f32 with 8-lane FMAs.
 ///
