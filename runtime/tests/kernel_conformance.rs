@@ -623,8 +623,9 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
     // exactly -32768, the i16 minimum (and 32512 at +127); one block more would wrap, and so would
     // a 13th `base3` block. The plain NEON kernel adds 128 planes in i16 (32 blocks of `tiled`, 25
     // of `base3`), one product per plane and lane: at most ±16384. 35 blocks: whole runs and a
-    // partial one on both; the token counts take every register block size (8, 4, 2, 1 on x86;
-    // 4 and 1 on NEON's 4-row tiles) and mix them. Weights -1 (code 0) and alternating signs too.
+    // partial one on both; the token counts take every register block size (32, 16, 8, 4, 2, 1 on
+    // x86; 4 and 1 on NEON's 4-row tiles) and mix them. Weights -1 (code 0) and alternating signs
+    // too.
     let paths = available_paths();
     for (layout, weight) in [
         TernaryLayout::Tiled { tile_rows: 16 },
@@ -653,7 +654,7 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
             |t, k| if (t + k) % 2 == 0 { 127 } else { -128 },
         ];
         for pattern in patterns {
-            for tokens in [1, 2, 3, 4, 5, 8, 15, 16, 35] {
+            for tokens in [1, 2, 3, 4, 5, 8, 15, 16, 35, 48] {
                 let x = fixed_acts(tokens, cols, w.kpad(), pattern);
                 let expected = oracle(&values, rows, cols, tile_rows, &x);
                 for &path in paths.iter().filter(|p| p.reads_layout(layout)) {
@@ -671,10 +672,11 @@ fn i16_runs_hold_the_extreme_products_on_every_path() {
 
 #[test]
 fn every_token_count_and_tile_range_matches_on_every_path() {
-    // The 256-bit x86 kernels take tokens 8 at a time, then 4, 2 and 1, the AVX-512 one 16 at a
-    // time, then 8, 4, 2 and 1 (past one block, both unpack each `base3` tile once for all): 1–9,
-    // 13, 16, 17, 31 and 33 tokens cover each register block and each mix of tails; 45 rows end
-    // in a partial tile, 343 columns in a partial block.
+    // The 256-bit x86 kernels take tokens 32 at a time, then 16 (both in runs of a tile's planes
+    // unpacked once), then 8, 4, 2 and 1; the AVX-512 one 16 at a time, then 8, 4, 2 and 1 (past
+    // one block, unpacking each `base3` tile once for all): 1–9, 13, 16, 17, 31, 33 and 59 tokens
+    // cover each register block and each mix of tails; 45 rows end in a partial tile, 343 columns
+    // in a partial block (and a partial run of planes).
     let (rows, cols) = (45usize, 343usize);
     let paths = available_paths();
     let mut seed = 3u64;
@@ -683,7 +685,7 @@ fn every_token_count_and_tile_range_matches_on_every_path() {
         (seed >> 33) as u32
     };
     let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-    for tokens in (1..=9).chain([13, 16, 17, 31, 33]) {
+    for tokens in (1..=9).chain([13, 16, 17, 31, 33, 59]) {
         let acts: Vec<f32> = (0..tokens * cols)
             .map(|_| (next() % 2001) as f32 / 100.0 - 10.0)
             .collect();

@@ -22,12 +22,33 @@ pub struct QuantizedActs {
     pub grouped: Grouped,
 }
 
-/// Codes in the order of [`QuantizedActs::with_grouped`], and the `(block_bytes, block)` they are
-/// in that order for.
+/// Codes in the order of [`QuantizedActs::with_grouped`], and the grouping they are in that order
+/// for.
 #[derive(Debug, Clone, Default)]
 pub struct Grouped {
     codes: Vec<i8>,
-    shape: Option<(usize, usize)>,
+    shape: Option<Grouping>,
+}
+
+/// How a matrix-matrix kernel reads activations ([`QuantizedActs::with_grouped`]): tokens in the
+/// groups of [`token_groups`]`(tokens, block)`, a group of at least `quads_from` tokens a quad of
+/// codes (4 bytes) of each token at a time, a smaller one `block_bytes` (a block of the matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grouping {
+    pub block: usize,
+    pub quads_from: usize,
+    pub block_bytes: usize,
+}
+
+impl Grouping {
+    /// The bytes of each token a group of `m` tokens takes at a time.
+    fn piece(self, m: usize) -> usize {
+        if m >= self.quads_from {
+            4
+        } else {
+            self.block_bytes
+        }
+    }
 }
 
 impl QuantizedActs {
@@ -54,38 +75,32 @@ impl QuantizedActs {
         &self.q[t * self.kpad..(t + 1) * self.kpad]
     }
 
-    /// Rearrange the codes, once for every matrix-matrix call that reads them, as `path`'s kernel
-    /// reads them ([`KernelPath::act_grouping`]; nothing if the path does not group tokens). Each
-    /// call would otherwise do it for itself: with 128 tokens, redoing it for each run of tiles
-    /// made prompts 5–7% slower than not grouping at all.
-    pub fn group(&mut self, path: KernelPath) {
-        if let Some((block_bytes, block)) = path.act_grouping()
+    /// Rearrange the codes, once for every matrix-matrix call that reads them, for `path`'s kernel
+    /// on matrices whose blocks are `block_bytes` columns wide (nothing if the path does not
+    /// group tokens). Each call would otherwise do it for itself: with 128 tokens, redoing it for
+    /// each run of tiles made prompts 5–7% slower than not grouping at all.
+    pub fn group(&mut self, path: KernelPath, block_bytes: usize) {
+        if let Some(grouping) = path.act_grouping(block_bytes)
             && self.tokens > 1
         {
             let mut codes = std::mem::take(&mut self.grouped.codes);
-            self.interleave(block_bytes, block, &mut codes);
+            self.interleave(grouping, &mut codes);
             self.grouped = Grouped {
                 codes,
-                shape: Some((block_bytes, block)),
+                shape: Some(grouping),
             };
         }
     }
 
-    /// Run `f` on the codes rearranged for a matrix-matrix kernel that takes tokens in the groups
-    /// of [`token_groups`]`(tokens, block)` and reads `block_bytes` codes of each token per block
-    /// of the matrix: the group of `m` tokens from `t0` starts at `t0 · kpad`, and token
-    /// `t0 + i`'s codes of block `kb` are at `(kb · m + i) · block_bytes` within it. A register
-    /// block then reads its tokens' activations for one block from one or two cache lines instead
-    /// of `m` lines a row apart: the AVX2 `tiled16` kernel's 128-token products went from
-    /// 142.5–143.0 to 149.6–155.9 G MAC/s on Zen 4 (BENCHMARKS.md, twelfth session).
+    /// Run `f` on the codes rearranged as `grouping` says: the group of `m` tokens from `t0`
+    /// starts at `t0 · kpad`, and token `t0 + i`'s `j`-th piece of `p = grouping.piece(m)` codes
+    /// is at `(j · m + i) · p` within it. A register block then reads its tokens' activations for
+    /// one block from one or two cache lines instead of `m` lines a row apart (the AVX2 `tiled16`
+    /// kernel's 128-token products went from 142.5–143.0 to 149.6–155.9 G MAC/s on Zen 4,
+    /// BENCHMARKS.md, twelfth session), and a quad's tokens are side by side, vectors of 8.
     /// Uses the codes [`QuantizedActs::group`] made if they are in this order; otherwise
     /// rearranges them now, into a buffer of the calling thread's.
-    pub fn with_grouped<R>(
-        &self,
-        block_bytes: usize,
-        block: usize,
-        f: impl FnOnce(&[i8]) -> R,
-    ) -> R {
+    pub fn with_grouped<R>(&self, grouping: Grouping, f: impl FnOnce(&[i8]) -> R) -> R {
         std::thread_local! {
             static GROUPED: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
@@ -93,28 +108,29 @@ impl QuantizedActs {
         if self.tokens == 1 {
             return f(&self.q);
         }
-        if self.grouped.shape == Some((block_bytes, block)) {
+        if self.grouped.shape == Some(grouping) {
             return f(&self.grouped.codes);
         }
         let mut codes = GROUPED.take();
-        self.interleave(block_bytes, block, &mut codes);
+        self.interleave(grouping, &mut codes);
         let r = f(&codes);
         GROUPED.set(codes);
         r
     }
 
     /// Write the codes into `out` in [`QuantizedActs::with_grouped`]'s order.
-    fn interleave(&self, block_bytes: usize, block: usize, out: &mut Vec<i8>) {
+    fn interleave(&self, grouping: Grouping, out: &mut Vec<i8>) {
         let kpad = self.kpad;
-        debug_assert!(kpad.is_multiple_of(block_bytes));
         out.clear();
         out.resize(self.tokens * kpad, 0);
-        for (t0, m) in token_groups(self.tokens, block) {
+        for (t0, m) in token_groups(self.tokens, grouping.block) {
+            let piece = grouping.piece(m);
+            debug_assert!(kpad.is_multiple_of(piece));
             let group = &mut out[t0 * kpad..(t0 + m) * kpad];
             for i in 0..m {
-                for (kb, codes) in self.row(t0 + i).chunks_exact(block_bytes).enumerate() {
-                    let at = (kb * m + i) * block_bytes;
-                    group[at..at + block_bytes].copy_from_slice(codes);
+                for (j, codes) in self.row(t0 + i).chunks_exact(piece).enumerate() {
+                    let at = (j * m + i) * piece;
+                    group[at..at + piece].copy_from_slice(codes);
                 }
             }
         }

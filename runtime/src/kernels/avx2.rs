@@ -5,17 +5,17 @@
 //! The ternary kernel reads 16-row tiles as two 32-byte halves (rows 0–7, 8–15). A half splits into
 //! `P` planes of unsigned codes `t + 1` (four by shift-and-mask for `tiled`, five base-3 digits for
 //! `base3`), plane `p` holding in 32-bit lane `r` row `r`'s codes at columns `4p .. 4p+3`, and
-//! `Σ q` is subtracted at the end to undo the `+ 1`. Tokens are taken [`WIDE_BLOCK`] at a time by
-//! broadcasting each row's code quad against vectors of 8 tokens' activation quads, the tile
-//! unpacked once per run of blocks for all of them; the rest [`TOKEN_BLOCK`], 4, 2 and 1 at a time
-//! the other way round, each plane multiplied by one token's broadcast activation quad and each
-//! half unpacked once for the block's tokens (one token is the matrix-vector case). Activations are
-//! read grouped by quad ([`ACT_GROUPING`], [`QuantizedActs::with_grouped`]).
+//! `Σ q` is subtracted at the end to undo the `+ 1`. Tokens are taken [`WIDE_BLOCK`] (then 16) at
+//! a time by broadcasting each row's code quad against vectors of 8 tokens' activation quads, the
+//! tile unpacked once per run of blocks for all of them; the rest [`TOKEN_BLOCK`], 4, 2 and 1 at a
+//! time the other way round, each plane multiplied by one token's broadcast activation quad and
+//! each half unpacked once for the block's tokens (one token is the matrix-vector case).
+//! Activations are read grouped ([`grouping`], [`QuantizedActs::with_grouped`]).
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::activation::QuantizedActs;
+use super::activation::{Grouping, QuantizedActs};
 use super::attention::CacheRows;
 use super::float::FloatKind;
 use super::ternary::TernaryMatrix;
@@ -29,10 +29,17 @@ pub(super) const TOKEN_BLOCK: usize = 8;
 /// multiplied into all four (a last group of 16 takes two).
 pub(super) const WIDE_BLOCK: usize = 32;
 
-/// How the ternary kernels read activations ([`QuantizedActs::with_grouped`]): by quad of codes,
-/// in groups of [`WIDE_BLOCK`] tokens (the rest in smaller groups), so that a quad's 8 or 16 tokens
-/// are one or two vectors and a narrow block's tokens share one or two cache lines per block.
-pub(super) const ACT_GROUPING: (usize, usize) = (4, WIDE_BLOCK);
+/// How the ternary kernels read activations ([`QuantizedActs::with_grouped`]) on matrices whose
+/// blocks are `block_bytes` columns wide: groups of [`WIDE_BLOCK`] and 16 tokens by quad, so that a
+/// quad's tokens are two or four vectors; smaller groups by block, a token's quads side by side
+/// (by quad, 8 tokens ran 3–5% slower in the kernel benchmark).
+pub(super) fn grouping(block_bytes: usize) -> Grouping {
+    Grouping {
+        block: WIDE_BLOCK,
+        quads_from: 16,
+        block_bytes,
+    }
+}
 
 /// Planes per run of the wide kernel, at most: a run's planes (4 KiB for 16 rows) and a group's
 /// quads for them (4 KiB) stay in L1 while every group reads them.
@@ -201,15 +208,16 @@ macro_rules! ternary_kernel {
             out: &mut [i32],
         ) {
             use $crate::kernels::activation::token_groups;
-            use $crate::kernels::avx2::{ACT_GROUPING, RUN_PLANES, TOKEN_BLOCK, WIDE_BLOCK, WIDE_SUMS};
+            use $crate::kernels::avx2::{RUN_PLANES, TOKEN_BLOCK, WIDE_BLOCK, WIDE_SUMS, grouping};
             let (k_blocks, tile_bytes, tokens, kpad) =
                 (w.k_blocks(), w.tile_bytes(), x.tokens, x.kpad);
-            let run_blocks = (RUN_PLANES.min(<$mac>::RUN_PLANES) / P).max(1);
+            let run_blocks =
+                (RUN_PLANES.min(<$mac as $crate::kernels::avx2::Mac>::RUN_PLANES) / P).max(1);
             // Tokens taken by `wide_group` (groups of 32, then one of 16); the rest go 8, 4, 2 and
             // 1 at a time.
             let wide = tokens - tokens % 16;
             let (mut planes, mut sums) = WIDE_SUMS.take();
-            x.with_grouped(ACT_GROUPING.0, ACT_GROUPING.1, |acts| {
+            x.with_grouped(grouping(4 * P), |acts| {
                 for (i, tile) in tiles.enumerate() {
                     let codes = &w.codes[tile * tile_bytes..(tile + 1) * tile_bytes];
                     let out_tile = &mut out[i * tokens * 16..(i + 1) * tokens * 16];
@@ -315,9 +323,8 @@ macro_rules! ternary_kernel {
                         for (r, acc) in acc.iter_mut().enumerate() {
                             // SAFETY: `plane < 2P · blocks` and `lane + r < 8`: one 32-bit lane
                             // of a plane in `planes`.
-                            let u = _mm256_set1_epi32(unsafe {
-                                rows.add(plane * 8 + lane + r).read()
-                            });
+                            let u =
+                                _mm256_set1_epi32(unsafe { rows.add(plane * 8 + lane + r).read() });
                             for (acc, a) in acc.iter_mut().zip(a) {
                                 // SAFETY: this function has the features `K` is compiled for.
                                 unsafe { K::step::<1>(acc, &[u], &[a]) };
@@ -328,7 +335,7 @@ macro_rules! ternary_kernel {
                                 unsafe {
                                     std::arch::asm!(
                                         "/* {0} */",
-                                        inout(ymm_reg) *acc,
+                                        inout(ymm_reg) * acc,
                                         options(pure, nomem, nostack, preserves_flags)
                                     )
                                 };
@@ -375,7 +382,7 @@ macro_rules! ternary_kernel {
             }
         }
 
-        /// A group of `M` tokens (activations `acts` grouped by quad as
+        /// A group of `M` tokens (activations `acts` grouped by block as
         /// [`QuantizedActs::with_grouped`] lays them out, code sums `sums`) against one tile.
         /// Several tokens: the halves one after the other, so that only one half's four planes,
         /// the `M` accumulators and a few temporaries are live. One token: both halves of each
@@ -444,10 +451,10 @@ macro_rules! ternary_kernel {
                         for (m, acc) in acc.iter_mut().enumerate() {
                             let a: [__m256i; P] = std::array::from_fn(|p| {
                                 // SAFETY: the group holds `M · 4P · k_blocks` codes; this reads
-                                // quad `p < P` of block `kb < k_blocks` of token `m < M`.
+                                // quad `p < P` of token `m < M` in block `kb < k_blocks`.
                                 let quad = unsafe {
                                     acts.as_ptr()
-                                        .add(((kb * P + p) * M + m) * 4)
+                                        .add(((kb * M + m) * P + p) * 4)
                                         .cast::<i32>()
                                         .read_unaligned()
                                 };

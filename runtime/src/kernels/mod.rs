@@ -260,14 +260,14 @@ impl KernelPath {
         }
     }
 
-    /// How this path's ternary matrix-matrix kernel reads activations, if grouped by
-    /// [`activation::QuantizedActs::group`]: `(bytes, tokens)`, the codes in pieces of `bytes`,
-    /// grouped `tokens` tokens at a time (the 256-bit x86 kernels; for the AVX-512 one, grouping
-    /// measured at most 5% faster with `tiled16` and 6% slower with `base3x16`).
-    pub fn act_grouping(self) -> Option<(usize, usize)> {
+    /// How this path's ternary matrix-matrix kernel reads activations on matrices whose blocks are
+    /// `block_bytes` columns wide, if grouped by [`activation::QuantizedActs::group`] (the 256-bit
+    /// x86 kernels; for the AVX-512 one, grouping measured at most 5% faster with `tiled16` and 6%
+    /// slower with `base3x16`).
+    pub fn act_grouping(self, block_bytes: usize) -> Option<activation::Grouping> {
         match self.0 {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::AvxVnni => Some(avx2::ACT_GROUPING),
+            Isa::Avx2 | Isa::AvxVnni => Some(avx2::grouping(block_bytes)),
             _ => None,
         }
     }

@@ -432,7 +432,7 @@ fn project(model: &Model, acts: &mut QuantizedActs, jobs: &mut [(&TernaryWeight,
         .map(|(_, out)| SharedOut(out.as_mut_ptr()))
         .collect();
     let mats: Vec<TernaryMatrix> = jobs.iter().map(|(w, _)| w.matrix(bytes)).collect();
-    acts.group(model.path);
+    acts.group(model.path, mats[0].packing.block_k());
     let acts = &*acts;
     model.pool.for_each(work.len(), &|k| {
         let (j, tiles) = work[k].clone();
