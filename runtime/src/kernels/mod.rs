@@ -264,6 +264,7 @@ impl KernelPath {
     /// `block_bytes` columns wide, if grouped by [`activation::QuantizedActs::group`] (the 256-bit
     /// x86 kernels; for the AVX-512 one, grouping measured at most 5% faster with `tiled16` and 6%
     /// slower with `base3x16`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn act_grouping(self, block_bytes: usize) -> Option<activation::Grouping> {
         match self.0 {
             #[cfg(target_arch = "x86_64")]
