@@ -26,17 +26,21 @@ use super::ternary::TernaryMatrix;
 pub(super) const TOKEN_BLOCK: usize = 8;
 
 /// Tokens per group of the wide kernel: four vectors of 8 tokens' quads, each broadcast code quad
-/// multiplied into all four (a last group of 16 takes two).
+/// multiplied into all four.
 pub(super) const WIDE_BLOCK: usize = 32;
 
+/// Tokens of the wide kernel's smallest group, two vectors: every group is [`WIDE_BLOCK`] tokens
+/// but a last one of this many.
+pub(super) const WIDE_LAST: usize = WIDE_BLOCK / 2;
+
 /// How the ternary kernels read activations ([`QuantizedActs::with_grouped`]) on matrices whose
-/// blocks are `block_bytes` columns wide: groups of [`WIDE_BLOCK`] and 16 tokens by quad, so that a
-/// quad's tokens are two or four vectors; smaller groups by block, a token's quads side by side
-/// (by quad, 8 tokens ran 3–5% slower in the kernel benchmark).
+/// blocks are `block_bytes` columns wide: groups of [`WIDE_BLOCK`] and [`WIDE_LAST`] tokens by
+/// quad, so that a quad's tokens are four or two vectors; smaller groups by block, a token's quads
+/// side by side (by quad, 8 tokens ran 3–5% slower in the kernel benchmark).
 pub(super) fn grouping(block_bytes: usize) -> Grouping {
     Grouping {
         block: WIDE_BLOCK,
-        quads_from: 16,
+        quads_from: WIDE_LAST,
         block_bytes,
     }
 }
@@ -208,14 +212,16 @@ macro_rules! ternary_kernel {
             out: &mut [i32],
         ) {
             use $crate::kernels::activation::token_groups;
-            use $crate::kernels::avx2::{RUN_PLANES, TOKEN_BLOCK, WIDE_BLOCK, WIDE_SUMS, grouping};
+            use $crate::kernels::avx2::{
+                RUN_PLANES, TOKEN_BLOCK, WIDE_BLOCK, WIDE_LAST, WIDE_SUMS, grouping,
+            };
             let (k_blocks, tile_bytes, tokens, kpad) =
                 (w.k_blocks(), w.tile_bytes(), x.tokens, x.kpad);
             let run_blocks =
                 (RUN_PLANES.min(<$mac as $crate::kernels::avx2::Mac>::RUN_PLANES) / P).max(1);
-            // Tokens taken by `wide_group` (groups of 32, then one of 16); the rest go 8, 4, 2 and
-            // 1 at a time.
-            let wide = tokens - tokens % 16;
+            // Tokens taken by `wide_group` (groups of 32, then perhaps one of 16); the rest go 8, 4,
+            // 2 and 1 at a time.
+            let wide = tokens - tokens % WIDE_LAST;
             let (mut planes, mut sums) = WIDE_SUMS.take();
             x.with_grouped(grouping(4 * P), |acts| {
                 for (i, tile) in tiles.enumerate() {
@@ -245,10 +251,14 @@ macro_rules! ternary_kernel {
                                 // SAFETY: same features; `planes` holds the run's `2P · blocks`
                                 // planes, `a` its quads of `m` tokens, `sums` 16 rows of `m`.
                                 unsafe {
-                                    if m == WIDE_BLOCK {
-                                        wide_group::<P, 4, 2>(&planes, blocks, a, sums)
-                                    } else {
-                                        wide_group::<P, 2, 4>(&planes, blocks, a, sums)
+                                    match m {
+                                        WIDE_BLOCK => {
+                                            wide_group::<P, 4, 2>(&planes, blocks, a, sums)
+                                        }
+                                        WIDE_LAST => {
+                                            wide_group::<P, 2, 4>(&planes, blocks, a, sums)
+                                        }
+                                        _ => unreachable!("wide groups are 32 or 16 tokens"),
                                     }
                                 };
                             }
