@@ -4,6 +4,8 @@
 //! MXCSR mode) and saturating packs clamp to [-128, 127]; on AArch64 `fcvtns` rounds half to even
 //! and `sqxtn` saturates.
 
+use bitnet_pool::Pool;
+
 use super::{Isa, KernelPath};
 
 /// A batch of token rows quantized to i8, zero-padded to `kpad` columns.
@@ -55,18 +57,92 @@ impl QuantizedActs {
     /// Quantize `tokens` rows of `k` values each (`x.len() == tokens · k`), padding rows to `kpad`.
     pub fn quantize(&mut self, path: KernelPath, x: &[f32], k: usize, kpad: usize) {
         debug_assert!(kpad >= k && x.len().is_multiple_of(k));
-        let tokens = x.len() / k;
+        let shape = Shape {
+            tokens: x.len() / k,
+            k,
+            kpad,
+            grouping: None,
+        };
+        self.quantize_rows(path, shape, None, &|t, row| {
+            row.copy_from_slice(&x[t * k..(t + 1) * k])
+        });
+    }
+
+    /// Quantize `shape.tokens` rows of `shape.k` values each, padded to `shape.kpad`, where
+    /// `values(t, row)` writes token `t`'s values into `row` (a buffer of the calling thread's,
+    /// so that a norm or an activation function can run in it on the way). Groups of tokens run
+    /// as tasks on `pool` (one group runs here), and with `shape.grouping` each group's codes are
+    /// also rearranged as [`QuantizedActs::with_grouped`] reads them, by the same task.
+    pub fn quantize_rows(
+        &mut self,
+        path: KernelPath,
+        shape: Shape,
+        pool: Option<&Pool>,
+        values: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        std::thread_local! {
+            static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let Shape {
+            tokens,
+            k,
+            kpad,
+            grouping,
+        } = shape;
+        debug_assert!(kpad >= k);
         self.tokens = tokens;
         self.kpad = kpad;
-        self.q.clear();
-        self.q.resize(tokens * kpad, 0);
-        self.scale.clear();
-        self.sum.clear();
-        self.grouped.shape = None;
-        for (row, out) in x.chunks_exact(k).zip(self.q.chunks_exact_mut(kpad)) {
-            let (s, sum) = quantize_row(path, row, &mut out[..k]);
-            self.scale.push(s);
-            self.sum.push(sum);
+        // Every code, pad, scale and sum is written below: no clearing.
+        set_len(&mut self.q, tokens * kpad);
+        set_len(&mut self.scale, tokens);
+        set_len(&mut self.sum, tokens);
+        let grouping = grouping.filter(|_| tokens > 1);
+        set_len(
+            &mut self.grouped.codes,
+            if grouping.is_some() { tokens * kpad } else { 0 },
+        );
+        self.grouped.shape = grouping;
+        let block = grouping.map_or(TASK_TOKENS, |g| g.block);
+        let mut parts = Vec::new();
+        let (mut q, mut scale, mut sum) = (&mut self.q[..], &mut self.scale[..], &mut self.sum[..]);
+        let mut grouped = &mut self.grouped.codes[..];
+        for (t0, m) in token_groups(tokens, block) {
+            let g;
+            (g, grouped) = grouped.split_at_mut(if grouping.is_some() { m * kpad } else { 0 });
+            let part = Part {
+                t0,
+                q: split_off(&mut q, m * kpad),
+                scale: split_off(&mut scale, m),
+                sum: split_off(&mut sum, m),
+                grouped: g,
+            };
+            parts.push(std::sync::Mutex::new(part));
+        }
+        let task = |i: usize| {
+            let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
+            let Part {
+                t0,
+                ref mut q,
+                ref mut scale,
+                ref mut sum,
+                ref mut grouped,
+            } = *part;
+            ROW.with_borrow_mut(|row| {
+                row.resize(k, 0.0);
+                for (i, codes) in q.chunks_exact_mut(kpad).enumerate() {
+                    values(t0 + i, row);
+                    let (codes, pad) = codes.split_at_mut(k);
+                    (scale[i], sum[i]) = quantize_row(path, row, codes);
+                    pad.fill(0);
+                }
+            });
+            if let Some(grouping) = grouping {
+                interleave_group(grouping.piece(scale.len()), kpad, q, grouped);
+            }
+        };
+        match pool {
+            Some(pool) if parts.len() > 1 => pool.for_each(parts.len(), &task),
+            _ => (0..parts.len()).for_each(task),
         }
     }
 
@@ -77,11 +153,13 @@ impl QuantizedActs {
 
     /// Rearrange the codes, once for every matrix-matrix call that reads them, for `path`'s kernel
     /// on matrices whose blocks are `block_bytes` columns wide (nothing if the path does not
-    /// group tokens). Each call would otherwise do it for itself: with 128 tokens, redoing it for
-    /// each run of tiles made prompts 5–7% slower than not grouping at all.
+    /// group tokens or [`QuantizedActs::quantize_rows`] grouped them so already). Each call would
+    /// otherwise do it for itself: with 128 tokens, redoing it for each run of tiles made prompts
+    /// 5–7% slower than not grouping at all.
     pub fn group(&mut self, path: KernelPath, block_bytes: usize) {
         if let Some(grouping) = path.act_grouping(block_bytes)
             && self.tokens > 1
+            && self.grouped.shape != Some(grouping)
         {
             let mut codes = std::mem::take(&mut self.grouped.codes);
             self.interleave(grouping, &mut codes);
@@ -121,16 +199,79 @@ impl QuantizedActs {
     /// Write the codes into `out` in [`QuantizedActs::with_grouped`]'s order.
     fn interleave(&self, grouping: Grouping, out: &mut Vec<i8>) {
         let kpad = self.kpad;
-        out.clear();
-        out.resize(self.tokens * kpad, 0);
+        set_len(out, self.tokens * kpad);
         for (t0, m) in token_groups(self.tokens, grouping.block) {
-            let piece = grouping.piece(m);
-            debug_assert!(kpad.is_multiple_of(piece));
-            let group = &mut out[t0 * kpad..(t0 + m) * kpad];
-            for i in 0..m {
-                for (j, codes) in self.row(t0 + i).chunks_exact(piece).enumerate() {
-                    let at = (j * m + i) * piece;
-                    group[at..at + piece].copy_from_slice(codes);
+            let span = t0 * kpad..(t0 + m) * kpad;
+            interleave_group(
+                grouping.piece(m),
+                kpad,
+                &self.q[span.clone()],
+                &mut out[span],
+            );
+        }
+    }
+}
+
+/// What [`QuantizedActs::quantize_rows`] makes: `tokens` rows of `k` values, padded to `kpad`
+/// codes, grouped for a matrix-matrix kernel or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub tokens: usize,
+    pub k: usize,
+    pub kpad: usize,
+    pub grouping: Option<Grouping>,
+}
+
+/// Tokens per task of [`QuantizedActs::quantize_rows`] when they are not grouped.
+const TASK_TOKENS: usize = 32;
+
+/// One task's tokens in [`QuantizedActs::quantize_rows`]: from `t0`, their codes, scales, sums and
+/// grouped codes (empty when not grouped).
+struct Part<'a> {
+    t0: usize,
+    q: &'a mut [i8],
+    scale: &'a mut [f32],
+    sum: &'a mut [i32],
+    grouped: &'a mut [i8],
+}
+
+/// The first `n` values of `*s`, leaving it the rest.
+fn split_off<'a, T>(s: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+    let (head, tail) = std::mem::take(s).split_at_mut(n);
+    *s = tail;
+    head
+}
+
+/// `v` at `len` values, keeping its old values: callers overwrite every one.
+fn set_len<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    v.resize(len, T::default());
+    v.truncate(len);
+}
+
+/// One group's token rows (`rows`, each `kpad` codes) rearranged into `out`: token `i`'s `j`-th
+/// piece of `piece` codes at `(j · m + i) · piece`. The common piece sizes copy as fixed-size
+/// arrays, which compile to a move each (a `memcpy` call each otherwise).
+fn interleave_group(piece: usize, kpad: usize, rows: &[i8], out: &mut [i8]) {
+    fn pieces<const N: usize>(kpad: usize, rows: &[i8], out: &mut [i8]) {
+        let m = rows.len() / kpad;
+        let (out, _) = out.as_chunks_mut::<N>();
+        for (i, row) in rows.chunks_exact(kpad).enumerate() {
+            let (row, _) = row.as_chunks::<N>();
+            for (j, codes) in row.iter().enumerate() {
+                out[j * m + i] = *codes;
+            }
+        }
+    }
+    debug_assert!(kpad.is_multiple_of(piece) && rows.len() == out.len());
+    match piece {
+        4 => pieces::<4>(kpad, rows, out),
+        16 => pieces::<16>(kpad, rows, out),
+        20 => pieces::<20>(kpad, rows, out),
+        _ => {
+            let m = rows.len() / kpad;
+            for (i, row) in rows.chunks_exact(kpad).enumerate() {
+                for (j, codes) in row.chunks_exact(piece).enumerate() {
+                    out[(j * m + i) * piece..][..piece].copy_from_slice(codes);
                 }
             }
         }
@@ -232,6 +373,89 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `quantize_rows` on a pool, grouped or not, against each row quantized on its own by the
+    /// scalar reference and placed where `with_grouped`'s documented order says; the buffers
+    /// first hold a larger batch's values, which must not leak into the pads.
+    #[test]
+    fn parallel_rows_match_the_reference_in_the_documented_order() {
+        let pool = Pool::new(bitnet_pool::PoolKind::Spin, 2).unwrap();
+        let (k, kpad) = (70, 80);
+        let value = |t: usize, c: usize| ((t * 131 + c * 17) % 23) as f32 - 11.0 + 0.25 * t as f32;
+        let values = |t: usize, row: &mut [f32]| {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = value(t, c);
+            }
+            // What a caller does on the way: scale the row in place.
+            row.iter_mut().for_each(|v| *v *= 0.5);
+        };
+        let mut acts = QuantizedActs::default();
+        let groupings = [
+            None,
+            Some(Grouping {
+                block: 32,
+                quads_from: 16,
+                block_bytes: 16,
+            }),
+            Some(Grouping {
+                block: 32,
+                quads_from: 16,
+                block_bytes: 20,
+            }),
+        ];
+        for grouping in groupings {
+            for tokens in [200, 1, 5, 16, 37, 100] {
+                let shape = Shape {
+                    tokens,
+                    k,
+                    kpad,
+                    grouping,
+                };
+                let path = KernelPath::SCALAR;
+                acts.quantize_rows(path, shape, Some(&pool), &values);
+                assert_eq!((acts.tokens, acts.kpad), (tokens, kpad));
+                let mut want = vec![0i8; tokens * kpad];
+                for t in 0..tokens {
+                    let x: Vec<f32> = (0..k).map(|c| value(t, c) * 0.5).collect();
+                    let (s, sum) = quantize_row_scalar(&x, &mut want[t * kpad..t * kpad + k]);
+                    assert_eq!(
+                        (acts.scale[t], acts.sum[t]),
+                        (s, sum),
+                        "token {t} of {tokens}"
+                    );
+                }
+                assert_eq!(acts.q, want, "{tokens} tokens, {grouping:?}");
+                let Some(grouping) = grouping.filter(|_| tokens > 1) else {
+                    continue;
+                };
+                let mut grouped = vec![0i8; tokens * kpad];
+                for (t0, m) in token_groups(tokens, grouping.block) {
+                    let p = grouping.piece(m);
+                    for i in 0..m {
+                        for j in 0..kpad / p {
+                            let at = t0 * kpad + (j * m + i) * p;
+                            let from = (t0 + i) * kpad + j * p;
+                            grouped[at..at + p].copy_from_slice(&want[from..from + p]);
+                        }
+                    }
+                }
+                // The order `quantize_rows` made is the one `with_grouped` hands the kernels, and
+                // the one it makes itself for an ungrouped batch.
+                acts.with_grouped(grouping, |codes| assert_eq!(codes, grouped));
+                let mut plain = QuantizedActs::default();
+                plain.quantize(path, &values_of(tokens, k, &values), k, kpad);
+                plain.with_grouped(grouping, |codes| assert_eq!(codes, grouped));
+            }
+        }
+    }
+
+    fn values_of(tokens: usize, k: usize, values: &dyn Fn(usize, &mut [f32])) -> Vec<f32> {
+        let mut x = vec![0.0; tokens * k];
+        for (t, row) in x.chunks_exact_mut(k).enumerate() {
+            values(t, row);
+        }
+        x
     }
 
     #[test]

@@ -5,12 +5,12 @@
 
 use std::ops::Range;
 
-use crate::kernels::activation::QuantizedActs;
+use crate::kernels::activation::{QuantizedActs, Shape};
 use crate::kernels::q4::{self, Q4Tiles};
 use crate::kernels::{TernaryMatrix, attention as attn, float, ternary_matmul};
 
 use super::kv_cache::{KvCache, KvTypes};
-use super::ops::{Rope, gated_activation, rms_norm_rows};
+use super::ops::{Rope, gated_activation, rms_norm, rms_norm_rows};
 use super::weights::TernaryWeight;
 use super::{Model, ModelError};
 
@@ -83,7 +83,6 @@ pub struct Runner<'m> {
 /// page-faulting allocations every layer).
 #[derive(Default)]
 struct Scratch {
-    normed: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -206,10 +205,12 @@ impl<'m> Runner<'m> {
         let (q_dim, kv_dim) = (w.q.rows, w.k.rows);
         let s = &mut self.scratch;
 
-        s.normed.clear();
-        s.normed.extend_from_slice(x);
-        rms_norm_rows(&mut s.normed, &w.attn_norm, eps);
-        self.acts.quantize(model.path, &s.normed, h, w.q.kpad());
+        let rows = x.len() / h;
+        let xs = &*x;
+        quantize(model, &mut self.acts, &w.q, rows, &|t, row| {
+            row.copy_from_slice(&xs[t * h..(t + 1) * h]);
+            rms_norm(row, &w.attn_norm, eps);
+        });
         project(
             model,
             &mut self.acts,
@@ -242,28 +243,34 @@ impl<'m> Runner<'m> {
 
         let caches: Vec<&KvCache> = spans.iter().map(|sp| &*seqs[sp.seq].cache).collect();
         attention(model, l, &caches, spans, &s.q, &mut s.attn);
-        if let Some(norm) = &w.attn_sub_norm {
-            rms_norm_rows(&mut s.attn, norm, eps);
-        }
-        self.acts.quantize(model.path, &s.attn, q_dim, w.o.kpad());
+        let attn = &s.attn;
+        quantize(model, &mut self.acts, &w.o, rows, &|t, row| {
+            row.copy_from_slice(&attn[t * q_dim..(t + 1) * q_dim]);
+            if let Some(norm) = &w.attn_sub_norm {
+                rms_norm(row, norm, eps);
+            }
+        });
         project(model, &mut self.acts, &mut [(&w.o, &mut s.o)]);
         x.iter_mut().zip(&s.o).for_each(|(a, b)| *a += b);
 
-        s.normed.clear();
-        s.normed.extend_from_slice(x);
-        rms_norm_rows(&mut s.normed, &w.ffn_norm, eps);
-        self.acts.quantize(model.path, &s.normed, h, w.gate.kpad());
+        let xs = &*x;
+        quantize(model, &mut self.acts, &w.gate, rows, &|t, row| {
+            row.copy_from_slice(&xs[t * h..(t + 1) * h]);
+            rms_norm(row, &w.ffn_norm, eps);
+        });
         project(
             model,
             &mut self.acts,
             &mut [(&w.gate, &mut s.gate), (&w.up, &mut s.up)],
         );
-        gated_activation(c.activation, &mut s.gate, &s.up);
-        if let Some(norm) = &w.ffn_sub_norm {
-            rms_norm_rows(&mut s.gate, norm, eps);
-        }
-        self.acts
-            .quantize(model.path, &s.gate, w.up.rows, w.down.kpad());
+        let (gate, up, ff) = (&s.gate, &s.up, w.up.rows);
+        quantize(model, &mut self.acts, &w.down, rows, &|t, row| {
+            row.copy_from_slice(&gate[t * ff..(t + 1) * ff]);
+            gated_activation(c.activation, row, &up[t * ff..(t + 1) * ff]);
+            if let Some(norm) = &w.ffn_sub_norm {
+                rms_norm(row, norm, eps);
+            }
+        });
         project(model, &mut self.acts, &mut [(&w.down, &mut s.down)]);
         x.iter_mut().zip(&s.down).for_each(|(a, b)| *a += b);
     }
@@ -412,6 +419,26 @@ fn attention(
             }
         });
     });
+}
+
+/// Quantize `tokens` rows of the input of `w` (its columns, padded as it is, grouped as the
+/// path's kernel reads its packing), `values(t, row)` writing token `t`'s values: a norm, an
+/// activation function, run row by row in the tasks that quantize.
+fn quantize(
+    model: &Model,
+    acts: &mut QuantizedActs,
+    w: &TernaryWeight,
+    tokens: usize,
+    values: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let block_k = w.matrix(model.bytes()).packing.block_k();
+    let shape = Shape {
+        tokens,
+        k: w.cols,
+        kpad: w.kpad(),
+        grouping: model.path.act_grouping(block_k),
+    };
+    acts.quantize_rows(model.path, shape, Some(&model.pool), values);
 }
 
 /// Run projections that share one quantized input in one parallel section: each task takes a run
