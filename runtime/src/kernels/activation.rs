@@ -19,8 +19,8 @@ pub struct QuantizedActs {
     pub sum: Vec<i32>,
     pub tokens: usize,
     pub kpad: usize,
-    /// The codes rearranged for a matrix-matrix kernel by [`QuantizedActs::group`] (none until
-    /// then).
+    /// The codes rearranged for a matrix-matrix kernel by [`QuantizedActs::quantize_rows`] (none
+    /// if it was not asked to).
     pub grouped: Grouped,
 }
 
@@ -151,33 +151,16 @@ impl QuantizedActs {
         &self.q[t * self.kpad..(t + 1) * self.kpad]
     }
 
-    /// Rearrange the codes, once for every matrix-matrix call that reads them, for `path`'s kernel
-    /// on matrices whose blocks are `block_bytes` columns wide (nothing if the path does not
-    /// group tokens or [`QuantizedActs::quantize_rows`] grouped them so already). Each call would
-    /// otherwise do it for itself: with 128 tokens, redoing it for each run of tiles made prompts
-    /// 5–7% slower than not grouping at all.
-    pub fn group(&mut self, path: KernelPath, block_bytes: usize) {
-        if let Some(grouping) = path.act_grouping(block_bytes)
-            && self.tokens > 1
-            && self.grouped.shape != Some(grouping)
-        {
-            let mut codes = std::mem::take(&mut self.grouped.codes);
-            self.interleave(grouping, &mut codes);
-            self.grouped = Grouped {
-                codes,
-                shape: Some(grouping),
-            };
-        }
-    }
-
     /// Run `f` on the codes rearranged as `grouping` says: the group of `m` tokens from `t0`
     /// starts at `t0 · kpad`, and token `t0 + i`'s `j`-th piece of `p = grouping.piece(m)` codes
     /// is at `(j · m + i) · p` within it. A register block then reads its tokens' activations for
     /// one block from one or two cache lines instead of `m` lines a row apart (the AVX2 `tiled16`
     /// kernel's 128-token products went from 142.5–143.0 to 149.6–155.9 G MAC/s on Zen 4,
     /// BENCHMARKS.md, twelfth session), and a quad's tokens are side by side, vectors of 8.
-    /// Uses the codes [`QuantizedActs::group`] made if they are in this order; otherwise
-    /// rearranges them now, into a buffer of the calling thread's.
+    /// Uses the codes [`QuantizedActs::quantize_rows`] grouped if they are in this order (done
+    /// once for every matrix-matrix call that reads them: with 128 tokens, redoing it for each run
+    /// of tiles made prompts 5–7% slower than not grouping at all); otherwise rearranges them
+    /// now, into a buffer of the calling thread's.
     pub fn with_grouped<R>(&self, grouping: Grouping, f: impl FnOnce(&[i8]) -> R) -> R {
         std::thread_local! {
             static GROUPED: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };

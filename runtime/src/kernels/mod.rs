@@ -261,7 +261,7 @@ impl KernelPath {
     }
 
     /// How this path's ternary matrix-matrix kernel reads activations on matrices whose blocks are
-    /// `block_bytes` columns wide, if grouped by [`activation::QuantizedActs::group`] (the 256-bit
+    /// `block_bytes` columns wide, if grouped by [`activation::QuantizedActs::quantize_rows`] (the 256-bit
     /// x86 kernels; for the AVX-512 one, grouping measured at most 5% faster with `tiled16` and 6%
     /// slower with `base3x16`).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]

@@ -213,7 +213,7 @@ impl<'m> Runner<'m> {
         });
         project(
             model,
-            &mut self.acts,
+            &self.acts,
             &mut [(&w.q, &mut s.q), (&w.k, &mut s.k), (&w.v, &mut s.v)],
         );
         if let Some(biases) = &w.qkv_bias {
@@ -250,7 +250,7 @@ impl<'m> Runner<'m> {
                 rms_norm(row, norm, eps);
             }
         });
-        project(model, &mut self.acts, &mut [(&w.o, &mut s.o)]);
+        project(model, &self.acts, &mut [(&w.o, &mut s.o)]);
         x.iter_mut().zip(&s.o).for_each(|(a, b)| *a += b);
 
         let xs = &*x;
@@ -260,7 +260,7 @@ impl<'m> Runner<'m> {
         });
         project(
             model,
-            &mut self.acts,
+            &self.acts,
             &mut [(&w.gate, &mut s.gate), (&w.up, &mut s.up)],
         );
         let (gate, up, ff) = (&s.gate, &s.up, w.up.rows);
@@ -271,7 +271,7 @@ impl<'m> Runner<'m> {
                 rms_norm(row, norm, eps);
             }
         });
-        project(model, &mut self.acts, &mut [(&w.down, &mut s.down)]);
+        project(model, &self.acts, &mut [(&w.down, &mut s.down)]);
         x.iter_mut().zip(&s.down).for_each(|(a, b)| *a += b);
     }
 
@@ -444,7 +444,7 @@ fn quantize(
 /// Run projections that share one quantized input in one parallel section: each task takes a run
 /// of tiles of one matrix, computes their exact accumulators and writes `y[t, n] = acc / s_t · w`
 /// into that matrix's output (`tokens × rows`).
-fn project(model: &Model, acts: &mut QuantizedActs, jobs: &mut [(&TernaryWeight, &mut Vec<f32>)]) {
+fn project(model: &Model, acts: &QuantizedActs, jobs: &mut [(&TernaryWeight, &mut Vec<f32>)]) {
     let bytes = model.bytes();
     let tokens = acts.tokens;
     let mut tiles = Vec::with_capacity(jobs.len());
@@ -459,8 +459,6 @@ fn project(model: &Model, acts: &mut QuantizedActs, jobs: &mut [(&TernaryWeight,
         .map(|(_, out)| SharedOut(out.as_mut_ptr()))
         .collect();
     let mats: Vec<TernaryMatrix> = jobs.iter().map(|(w, _)| w.matrix(bytes)).collect();
-    acts.group(model.path, mats[0].packing.block_k());
-    let acts = &*acts;
     model.pool.for_each(work.len(), &|k| {
         let (j, tiles) = work[k].clone();
         let m = &mats[j];
