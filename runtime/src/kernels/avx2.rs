@@ -70,6 +70,13 @@ pub(super) trait Mac {
     unsafe fn step_alone<const P: usize>(acc: &mut __m256i, c: &[__m256i; P], a: &[__m256i; P]);
     /// The accumulator as one i32 per row.
     unsafe fn widen(acc: __m256i) -> __m256i;
+    /// Vectors of 8 tokens that one pass of the wide kernel multiplies each broadcast code quad
+    /// into, at most.
+    const WIDE_VECTORS: usize;
+    /// Accumulators of one pass of the wide kernel, at most (rows · vectors): enough independent
+    /// chains to keep the multiply unit busy, few enough to leave registers for the pass's
+    /// activation vectors and broadcasts among the 16.
+    const WIDE_ACCUMULATORS: usize;
 }
 
 /// AVX2: `vpmaddubsw` multiplies unsigned codes `u = t + 1 ∈ {0, 1, 2}` by activations
@@ -118,6 +125,11 @@ impl Mac for Maddubs {
     unsafe fn widen(acc: __m256i) -> __m256i {
         _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
     }
+
+    /// Each accumulator's chain is a one-cycle add, so eight chains keep `vpmaddubsw` busy, and
+    /// four vectors per broadcast save loads.
+    const WIDE_VECTORS: usize = 4;
+    const WIDE_ACCUMULATORS: usize = 8;
 }
 
 /// How a packing's 32 bytes split into `P` code planes (plane `p`: the codes of columns
@@ -250,17 +262,7 @@ macro_rules! ternary_kernel {
                                 let sums = &mut sums[t * 16..(t + m) * 16];
                                 // SAFETY: same features; `planes` holds the run's `2P · blocks`
                                 // planes, `a` its quads of `m` tokens, `sums` 16 rows of `m`.
-                                unsafe {
-                                    match m {
-                                        WIDE_BLOCK => {
-                                            wide_group::<P, 4, 2>(&planes, blocks, a, sums)
-                                        }
-                                        WIDE_LAST => {
-                                            wide_group::<P, 2, 4>(&planes, blocks, a, sums)
-                                        }
-                                        _ => unreachable!("wide groups are 32 or 16 tokens"),
-                                    }
-                                };
+                                unsafe { wide_group::<P>(&planes, blocks, a, sums) };
                             }
                         }
                         for (t0, m) in token_groups(wide, WIDE_BLOCK) {
@@ -295,75 +297,122 @@ macro_rules! ternary_kernel {
             WIDE_SUMS.set((planes, sums));
         }
 
-        /// `8V` tokens (`V` vectors of 8 tokens' activation quads) against one run of a tile's
-        /// unpacked `planes` (`blocks` blocks, half by half), added into `sums` (16 rows of `8V`
+        /// A group of `m` ([`WIDE_BLOCK`] or [`WIDE_LAST`]) tokens against one run of a tile's
+        /// unpacked `planes` (`blocks` blocks, half by half), added into `sums` (16 rows of `m`
         /// tokens, row-major). The roles of the narrow kernel turn around: each row's code quad is
-        /// broadcast from the planes and multiplied into the `V` vectors, `R` rows at a time
-        /// (`R · V = 8` accumulators), so that a load feeds `V` products instead of one and the
-        /// tile is unpacked once per run for every group of tokens.
+        /// broadcast from the planes and multiplied into vectors of 8 tokens' activation quads, so
+        /// that a load feeds several products instead of one and the tile is unpacked once per run
+        /// for every group of tokens. The group goes in passes of [`Mac::WIDE_VECTORS`] vectors and
+        /// as many rows as [`Mac::WIDE_ACCUMULATORS`] allows, the 16 rows split evenly.
         #[target_feature(enable = $features)]
-        unsafe fn wide_group<const P: usize, const V: usize, const R: usize>(
+        unsafe fn wide_group<const P: usize>(
             planes: &[__m256i],
             blocks: usize,
             acts: &[i8],
             sums: &mut [i32],
         ) {
+            use $crate::kernels::avx2::{Mac, WIDE_BLOCK, WIDE_LAST};
+            type K = $mac;
+            let m = sums.len() / 16;
+            let vectors = K::WIDE_VECTORS.min(m / 8);
+            let passes = 16usize.div_ceil(K::WIDE_ACCUMULATORS / vectors);
+            for v0 in (0..m / 8).step_by(vectors) {
+                let mut first = 0;
+                for pass in 0..passes {
+                    let rows = (16 - first) / (passes - pass);
+                    let args = (planes, blocks, acts, first, v0, &mut *sums);
+                    // SAFETY: same features; `first + rows <= 16` and `v0 + vectors <= m / 8`.
+                    unsafe {
+                        match (m, vectors, rows) {
+                            (WIDE_BLOCK, 4, 2) => wide_pass::<P, WIDE_BLOCK, 4, 2>(args),
+                            (WIDE_LAST, 2, 4) => wide_pass::<P, WIDE_LAST, 2, 4>(args),
+                            (WIDE_BLOCK, 2, 5) => wide_pass::<P, WIDE_BLOCK, 2, 5>(args),
+                            (WIDE_BLOCK, 2, 6) => wide_pass::<P, WIDE_BLOCK, 2, 6>(args),
+                            (WIDE_LAST, 2, 5) => wide_pass::<P, WIDE_LAST, 2, 5>(args),
+                            (WIDE_LAST, 2, 6) => wide_pass::<P, WIDE_LAST, 2, 6>(args),
+                            _ => unreachable!(
+                                "no wide pass of {m} tokens, {vectors} vectors, {rows} rows"
+                            ),
+                        }
+                    };
+                    first += rows;
+                }
+            }
+        }
+
+        /// One pass of [`wide_group`]: rows `first .. first + R` (of either half) against vectors
+        /// `v0 .. v0 + V` of the group's tokens, `R · V` accumulators.
+        #[target_feature(enable = $features)]
+        unsafe fn wide_pass<const P: usize, const M: usize, const V: usize, const R: usize>(
+            (planes, blocks, acts, first, v0, sums): (
+                &[__m256i],
+                usize,
+                &[i8],
+                usize,
+                usize,
+                &mut [i32],
+            ),
+        ) {
             use $crate::kernels::avx2::Mac;
             type K = $mac;
-            let m = 8 * V;
+            let m = M;
             debug_assert!(
-                planes.len() == blocks * 2 * P
+                sums.len() == 16 * m
+                    && planes.len() == blocks * 2 * P
                     && acts.len() == blocks * 4 * P * m
-                    && sums.len() == 16 * m
+                    && first + R <= 16
+                    && 8 * (v0 + V) <= m
                     && blocks * P <= K::RUN_PLANES
-                    && 8 % R == 0
             );
-            let rows = planes.as_ptr().cast::<i32>();
-            for first in (0..16).step_by(R) {
-                let (h, lane) = (first / 8, first % 8);
-                let mut acc = [[_mm256_setzero_si256(); V]; R];
-                for kb in 0..blocks {
-                    for p in 0..P {
-                        let quad = kb * P + p;
-                        // SAFETY: `quad < P · blocks`, so its `m` tokens' `4m` bytes are in `acts`.
-                        let a: [__m256i; V] = std::array::from_fn(|v| unsafe {
-                            _mm256_loadu_si256(acts.as_ptr().add(quad * 4 * m + 32 * v).cast())
-                        });
-                        let plane = (kb * 2 + h) * P + p;
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            // SAFETY: `plane < 2P · blocks` and `lane + r < 8`: one 32-bit lane
-                            // of a plane in `planes`.
-                            let u =
-                                _mm256_set1_epi32(unsafe { rows.add(plane * 8 + lane + r).read() });
-                            for (acc, a) in acc.iter_mut().zip(a) {
-                                // SAFETY: this function has the features `K` is compiled for.
-                                unsafe { K::step::<1>(acc, &[u], &[a]) };
-                                // SAFETY: the template is empty: the register is read and written
-                                // back unchanged. It keeps LLVM from summing several planes'
-                                // products before adding them, which needs more registers than
-                                // there are (spills to the stack on every pass).
-                                unsafe {
-                                    std::arch::asm!(
-                                        "/* {0} */",
-                                        inout(ymm_reg) * acc,
-                                        options(pure, nomem, nostack, preserves_flags)
-                                    )
-                                };
-                            }
+            // Row `r`'s quad of plane `p` of block `kb` is lane `r % 8` of plane
+            // `(2kb + r / 8) · P + p`: at `(2P · kb + p) · 8 + at[r]` among the planes' lanes.
+            let at: [usize; R] = std::array::from_fn(|r| {
+                let row = first + r;
+                row / 8 * P * 8 + row % 8
+            });
+            let lanes = planes.as_ptr().cast::<i32>();
+            let mut acc = [[_mm256_setzero_si256(); V]; R];
+            for kb in 0..blocks {
+                for p in 0..P {
+                    let quad = kb * P + p;
+                    // SAFETY: `quad < P · blocks`, so its `m` tokens' `4m` bytes are in `acts`,
+                    // and `v0 + V <= m / 8`.
+                    let a: [__m256i; V] = std::array::from_fn(|v| unsafe {
+                        _mm256_loadu_si256(acts.as_ptr().add(quad * 4 * m + 32 * (v0 + v)).cast())
+                    });
+                    let base = (2 * P * kb + p) * 8;
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: `kb < blocks`, `p < P`, and `at[r]` is a lane of one of block
+                        // `kb`'s `2P` planes: within `planes`.
+                        let u = _mm256_set1_epi32(unsafe { lanes.add(base + at[r]).read() });
+                        for (acc, a) in acc.iter_mut().zip(a) {
+                            // SAFETY: this function has the features `K` is compiled for.
+                            unsafe { K::step::<1>(acc, &[u], &[a]) };
+                            // SAFETY: the template is empty: the register is read and written
+                            // back unchanged. It keeps LLVM from summing several planes'
+                            // products before adding them, which needs more registers than
+                            // there are (spills to the stack on every pass).
+                            unsafe {
+                                std::arch::asm!(
+                                    "/* {0} */",
+                                    inout(ymm_reg) * acc,
+                                    options(pure, nomem, nostack, preserves_flags)
+                                )
+                            };
                         }
                     }
                 }
-                for (r, acc) in acc.iter().enumerate() {
-                    for (v, acc) in acc.iter().enumerate() {
-                        let at = (first + r) * m + 8 * v;
-                        // SAFETY: row `first + r < 16`, tokens `8v .. 8v + 8` of `m`: in `sums`.
-                        unsafe {
-                            let dst = sums.as_mut_ptr().add(at).cast::<__m256i>();
-                            _mm256_storeu_si256(
-                                dst,
-                                _mm256_add_epi32(_mm256_loadu_si256(dst), K::widen(*acc)),
-                            );
-                        }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate() {
+                    let at = (first + r) * m + 8 * (v0 + v);
+                    // SAFETY: row `first + r < 16`, tokens `8(v0 + v) ..` `+ 8 <= m`: in `sums`.
+                    unsafe {
+                        let dst = sums.as_mut_ptr().add(at).cast::<__m256i>();
+                        _mm256_storeu_si256(
+                            dst,
+                            _mm256_add_epi32(_mm256_loadu_si256(dst), K::widen(*acc)),
+                        );
                     }
                 }
             }

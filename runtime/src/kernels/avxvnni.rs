@@ -52,6 +52,12 @@ macro_rules! dpbusd_mac {
             unsafe fn widen(acc: __m256i) -> __m256i {
                 acc
             }
+
+            /// Each accumulator's chain is `vpdpbusd` itself (5 cycles on Golden Cove, two per
+            /// cycle), so at least ten chains are needed: rows of two vectors in passes of 6, 5
+            /// and 5 rows (the activations of 4 vectors and 12 accumulators would spill).
+            const WIDE_VECTORS: usize = 2;
+            const WIDE_ACCUMULATORS: usize = 12;
         }
     };
 }
@@ -173,13 +179,15 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             (seed >> 33) as i64
         };
-        // 1–9, 17 and 31 tokens: every register block size and mix of tails, and `base3` tiles
-        // unpacked once for several blocks (past 8 tokens); 40 rows: a partial last tile;
+        // 1–9, 17, 31, 33 and 59 tokens: every register block size and mix of tails, groups of
+        // 16 and 32 tokens in the wide kernel's passes (two vectors each, rows in passes that
+        // cross from one half to the other), and `base3` tiles unpacked once for several blocks
+        // (past 8 tokens); 40 rows: a partial last tile;
         // 343 columns: a partial last block. The last two cases put every activation at -128,
         // one token of them over the 100B shape's longest rows (45568 columns: several runs of
         // the one-token `base3` kernel).
         let cases = (1..=9)
-            .chain([17, 31])
+            .chain([17, 31, 33, 59])
             .map(|t| (t, false))
             .chain([(5, true), (1, true)]);
         for ((tokens, extreme), base3) in cases.flat_map(|c| [(c, false), (c, true)]) {
