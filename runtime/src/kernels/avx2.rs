@@ -798,8 +798,8 @@ macro_rules! dense_rows_kernel {
         /// `out[(r - rows.start) · tokens + t] = row(r) · x[t]` for a dense matrix of `kind` (0 f16,
         /// 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens = x.len() /
         /// cols` token rows of `x`. For one token, one row at a time: a single sequential stream
-        /// per thread, which the hardware prefetcher follows best (interleaving four rows to share
-        /// activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows` rows at
+        /// per thread, asked for [`super::PREFETCH_AHEAD`] bytes ahead (interleaving four rows to
+        /// share activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows` rows at
         /// a time (as many as the registers hold accumulators for; with two tokens 34–46% faster
         /// than one row at a time). Each chunk of a row is widened once per group of up to four
         /// tokens, so the row comes from memory once (asked for while the rows before it are
@@ -838,12 +838,16 @@ macro_rules! dense_rows_kernel {
                 return;
             }
             // One token streams one row at a time: memory-bound, and one stream per thread is what
-            // the prefetcher follows best. (Its `i8_row` rows take `$i8_lone_chunks` chunks in
+            // the prefetchers follow best; the rows are consecutive, so asking ahead runs into the
+            // next row. (Its `i8_row` rows take `$i8_lone_chunks` chunks in
             // flight, as measured fastest on each width: with four, the AVX-512 loop LLVM makes
             // for them read at half the speed.)
             for (i, r) in rows.enumerate() {
                 let row = [&data[r * row_bytes..(r + 1) * row_bytes]];
-                let (g, o) = ((elem_bytes, x, cols, 1, 0), &mut out[i..]);
+                let (g, o) = (
+                    (elem_bytes, x, cols, 1, $crate::kernels::PREFETCH_AHEAD),
+                    &mut out[i..],
+                );
                 // SAFETY: the features of this function; the row holds `cols` elements, `x` the
                 // token's row and `o` its output in this row and the ones after.
                 unsafe {
@@ -1046,8 +1050,9 @@ dense_rows_kernel!(
 );
 
 /// Defines `q4_rows` (see [`super::q4::matmul`]) for one vector width: one row at a time (one
-/// sequential stream of codes and one of scales, which the hardware prefetcher follows best; rows
-/// walked as [`super::q4::for_row_blocks`] does), each superblock of `$blocks` blocks (activations
+/// sequential stream of codes and one of scales, asked for ahead: with the hardware prefetcher
+/// alone, one token's output matrix read at about 70% of the machine's bandwidth on the Xeon VM of
+/// BENCHMARKS.md; rows walked as [`super::q4::for_row_blocks`] does), each superblock of `$blocks` blocks (activations
 /// in [`super::q4::Q4Layout::Superblocks`] order) unpacked once for a register block of up to
 /// `$tokens` tokens (then the `$fewer` sizes, then one). `$vi` holds one 32-bit lane per block of
 /// a superblock; the intrinsics named after it are that width's; `$scales` turns a superblock's
@@ -1093,7 +1098,7 @@ macro_rules! q4_kernel {
         /// the tokens beside it.
         #[target_feature(enable = $features)]
         unsafe fn q4_pass<const M: usize>((g, data, acts, rows, t0, out): super::q4::RowBlock) {
-            use super::q4::{BLOCK, SuperblockPad, superblock};
+            use super::q4::{BLOCK, SuperblockPad, prefetch_superblock, superblock};
             // Bytes per vector: a 32-bit lane per block.
             const V: usize = 4 * $blocks;
             let nibble = $set1_epi8(0x0f);
@@ -1106,6 +1111,7 @@ macro_rules! q4_kernel {
             for (i, r) in rows.enumerate() {
                 let mut acc: [$vf; M] = [$zero_ps(); M];
                 for sb in 0..g.blocks().div_ceil($blocks) {
+                    prefetch_superblock(g, data, r, sb, $blocks);
                     let (codes, scales) = superblock(g, data, r, sb, $blocks, &mut pad);
                     // SAFETY: `superblock` returns `16 · $blocks` code bytes and `$blocks` f16
                     // scales.
