@@ -1,7 +1,7 @@
 //! A memory read-bandwidth probe: the machine's roofline for token generation, measured as a sum
-//! over a large array with wide loads and several accumulators, on all threads, best of several
-//! passes (explicit wide loads: compiler-vectorised loops reach only about 2/3 of it). The array
-//! is in huge pages where the system has them, as a resident model is
+//! over a large array with the kernel path's widest loads and several accumulators, on all
+//! threads, best of several passes (explicit wide loads: compiler-vectorised loops reach only
+//! about 2/3 of it). The array is in huge pages where the system has them, as a resident model is
 //! ([`bitnet_format::BitnetFile::into_resident`]): in 4 KiB pages the probe read less than a
 //! resident model's generation does (36–38 against 40–44 GB/s on the machine of BENCHMARKS.md).
 
@@ -11,13 +11,19 @@ use rayon::prelude::*;
 
 use super::{Isa, KernelPath};
 
-/// Sum of all bytes of `data` as u64 lanes (the value is irrelevant; it keeps the loads alive).
+/// Sum of all bytes of `data` as u64 lanes (the value is irrelevant; it keeps the loads alive), with
+/// the widest loads `path` has.
 fn sum_words(path: KernelPath, data: &[u64]) -> u64 {
     match path.isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             // SAFETY: a `KernelPath` for this instruction set exists only when the CPU has AVX-512 F.
             unsafe { sum_avx512(data) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni => {
+            // SAFETY: a `KernelPath` for these instruction sets exists only when the CPU has AVX2.
+            unsafe { sum_avx2(data) }
         }
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of every AArch64 CPU.
@@ -34,24 +40,49 @@ fn sum_words(path: KernelPath, data: &[u64]) -> u64 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn sum_avx512(data: &[u64]) -> u64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm512_setzero_si512(); 8];
-    let chunks = data.len() / 64;
-    for c in 0..chunks {
-        for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: c · 64 + 8j + 8 <= data.len().
-            let v = unsafe { _mm512_loadu_si512(data.as_ptr().add(c * 64 + 8 * j).cast()) };
-            *a = _mm512_add_epi64(*a, v);
+/// Defines `$name`, [`sum_words`] with one x86 vector width (`$words` u64 per vector): eight
+/// accumulators, so that the adds never wait on each other. `data.len()` must be a multiple of
+/// `8 · $words` for every word to count (the probe's chunks are multiples of 64).
+macro_rules! x86_sum {
+    ($name:ident, $features:literal, $vec:ty, $words:literal, $zero:ident, $load:ident, $add:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(data: &[u64]) -> u64 {
+            use std::arch::x86_64::*;
+            let mut acc = [$zero(); 8];
+            for c in 0..data.len() / (8 * $words) {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `(8c + j + 1) · $words <= data.len()`.
+                    let v = unsafe { $load(data.as_ptr().add((8 * c + j) * $words).cast()) };
+                    *a = $add(*a, v);
+                }
+            }
+            let total = acc.iter().fold($zero(), |s, a| $add(s, *a));
+            // SAFETY: a vector of `$words` u64 lanes has the size and bits of the array.
+            let lanes: [u64; $words] = unsafe { std::mem::transmute::<$vec, [u64; $words]>(total) };
+            lanes.iter().fold(0, |s, v| s.wrapping_add(*v))
         }
-    }
-    let total = acc
-        .iter()
-        .fold(_mm512_setzero_si512(), |s, a| _mm512_add_epi64(s, *a));
-    _mm512_reduce_add_epi64(total) as u64
+    };
 }
+
+x86_sum!(
+    sum_avx512,
+    "avx512f",
+    __m512i,
+    8,
+    _mm512_setzero_si512,
+    _mm512_loadu_si512,
+    _mm512_add_epi64
+);
+x86_sum!(
+    sum_avx2,
+    "avx2",
+    __m256i,
+    4,
+    _mm256_setzero_si256,
+    _mm256_loadu_si256,
+    _mm256_add_epi64
+);
 
 /// Best read bandwidth in bytes per second over `passes` sums of a `bytes`-sized array, split across
 /// the current rayon pool's threads.
