@@ -118,3 +118,21 @@ pub fn measure(path: KernelPath, bytes: usize, passes: usize) -> f64 {
     std::hint::black_box(sink);
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_sums_every_word() {
+        // 3 · 64 words: whole chunks of every width; values that carry across bits.
+        let data: Vec<u64> = (0..192u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let expected = data.iter().fold(0u64, |s, v| s.wrapping_add(*v));
+        for path in KernelPath::available() {
+            assert_eq!(sum_words(path, &data), expected, "{path:?}");
+        }
+        assert!(measure(KernelPath::SCALAR, 1 << 20, 2) > 0.0);
+    }
+}
