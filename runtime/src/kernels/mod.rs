@@ -31,9 +31,10 @@ pub use ternary::{Packing, TernaryMatrix, ternary_matmul};
 /// prefetcher alone left the loads' latency exposed: on the Xeon VM of BENCHMARKS.md, generation
 /// with the 2B-4T shape (AVX-512, 2 threads) went from about 13 to 21.6 tokens/s for `tiled16` and
 /// from 8 to 18 for `base3x16`; 512 bytes ahead was too close, 2 and 4 KiB the same. The output
-/// matrix's rows, f16 or q4, read at about 70% of the probe's bandwidth without it.
+/// matrix's rows, f16 or q4, read at about 70% of the probe's bandwidth without it; with them asked
+/// for too, 4 KiB made generation 3–7% faster than 2 KiB in alternating runs (8 KiB no faster).
 #[cfg(target_arch = "x86_64")]
-const PREFETCH_AHEAD: usize = 2048;
+const PREFETCH_AHEAD: usize = 4096;
 
 /// Ask for the cache line [`PREFETCH_AHEAD`] bytes past `codes[at]`.
 #[cfg(target_arch = "x86_64")]
