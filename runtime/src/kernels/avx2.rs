@@ -799,8 +799,8 @@ macro_rules! dense_rows_kernel {
         /// 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens = x.len() /
         /// cols` token rows of `x`. For one token, one row at a time: a single sequential stream
         /// per thread, asked for [`super::PREFETCH_AHEAD`] bytes ahead (interleaving four rows to
-        /// share activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows` rows at
-        /// a time (as many as the registers hold accumulators for; with two tokens 34–46% faster
+        /// share activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows`
+        /// rows at a time (as many as the registers hold accumulators for; with two tokens 34–46% faster
         /// than one row at a time). Each chunk of a row is widened once per group of up to four
         /// tokens, so the row comes from memory once (asked for while the rows before it are
         /// multiplied) and from L1 for further groups.
@@ -839,9 +839,9 @@ macro_rules! dense_rows_kernel {
             }
             // One token streams one row at a time: memory-bound, and one stream per thread is what
             // the prefetchers follow best; the rows are consecutive, so asking ahead runs into the
-            // next row. (Its `i8_row` rows take `$i8_lone_chunks` chunks in
-            // flight, as measured fastest on each width: with four, the AVX-512 loop LLVM makes
-            // for them read at half the speed.)
+            // next row. (Its `i8_row` rows take `$i8_lone_chunks` chunks in flight, as measured
+            // fastest on each width: with four, the AVX-512 loop LLVM makes for them read at half
+            // the speed.)
             for (i, r) in rows.enumerate() {
                 let row = [&data[r * row_bytes..(r + 1) * row_bytes]];
                 let (g, o) = (
@@ -1050,10 +1050,10 @@ dense_rows_kernel!(
 );
 
 /// Defines `q4_rows` (see [`super::q4::matmul`]) for one vector width: one row at a time (one
-/// sequential stream of codes and one of scales, asked for ahead: with the hardware prefetcher
-/// alone, one token's output matrix read at about 70% of the machine's bandwidth on the Xeon VM of
-/// BENCHMARKS.md; rows walked as [`super::q4::for_row_blocks`] does), each superblock of `$blocks` blocks (activations
-/// in [`super::q4::Q4Layout::Superblocks`] order) unpacked once for a register block of up to
+/// sequential stream of codes and one of scales, asked for ahead whatever the tokens: with the
+/// hardware prefetcher alone, one token's output matrix read at about 70% of the machine's
+/// bandwidth on the Xeon VM of BENCHMARKS.md; rows walked as [`super::q4::for_row_blocks`] does),
+/// each superblock of `$blocks` blocks (activations in [`super::q4::Q4Layout::Superblocks`] order) unpacked once for a register block of up to
 /// `$tokens` tokens (then the `$fewer` sizes, then one). `$vi` holds one 32-bit lane per block of
 /// a superblock; the intrinsics named after it are that width's; `$scales` turns a superblock's
 /// f16 weight scales (a pointer) into lane order; `$dot` gives a token's lanes their block's exact

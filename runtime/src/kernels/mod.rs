@@ -27,7 +27,8 @@ mod ternary;
 pub use ternary::{Packing, TernaryMatrix, ternary_matmul};
 
 /// How far ahead of the byte being read the x86 weight kernels ask for weights (the ternary
-/// kernels, and the output matrix's rows for one token): [`PREFETCH_AHEAD`] bytes. The hardware
+/// kernels, the f16/bf16/i8 output matrix's rows for one token, and the q4 row kernel):
+/// [`PREFETCH_AHEAD`] bytes. The hardware
 /// prefetcher alone left the loads' latency exposed: on the Xeon VM of BENCHMARKS.md, generation
 /// with the 2B-4T shape (AVX-512, 2 threads) went from about 13 to 21.6 tokens/s for `tiled16` and
 /// from 8 to 18 for `base3x16`; 512 bytes ahead was too close, 2 and 4 KiB the same. The output
