@@ -792,13 +792,23 @@ pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
 /// width: `$vec` of `$lanes` f32 lanes, `$max_rows` rows at a time for several tokens,
 /// `$i8_lone_chunks` chunks in flight for one token's `i8_row` rows, `$widen` a closure `(pointer,
 /// kind) -> $vec` widening `$lanes` elements of a row in registers, `$hsum` the horizontal sum.
+/// What a pass of the dense row kernel asks for ahead of the rows it reads.
+#[derive(Clone, Copy)]
+pub(super) enum Ahead {
+    Nothing,
+    /// The line this many bytes past each row's chunk (the next group of rows).
+    Rows(usize),
+    /// Each row as a stream of weights ([`super::prefetch`]).
+    Stream,
+}
+
 macro_rules! dense_rows_kernel {
     ($features:literal, $vec:ty, $lanes:literal, $max_rows:literal, $i8_lone_chunks:literal,
      $zero:ident, $load:ident, $fma:ident, $add:ident, $hsum:path, $widen:expr) => {
         /// `out[(r - rows.start) · tokens + t] = row(r) · x[t]` for a dense matrix of `kind` (0 f16,
         /// 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens = x.len() /
         /// cols` token rows of `x`. For one token, one row at a time: a single sequential stream
-        /// per thread, asked for [`super::PREFETCH_AHEAD`] bytes ahead (interleaving four rows to
+        /// per thread, asked for ahead as the weights are ([`super::prefetch`]; interleaving four rows to
         /// share activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows`
         /// rows at a time (as many as the registers hold accumulators for; with two tokens 34–46% faster
         /// than one row at a time). Each chunk of a row is widened once per group of up to four
@@ -845,7 +855,7 @@ macro_rules! dense_rows_kernel {
             for (i, r) in rows.enumerate() {
                 let row = [&data[r * row_bytes..(r + 1) * row_bytes]];
                 let (g, o) = (
-                    (elem_bytes, x, cols, 1, $crate::kernels::PREFETCH_AHEAD),
+                    (elem_bytes, x, cols, 1, $crate::kernels::avx2::Ahead::Stream),
                     &mut out[i..],
                 );
                 // SAFETY: the features of this function; the row holds `cols` elements, `x` the
@@ -900,7 +910,11 @@ macro_rules! dense_rows_kernel {
                     // them in `data`: the hardware prefetcher alone left this loop waiting on
                     // memory (8 tokens, one thread: 25–30% faster with it). Later passes find
                     // these rows in cache.
-                    let ahead = if t == 0 { together * row_bytes } else { 0 };
+                    let ahead = if t == 0 {
+                        $crate::kernels::avx2::Ahead::Rows(together * row_bytes)
+                    } else {
+                        $crate::kernels::avx2::Ahead::Nothing
+                    };
                     let g = (elem_bytes, xs, cols, tokens, ahead);
                     let at = (data, row_bytes, r, tokens - t);
                     // SAFETY (all): the features of this function; each row holds `cols` elements,
@@ -931,7 +945,7 @@ macro_rules! dense_rows_kernel {
         #[target_feature(enable = $features)]
         unsafe fn dense_token_group<const R: usize, const KIND: u8>(
             (data, row_bytes, r, left): (&[u8], usize, usize, usize),
-            g: (usize, &[f32], usize, usize, usize),
+            g: (usize, &[f32], usize, usize, $crate::kernels::avx2::Ahead),
             out: &mut [f32],
         ) -> usize {
             let rows: [&[u8]; R] =
@@ -966,7 +980,13 @@ macro_rules! dense_rows_kernel {
             const KIND: u8,
         >(
             rows: [&[u8]; R],
-            (elem_bytes, xs, cols, stride, ahead): (usize, &[f32], usize, usize, usize),
+            (elem_bytes, xs, cols, stride, ahead): (
+                usize,
+                &[f32],
+                usize,
+                usize,
+                $crate::kernels::avx2::Ahead,
+            ),
             out: &mut [f32],
         ) -> usize {
             debug_assert!(xs.len() >= M * cols && out.len() >= (R - 1) * stride + M);
@@ -978,9 +998,15 @@ macro_rules! dense_rows_kernel {
             // SAFETY (the closure's loads): `k + $lanes <= cols`, so element `k` of each row and of
             // each token's row exist.
             let step = |acc: &mut [[$vec; M]; R], k: usize| {
-                if ahead > 0 {
-                    for row in rows {
-                        $crate::kernels::prefetch_line(row, k * elem_bytes + ahead);
+                for row in rows {
+                    match ahead {
+                        $crate::kernels::avx2::Ahead::Nothing => {}
+                        $crate::kernels::avx2::Ahead::Rows(bytes) => {
+                            $crate::kernels::prefetch_line(row, k * elem_bytes + bytes)
+                        }
+                        $crate::kernels::avx2::Ahead::Stream => {
+                            $crate::kernels::prefetch(row, k * elem_bytes)
+                        }
                     }
                 }
                 // The rows' chunks widened first, then one token at a time: `R + 1` registers

@@ -1,7 +1,7 @@
 //! A memory read-bandwidth probe: the machine's roofline for token generation, measured as a sum
-//! over a large array with the kernel path's widest loads and several accumulators, on all
-//! threads, best of several passes (explicit wide loads: compiler-vectorised loops reach only
-//! about 2/3 of it). The array is in huge pages where the system has them, as a resident model is
+//! over a large array with the kernel path's widest loads, several accumulators and the kernels'
+//! prefetches, on all threads, best of several passes (explicit wide loads: compiler-vectorised
+//! loops reach only about 2/3 of it). The array is in huge pages where the system has them, as a resident model is
 //! ([`bitnet_format::BitnetFile::into_resident`]): in 4 KiB pages the probe read less than a
 //! resident model's generation does (36–38 against 40–44 GB/s on the machine of BENCHMARKS.md).
 
@@ -41,16 +41,25 @@ fn sum_words(path: KernelPath, data: &[u64]) -> u64 {
 }
 
 /// Defines `$name`, [`sum_words`] with one x86 vector width (`$words` u64 per vector): eight
-/// accumulators, so that the adds never wait on each other. `data.len()` must be a multiple of
-/// `8 · $words` for every word to count (the probe's chunks are multiples of 64).
+/// accumulators, so that the adds never wait on each other, and each line asked for ahead as the
+/// weight kernels ask ([`super::prefetch`]; without it the probe read 1–9% less, BENCHMARKS.md).
+/// `data.len()` must be a multiple of `8 · $words` for every word to count (the probe's chunks are
+/// multiples of 64).
 macro_rules! x86_sum {
     ($name:ident, $features:literal, $vec:ty, $words:literal, $zero:ident, $load:ident, $add:ident) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name(data: &[u64]) -> u64 {
             use std::arch::x86_64::*;
+            // SAFETY: the bytes of `data`, borrowed as long as it is.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
+            };
             let mut acc = [$zero(); 8];
             for c in 0..data.len() / (8 * $words) {
+                for line in (0..64 * $words).step_by(64) {
+                    super::prefetch(bytes, 64 * $words * c + line);
+                }
                 for (j, a) in acc.iter_mut().enumerate() {
                     // SAFETY: `(8c + j + 1) · $words <= data.len()`.
                     let v = unsafe { $load(data.as_ptr().add((8 * c + j) * $words).cast()) };

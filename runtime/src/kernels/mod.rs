@@ -28,7 +28,7 @@ pub use ternary::{Packing, TernaryMatrix, ternary_matmul};
 
 /// How far ahead of the byte being read the x86 weight kernels ask for weights (the ternary
 /// kernels, the f16/bf16/i8 output matrix's rows for one token, and the q4 row kernel):
-/// [`PREFETCH_AHEAD`] bytes. The hardware
+/// [`PREFETCH_AHEAD`] bytes into L1, and [`PREFETCH_FAR`] bytes into L2. The hardware
 /// prefetcher alone left the loads' latency exposed: on the Xeon VM of BENCHMARKS.md, generation
 /// with the 2B-4T shape (AVX-512, 2 threads) went from about 13 to 21.6 tokens/s for `tiled16` and
 /// from 8 to 18 for `base3x16`; 512 bytes ahead was too close, 2 and 4 KiB the same. The output
@@ -37,23 +37,47 @@ pub use ternary::{Packing, TernaryMatrix, ternary_matmul};
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 4096;
 
-/// Ask for the cache line [`PREFETCH_AHEAD`] bytes past `codes[at]`.
+/// How far ahead the same kernels also ask for weights into L2 only (`prefetcht1`), so that more
+/// lines are on their way from memory than L1's fill buffers can track: generation read at most
+/// about 80% of the bandwidth probe with [`PREFETCH_AHEAD`] alone (BENCHMARKS.md, twenty-fourth
+/// session).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_FAR: usize = 4 * PREFETCH_AHEAD;
+
+/// Ask for the weights [`PREFETCH_AHEAD`] bytes past `codes[at]` into L1 and [`PREFETCH_FAR`]
+/// bytes past it into L2.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch(codes: &[u8], at: usize) {
-    prefetch_line(codes, at + PREFETCH_AHEAD)
+    prefetch_stream(codes, at, 1)
 }
 
-/// Ask for the cache line holding `data[at]` (a hint: an address past the end of `data` is never
-/// dereferenced, and a prefetch never faults).
+/// [`prefetch`] for a stream read `1 / share` as fast as the weights it goes with (a q4 matrix's
+/// scales), so asked for as far ahead in time.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_stream(data: &[u8], at: usize, share: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1};
+    hint::<_MM_HINT_T0>(data, at + PREFETCH_AHEAD / share);
+    hint::<_MM_HINT_T1>(data, at + PREFETCH_FAR / share);
+}
+
+/// Ask for the cache line holding `data[at]` into L1.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_line(data: &[u8], at: usize) {
-    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(data, at)
+}
+
+/// Ask for the cache line holding `data[at]` with `_mm_prefetch` strategy `S` (a hint: an address
+/// past the end of `data` is never dereferenced, and a prefetch never faults).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn hint<const S: i32>(data: &[u8], at: usize) {
     let p = data.as_ptr().wrapping_add(at);
-    // SAFETY: SSE is part of x86-64; `prefetcht0` only hints the cache and never faults, whatever
+    // SAFETY: SSE is part of x86-64; a prefetch only hints the cache and never faults, whatever
     // the address.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    unsafe { std::arch::x86_64::_mm_prefetch::<S>(p.cast()) }
 }
 
 use bitnet_format::TernaryLayout;

@@ -354,8 +354,8 @@ impl Default for SuperblockPad {
     }
 }
 
-/// Ask for the lines [`super::PREFETCH_AHEAD`] bytes past the codes of blocks `sb · s ..` of row
-/// `r`, and an eighth as far past their scales (2 scale bytes go with 16 code bytes), so that both
+/// Ask for the lines ahead of the codes of blocks `sb · s ..` of row `r` ([`super::prefetch`]),
+/// and an eighth as far past their scales (2 scale bytes go with 16 code bytes), so that both
 /// streams are asked for as far ahead in time. Rows are consecutive in both, so this runs into the
 /// next rows as the kernel will.
 #[cfg(target_arch = "x86_64")]
@@ -365,7 +365,7 @@ pub(super) fn prefetch_superblock(g: Q4Geometry, data: &[u8], r: usize, sb: usiz
     for line in (0..s * BLOCK_CODE_BYTES).step_by(64) {
         super::prefetch(data, codes + line);
     }
-    super::prefetch_line(data, g.scale_offset(r, sb * s) + super::PREFETCH_AHEAD / 8);
+    super::prefetch_stream(data, g.scale_offset(r, sb * s), 8);
 }
 
 /// The code bytes (`16 · s`) and f16 scales (`2 · s` bytes) of blocks `sb · s ..` of row `r`:
