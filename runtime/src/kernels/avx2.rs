@@ -136,6 +136,10 @@ impl Mac for Maddubs {
 /// `4p .. 4p+3` of each block, in `vpdpbusd` operand shape). `unsafe` only because compiled with
 /// AVX2: callers must run on a CPU that has it.
 pub(super) trait Planes<const P: usize> {
+    /// Whether these are [`Bits2`]'s 2-bit planes, which one token reads with fewer
+    /// instructions than [`Planes::planes`] takes (`lone_bits2` in [`ternary_kernel!`]).
+    const BITS2: bool;
+
     unsafe fn planes(v: __m256i) -> [__m256i; P];
 }
 
@@ -157,6 +161,8 @@ pub(super) use bits2_planes;
 pub(super) struct Bits2;
 
 impl Planes<4> for Bits2 {
+    const BITS2: bool = true;
+
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 4] {
@@ -185,10 +191,11 @@ pub(super) use times3;
 /// `s = x − 128` (one xor per vector): `x ↦ 3x mod 256` is then `s ↦ 3s mod 256` as well (`3·128 ≡
 /// 128`), and the two tests are `s > −43` and `s > 42`, each −1 where true, so the digit is `0 − m₁
 /// − m₂`. Six instructions per plane; exact for every byte.
-/// `base3`: five base-3 digits per byte.
 pub(super) struct Base3;
 
 impl Planes<5> for Base3 {
+    const BITS2: bool = false;
+
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn planes(v: __m256i) -> [__m256i; 5] {
@@ -455,14 +462,93 @@ macro_rules! ternary_kernel {
         >(
             (codes, k_blocks, acts, sums, out): (&[u8], usize, &[i8], &[i32], &mut [i32]),
         ) {
-            // SAFETY (all three): same features; the caller's bounds, and `first + H <= 2`.
+            // SAFETY (all four): same features; the caller's bounds, and `first + H <= 2`.
             unsafe {
-                if M == 1 {
+                if M == 1 && U::BITS2 {
+                    lone_bits2(codes, k_blocks, acts, sums[0], out);
+                } else if M == 1 {
                     halves::<M, 2, P, U>(codes, k_blocks, acts, sums, 0, out);
                 } else {
                     halves::<M, 1, P, U>(codes, k_blocks, acts, sums, 0, out);
                     halves::<M, 1, P, U>(codes, k_blocks, acts, sums, 1, out);
                 }
+            }
+        }
+
+        /// One token against one tile of [`Bits2`](super::Bits2) codes, both halves of each block
+        /// together as [`token_block`] does. Planes 0 and 2 are masked after one shift as usual,
+        /// planes 1 and 3 masked in place, as `4u`, into their own accumulator, divided by 4 at
+        /// the end: five instructions to unpack a half instead of seven.
+        ///
+        /// Bound: an accumulator takes two planes per block, and a plane of `4u` adds 4 times as
+        /// much to a lane as one of `u`, so [`Mac::RUN_PLANES`] / 8 blocks keep both within what
+        /// the `Mac` proves for `RUN_PLANES` planes of `u`. Each pair sum of `4u` planes is a
+        /// multiple of 4, so the shift is exact; the i32 totals gain at most 4 · 4 · 2 · 1024 per
+        /// block, within i32 for any row shorter than 2¹⁸ blocks.
+        #[target_feature(enable = $features)]
+        unsafe fn lone_bits2(
+            codes: &[u8],
+            k_blocks: usize,
+            acts: &[i8],
+            sum: i32,
+            out: &mut [i32],
+        ) {
+            use $crate::kernels::avx2::Mac;
+            type K = $mac;
+            debug_assert!(
+                codes.len() >= k_blocks * 64 && out.len() >= 16 && acts.len() >= 16 * k_blocks
+            );
+            let run_blocks = (K::RUN_PLANES / 8).max(1);
+            let (low, high) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x0c));
+            let mut total = [[_mm256_setzero_si256(); 2]; 2];
+            let mut run = 0;
+            while run < k_blocks {
+                let end = k_blocks.min(run.saturating_add(run_blocks));
+                let mut acc = [[_mm256_setzero_si256(); 2]; 2];
+                for kb in run..end {
+                    $crate::kernels::prefetch(codes, kb * 64);
+                    let a: [__m256i; 4] = std::array::from_fn(|p| {
+                        // SAFETY: the token's 16 codes of block `kb < k_blocks` are in `acts`.
+                        let quad = unsafe {
+                            acts.as_ptr()
+                                .add((kb * 4 + p) * 4)
+                                .cast::<i32>()
+                                .read_unaligned()
+                        };
+                        _mm256_set1_epi32(quad)
+                    });
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: half `2kb + j < 2 · k_blocks`: its 32 bytes are in `codes`.
+                        let v = unsafe {
+                            _mm256_loadu_si256(codes.as_ptr().add((kb * 2 + j) * 32).cast())
+                        };
+                        let t = _mm256_srli_epi16::<4>(v);
+                        let unit = [_mm256_and_si256(v, low), _mm256_and_si256(t, low)];
+                        let fourfold = [_mm256_and_si256(v, high), _mm256_and_si256(t, high)];
+                        // SAFETY: this function has the features `K` is compiled for.
+                        unsafe {
+                            K::step_alone(&mut acc[0], &unit, &[a[0], a[2]]);
+                            K::step_alone(&mut acc[1], &fourfold, &[a[1], a[3]]);
+                        }
+                    }
+                }
+                for (total, acc) in total.iter_mut().zip(acc) {
+                    for (total, acc) in total.iter_mut().zip(acc) {
+                        // SAFETY: as above.
+                        *total = _mm256_add_epi32(*total, unsafe { K::widen(acc) });
+                    }
+                }
+                run = end;
+            }
+            for (j, [unit, fourfold]) in total.into_iter().enumerate() {
+                let row = _mm256_add_epi32(unit, _mm256_srai_epi32::<2>(fourfold));
+                // SAFETY: `out` holds 16 accumulators.
+                unsafe {
+                    _mm256_storeu_si256(
+                        out.as_mut_ptr().add(8 * j).cast(),
+                        _mm256_sub_epi32(row, _mm256_set1_epi32(sum)),
+                    )
+                };
             }
         }
 
