@@ -82,14 +82,9 @@ pub trait Planes<const P: usize>: Sized {
 
     unsafe fn planes(v: __m512i) -> [__m512i; P];
 
-    /// One token against one tile, `out` its 16 accumulators: by default the planes, each used
-    /// once ([`one_token`]).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn one_token(codes: &[u8], k_blocks: usize, q: &[i8], sum: i32, out: &mut [i32]) {
-        // SAFETY: same features; the caller's bounds.
-        unsafe { one_token::<P, Self>(codes, k_blocks, q, sum, out) }
-    }
+    /// One token against one tile, `out` its 16 accumulators, with whatever the packing allows
+    /// instead of [`Planes::planes`]: one token uses each plane once.
+    unsafe fn one_token(codes: &[u8], k_blocks: usize, q: &[i8], sum: i32, out: &mut [i32]);
 }
 
 /// `tiled`: four 2-bit fields per byte ([`super::avx2::bits2_planes!`] at 512 bits).
@@ -106,7 +101,8 @@ impl Planes<4> for Bits2 {
 
     /// One token with each plane masked in place, not shifted down: plane `p` is `4^p · u`, its
     /// own accumulator sums `4^p` times the plane's products, and the total divides that out
-    /// exactly. Four instructions per block to unpack instead of seven.
+    /// exactly. Four instructions per block to unpack instead of seven, and four independent
+    /// `vpdpbusd` chains.
     ///
     /// Bound: one `vpdpbusd` adds at most 4 · 4³ · 2 · 128 = 65536 in magnitude to plane 3's
     /// lanes, so a run of [`SCALED_RUN`] blocks stays within 2⁹ · 2¹⁶ = 2²⁵ (runs this short
@@ -223,39 +219,6 @@ impl Planes<5> for Base3 {
         // SAFETY: `out` has at least 16 elements.
         unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), total) };
     }
-}
-
-/// One token: one accumulator per plane so consecutive `vpdpbusd`s do not wait on each other.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn one_token<const P: usize, U: Planes<P>>(
-    codes: &[u8],
-    k_blocks: usize,
-    q: &[i8],
-    sum: i32,
-    out: &mut [i32],
-) {
-    debug_assert!(codes.len() >= k_blocks * 64 && q.len() >= k_blocks * 4 * P && out.len() >= 16);
-    let mut acc = [_mm512_setzero_si512(); P];
-    for kb in 0..k_blocks {
-        // SAFETY: `kb < k_blocks`, so the 64 bytes at `kb · 64` and the `4P` codes at `kb · 4P`
-        // exist.
-        prefetch(codes, kb * 64);
-        let (v, quads) = unsafe {
-            let v = _mm512_loadu_si512(codes.as_ptr().add(kb * 64).cast());
-            (v, q.as_ptr().add(kb * 4 * P).cast::<i32>())
-        };
-        // SAFETY: this function has the features `U` is compiled for.
-        let c = unsafe { U::planes(v) };
-        for p in 0..P {
-            // SAFETY: `quads` points at `4P` codes, so quads + p (p < P) is in bounds.
-            let a = _mm512_set1_epi32(unsafe { quads.add(p).read_unaligned() });
-            acc[p] = _mm512_dpbusd_epi32(acc[p], c[p], a);
-        }
-    }
-    let total = acc[1..].iter().fold(acc[0], |t, &a| _mm512_add_epi32(t, a));
-    let total = _mm512_sub_epi32(total, _mm512_set1_epi32(sum));
-    // SAFETY: `out` has at least 16 elements.
-    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), total) };
 }
 
 /// [`token_block`] for a group of `m` tokens (2, 4, 8 or [`TOKEN_BLOCK`]), or [`Planes::one_token`].
