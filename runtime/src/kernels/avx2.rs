@@ -304,7 +304,7 @@ macro_rules! ternary_kernel {
             WIDE_SUMS.set((planes, sums));
         }
 
-        /// A group of `m` ([`WIDE_BLOCK`] or [`WIDE_LAST`]) tokens against one run of a tile's
+        /// A group of `m` ([`WIDE_BLOCK`](crate::kernels::avx2::WIDE_BLOCK) or [`WIDE_LAST`](crate::kernels::avx2::WIDE_LAST)) tokens against one run of a tile's
         /// unpacked `planes` (`blocks` blocks, half by half), added into `sums` (16 rows of `m`
         /// tokens, row-major). The roles of the narrow kernel turn around: each row's code quad is
         /// broadcast from the planes and multiplied into vectors of 8 tokens' activation quads, so
@@ -425,7 +425,7 @@ macro_rules! ternary_kernel {
             }
         }
 
-        /// [`token_block`] for a group of `m` tokens (1, 2, 4 or [`TOKEN_BLOCK`]).
+        /// [`token_block`] for a group of `m` tokens (1, 2, 4 or [`TOKEN_BLOCK`](crate::kernels::avx2::TOKEN_BLOCK)).
         #[target_feature(enable = $features)]
         unsafe fn group<const P: usize, U: $crate::kernels::avx2::Planes<P>>(
             m: usize,
@@ -475,7 +475,7 @@ macro_rules! ternary_kernel {
             }
         }
 
-        /// One token against one tile of [`Bits2`](super::Bits2) codes, both halves of each block
+        /// One token against one tile of [`Bits2`](crate::kernels::avx2::Bits2) codes, both halves of each block
         /// together as [`token_block`] does. Planes 0 and 2 are masked after one shift as usual,
         /// planes 1 and 3 masked in place, as `4u`, into their own accumulator, divided by 4 at
         /// the end: five instructions to unpack a half instead of seven.
