@@ -304,7 +304,8 @@ macro_rules! ternary_kernel {
             WIDE_SUMS.set((planes, sums));
         }
 
-        /// A group of `m` ([`WIDE_BLOCK`](crate::kernels::avx2::WIDE_BLOCK) or [`WIDE_LAST`](crate::kernels::avx2::WIDE_LAST)) tokens against one run of a tile's
+        /// A group of `m` ([`WIDE_BLOCK`](crate::kernels::avx2::WIDE_BLOCK) or
+        /// [`WIDE_LAST`](crate::kernels::avx2::WIDE_LAST)) tokens against one run of a tile's
         /// unpacked `planes` (`blocks` blocks, half by half), added into `sums` (16 rows of `m`
         /// tokens, row-major). The roles of the narrow kernel turn around: each row's code quad is
         /// broadcast from the planes and multiplied into vectors of 8 tokens' activation quads, so
@@ -425,7 +426,8 @@ macro_rules! ternary_kernel {
             }
         }
 
-        /// [`token_block`] for a group of `m` tokens (1, 2, 4 or [`TOKEN_BLOCK`](crate::kernels::avx2::TOKEN_BLOCK)).
+        /// [`token_block`] for a group of `m` tokens (1, 2, 4 or
+        /// [`TOKEN_BLOCK`](crate::kernels::avx2::TOKEN_BLOCK)).
         #[target_feature(enable = $features)]
         unsafe fn group<const P: usize, U: $crate::kernels::avx2::Planes<P>>(
             m: usize,
@@ -475,10 +477,10 @@ macro_rules! ternary_kernel {
             }
         }
 
-        /// One token against one tile of [`Bits2`](crate::kernels::avx2::Bits2) codes, both halves of each block
-        /// together as [`token_block`] does. Planes 0 and 2 are masked after one shift as usual,
-        /// planes 1 and 3 masked in place, as `4u`, into their own accumulator, divided by 4 at
-        /// the end: five instructions to unpack a half instead of seven.
+        /// One token against one tile of [`Bits2`](crate::kernels::avx2::Bits2) codes, both halves
+        /// of each block together as [`token_block`] does. Planes 0 and 2 are masked after one
+        /// shift as usual, planes 1 and 3 masked in place, as `4u`, into their own accumulator,
+        /// divided by 4 at the end: five instructions to unpack a half instead of seven.
         ///
         /// Bound: an accumulator takes two planes per block, and a plane of `4u` adds 4 times as
         /// much to a lane as one of `u`, so [`Mac::RUN_PLANES`] / 8 blocks keep both within what
@@ -874,10 +876,6 @@ pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
     }
 }
 
-/// Defines `dense_rows_dot` (and its helpers `dense_rows_of` and `dense_row_group`) for one vector
-/// width: `$vec` of `$lanes` f32 lanes, `$max_rows` rows at a time for several tokens,
-/// `$i8_lone_chunks` chunks in flight for one token's `i8_row` rows, `$widen` a closure `(pointer,
-/// kind) -> $vec` widening `$lanes` elements of a row in registers, `$hsum` the horizontal sum.
 /// What a pass of the dense row kernel asks for ahead of the rows it reads.
 #[derive(Clone, Copy)]
 pub(super) enum Ahead {
@@ -888,18 +886,22 @@ pub(super) enum Ahead {
     Stream,
 }
 
+/// Defines `dense_rows_dot` (and its helpers `dense_rows_of` and `dense_row_group`) for one vector
+/// width: `$vec` of `$lanes` f32 lanes, `$max_rows` rows at a time for several tokens,
+/// `$i8_lone_chunks` chunks in flight for one token's `i8_row` rows, `$widen` a closure `(pointer,
+/// kind) -> $vec` widening `$lanes` elements of a row in registers, `$hsum` the horizontal sum.
 macro_rules! dense_rows_kernel {
     ($features:literal, $vec:ty, $lanes:literal, $max_rows:literal, $i8_lone_chunks:literal,
      $zero:ident, $load:ident, $fma:ident, $add:ident, $hsum:path, $widen:expr) => {
-        /// `out[(r - rows.start) · tokens + t] = row(r) · x[t]` for a dense matrix of `kind` (0 f16,
-        /// 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens = x.len() /
-        /// cols` token rows of `x`. For one token, one row at a time: a single sequential stream
-        /// per thread, asked for ahead as the weights are ([`super::prefetch`]; interleaving four rows to
-        /// share activation loads decoded a third slower, BENCHMARKS.md); for more, `$max_rows`
-        /// rows at a time (as many as the registers hold accumulators for; with two tokens 34–46% faster
-        /// than one row at a time). Each chunk of a row is widened once per group of up to four
-        /// tokens, so the row comes from memory once (asked for while the rows before it are
-        /// multiplied) and from L1 for further groups.
+        /// `out[(r - rows.start) · tokens + t] = row(r) · x[t]` for a dense matrix of `kind` (0
+        /// f16, 1 bf16, 2 i8 codes: the caller multiplies by the row scale) and the `tokens =
+        /// x.len() / cols` token rows of `x`. For one token, one row at a time: a single sequential
+        /// stream per thread, asked for ahead as the weights are ([`super::prefetch`]; interleaving
+        /// four rows to share activation loads decoded a third slower, BENCHMARKS.md); for more,
+        /// `$max_rows` rows at a time (as many as the registers hold accumulators for; with two
+        /// tokens 34–46% faster than one row at a time). Each chunk of a row is widened once per
+        /// group of up to four tokens, so the row comes from memory once (asked for while the rows
+        /// before it are multiplied) and from L1 for further groups.
         ///
         /// # Safety
         /// The CPU must support the features above; `data` holds `rows.end` rows of `cols`
@@ -1165,13 +1167,13 @@ dense_rows_kernel!(
 /// sequential stream of codes and one of scales, asked for ahead whatever the tokens: with the
 /// hardware prefetcher alone, one token's output matrix read at about 70% of the machine's
 /// bandwidth on the Xeon VM of BENCHMARKS.md; rows walked as [`super::q4::for_row_blocks`] does),
-/// each superblock of `$blocks` blocks (activations in [`super::q4::Q4Layout::Superblocks`] order) unpacked once for a register block of up to
-/// `$tokens` tokens (then the `$fewer` sizes, then one). `$vi` holds one 32-bit lane per block of
-/// a superblock; the intrinsics named after it are that width's; `$scales` turns a superblock's
-/// f16 weight scales (a pointer) into lane order; `$dot` gives a token's lanes their block's exact
-/// `Σ (n - 8) · q` from its lane corrections, the weights' low and high nibbles and its eight
-/// activation vectors; `$hsum` sums the lanes of `$vf`. Lanes are scaled once by their block's
-/// weight and activation scales in f32.
+/// each superblock of `$blocks` blocks (activations in [`super::q4::Q4Layout::Superblocks`] order)
+/// unpacked once for a register block of up to `$tokens` tokens (then the `$fewer` sizes, then
+/// one). `$vi` holds one 32-bit lane per block of a superblock; the intrinsics named after it are
+/// that width's; `$scales` turns a superblock's f16 weight scales (a pointer) into lane order;
+/// `$dot` gives a token's lanes their block's exact `Σ (n - 8) · q` from its lane corrections, the
+/// weights' low and high nibbles and its eight activation vectors; `$hsum` sums the lanes of `$vf`.
+/// Lanes are scaled once by their block's weight and activation scales in f32.
 macro_rules! q4_kernel {
     ($features:literal, $vi:ty, $vf:ty, $blocks:literal, $tokens:literal, [$($fewer:literal),*],
      $load:ident, $load_ps:ident, $set1_epi8:ident, $zero_ps:ident, $unpacklo32:ident,

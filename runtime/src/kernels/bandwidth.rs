@@ -1,9 +1,10 @@
 //! A memory read-bandwidth probe: the machine's roofline for token generation, measured as a sum
 //! over a large array with the kernel path's widest loads, several accumulators and the kernels'
 //! prefetches, on all threads, best of several passes (explicit wide loads: compiler-vectorised
-//! loops reach only about 2/3 of it). The array is in huge pages where the system has them, as a resident model is
-//! ([`bitnet_format::BitnetFile::into_resident`]): in 4 KiB pages the probe read less than a
-//! resident model's generation does (36–38 against 40–44 GB/s on the machine of BENCHMARKS.md).
+//! loops reach only about 2/3 of it). The array is in huge pages where the system has them, as a
+//! resident model is ([`bitnet_format::BitnetFile::into_resident`]): in 4 KiB pages the probe read
+//! less than a resident model's generation does (36–38 against 40–44 GB/s on the machine of
+//! BENCHMARKS.md).
 
 use std::time::Instant;
 

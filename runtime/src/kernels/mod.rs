@@ -66,7 +66,8 @@ fn prefetch_stream(data: &[u8], at: usize, share: usize) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_line(data: &[u8], at: usize) {
-    hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(data, at)
+    use std::arch::x86_64::_MM_HINT_T0;
+    hint::<_MM_HINT_T0>(data, at)
 }
 
 /// Ask for the cache line holding `data[at]` with `_mm_prefetch` strategy `S` (a hint: an address
