@@ -10,7 +10,7 @@ use super::avx2::Mac;
 use super::ternary::TernaryMatrix;
 
 /// Defines a [`Mac`] on a `vpdpbusd` form: the AVX-VNNI one here, and in the tests the AVX-512 VL
-/// one, which computes the same and runs on CPUs that have AVX-512 but not AVX-VNNI.
+/// one and an AVX2 sequence, which compute the same on CPUs without AVX-VNNI.
 macro_rules! dpbusd_mac {
     ($name:ident, $features:literal, $dpbusd:ident) => {
         /// `vpdpbusd` adds, in each row's i32 lane, the four products of unsigned codes `t + 1`
@@ -62,7 +62,7 @@ macro_rules! dpbusd_mac {
     };
 }
 
-/// Defines `base3_one_token` on a `vpdpbusd` form (see [`dpbusd_mac!`] for why two).
+/// Defines `base3_one_token` on a `vpdpbusd` form (see [`dpbusd_mac!`] for why several).
 macro_rules! base3_one_token {
     ($features:literal, $dpbusd:ident) => {
         /// [`super::ternary_matmul`] for one token of `base3` without unpacking digits, as
@@ -140,9 +140,10 @@ super::avx2::ternary_kernel!("avx2,avxvnni", Dpbusd);
 
 base3_one_token!("avx2,avxvnni", _mm256_dpbusd_avx_epi32);
 
-/// The AVX-VNNI kernel's code run with the AVX-512 VL form of `vpdpbusd`, which computes the same:
-/// CPUs with AVX-512 VNNI but without AVX-VNNI (this project's CI machine, AMD Zen 4, Intel Ice
-/// Lake) cannot run the path itself, and Debian's qemu-user does not implement AVX-VNNI.
+/// The AVX-VNNI kernel's code run with other forms of `vpdpbusd` that compute the same: the
+/// AVX-512 VL instruction, on CPUs that have AVX-512 VNNI but not AVX-VNNI (AMD Zen 4, Intel Ice
+/// Lake), and an exact AVX2 sequence, on every AVX2 CPU (AMD Zen 3 has neither instruction, and
+/// Debian's qemu-user does not implement AVX-VNNI).
 #[cfg(test)]
 mod tests {
     use bitnet_format::{TernaryLayout, ternary};
@@ -152,6 +153,22 @@ mod tests {
     use crate::kernels::{avx2, scalar};
 
     dpbusd_mac!(DpbusdEvex, "avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
+    dpbusd_mac!(DpbusdAvx2, "avx2", dpbusd_avx2);
+
+    /// `vpdpbusd` in AVX2: in each i32 lane, `acc` plus the four products of `a`'s unsigned bytes
+    /// with `b`'s signed ones, as two `vpmaddwd` of the even and the odd bytes widened to i16
+    /// (each pair sum within ±2 · 255 · 128, so exact; `vpmaddubsw` would saturate).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn dpbusd_avx2(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        let a_even = _mm256_and_si256(a, _mm256_set1_epi16(0x00ff));
+        let a_odd = _mm256_srli_epi16::<8>(a);
+        let b_even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b));
+        let b_odd = _mm256_srai_epi16::<8>(b);
+        let even = _mm256_madd_epi16(a_even, b_even);
+        let odd = _mm256_madd_epi16(a_odd, b_odd);
+        _mm256_add_epi32(acc, _mm256_add_epi32(even, odd))
+    }
 
     mod evex {
         use std::arch::x86_64::*;
@@ -164,16 +181,71 @@ mod tests {
         base3_one_token!("avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
     }
 
+    mod emulated {
+        use std::arch::x86_64::*;
+        use std::ops::Range;
+
+        use super::dpbusd_avx2;
+        use crate::kernels::activation::QuantizedActs;
+        use crate::kernels::ternary::TernaryMatrix;
+
+        crate::kernels::avx2::ternary_kernel!("avx2", super::DpbusdAvx2);
+        base3_one_token!("avx2", dpbusd_avx2);
+    }
+
+    /// Whether CI lists `path` among the kernel paths this CPU must test (`BITNET_EXPECT_KERNELS`,
+    /// which .ci/run reads from /proc/cpuinfo).
+    fn expected_here(path: &str) -> bool {
+        std::env::var("BITNET_EXPECT_KERNELS").is_ok_and(|e| e.split(',').any(|p| p == path))
+    }
+
+    #[test]
+    fn the_avx2_dpbusd_computes_what_vpdpbusd_is_defined_to() {
+        if !is_x86_feature_detected!("avx2") {
+            assert!(
+                !expected_here("avx2"),
+                "BITNET_EXPECT_KERNELS lists avx2, but this CPU lacks it"
+            );
+            eprintln!(
+                "skipped: this CPU lacks AVX2 (fails where BITNET_EXPECT_KERNELS lists avx2)"
+            );
+            return;
+        }
+        let mut seed = 5u64;
+        let mut byte = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (seed >> 56) as u8
+        };
+        // Random bytes, then the extremes: 255 · -128 and 255 · 127 in every product.
+        let cases = (0..64)
+            .map(|_| ([(); 32].map(|_| byte()), [(); 32].map(|_| byte()), byte()))
+            .chain([([255; 32], [0x80; 32], 7), ([255; 32], [0x7f; 32], 9)]);
+        for (a, b, start) in cases {
+            let acc: [i32; 8] = std::array::from_fn(|l| (l as i32 - 4) * 1_000_003 * start as i32);
+            let want: [i32; 8] = std::array::from_fn(|l| {
+                acc[l]
+                    + (0..4)
+                        .map(|k| a[4 * l + k] as i32 * b[4 * l + k] as i8 as i32)
+                        .sum::<i32>()
+            });
+            // SAFETY: the CPU has AVX2 (checked above); the arrays are 32 bytes.
+            let got: [i32; 8] = unsafe {
+                let v = |x: *const u8| _mm256_loadu_si256(x.cast());
+                let r = dpbusd_avx2(v(acc.as_ptr().cast()), v(a.as_ptr()), v(b.as_ptr()));
+                std::mem::transmute(r)
+            };
+            assert_eq!(got, want, "a {a:?} b {b:?}");
+        }
+    }
+
     #[test]
     fn the_kernel_with_the_evex_dpbusd_equals_the_scalar_reference() {
         if !(is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")) {
             // Such a CPU may still have AVX-VNNI; kernel_conformance covers that path wherever
-            // the CPU has it. CI lists the paths a CPU must test (`BITNET_EXPECT_KERNELS`, read
-            // from /proc/cpuinfo): where that list has `avx512`, this test must run.
-            let expected = std::env::var("BITNET_EXPECT_KERNELS").unwrap_or_default();
+            // the CPU has it, and the AVX2 form below wherever it has AVX2.
             assert!(
-                !expected.split(',').any(|p| p == "avx512"),
-                "BITNET_EXPECT_KERNELS={expected} lists avx512, but this CPU lacks AVX-512 VNNI/VL"
+                !expected_here("avx512"),
+                "BITNET_EXPECT_KERNELS lists avx512, but this CPU lacks AVX-512 VNNI/VL"
             );
             eprintln!(
                 "skipped: this CPU lacks AVX-512 VNNI/VL (fails where BITNET_EXPECT_KERNELS lists \
@@ -181,6 +253,47 @@ mod tests {
             );
             return;
         }
+        // SAFETY: the CPU has AVX-512 VNNI and VL (checked above) and AVX2 (every AVX-512 CPU
+        // has it); the lengths are those `ternary_matmul` asserts.
+        equals_the_scalar_reference(|w, x, base3, got| unsafe {
+            if base3 && x.tokens == 1 {
+                evex::base3_one_token(w, x, 0..w.tiles(), got)
+            } else if base3 {
+                evex::ternary_tiles::<5, avx2::Base3>(w, x, 0..w.tiles(), got)
+            } else {
+                evex::ternary_tiles::<4, avx2::Bits2>(w, x, 0..w.tiles(), got)
+            }
+        });
+    }
+
+    #[test]
+    fn the_kernel_with_the_avx2_dpbusd_equals_the_scalar_reference() {
+        if !is_x86_feature_detected!("avx2") {
+            assert!(
+                !expected_here("avx2"),
+                "BITNET_EXPECT_KERNELS lists avx2, but this CPU lacks it"
+            );
+            eprintln!(
+                "skipped: this CPU lacks AVX2 (fails where BITNET_EXPECT_KERNELS lists avx2)"
+            );
+            return;
+        }
+        // SAFETY: the CPU has AVX2 (checked above); the lengths are those `ternary_matmul`
+        // asserts.
+        equals_the_scalar_reference(|w, x, base3, got| unsafe {
+            if base3 && x.tokens == 1 {
+                emulated::base3_one_token(w, x, 0..w.tiles(), got)
+            } else if base3 {
+                emulated::ternary_tiles::<5, avx2::Base3>(w, x, 0..w.tiles(), got)
+            } else {
+                emulated::ternary_tiles::<4, avx2::Bits2>(w, x, 0..w.tiles(), got)
+            }
+        });
+    }
+
+    /// `run(w, x, base3, out)` (one form of the path's kernels, as `ternary_matmul` would call
+    /// them) against the scalar reference over every token count and layout that matters.
+    fn equals_the_scalar_reference(run: impl Fn(&TernaryMatrix, &QuantizedActs, bool, &mut [i32])) {
         let mut seed = 11u64;
         let mut next = move || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -241,17 +354,7 @@ mod tests {
             let mut expected = vec![0i32; w.tiles() * tokens * 16];
             scalar::ternary_tiles(&w, &x, 0..w.tiles(), &mut expected);
             let mut got = vec![i32::MIN; expected.len()];
-            // SAFETY: the CPU has AVX-512 VNNI and VL (checked above) and AVX2 (every AVX-512
-            // CPU has it); the lengths are those `ternary_matmul` asserts.
-            unsafe {
-                if base3 && tokens == 1 {
-                    evex::base3_one_token(&w, &x, 0..w.tiles(), &mut got)
-                } else if base3 {
-                    evex::ternary_tiles::<5, avx2::Base3>(&w, &x, 0..w.tiles(), &mut got)
-                } else {
-                    evex::ternary_tiles::<4, avx2::Bits2>(&w, &x, 0..w.tiles(), &mut got)
-                }
-            };
+            run(&w, &x, base3, &mut got);
             assert_eq!(
                 got, expected,
                 "{tokens} tokens, extreme {extreme}, {layout:?}"
