@@ -152,8 +152,46 @@ mod tests {
     use crate::kernels::ternary::Packing;
     use crate::kernels::{avx2, scalar};
 
-    dpbusd_mac!(DpbusdEvex, "avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
-    dpbusd_mac!(DpbusdAvx2, "avx2", dpbusd_avx2);
+    /// A module `$module` of the path's kernels built on the `vpdpbusd` form `$dpbusd` (with
+    /// `$features`, through the [`Mac`] `$mac`), and its `run`.
+    macro_rules! stand_in {
+        ($module:ident, $mac:ident, $features:literal, $dpbusd:ident) => {
+            dpbusd_mac!($mac, $features, $dpbusd);
+
+            mod $module {
+                use super::*;
+
+                crate::kernels::avx2::ternary_kernel!($features, super::$mac);
+                base3_one_token!($features, $dpbusd);
+
+                /// Every tile of `w` against `x`, by the kernel `ternary_matmul` picks on this
+                /// path for their packing and tokens.
+                ///
+                /// # Safety
+                /// The CPU must support the features above; the lengths are those
+                /// `ternary_matmul` asserts.
+                pub unsafe fn run(w: &TernaryMatrix, x: &QuantizedActs, out: &mut [i32]) {
+                    let tiles = 0..w.tiles();
+                    // SAFETY: the caller's.
+                    unsafe {
+                        match w.packing {
+                            Packing::Base3 if x.tokens == 1 => base3_one_token(w, x, tiles, out),
+                            Packing::Base3 => ternary_tiles::<5, avx2::Base3>(w, x, tiles, out),
+                            Packing::Bits2 => ternary_tiles::<4, avx2::Bits2>(w, x, tiles, out),
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    stand_in!(
+        evex,
+        DpbusdEvex,
+        "avx2,avx512vnni,avx512vl",
+        _mm256_dpbusd_epi32
+    );
+    stand_in!(emulated, DpbusdAvx2, "avx2", dpbusd_avx2);
 
     /// `vpdpbusd` in AVX2: in each i32 lane, `acc` plus the four products of `a`'s unsigned bytes
     /// with `b`'s signed ones, as two `vpmaddwd` of the even and the odd bytes widened to i16
@@ -170,45 +208,28 @@ mod tests {
         _mm256_add_epi32(acc, _mm256_add_epi32(even, odd))
     }
 
-    mod evex {
-        use std::arch::x86_64::*;
-        use std::ops::Range;
-
-        use crate::kernels::activation::QuantizedActs;
-        use crate::kernels::ternary::TernaryMatrix;
-
-        crate::kernels::avx2::ternary_kernel!("avx2,avx512vnni,avx512vl", super::DpbusdEvex);
-        base3_one_token!("avx2,avx512vnni,avx512vl", _mm256_dpbusd_epi32);
-    }
-
-    mod emulated {
-        use std::arch::x86_64::*;
-        use std::ops::Range;
-
-        use super::dpbusd_avx2;
-        use crate::kernels::activation::QuantizedActs;
-        use crate::kernels::ternary::TernaryMatrix;
-
-        crate::kernels::avx2::ternary_kernel!("avx2", super::DpbusdAvx2);
-        base3_one_token!("avx2", dpbusd_avx2);
-    }
-
-    /// Whether CI lists `path` among the kernel paths this CPU must test (`BITNET_EXPECT_KERNELS`,
-    /// which .ci/run reads from /proc/cpuinfo).
-    fn expected_here(path: &str) -> bool {
-        std::env::var("BITNET_EXPECT_KERNELS").is_ok_and(|e| e.split(',').any(|p| p == path))
+    /// Whether this CPU has what a test needs (`has`; `lacks` names it). Where it does not, the
+    /// test fails if CI lists `path` among the kernel paths this CPU must test
+    /// (`BITNET_EXPECT_KERNELS`, which .ci/run reads from /proc/cpuinfo), and is skipped
+    /// otherwise.
+    fn runs_here(has: bool, path: &str, lacks: &str) -> bool {
+        if !has {
+            let listed = std::env::var("BITNET_EXPECT_KERNELS")
+                .is_ok_and(|e| e.split(',').any(|p| p == path));
+            assert!(
+                !listed,
+                "BITNET_EXPECT_KERNELS lists {path}, but this CPU lacks {lacks}"
+            );
+            eprintln!(
+                "skipped: this CPU lacks {lacks} (fails where BITNET_EXPECT_KERNELS lists {path})"
+            );
+        }
+        has
     }
 
     #[test]
     fn the_avx2_dpbusd_computes_what_vpdpbusd_is_defined_to() {
-        if !is_x86_feature_detected!("avx2") {
-            assert!(
-                !expected_here("avx2"),
-                "BITNET_EXPECT_KERNELS lists avx2, but this CPU lacks it"
-            );
-            eprintln!(
-                "skipped: this CPU lacks AVX2 (fails where BITNET_EXPECT_KERNELS lists avx2)"
-            );
+        if !runs_here(is_x86_feature_detected!("avx2"), "avx2", "AVX2") {
             return;
         }
         let mut seed = 5u64;
@@ -240,60 +261,29 @@ mod tests {
 
     #[test]
     fn the_kernel_with_the_evex_dpbusd_equals_the_scalar_reference() {
-        if !(is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")) {
-            // Such a CPU may still have AVX-VNNI; kernel_conformance covers that path wherever
-            // the CPU has it, and the AVX2 form below wherever it has AVX2.
-            assert!(
-                !expected_here("avx512"),
-                "BITNET_EXPECT_KERNELS lists avx512, but this CPU lacks AVX-512 VNNI/VL"
-            );
-            eprintln!(
-                "skipped: this CPU lacks AVX-512 VNNI/VL (fails where BITNET_EXPECT_KERNELS lists \
-                 avx512)"
-            );
-            return;
+        // A CPU without them may still have AVX-VNNI: kernel_conformance covers that path
+        // wherever the CPU has it, and the AVX2 form below wherever it has AVX2.
+        let has = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+        if runs_here(has, "avx512", "AVX-512 VNNI/VL") {
+            // SAFETY: the CPU has AVX-512 VNNI and VL (checked above) and AVX2 (every AVX-512
+            // CPU has it); `equals_the_scalar_reference` passes the lengths `ternary_matmul`
+            // asserts.
+            equals_the_scalar_reference(|w, x, out| unsafe { evex::run(w, x, out) });
         }
-        // SAFETY: the CPU has AVX-512 VNNI and VL (checked above) and AVX2 (every AVX-512 CPU
-        // has it); the lengths are those `ternary_matmul` asserts.
-        equals_the_scalar_reference(|w, x, base3, got| unsafe {
-            if base3 && x.tokens == 1 {
-                evex::base3_one_token(w, x, 0..w.tiles(), got)
-            } else if base3 {
-                evex::ternary_tiles::<5, avx2::Base3>(w, x, 0..w.tiles(), got)
-            } else {
-                evex::ternary_tiles::<4, avx2::Bits2>(w, x, 0..w.tiles(), got)
-            }
-        });
     }
 
     #[test]
     fn the_kernel_with_the_avx2_dpbusd_equals_the_scalar_reference() {
-        if !is_x86_feature_detected!("avx2") {
-            assert!(
-                !expected_here("avx2"),
-                "BITNET_EXPECT_KERNELS lists avx2, but this CPU lacks it"
-            );
-            eprintln!(
-                "skipped: this CPU lacks AVX2 (fails where BITNET_EXPECT_KERNELS lists avx2)"
-            );
-            return;
+        if runs_here(is_x86_feature_detected!("avx2"), "avx2", "AVX2") {
+            // SAFETY: the CPU has AVX2 (checked above); `equals_the_scalar_reference` passes the
+            // lengths `ternary_matmul` asserts.
+            equals_the_scalar_reference(|w, x, out| unsafe { emulated::run(w, x, out) });
         }
-        // SAFETY: the CPU has AVX2 (checked above); the lengths are those `ternary_matmul`
-        // asserts.
-        equals_the_scalar_reference(|w, x, base3, got| unsafe {
-            if base3 && x.tokens == 1 {
-                emulated::base3_one_token(w, x, 0..w.tiles(), got)
-            } else if base3 {
-                emulated::ternary_tiles::<5, avx2::Base3>(w, x, 0..w.tiles(), got)
-            } else {
-                emulated::ternary_tiles::<4, avx2::Bits2>(w, x, 0..w.tiles(), got)
-            }
-        });
     }
 
-    /// `run(w, x, base3, out)` (one form of the path's kernels, as `ternary_matmul` would call
-    /// them) against the scalar reference over every token count and layout that matters.
-    fn equals_the_scalar_reference(run: impl Fn(&TernaryMatrix, &QuantizedActs, bool, &mut [i32])) {
+    /// `run(w, x, out)` (one form of the path's kernels, every tile of `w`) against the scalar
+    /// reference over every token count and layout that matters.
+    fn equals_the_scalar_reference(run: impl Fn(&TernaryMatrix, &QuantizedActs, &mut [i32])) {
         let mut seed = 11u64;
         let mut next = move || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -354,7 +344,7 @@ mod tests {
             let mut expected = vec![0i32; w.tiles() * tokens * 16];
             scalar::ternary_tiles(&w, &x, 0..w.tiles(), &mut expected);
             let mut got = vec![i32::MIN; expected.len()];
-            run(&w, &x, base3, &mut got);
+            run(&w, &x, &mut got);
             assert_eq!(
                 got, expected,
                 "{tokens} tokens, extreme {extreme}, {layout:?}"
