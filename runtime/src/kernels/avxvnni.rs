@@ -208,6 +208,15 @@ mod tests {
         _mm256_add_epi32(acc, _mm256_add_epi32(even, odd))
     }
 
+    /// The states after `seed` of a 64-bit linear congruential generator (Knuth's MMIX constants):
+    /// the tests' reproducible pseudo-random inputs.
+    fn lcg(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed
+        }
+    }
+
     /// Whether this CPU has what a test needs (`has`; `lacks` names it). Where it does not, the
     /// test fails if CI lists `path` among the kernel paths this CPU must test
     /// (`BITNET_EXPECT_KERNELS`, which .ci/run reads from /proc/cpuinfo), and is skipped
@@ -232,11 +241,8 @@ mod tests {
         if !runs_here(is_x86_feature_detected!("avx2"), "avx2", "AVX2") {
             return;
         }
-        let mut seed = 5u64;
-        let mut byte = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-            (seed >> 56) as u8
-        };
+        let mut state = lcg(5);
+        let mut byte = move || (state() >> 56) as u8;
         // Random bytes, then the extremes: 255 · -128 and 255 · 127 in every product.
         let cases = (0..64)
             .map(|_| ([(); 32].map(|_| byte()), [(); 32].map(|_| byte()), byte()))
@@ -284,11 +290,8 @@ mod tests {
     /// `run(w, x, out)` (one form of the path's kernels, every tile of `w`) against the scalar
     /// reference over every token count and layout that matters.
     fn equals_the_scalar_reference(run: impl Fn(&TernaryMatrix, &QuantizedActs, &mut [i32])) {
-        let mut seed = 11u64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-            (seed >> 33) as i64
-        };
+        let mut state = lcg(11);
+        let mut next = move || (state() >> 33) as i64;
         // 1–9, 17, 31, 33 and 59 tokens: every register block size and mix of tails, groups of
         // 16 and 32 tokens in the wide kernel's passes (two vectors each, rows in passes that
         // cross from one half to the other), and `base3` tiles unpacked once for several blocks
