@@ -255,6 +255,14 @@ macro_rules! ternary_kernel {
                             planes.resize(blocks * 2 * P, _mm256_setzero_si256());
                             for (j, planes) in planes.chunks_exact_mut(P).enumerate() {
                                 let half = run * 2 + j;
+                                // The next run's block (or the next tile's), which the groups'
+                                // products leave ample time to arrive.
+                                if j % 2 == 0 {
+                                    $crate::kernels::prefetch_line(
+                                        codes,
+                                        (half / 2 + run_blocks) * 64,
+                                    );
+                                }
                                 // SAFETY: `half < 2 · k_blocks`, so its 32 bytes are in `codes`;
                                 // `U` is compiled for this function's features.
                                 planes.copy_from_slice(&unsafe {
