@@ -4,7 +4,7 @@
 use bitnet_format::{TernaryLayout, ternary};
 use bitnet_run::kernels::activation::QuantizedActs;
 use bitnet_run::kernels::float::{self, DenseInput, DenseKind, DenseMatrix, FloatKind};
-use bitnet_run::kernels::{Isa, KernelPath, Packing, TernaryMatrix, ternary_matmul};
+use bitnet_run::kernels::{Isa, KernelPath, Packing, TernaryMatrix, scale_tile, ternary_matmul};
 use proptest::prelude::*;
 
 fn available_paths() -> Vec<KernelPath> {
@@ -351,6 +351,60 @@ fn i8_row_rows_decode_exactly_on_every_path() {
             for (c, v) in out.iter().enumerate() {
                 let q = data[64 + r * cols + c] as i8;
                 assert_eq!(*v, q as f32 * scales[r], "{path:?} row {r} col {c}");
+            }
+        }
+    }
+}
+
+/// A tile's values: bit for bit `a as f32 / s · w` on every path, for full and partial tiles,
+/// sums that `f32` cannot hold exactly (rounded to nearest even by the conversion) and outputs
+/// strided as rows of a wider matrix, whose other elements stay untouched.
+#[test]
+fn scaled_tiles_round_like_the_scalar_expression_on_every_path() {
+    let tile_rows = 16;
+    let scales = [127.0f32 / 3.7, 1.0e-3, 7.0, 0.3];
+    let sums: Vec<i32> = [
+        i32::MIN,
+        i32::MAX,
+        0,
+        -1,
+        1,
+        16_777_217,
+        -16_777_219,
+        123_456_789,
+    ]
+    .into_iter()
+    .chain((0..56).map(|i: i32| i.wrapping_mul(-1_640_531_527) >> (i % 23)))
+    .collect();
+    let stride = 21;
+    for w in [0.8125f32, 3.0e4, 1.0 / 3.0] {
+        for rows in [16, 5] {
+            let mut expect = vec![f32::NAN; scales.len() * stride];
+            for (t, s) in scales.iter().enumerate() {
+                for r in 0..rows {
+                    expect[t * stride + 2 + r] = sums[t * tile_rows + r] as f32 / s * w;
+                }
+            }
+            for path in available_paths() {
+                let mut out = vec![f32::NAN; scales.len() * stride];
+                // SAFETY: every token's `rows` values from `2 + t · stride` lie within `out`.
+                unsafe {
+                    scale_tile(
+                        path,
+                        &sums,
+                        tile_rows,
+                        rows,
+                        &scales,
+                        w,
+                        (out.as_mut_ptr().add(2), stride),
+                    )
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&out),
+                    bits(&expect),
+                    "{path:?}, {rows} rows, weight scale {w}"
+                );
             }
         }
     }

@@ -884,6 +884,36 @@ pub unsafe fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
     }
 }
 
+/// [`super::ternary::scale_tile`] for a tile of 16 rows: two vectors per token, converted, divided
+/// and multiplied as the scalar expression is (each step one correctly rounded operation).
+///
+/// # Safety
+/// The CPU must support AVX2; `sums` holds `act_scales.len() · tile_rows` values, `tile_rows >=
+/// 16`, and `out` is as `scale_tile` requires for 16 rows.
+#[target_feature(enable = "avx2")]
+pub unsafe fn scale_tile16(
+    sums: &[i32],
+    tile_rows: usize,
+    act_scales: &[f32],
+    w_scale: f32,
+    out: *mut f32,
+    stride: usize,
+) {
+    let w = _mm256_set1_ps(w_scale);
+    for (t, &s) in act_scales.iter().enumerate() {
+        let s = _mm256_set1_ps(s);
+        for half in 0..2 {
+            // SAFETY: 8 sums of token `t` at `8 · half` are within its `tile_rows >= 16`; the
+            // caller's guarantee covers the 16 floats at `out + t · stride`.
+            unsafe {
+                let a = _mm256_loadu_si256(sums.as_ptr().add(t * tile_rows + 8 * half).cast());
+                let y = _mm256_mul_ps(_mm256_div_ps(_mm256_cvtepi32_ps(a), s), w);
+                _mm256_storeu_ps(out.add(t * stride + 8 * half), y);
+            }
+        }
+    }
+}
+
 /// What a pass of the dense row kernel asks for ahead of the rows it reads.
 #[derive(Clone, Copy)]
 pub(super) enum Ahead {

@@ -24,7 +24,7 @@ pub mod q4;
 pub mod scalar;
 mod ternary;
 
-pub use ternary::{Packing, TernaryMatrix, ternary_matmul};
+pub use ternary::{Packing, TernaryMatrix, scale_tile, ternary_matmul};
 
 /// How far ahead of the byte being read the x86 weight kernels ask for weights (the ternary
 /// kernels, the f16/bf16/i8 output matrix's rows for one token, and the q4 row kernel):

@@ -158,3 +158,42 @@ pub fn ternary_matmul(
         _ => unreachable!("{} kernel path on another architecture", path.name()),
     }
 }
+
+/// The values of one tile's exact products ([`ternary_matmul`]'s accumulators of the tile, `sums`,
+/// `tile_rows` per token) for every token `t < act_scales.len()`: row `r < rows` of token `t` is
+/// `sums[t · tile_rows + r] as f32 / act_scales[t] · w_scale`, written to `out.0[t · out.1 + r]`
+/// (`out`: where the first token's values go, and the stride between tokens).
+/// The order of operations is the reference's, and the vector paths round every step as the
+/// scalar expression does, so every path gives the same bits.
+///
+/// # Safety
+/// For every token `t`, `out.0.add(t · out.1) .. + rows` must be valid for writes and written by
+/// nothing else meanwhile.
+pub unsafe fn scale_tile(
+    path: KernelPath,
+    sums: &[i32],
+    tile_rows: usize,
+    rows: usize,
+    act_scales: &[f32],
+    w_scale: f32,
+    (out, stride): (*mut f32, usize),
+) {
+    assert!(rows <= tile_rows && sums.len() >= act_scales.len() * tile_rows);
+    match path.isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `KernelPath` for these instruction sets exists only when the CPU has AVX2;
+        // the caller's guarantee on `out`, and the lengths asserted above.
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 if rows == 16 => unsafe {
+            super::avx2::scale_tile16(sums, tile_rows, act_scales, w_scale, out, stride)
+        },
+        _ => {
+            for (t, &s) in act_scales.iter().enumerate() {
+                // SAFETY: the caller's guarantee.
+                let y = unsafe { std::slice::from_raw_parts_mut(out.add(t * stride), rows) };
+                for (y, &a) in y.iter_mut().zip(&sums[t * tile_rows..]) {
+                    *y = a as f32 / s * w_scale;
+                }
+            }
+        }
+    }
+}

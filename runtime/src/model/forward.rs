@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::kernels::activation::{QuantizedActs, Shape};
 use crate::kernels::q4::{self, Q4Tiles};
-use crate::kernels::{TernaryMatrix, attention as attn, float, ternary_matmul};
+use crate::kernels::{TernaryMatrix, attention as attn, float, scale_tile, ternary_matmul};
 
 use super::kv_cache::{KvCache, KvTypes};
 use super::ops::{Rope, gated_activation, rms_norm, rms_norm_rows};
@@ -469,17 +469,19 @@ fn project(model: &Model, acts: &QuantizedActs, jobs: &mut [(&TernaryWeight, &mu
             ternary_matmul(model.path, m, acts, tiles.clone(), acc);
             for (i, tile) in tiles.enumerate() {
                 let rows = tile * r_count..((tile + 1) * r_count).min(m.rows);
-                for (t, &s) in acts.scale.iter().enumerate().take(tokens) {
-                    let base = (i * tokens + t) * r_count;
-                    // SAFETY: these rows are written by this task only, and `t · rows + n` lies
-                    // within the `tokens × rows` output.
-                    let y = unsafe { outs[j].slice(t * m.rows + rows.start, rows.len()) };
-                    // A plain zip, so that the compiler divides 4 lanes at a time (SSE, the
-                    // baseline target).
-                    for (y, &a) in y.iter_mut().zip(&acc[base..base + rows.len()]) {
-                        *y = a as f32 / s * m.scale;
-                    }
-                }
+                // SAFETY: these rows of every token are written by this task only, and
+                // `t · m.rows + n` lies within the `tokens × m.rows` output.
+                unsafe {
+                    scale_tile(
+                        model.path,
+                        &acc[i * tokens * r_count..(i + 1) * tokens * r_count],
+                        r_count,
+                        rows.len(),
+                        &acts.scale[..tokens],
+                        m.scale,
+                        (outs[j].0.add(rows.start), m.rows),
+                    )
+                };
             }
         });
     });
