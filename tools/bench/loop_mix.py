@@ -10,6 +10,8 @@ data, so the figures are the core's throughput for that mix, the ceiling a real 
 
 - `maddubs`: independent `vpmaddubsw` only.
 - `maddubs+add`: each product added into one of eight i16 accumulators (the kernel's arithmetic).
+- `maddubs+add, load each 1/2/4`: the same with a `vpbroadcastd` of an L1 quad feeding every
+  product, every second or every fourth (what separate loads cost beside the arithmetic).
 - `kernel, rows apart`: the kernel's loop for 8 tokens against one 32-byte half: per token four
   `vpbroadcastd` of activation quads, four `vpmaddubsw`, a pairwise sum and the add into the token's
   accumulator; the 8 tokens' quads 2560 bytes apart (one activation row each, the 2B-4T width).
@@ -60,6 +62,16 @@ def maddubs_add():
     body = []
     for i in range(32):
         body.append(f"vpmaddubsw %%ymm{8 + i % 4}, %%ymm{12 + i % 2}, %%ymm{14 + i % 2}")
+        body.append(f"vpaddw %%ymm{14 + i % 2}, %%ymm{i % 8}, %%ymm{i % 8}")
+    return body
+
+
+def maddubs_add_loads(every):
+    body = []
+    for i in range(32):
+        if i % every == 0:
+            body.append(f"vpbroadcastd {(4 * i) % 256}(%[a]), %%ymm{12 + (i // every) % 2}")
+        body.append(f"vpmaddubsw %%ymm{12 + (i // every) % 2}, %%ymm{8 + i % 4}, %%ymm{14 + i % 2}")
         body.append(f"vpaddw %%ymm{14 + i % 2}, %%ymm{i % 8}, %%ymm{i % 8}")
     return body
 
@@ -170,6 +182,9 @@ def main():
     loops = [
         ("maddubs", maddubs_only(), 0, 32),
         ("maddubs+add", maddubs_add(), 0, 32),
+        ("maddubs+add, load each 1", maddubs_add_loads(1), 0, 32),
+        ("maddubs+add, load each 2", maddubs_add_loads(2), 0, 32),
+        ("maddubs+add, load each 4", maddubs_add_loads(4), 0, 32),
         ("kernel, rows apart", kernel(2560), 16, 32),
         ("kernel, grouped", kernel(16), 128, 32),
         ("kernel, grouped, unpacking", kernel_unpacking(), 128, 32),
