@@ -47,7 +47,7 @@ pub(super) fn grouping(block_bytes: usize) -> Grouping {
 
 /// Planes per run of the wide kernel, at most: a run's planes (4 KiB for 16 rows) and a group's
 /// quads for them (8 KiB for 32 tokens) stay in L1 while every group reads them. Half as many ran
-/// 1–3% slower on Zen 3, whose L1 holds 32 KiB.
+/// 1–2.5% slower on Zen 3, whose L1 holds 32 KiB.
 pub(super) const RUN_PLANES: usize = 64;
 
 std::thread_local! {
