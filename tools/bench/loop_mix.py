@@ -58,20 +58,15 @@ def maddubs_only():
     return [f"vpmaddubsw %%ymm{8 + i % 4}, %%ymm{12 + i % 4}, %%ymm{i % 8}" for i in range(32)]
 
 
-def maddubs_add():
+def maddubs_add(load_every=0):
+    """Each product added into one of eight accumulators; with `load_every` > 0, a `vpbroadcastd`
+    of an L1 quad feeds every `load_every`-th product and the ones after it."""
     body = []
     for i in range(32):
-        body.append(f"vpmaddubsw %%ymm{8 + i % 4}, %%ymm{12 + i % 2}, %%ymm{14 + i % 2}")
-        body.append(f"vpaddw %%ymm{14 + i % 2}, %%ymm{i % 8}, %%ymm{i % 8}")
-    return body
-
-
-def maddubs_add_loads(every):
-    body = []
-    for i in range(32):
-        if i % every == 0:
-            body.append(f"vpbroadcastd {(4 * i) % 256}(%[a]), %%ymm{12 + (i // every) % 2}")
-        body.append(f"vpmaddubsw %%ymm{12 + (i // every) % 2}, %%ymm{8 + i % 4}, %%ymm{14 + i % 2}")
+        quad = 12 + (i // max(load_every, 1)) % 2
+        if load_every and i % load_every == 0:
+            body.append(f"vpbroadcastd {(4 * i) % 256}(%[a]), %%ymm{quad}")
+        body.append(f"vpmaddubsw %%ymm{8 + i % 4}, %%ymm{quad}, %%ymm{14 + i % 2}")
         body.append(f"vpaddw %%ymm{14 + i % 2}, %%ymm{i % 8}, %%ymm{i % 8}")
     return body
 
@@ -182,9 +177,9 @@ def main():
     loops = [
         ("maddubs", maddubs_only(), 0, 32),
         ("maddubs+add", maddubs_add(), 0, 32),
-        ("maddubs+add, load each 1", maddubs_add_loads(1), 0, 32),
-        ("maddubs+add, load each 2", maddubs_add_loads(2), 0, 32),
-        ("maddubs+add, load each 4", maddubs_add_loads(4), 0, 32),
+        ("maddubs+add, load each 1", maddubs_add(1), 0, 32),
+        ("maddubs+add, load each 2", maddubs_add(2), 0, 32),
+        ("maddubs+add, load each 4", maddubs_add(4), 0, 32),
         ("kernel, rows apart", kernel(2560), 16, 32),
         ("kernel, grouped", kernel(16), 128, 32),
         ("kernel, grouped, unpacking", kernel_unpacking(), 128, 32),
